@@ -1,0 +1,67 @@
+"""Wire-protocol constants and frame codec, shared by the kernel and every client.
+
+One request is one ZeroMQ message of one frame: a msgpack map
+``{"v": 1, "id": n, "call": name, "args": {...}}``. The kernel answers with
+``{"id": n, "ok": true, "result": ...}`` or ``{"id": n, "ok": false, "error": {"errno", "message"}}``;
+a streaming call sends frames with ``"more": true`` before its final one. Frames with
+``"id": 0`` are kernel notices (heartbeat probes, shutdown) that answer no request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+ABI_VERSION = 1
+KERNEL_VERSION = "0.1.0"
+
+# A frame larger than this is dropped by ZeroMQ itself (ZMQ_MAXMSGSIZE) before we see it.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+NOTICE_ID = 0
+
+# errno names users know, with what each means in llmos.
+ERRNOS = {
+    "EINVAL": "invalid argument or malformed frame",
+    "ENOENT": "no such model, device, process, region, key or request",
+    "EPERM": "capability missing, or no process (call hello first)",
+    "EACCES": "the resource belongs to another program",
+    "ENOMEM": "does not fit in device memory or exceeds a quota",
+    "EBUSY": "in use",
+    "EAGAIN": "too many requests in flight; retry later",
+    "ETIMEDOUT": "the deadline passed",
+    "ECANCELED": "cancelled, reaped, or the kernel is shutting down",
+    "ENOSYS": "no such syscall",
+    "EIO": "a driver or service failed",
+}
+
+
+class FrameError(ValueError):
+    """A frame that cannot be decoded into a request."""
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(frame: bytes) -> Any:
+    """Decode an untrusted frame: str map keys only, container sizes bounded by the frame."""
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=MAX_FRAME_BYTES)
+    except Exception as exc:  # msgpack raises a zoo of types for bad input
+        raise FrameError(f"frame is not valid msgpack: {exc.__class__.__name__}: {exc}") from None
+
+
+def request(req_id: int, call: str, args: dict | None = None) -> bytes:
+    return pack({"v": ABI_VERSION, "id": req_id, "call": call, "args": args or {}})
+
+
+def reply_ok(req_id: int, result: Any, more: bool = False) -> bytes:
+    msg = {"id": req_id, "ok": True, "result": result}
+    if more:
+        msg["more"] = True
+    return pack(msg)
+
+
+def reply_error(req_id: int, errno: str, message: str) -> bytes:
+    return pack({"id": req_id, "ok": False, "error": {"errno": errno, "message": message}})
