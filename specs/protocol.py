@@ -45,9 +45,9 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(frame: bytes) -> Any:
-    """Decode an untrusted frame: str map keys only, container sizes bounded by the frame."""
+    """Decode an untrusted frame: str map keys only; its size is already bounded by ZMQ_MAXMSGSIZE."""
     try:
-        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_buffer_size=MAX_FRAME_BYTES)
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises a zoo of types for bad input
         raise FrameError(f"frame is not valid msgpack: {exc.__class__.__name__}: {exc}") from None
 
@@ -65,3 +65,18 @@ def reply_ok(req_id: int, result: Any, more: bool = False) -> bytes:
 
 def reply_error(req_id: int, errno: str, message: str) -> bytes:
     return pack({"id": req_id, "ok": False, "error": {"errno": errno, "message": message}})
+
+
+def runtime_dir() -> str:
+    """Per-user directory for sockets: $XDG_RUNTIME_DIR/llmos, else /tmp/llmos-UID."""
+    import os
+
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return os.path.join(base, "llmos") if base else f"/tmp/llmos-{os.getuid()}"
+
+
+def default_socket() -> str:
+    """Where clients and `llmos boot` meet unless told otherwise: $LLMOS_SOCKET, else the runtime dir."""
+    import os
+
+    return os.environ.get("LLMOS_SOCKET") or f"ipc://{runtime_dir()}/kernel.sock"

@@ -1,0 +1,225 @@
+"""The driver process: one per device, started and supervised by the kernel.
+
+It owns the device's loaded models and their engines, and speaks a small private protocol
+with the kernel over a DEALER socket (see specs/ABI.md, "Driver channel"). The loop polls
+the socket, then advances every engine that has work by one step, and sends all the step's
+token deltas in one message. Model loads run on a thread, so a load never holds up requests
+to models already loaded.
+
+    python -m llmos.drivers.host --connect ipc://... --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import zmq  # noqa: E402
+
+from llmos.specs.protocol import pack, unpack  # noqa: E402
+
+from .interface import Driver  # noqa: E402
+
+
+class TorchDriver(Driver):
+    """Transformers models on torch, on one device (cpu or cuda:N)."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.device = device
+        self.torch = torch
+        self.engines: dict = {}        # model -> Engine (generate models)
+        self.embedders: dict = {}      # model -> LoadedModel (embedding models)
+        self.owner: dict[int, str] = {}  # rid -> model, for cancel
+
+    def memory(self) -> dict:
+        if self.device.startswith("cuda"):
+            free, total = self.torch.cuda.mem_get_info(self.torch.device(self.device))
+            return {"kind": "cuda", "total_bytes": int(total * 0.92), "free_bytes": int(free)}
+        total = _meminfo("MemTotal")
+        return {"kind": "cpu", "total_bytes": int(total * 0.75), "free_bytes": _meminfo("MemAvailable")}
+
+    def load(self, name: str, spec: dict, kv_bytes: int) -> dict:
+        from .engine import Engine
+        from .loader import load
+        from .registry import ModelSpec
+
+        started = time.monotonic()
+        lm = load(ModelSpec(**spec), self.device)
+        if lm.kind == "generate":
+            self.engines[name] = Engine(lm, kv_budget_bytes=kv_bytes)
+        else:
+            self.embedders[name] = lm
+            kv_bytes = 0
+        return {"bytes": lm.bytes, "kv_bytes": kv_bytes, "context_length": lm.context_length,
+                "load_s": time.monotonic() - started, "kind": lm.kind}
+
+    def unload(self, name: str) -> None:
+        self.engines.pop(name, None)
+        self.embedders.pop(name, None)
+        if self.device.startswith("cuda"):
+            self.torch.cuda.empty_cache()
+
+    def submit(self, msg: dict) -> list | None:
+        """Queue a generation; returns an error event if it cannot run."""
+        from .engine import GenRequest
+        from .loader import encode_prompt
+
+        rid, model = msg["rid"], msg["model"]
+        engine = self.engines.get(model)
+        if engine is None:
+            return [rid, "", 0, "error", None, ["EIO", f"model '{model}' is not loaded on {self.device}"]]
+        try:
+            ids = encode_prompt(engine.lm, msg.get("prompt"), msg.get("messages"))
+        except ValueError as exc:
+            return [rid, "", 0, "error", None, ["EINVAL", str(exc)]]
+        ctx = engine.lm.context_length
+        if len(ids) >= ctx:
+            return [rid, "", 0, "error", None,
+                    ["EINVAL", f"the prompt is {len(ids)} tokens; model '{model}' takes at most {ctx - 1}"]]
+        engine.add(GenRequest(rid=rid, prompt_ids=ids, max_tokens=min(msg["max_tokens"], ctx - len(ids)),
+                              temperature=msg["temperature"], top_p=msg["top_p"], top_k=msg["top_k"],
+                              stop=msg["stop"], seed=msg["seed"], priority=msg.get("priority", 0)))
+        self.owner[rid] = model
+        return None
+
+    def cancel(self, rid: int) -> None:
+        model = self.owner.pop(rid, None)
+        if model in self.engines:
+            self.engines[model].cancel(rid)
+
+    def embed(self, msg: dict) -> dict:
+        from .embedding import embed
+
+        lm = self.embedders.get(msg["model"])
+        if lm is None:
+            raise LookupError(f"embedding model '{msg['model']}' is not loaded on {self.device}")
+        vectors, tokens = embed(lm, msg["input"], msg["normalize"])
+        return {"model": msg["model"], "dim": len(vectors[0]), "vectors": vectors, "usage": {"prompt_tokens": tokens}}
+
+    def has_work(self) -> bool:
+        return any(e.has_work() for e in self.engines.values())
+
+    def step(self) -> list:
+        """One step of every busy engine; events as [rid, delta, tokens, finish, usage, error]."""
+        out = []
+        for name, engine in list(self.engines.items()):
+            if not engine.has_work():
+                continue
+            try:
+                events = engine.step()
+            except Exception as exc:  # an engine bug fails its requests, not the driver
+                traceback.print_exc()
+                events = []
+                for rid in [r for r, m in self.owner.items() if m == name]:
+                    engine.cancel(rid)
+                    out.append([rid, "", 0, "error", None, ["EIO", f"engine failure: {exc}"]])
+            for ev in events:
+                if ev.finish is None:
+                    out.append([ev.rid, ev.delta, ev.tokens, None, None, None])
+                    continue
+                self.owner.pop(ev.rid, None)
+                if ev.finish == "cancelled":
+                    continue
+                if ev.finish == "error":
+                    errno = "ENOMEM" if "KV" in ev.delta or "kv" in ev.delta else "EIO"
+                    out.append([ev.rid, "", ev.tokens, "error", None, [errno, ev.delta]])
+                else:
+                    out.append([ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage, None])
+        return out
+
+
+def _meminfo(field: str) -> int:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def serve(connect: str, device: str) -> None:
+    # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, device.encode())
+    sock.setsockopt(zmq.LINGER, 2000)
+    sock.connect(connect)
+    driver = TorchDriver(device)
+    sock.send(pack({"op": "hello", "device": device, "pid": os.getpid(), **driver.memory()}))
+    loads: queue.Queue = queue.Queue()   # finished loads, from loader threads
+
+    def load_in_thread(msg: dict) -> None:
+        try:
+            info = driver.load(msg["model"], msg["spec"], msg.get("kv_bytes", 0))
+            loads.put({"op": "loaded", "model": msg["model"], **info})
+        except Exception as exc:
+            traceback.print_exc()
+            loads.put({"op": "load_failed", "model": msg["model"], "message": f"{exc.__class__.__name__}: {exc}"})
+
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while True:
+        if os.getppid() != parent:
+            return   # the kernel died without telling us: nothing left to serve
+        timeout = 0 if driver.has_work() else 20
+        if poller.poll(timeout):
+            while True:
+                try:
+                    msg = unpack(sock.recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+                op = msg.get("op")
+                if op == "submit":
+                    err = driver.submit(msg)
+                    if err:
+                        sock.send(pack({"op": "events", "events": [err]}))
+                elif op == "cancel":
+                    driver.cancel(msg["rid"])
+                elif op == "embed":
+                    try:
+                        sock.send(pack({"op": "result", "rid": msg["rid"], "result": driver.embed(msg)}))
+                    except Exception as exc:
+                        sock.send(pack({"op": "error", "rid": msg["rid"], "errno": "EIO", "message": str(exc)}))
+                elif op == "load":
+                    threading.Thread(target=load_in_thread, args=(msg,), daemon=True, name=f"load-{msg['model']}").start()
+                elif op == "unload":
+                    driver.unload(msg["model"])
+                elif op == "ping":
+                    sock.send(pack({"op": "pong", "t": msg.get("t")}))
+                elif op == "shutdown":
+                    sock.close()
+                    ctx.term()
+                    return
+        while not loads.empty():
+            sock.send(pack(loads.get()))
+        if driver.has_work():
+            events = driver.step()
+            if events:
+                sock.send(pack({"op": "events", "events": events}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="llmos-driver", description=__doc__.splitlines()[0])
+    p.add_argument("--connect", required=True)
+    p.add_argument("--device", required=True)
+    args = p.parse_args(argv)
+    try:
+        serve(args.connect, args.device)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

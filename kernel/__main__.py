@@ -1,0 +1,38 @@
+"""`python -m llmos.kernel [flags]`: boot the kernel (what `llmos boot` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .boot import boot
+from .config import ConfigError, load
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmos boot", description="Boot the llmos kernel and serve syscalls until SIGINT/SIGTERM.")
+    p.add_argument("--socket", help="ZeroMQ URL to bind (default: $LLMOS_SOCKET or ipc://$XDG_RUNTIME_DIR/llmos/kernel.sock)")
+    p.add_argument("--device", help="cpu, cuda:N, auto, or a comma-separated list (default: auto)")
+    p.add_argument("--model", help="default model, loaded at boot (default: smollm2-135m-instruct)")
+    p.add_argument("--no-model", action="store_true", help="load no model at boot")
+    p.add_argument("--state-dir", help="where memory and logs persist (default: ~/.local/state/llmos)")
+    p.add_argument("--config", help="TOML config file (default: $LLMOS_CONFIG or ~/.config/llmos/config.toml)")
+    p.add_argument("--kv-cache", help="KV-cache budget per generate model, e.g. 512MiB")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load({"socket": args.socket, "device": args.device, "model": args.model, "no_model": args.no_model,
+                         "state_dir": args.state_dir, "config": args.config, "kv_cache": args.kv_cache,
+                         "log_level": args.log_level})
+    except ConfigError as exc:
+        print(f"llmos boot: {exc}", file=sys.stderr)
+        return 2
+    return boot(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`llmos boot`: take the socket's lock, start the kernel, run until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+from pathlib import Path
+
+from llmos.specs.protocol import runtime_dir
+
+from . import logs
+from .config import Settings
+from .kernel import Kernel
+from .transport import ipc_path
+
+
+class AlreadyRunning(RuntimeError):
+    """Another kernel holds this socket."""
+
+
+def lock_path(socket: str) -> Path:
+    path = ipc_path(socket)
+    if path is not None:
+        return path.with_name(path.name + ".lock")
+    safe = "".join(c if c.isalnum() else "_" for c in socket)
+    return Path(runtime_dir()) / f"{safe}.lock"
+
+
+def take_lock(socket: str) -> int:
+    """Hold an flock for the kernel's life: a second boot on the same socket fails at once, with no race."""
+    path = lock_path(socket)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise AlreadyRunning(f"a kernel (pid {holder}) is already serving {socket}; stop it first, "
+                             f"or boot this one with --socket on another address") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    """Close, never unlink: unlinking would let two kernels lock two different files of one name."""
+    os.close(fd)
+
+
+async def run_kernel(settings: Settings) -> None:
+    kernel = Kernel(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, kernel.stopping.set)
+    await kernel.start()
+    try:
+        await kernel.stopping.wait()
+    finally:
+        await kernel.shutdown()
+
+
+def boot(settings: Settings) -> int:
+    logs.configure(settings.state_dir, settings.log_level)
+    log = logs.get("llmos.boot")
+    try:
+        fd = take_lock(settings.socket)
+    except AlreadyRunning as exc:
+        log.error("boot.refused", reason=str(exc))
+        return 1
+    try:
+        asyncio.run(run_kernel(settings))
+    finally:
+        release_lock(fd)
+    return 0

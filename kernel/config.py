@@ -1,0 +1,157 @@
+"""Kernel settings: command-line flags over environment variables over a TOML file over defaults.
+
+The TOML file (`--config`, $LLMOS_CONFIG, or ~/.config/llmos/config.toml) is where an operator
+lists models, devices and defaults; see README.md for an example.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
+from llmos.drivers.registry import DEFAULT_MODEL
+from llmos.specs.protocol import default_socket
+
+DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")
+GRANTABLE_CAPS = DEFAULT_CAPS + ("admin",)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting and its source."""
+
+
+def parse_bytes(value: Any, what: str = "size") -> int:
+    """'8GiB', '512 MB', 1048576 -> bytes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ConfigError(f"{what}: cannot read '{value}' as a size (write e.g. 512MiB or 8GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass
+class Settings:
+    socket: str = field(default_factory=default_socket)
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    default_model: str | None = DEFAULT_MODEL
+    preload: list[str] | None = None          # None: just the default model
+    state_dir: Path = field(default_factory=lambda: Path(
+        os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state")) / "llmos")
+    models: dict[str, dict] = field(default_factory=dict)
+    device_memory: dict[str, int] = field(default_factory=dict)   # budget per device; default: measured
+    kv_cache_bytes: dict[str, int] = field(default_factory=dict)  # per generate model on a device
+    heartbeat_s: float = 1.0
+    max_requests_per_process: int = 64
+    max_running_per_process: int = 16       # requests of one process in a device's batch at once
+    reserve_quota_bytes: int | None = None  # per process; None: no quota beyond the device
+    max_value_bytes: int = 16 << 20
+    default_caps: tuple[str, ...] = DEFAULT_CAPS
+    grantable_caps: tuple[str, ...] = GRANTABLE_CAPS
+    log_level: str = "info"
+    config_file: Path | None = None
+
+    def models_to_load(self) -> list[str]:
+        if self.preload is not None:
+            return list(self.preload)
+        return [self.default_model] if self.default_model else []
+
+
+def load(flags: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from flags (None = not given), environment and the config file."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = dict(os.environ if env is None else env)
+    s = Settings()
+    path = flags.get("config") or env.get("LLMOS_CONFIG")
+    default_path = Path.home() / ".config" / "llmos" / "config.toml"
+    if path or default_path.exists():
+        s.config_file = Path(path or default_path)
+        _apply_file(s, s.config_file)
+    _apply_env(s, env)
+    _apply_flags(s, flags)
+    s.state_dir = Path(s.state_dir).expanduser()
+    return s
+
+
+def _apply_file(s: Settings, path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    for key in ("socket", "default_model", "log_level"):
+        if key in data:
+            setattr(s, key, data[key])
+    if "state_dir" in data:
+        s.state_dir = Path(data["state_dir"])
+    if "devices" in data:
+        s.devices = list(data["devices"])
+    if "preload" in data:
+        s.preload = list(data["preload"])
+    for name, entry in data.get("models", {}).items():
+        if "path" not in entry:
+            raise ConfigError(f"config file {path}: [models.{name}] needs a path")
+        s.models[name] = dict(entry)
+    for dev, entry in data.get("device", {}).items():
+        if "memory" in entry:
+            s.device_memory[dev] = parse_bytes(entry["memory"], f"[device.\"{dev}\"] memory")
+        if "kv_cache" in entry:
+            s.kv_cache_bytes[dev] = parse_bytes(entry["kv_cache"], f"[device.\"{dev}\"] kv_cache")
+    limits = data.get("limits", {})
+    for key in ("heartbeat_s", "max_requests_per_process", "max_running_per_process"):
+        if key in limits:
+            setattr(s, key, limits[key])
+    if "reserve_quota" in limits:
+        s.reserve_quota_bytes = parse_bytes(limits["reserve_quota"], "[limits] reserve_quota")
+    if "max_value" in limits:
+        s.max_value_bytes = parse_bytes(limits["max_value"], "[limits] max_value")
+    caps = data.get("caps", {})
+    if "default" in caps:
+        s.default_caps = tuple(caps["default"])
+    if "grantable" in caps:
+        s.grantable_caps = tuple(caps["grantable"])
+
+
+def _apply_env(s: Settings, env: dict[str, str]) -> None:
+    if env.get("LLMOS_SOCKET"):
+        s.socket = env["LLMOS_SOCKET"]
+    if env.get("LLMOS_DEVICE"):
+        s.devices = [d.strip() for d in env["LLMOS_DEVICE"].split(",") if d.strip()]
+    if env.get("LLMOS_MODEL"):
+        s.default_model = None if env["LLMOS_MODEL"] == "none" else env["LLMOS_MODEL"]
+    if env.get("LLMOS_STATE_DIR"):
+        s.state_dir = Path(env["LLMOS_STATE_DIR"])
+    if env.get("LLMOS_LOG_LEVEL"):
+        s.log_level = env["LLMOS_LOG_LEVEL"]
+    if env.get("LLMOS_KV_CACHE"):
+        s.kv_cache_bytes["*"] = parse_bytes(env["LLMOS_KV_CACHE"], "LLMOS_KV_CACHE")
+
+
+def _apply_flags(s: Settings, flags: dict[str, Any]) -> None:
+    if "socket" in flags:
+        s.socket = flags["socket"]
+    if "device" in flags:
+        s.devices = [d.strip() for d in flags["device"].split(",") if d.strip()]
+    if flags.get("no_model"):
+        s.default_model = None
+        s.preload = []
+    elif "model" in flags:
+        s.default_model = flags["model"]
+        s.preload = None
+    if "state_dir" in flags:
+        s.state_dir = Path(flags["state_dir"])
+    if "log_level" in flags:
+        s.log_level = flags["log_level"]
+    if "kv_cache" in flags:
+        s.kv_cache_bytes["*"] = parse_bytes(flags["kv_cache"], "--kv-cache")

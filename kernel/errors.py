@@ -1,0 +1,42 @@
+"""Kernel errors. Raised anywhere inside the kernel; turned into errno replies only at the transport."""
+
+from __future__ import annotations
+
+from llmos.specs.protocol import ERRNOS
+
+
+class SyscallError(Exception):
+    """A failure the caller should see, as an errno name and a message that says how to fix it."""
+
+    def __init__(self, errno: str, message: str):
+        assert errno in ERRNOS, errno
+        super().__init__(message)
+        self.errno = errno
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"SyscallError({self.errno}, {self.message!r})"
+
+
+def einval(message: str) -> SyscallError:
+    return SyscallError("EINVAL", message)
+
+
+def enoent(message: str) -> SyscallError:
+    return SyscallError("ENOENT", message)
+
+
+def enomem(message: str) -> SyscallError:
+    return SyscallError("ENOMEM", message)
+
+
+def ebusy(message: str) -> SyscallError:
+    return SyscallError("EBUSY", message)
+
+
+def eio(message: str) -> SyscallError:
+    return SyscallError("EIO", message)
+
+
+def ecanceled(message: str) -> SyscallError:
+    return SyscallError("ECANCELED", message)

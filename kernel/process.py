@@ -1,0 +1,69 @@
+"""The process table: who is connected, what each holds, and reaping what the dead leave behind."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .requests import Request
+
+
+@dataclass
+class Process:
+    pid: int
+    name: str
+    identity: bytes                  # the ZeroMQ routing id of its connection
+    caps: frozenset[str]
+    started: float = field(default_factory=time.monotonic)
+    last_seen: float = field(default_factory=time.monotonic)
+    requests: dict[int, "Request"] = field(default_factory=dict)   # by the client's frame id
+    reservations: dict[int, tuple[str, int]] = field(default_factory=dict)  # handle -> (device, bytes)
+    models: set[str] = field(default_factory=set)                  # model references held
+    tokens: int = 0                  # tokens generated for it, ever
+
+    @property
+    def reserved_bytes(self) -> int:
+        return sum(b for _, b in self.reservations.values())
+
+    def describe(self) -> dict:
+        return {
+            "pid": self.pid, "name": self.name, "age_s": round(time.monotonic() - self.started, 3),
+            "requests": len(self.requests), "tokens": self.tokens, "reserved_bytes": self.reserved_bytes,
+            "models": sorted(self.models), "caps": sorted(self.caps),
+        }
+
+
+class ProcessTable:
+    """Processes by pid and by connection. Pids are never reused within one kernel's life."""
+
+    def __init__(self) -> None:
+        self._by_pid: dict[int, Process] = {}
+        self._by_identity: dict[bytes, Process] = {}
+        self._next_pid = 1
+
+    def register(self, identity: bytes, name: str, caps: frozenset[str]) -> Process:
+        proc = Process(self._next_pid, name, identity, caps)
+        self._next_pid += 1
+        self._by_pid[proc.pid] = proc
+        self._by_identity[identity] = proc
+        return proc
+
+    def remove(self, pid: int) -> Process | None:
+        proc = self._by_pid.pop(pid, None)
+        if proc is not None:
+            self._by_identity.pop(proc.identity, None)
+        return proc
+
+    def by_identity(self, identity: bytes) -> Process | None:
+        return self._by_identity.get(identity)
+
+    def get(self, pid: int) -> Process | None:
+        return self._by_pid.get(pid)
+
+    def __iter__(self):
+        return iter(list(self._by_pid.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_pid)

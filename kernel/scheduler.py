@@ -1,0 +1,112 @@
+"""Fair admission to a device: weighted fair queuing by tokens served, not by requests.
+
+Policy only: no sockets, no torch, a clock passed in. Each process has a virtual time that
+grows with the tokens served to it; the next request admitted to the device belongs to the
+backlogged process with the least virtual time, so a process that floods the queue gets its
+share and no more. Within one process, higher priority first, then earlier deadline, then
+arrival. A process may hold at most `max_running_per_process` requests in the device's batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import defaultdict
+from typing import Callable, Protocol
+
+
+class Schedulable(Protocol):
+    pid: int
+    priority: int
+    deadline: float | None
+    seq: int
+
+
+class FairScheduler:
+    def __init__(self, max_running_per_process: int = 16, clock: Callable[[], float] = time.monotonic):
+        self.max_running_per_process = max_running_per_process
+        self.clock = clock
+        self._queues: dict[int, list] = defaultdict(list)   # pid -> heap of (key, tiebreak, request)
+        self._vtime: dict[int, float] = defaultdict(float)  # pid -> tokens served / weight
+        self._weight: dict[int, float] = defaultdict(lambda: 1.0)
+        self._running: dict[int, int] = defaultdict(int)
+        self._tiebreak = itertools.count()
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self._queues.values())
+
+    def set_weight(self, pid: int, weight: float) -> None:
+        self._weight[pid] = max(weight, 1e-6)
+
+    def enqueue(self, req: Schedulable) -> None:
+        if not self._queues[req.pid] and not self._running[req.pid]:
+            self._rejoin(req.pid)
+        deadline = req.deadline if req.deadline is not None else float("inf")
+        heapq.heappush(self._queues[req.pid], ((-req.priority, deadline, req.seq), next(self._tiebreak), req))
+
+    def remove(self, req: Schedulable) -> bool:
+        queue = self._queues.get(req.pid)
+        if not queue:
+            return False
+        for i, entry in enumerate(queue):
+            if entry[2] is req:
+                queue.pop(i)
+                heapq.heapify(queue)
+                return True
+        return False
+
+    def pop_next(self) -> Schedulable | None:
+        """The next request to admit to the device, or None if nobody may run now."""
+        best_pid = None
+        for pid, queue in self._queues.items():
+            if not queue or self._running[pid] >= self.max_running_per_process:
+                continue
+            if best_pid is None or self._vtime[pid] < self._vtime[best_pid]:
+                best_pid = pid
+        if best_pid is None:
+            return None
+        req = heapq.heappop(self._queues[best_pid])[2]
+        self._running[best_pid] += 1
+        return req
+
+    def finished(self, req: Schedulable) -> None:
+        """A request admitted by pop_next left the device."""
+        self._running[req.pid] = max(0, self._running[req.pid] - 1)
+
+    def charge(self, pid: int, tokens: int) -> None:
+        self._vtime[pid] += tokens / self._weight[pid]
+
+    def expired(self) -> list[Schedulable]:
+        """Queued requests whose deadline has passed, removed from the queue."""
+        now = self.clock()
+        out = []
+        for queue in self._queues.values():
+            late = [e for e in queue if e[2].deadline is not None and e[2].deadline <= now]
+            if late:
+                for e in late:
+                    queue.remove(e)
+                    out.append(e[2])
+                heapq.heapify(queue)
+        return out
+
+    def forget(self, pid: int) -> list[Schedulable]:
+        """Drop a process (reaped): returns its queued requests."""
+        queue = self._queues.pop(pid, [])
+        self._vtime.pop(pid, None)
+        self._running.pop(pid, None)
+        self._weight.pop(pid, None)
+        return [e[2] for e in queue]
+
+    def _rejoin(self, pid: int) -> None:
+        """A process that was idle rejoins at the current virtual time: idling earns no credit.
+
+        When the whole device was idle, history is forgotten: everyone starts again from zero.
+        """
+        active = [self._vtime[p] for p in set(self._queues) | set(self._running)
+                  if p != pid and (self._queues.get(p) or self._running.get(p))]
+        if not active:
+            for p in self._vtime:
+                self._vtime[p] = 0.0
+            return
+        self._vtime[pid] = max(self._vtime[pid], min(active))

@@ -1,0 +1,165 @@
+"""Driver processes: start one per device, watch them, restart the ones that die or hang.
+
+A driver talks to the kernel over a private ROUTER socket (its routing id is its device name).
+The watchdog pings each driver every period; no answer within two periods (after a start-up
+grace window) or a process exit counts as a crash: the kernel fails that driver's requests
+with EIO, and the driver is restarted at once the first time, then with capped back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+
+from llmos.specs.protocol import pack, unpack
+
+from . import logs
+
+log = logs.get("llmos.supervisor")
+
+PING_PERIOD_S = 5.0         # one engine step or a GIL-heavy load can hold a driver for seconds
+START_GRACE_S = 120.0      # importing torch and transformers is slow on a cold disk
+MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class DriverHandle:
+    device: str
+    state: str = "starting"            # starting | up | restarting | down
+    proc: asyncio.subprocess.Process | None = None
+    info: dict = field(default_factory=dict)
+    started: float = 0.0
+    last_heard: float = 0.0
+    crashes: int = 0
+    up: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Supervisor:
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str,
+                 on_message: Callable[[DriverHandle, dict], None],
+                 on_down: Callable[[DriverHandle, str], Awaitable[None]],
+                 on_up: Callable[[DriverHandle], Awaitable[None]],
+                 driver_env: dict[str, str] | None = None):
+        self.endpoint = endpoint
+        self.on_message = on_message
+        self.on_down = on_down
+        self.on_up = on_up
+        self.driver_env = driver_env or {}
+        self.drivers: dict[str, DriverHandle] = {}
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.bind(endpoint)
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+
+    async def start(self, devices: list[str]) -> None:
+        for device in devices:
+            self.drivers[device] = DriverHandle(device)
+            await self._spawn(self.drivers[device])
+        self._tasks.append(asyncio.create_task(self._read_loop(), name="driver-reader"))
+        self._tasks.append(asyncio.create_task(self._watchdog(), name="driver-watchdog"))
+
+    def send(self, device: str, msg: dict) -> bool:
+        try:
+            self.sock.send_multipart([device.encode(), pack(msg)], flags=zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    async def _spawn(self, drv: DriverHandle) -> None:
+        env = dict(os.environ, **self.driver_env)
+        drv.up.clear()
+        drv.info = {}
+        drv.started = drv.last_heard = time.monotonic()
+        drv.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device,
+            env=env, stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
+        log.info("driver.spawned", device=drv.device, os_pid=drv.proc.pid)
+        asyncio.create_task(self._wait_exit(drv, drv.proc))
+
+    async def _wait_exit(self, drv: DriverHandle, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self._closing or drv.proc is not proc:
+            return
+        await self._crashed(drv, f"driver process for {drv.device} exited with code {code}")
+
+    async def _crashed(self, drv: DriverHandle, why: str) -> None:
+        if drv.state in ("restarting", "down"):
+            return
+        drv.state = "restarting"
+        drv.crashes += 1
+        log.error("driver.crashed", device=drv.device, reason=why, crashes=drv.crashes)
+        if drv.proc and drv.proc.returncode is None:
+            drv.proc.kill()
+        await self.on_down(drv, why)
+        delay = 0.0 if drv.crashes == 1 else min(MAX_BACKOFF_S, 2.0 ** (drv.crashes - 2))
+        await asyncio.sleep(delay)
+        if not self._closing:
+            drv.state = "starting"
+            await self._spawn(drv)
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                ident, frame = await self.sock.recv_multipart()
+                msg = unpack(frame)
+            except (ValueError, zmq.ZMQError):
+                if self._closing:
+                    return
+                continue
+            drv = self.drivers.get(ident.decode(errors="replace"))
+            if drv is None:
+                continue
+            drv.last_heard = time.monotonic()
+            if msg.get("op") == "hello":
+                drv.info = msg
+                drv.state = "up"
+                drv.up.set()
+                log.info("driver.up", device=drv.device, total_bytes=msg.get("total_bytes"))
+                asyncio.create_task(self.on_up(drv))
+                continue
+            try:
+                self.on_message(drv, msg)
+            except Exception:
+                log.exception("driver.message_failed", device=drv.device, op=msg.get("op"))
+
+    async def _watchdog(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(PING_PERIOD_S)
+            now = time.monotonic()
+            for drv in list(self.drivers.values()):
+                if drv.state == "up":
+                    self.send(drv.device, {"op": "ping", "t": now})
+                    if now - drv.last_heard > 2 * PING_PERIOD_S:
+                        asyncio.create_task(self._crashed(drv, f"driver for {drv.device} stopped answering pings"))
+                elif drv.state == "starting" and now - drv.started > START_GRACE_S:
+                    asyncio.create_task(self._crashed(drv, f"driver for {drv.device} did not start in {START_GRACE_S:.0f}s"))
+
+    def begin_close(self) -> None:
+        """From now on a driver that exits is stopping, not crashing."""
+        self._closing = True
+
+    async def close(self) -> None:
+        self._closing = True
+        for t in self._tasks:
+            t.cancel()
+        for drv in self.drivers.values():
+            self.send(drv.device, {"op": "shutdown"})
+        for drv in self.drivers.values():
+            if drv.proc and drv.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(drv.proc.wait(), 5.0)
+                except asyncio.TimeoutError:
+                    drv.proc.kill()
+                    await drv.proc.wait()
+            drv.state = "down"
+        self.sock.close(0)

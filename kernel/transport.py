@@ -1,0 +1,79 @@
+"""The kernel's client-facing socket: a ZeroMQ ROUTER that never blocks on a client.
+
+Sends use ROUTER_MANDATORY and NOBLOCK: a peer that is gone (EHOSTUNREACH) is reported so
+the kernel can reap it; a peer that stopped reading (its pipe is full, EAGAIN) is reported
+so the kernel can cut it off. Nobody waits on a slow or dead client.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Callable
+
+import zmq
+import zmq.asyncio
+
+from llmos.specs.protocol import MAX_FRAME_BYTES
+
+from . import logs
+
+log = logs.get("llmos.transport")
+
+SEND_HWM = 10_000  # frames queued to one client before it counts as not reading
+
+
+class AddressInUse(RuntimeError):
+    """Another kernel is serving this socket."""
+
+
+class Transport:
+    def __init__(self, ctx: zmq.asyncio.Context, url: str, on_unreachable: Callable[[bytes, str], None]):
+        self.url = url
+        self.on_unreachable = on_unreachable
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self.sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self.sock.setsockopt(zmq.RCVHWM, SEND_HWM)
+        self.ipc_path = ipc_path(url)
+        if self.ipc_path:
+            self.ipc_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if self.ipc_path.exists():
+                self.ipc_path.unlink()   # stale: the boot lock proved no kernel owns it
+        self.sock.bind(url)
+        self._ipc_inode = None
+        if self.ipc_path:
+            os.chmod(self.ipc_path, stat.S_IRUSR | stat.S_IWUSR)  # only this user's programs
+            self._ipc_inode = self.ipc_path.stat().st_ino
+
+    async def recv(self) -> list[bytes]:
+        return await self.sock.recv_multipart(copy=True)
+
+    def send(self, routing: list[bytes], frame: bytes) -> bool:
+        """Queue a frame for a client without waiting; False if it could not be delivered."""
+        try:
+            self.sock.send_multipart(routing + [frame], flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            self.on_unreachable(routing[0], "not reading: its receive queue is full")
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                self.on_unreachable(routing[0], "disconnected")
+            else:
+                log.warning("transport.send_failed", error=str(exc))
+        return False
+
+    def close(self) -> None:
+        self.sock.close(0)
+        try:
+            if self.ipc_path and self.ipc_path.stat().st_ino == self._ipc_inode:
+                self.ipc_path.unlink()   # only our own socket file, never a successor's
+        except FileNotFoundError:
+            pass
+
+
+def ipc_path(url: str) -> Path | None:
+    return Path(url[len("ipc://"):]) if url.startswith("ipc://") else None

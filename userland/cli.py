@@ -1,0 +1,316 @@
+"""The `llmos` command: boot the kernel, look at it, and use its models from a terminal.
+
+Every subcommand except `boot` is an ordinary userland program: it connects to the kernel's
+socket as a process and makes syscalls, exactly as any other program would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .client import Client, KernelUnavailable, LLMOSError
+
+
+def _client(args, name: str) -> Client:
+    return Client(socket=args.socket, name=name, timeout=None)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    cells = [[title for _, title in columns]] + [[str(r.get(key, "")) for key, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+# -- subcommands ---------------------------------------------------------------------------------
+
+def cmd_boot(args, rest: list[str]) -> int:
+    """Exec the kernel: the userland never imports it, it starts it as a program."""
+    argv = [sys.executable, "-m", "llmos.kernel"] + (["--socket", args.socket] if args.socket else []) + rest
+    os.execv(sys.executable, argv)
+    return 0
+
+
+def cmd_ps(args) -> int:
+    with _client(args, "llmos-ps") as c:
+        rows = c.ps()
+    for r in rows:
+        r["age"] = f"{r['age_s']:.1f}s"
+        r["reserved"] = _size(r["reserved_bytes"])
+    print(_table(rows, [("pid", "PID"), ("name", "NAME"), ("age", "AGE"), ("requests", "REQS"),
+                        ("tokens", "TOKENS"), ("reserved", "RESERVED")]))
+    return 0
+
+
+def cmd_devices(args) -> int:
+    with _client(args, "llmos-devices") as c:
+        rows = c.devices()
+    for r in rows:
+        for key in ("total_bytes", "used_bytes", "free_bytes", "models_bytes", "reserved_bytes"):
+            r[key] = _size(r[key])
+    print(_table(rows, [("name", "DEVICE"), ("driver", "DRIVER"), ("total_bytes", "TOTAL"), ("used_bytes", "USED"),
+                        ("free_bytes", "FREE"), ("models_bytes", "MODELS"), ("reserved_bytes", "RESERVED"),
+                        ("running", "RUNNING"), ("queued", "QUEUED")]))
+    return 0
+
+
+def cmd_models(args) -> int:
+    with _client(args, "llmos-models") as c:
+        info = c.models()
+    loaded = info["loaded"]
+    for r in loaded:
+        r["size"] = _size(r["bytes"])
+    print(_table(loaded, [("name", "MODEL"), ("kind", "KIND"), ("device", "DEVICE"), ("state", "STATE"),
+                          ("size", "SIZE"), ("refs", "REFS"), ("in_use", "IN USE"), ("load_s", "LOAD S")]))
+    names = {r["name"] for r in loaded}
+    others = [a for a in info["available"] if a["name"] not in names]
+    if others:
+        print("\navailable:")
+        print(_table(others, [("name", "MODEL"), ("kind", "KIND"), ("source", "SOURCE")]))
+    return 0
+
+
+def cmd_load(args) -> int:
+    with _client(args, "llmos-load") as c:
+        t = time.monotonic()
+        r = c.load_model(args.model, device=args.device)
+    how = "already loaded" if r["already_loaded"] else f"loaded in {r['load_s']:.1f}s"
+    print(f"{r['name']} on {r['device']}: {_size(r['bytes'])}, {how} (waited {time.monotonic() - t:.1f}s)")
+    return 0
+
+
+def cmd_unload(args) -> int:
+    with _client(args, "llmos-unload") as c:
+        r = c.unload_model(args.model, evict=True)
+    print(f"{r['name']}: unloaded")
+    return 0
+
+
+def _sampling(args) -> dict:
+    return {"model": args.model, "max_tokens": args.max_tokens, "temperature": args.temperature,
+            "top_p": args.top_p, "seed": args.seed}
+
+
+def cmd_run(args) -> int:
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+               [{"role": "user", "content": args.prompt}]
+    with _client(args, "llmos-run") as c:
+        started = time.monotonic()
+        first = None
+        stream = c.stream(messages=messages, **_sampling(args))
+        for delta in stream:
+            if first is None:
+                first = time.monotonic()
+            print(delta, end="", flush=True)
+        print()
+        r = stream.result
+        elapsed = time.monotonic() - started
+        n = r["usage"]["completion_tokens"]
+        gen_s = max(1e-9, time.monotonic() - (first or started))
+        if not args.quiet:
+            print(f"[{r['model']}: {n} tokens in {elapsed:.2f}s, {n / gen_s:.1f} tokens/s after the first, "
+                  f"time to first token {(first or started) - started:.2f}s, finish: {r['finish_reason']}]",
+                  file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args) -> int:
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    with _client(args, "llmos-chat") as c:
+        print("llmos chat: empty line or Ctrl-D to quit, /reset to start over", file=sys.stderr)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            if not line.strip():
+                return 0
+            if line.strip() == "/reset":
+                messages = messages[:1] if args.system else []
+                continue
+            messages.append({"role": "user", "content": line})
+            stream = c.stream(messages=messages, **_sampling(args))
+            try:
+                for delta in stream:
+                    print(delta, end="", flush=True)
+            except KeyboardInterrupt:
+                stream.cancel()
+                print(" [cancelled]")
+                messages.pop()
+                continue
+            print()
+            messages.append({"role": "assistant", "content": stream.result["text"]})
+
+
+def cmd_mem(args) -> int:
+    with _client(args, args.owner) as c:
+        if args.mem_cmd == "put":
+            value = sys.stdin.read() if args.value == "-" else args.value
+            r = c.memwrite(args.region, args.key, value)
+            print(f"{r['region']}/{r['key']}: {r['bytes']} bytes, version {r['version']}")
+        elif args.mem_cmd == "get":
+            r = c.memread(args.region, args.key)
+            value = r["value"]
+            if isinstance(value, bytes):
+                sys.stdout.buffer.write(value)
+            else:
+                print(value)
+        elif args.mem_cmd == "ls":
+            for key in c.memread(args.region, None, args.prefix)["keys"]:
+                print(key)
+        elif args.mem_cmd == "rm":
+            r = c.memdel(args.region, args.key)
+            print(f"deleted {r['deleted']} from {r['region']}")
+    return 0
+
+
+def cmd_sysinfo(args) -> int:
+    with _client(args, "llmos-sysinfo") as c:
+        print(json.dumps(c.sysinfo(), indent=2))
+    return 0
+
+
+def cmd_kill(args) -> int:
+    c = Client(socket=args.socket, name="llmos-kill", caps=["admin"])
+    with c:
+        c.kill(args.pid)
+    print(f"killed {args.pid}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Boot a private kernel on the default model, ask it one question, show ps, shut it down."""
+    with tempfile.TemporaryDirectory(prefix="llmos-demo-") as tmp:
+        socket = f"ipc://{tmp}/kernel.sock"
+        print(f"booting a kernel on {socket} (loading the default model takes ~20 s on a CPU)...", file=sys.stderr)
+        kernel = subprocess.Popen([sys.executable, "-m", "llmos.kernel", "--socket", socket, "--state-dir", tmp,
+                                   "--device", args.device])
+        try:
+            c = _wait_for_kernel(socket, kernel)
+            with c:
+                model = c.info.get("default_model")
+                c.load_model(model)
+                print(f"\nQ: {args.question}\nA: ", end="", flush=True)
+                stream = c.stream(messages=[{"role": "user", "content": args.question}], temperature=0.0,
+                                  max_tokens=args.max_tokens)
+                for delta in stream:
+                    print(delta, end="", flush=True)
+                print("\n")
+                print(_table([dict(p, age=f"{p['age_s']:.1f}s") for p in c.ps()],
+                             [("pid", "PID"), ("name", "NAME"), ("age", "AGE"), ("tokens", "TOKENS")]))
+                u = stream.result["usage"]
+                print(f"\n{model}: {u['prompt_tokens']} prompt + {u['completion_tokens']} completion tokens, "
+                      f"finish: {stream.result['finish_reason']}")
+        finally:
+            kernel.send_signal(signal.SIGTERM)
+            kernel.wait(30)
+    return 0
+
+
+def _wait_for_kernel(socket: str, kernel: subprocess.Popen, timeout: float = 120.0) -> Client:
+    deadline = time.monotonic() + timeout
+    while True:
+        if kernel.poll() is not None:
+            raise KernelUnavailable(f"the kernel exited with code {kernel.returncode} while booting")
+        try:
+            return Client(socket=socket, name="llmos-demo", timeout=None)
+        except KernelUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+# -- argument parsing ----------------------------------------------------------------------------
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmos", description="llmos: an operating system for language models.")
+    p.add_argument("--socket", help="kernel socket URL (default: $LLMOS_SOCKET or the per-user ipc socket)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub.add_parser("boot", help="boot the kernel (flags: see `llmos boot --help`)", add_help=False)
+    sub.add_parser("ps", help="list processes")
+    sub.add_parser("devices", help="list devices and their memory")
+    sub.add_parser("models", help="list loaded and available models")
+    sub.add_parser("sysinfo", help="kernel facts")
+    s = sub.add_parser("load", help="load a model")
+    s.add_argument("model")
+    s.add_argument("--device", default="auto")
+    s = sub.add_parser("unload", help="unload a model nobody else uses")
+    s.add_argument("model")
+    s = sub.add_parser("kill", help="reap a process (needs the admin capability)")
+    s.add_argument("pid", type=int)
+    for name, help_ in (("run", "answer one prompt, streamed"), ("chat", "a multi-turn chat")):
+        s = sub.add_parser(name, help=help_)
+        if name == "run":
+            s.add_argument("prompt")
+            s.add_argument("-q", "--quiet", action="store_true", help="no stats line")
+        s.add_argument("--model", default=None)
+        s.add_argument("--system", default=None, help="system prompt")
+        s.add_argument("--max-tokens", type=int, default=256)
+        s.add_argument("--temperature", type=float, default=0.2)
+        s.add_argument("--top-p", type=float, default=0.95)
+        s.add_argument("--seed", type=int, default=None)
+    s = sub.add_parser("mem", help="memory regions: get, put, ls, rm")
+    s.add_argument("--owner", default="llmos-cli", help="program name the region belongs to (default: llmos-cli)")
+    ms = s.add_subparsers(dest="mem_cmd", required=True)
+    m = ms.add_parser("get")
+    m.add_argument("region")
+    m.add_argument("key")
+    m = ms.add_parser("put")
+    m.add_argument("region")
+    m.add_argument("key")
+    m.add_argument("value", help="the value, or - to read stdin")
+    m = ms.add_parser("ls")
+    m.add_argument("region")
+    m.add_argument("--prefix", default="")
+    m = ms.add_parser("rm")
+    m.add_argument("region")
+    m.add_argument("key", nargs="?", default=None, help="omit to delete the whole region")
+    s = sub.add_parser("demo", help="boot a private kernel on the default model, ask it a question, stop it")
+    s.add_argument("question", nargs="?", default="What is the capital of France?")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--max-tokens", type=int, default=64)
+    return p
+
+
+COMMANDS = {"ps": cmd_ps, "devices": cmd_devices, "models": cmd_models, "load": cmd_load, "unload": cmd_unload,
+            "run": cmd_run, "chat": cmd_chat, "mem": cmd_mem, "sysinfo": cmd_sysinfo, "kill": cmd_kill,
+            "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    args, rest = p.parse_known_args(argv)
+    if args.cmd == "boot":
+        return cmd_boot(args, rest)
+    if rest:
+        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return COMMANDS[args.cmd](args)
+    except KernelUnavailable as exc:
+        print(f"llmos: {exc.message}", file=sys.stderr)
+        return 3
+    except LLMOSError as exc:
+        print(f"llmos {args.cmd}: {exc.errno}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
