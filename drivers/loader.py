@@ -1,0 +1,105 @@
+"""Load a resolved model onto a device, and turn prompts or chat messages into token ids.
+
+Models come from local files only (packaged, configured or made by the tests), never from a
+hub at run time, so loading sets HF_HUB_OFFLINE and passes local_files_only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .registry import ModelSpec
+
+MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    kind: str                 # "generate" | "embed"
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+    context_length: int       # most tokens (prompt + generated, or one embedded text) per sequence
+    bytes: int                # parameters + buffers on the device
+    eos_token_ids: list[int]
+
+
+def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None) -> LoadedModel:
+    """Load weights and tokenizer; fp32 on CPU and bf16 on CUDA unless dtype says otherwise."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    dev = torch.device(device)
+    torch_dtype = _pick_dtype(dev, dtype)
+    files = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
+    model_class = AutoModel if spec.kind == "embed" else AutoModelForCausalLM
+    model = model_class.from_pretrained(spec.path, dtype=torch_dtype, local_files_only=True, **files)
+    model.to(dev).eval()
+    tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True, **files)
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    return LoadedModel(spec.name, spec.kind, model, tokenizer, dev, torch_dtype,
+                       _context_length(spec, model, tokenizer), size, _eos_ids(model, tokenizer))
+
+
+def encode_prompt(lm: LoadedModel, prompt: str | None, messages: list[dict] | None) -> list[int]:
+    """Token ids for a plain prompt, or for chat messages through the model's chat template."""
+    tok = lm.tokenizer
+    if (prompt is None) == (messages is None):
+        raise ValueError("give either a prompt or chat messages, not both or neither")
+    if prompt is not None:
+        return tok(prompt).input_ids
+    _check_messages(messages)
+    if not getattr(tok, "chat_template", None):
+        raise ValueError(f"model '{lm.name}' has no chat template: send a plain prompt instead of messages")
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # The template already wrote any BOS it wants; don't let the tokenizer add another.
+    return tok(text, add_special_tokens=False).input_ids
+
+
+def _check_messages(messages) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {role, content} maps")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) != {"role", "content"}:
+            raise ValueError(f"messages[{i}] must be a map with exactly the keys 'role' and 'content'")
+        if m["role"] not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}].role is {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
+        if not isinstance(m["content"], str):
+            raise ValueError(f"messages[{i}].content must be a string")
+
+
+def _pick_dtype(device: torch.device, name: str | None) -> torch.dtype:
+    if name is None or name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def _context_length(spec: ModelSpec, model, tokenizer) -> int:
+    n = getattr(model.config, "max_position_embeddings", None) or MAX_CONTEXT
+    st_config = Path(spec.path) / "sentence_bert_config.json"  # sentence-transformers' own limit
+    if spec.kind == "embed" and st_config.is_file():
+        n = min(n, json.loads(st_config.read_text()).get("max_seq_length") or n)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < n:
+        n = limit
+    return min(n, MAX_CONTEXT)
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = [tokenizer.eos_token_id]
+    gen = getattr(model, "generation_config", None)
+    found = getattr(gen, "eos_token_id", None) if gen is not None else None
+    ids += found if isinstance(found, list) else [found]
+    return sorted({i for i in ids if i is not None})

@@ -1,0 +1,71 @@
+"""Choose the next token of every sequence in a batch, reproducibly.
+
+Sampling uses the Gumbel-max trick with noise that is a pure function of (seed, position of the
+token in the generated text, vocabulary index), computed with integer ops. So a request's tokens
+depend only on its own logits and seed: not on which other requests share the batch, not on
+whether it was preempted and recomputed, and not on the device (the noise is the same integers
+on CPU and CUDA). Temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_MIX = 0x045D9F3B        # multiplier < 2**27, so (x < 2**32) * _MIX never overflows int64
+_GOLDEN = 0x9E3779B1
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int64 tensors holding uint32s."""
+    x = ((x >> 16) ^ x) * _MIX & _MASK32
+    x = ((x >> 16) ^ x) * _MIX & _MASK32
+    return (x >> 16) ^ x
+
+
+def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[B, V] floats in (0, 1), a deterministic function of (seed, position, vocab index)."""
+    seeds = seeds.to(torch.int64)
+    row = _mix32(((seeds ^ (seeds >> 32)) & _MASK32))
+    row = _mix32(row ^ (positions.to(torch.int64) * _GOLDEN & _MASK32))
+    col = torch.arange(vocab_size, dtype=torch.int64, device=seeds.device) * _GOLDEN & _MASK32
+    bits = _mix32(_mix32(row[:, None] ^ col[None, :]))
+    # 24 bits are exact in float32; the half-step offset keeps 0 and 1 out of range.
+    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+
+
+def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,
+           seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Next token per row of logits [B, V]; the other arguments are [B] tensors.
+
+    top_k 0 and top_p 1 disable those filters; positions count generated tokens from 0.
+    """
+    tokens = logits.argmax(-1)
+    hot = (temperature > 0).nonzero().squeeze(1)
+    if hot.numel() == 0:
+        return tokens
+    x = logits.index_select(0, hot).float() / temperature.index_select(0, hot).float()[:, None]
+    x = _filter(x, top_k.index_select(0, hot), top_p.index_select(0, hot).float())
+    gumbel = -torch.log(-torch.log(uniform_noise(seeds.index_select(0, hot), positions.index_select(0, hot),
+                                                 x.shape[-1])))
+    return tokens.index_copy(0, hot, (x + gumbel).argmax(-1))
+
+
+def _filter(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Set logits outside each row's top-k / top-p nucleus to -inf."""
+    vocab = x.shape[-1]
+    use_k = top_k > 0
+    use_p = top_p < 1
+    if bool(use_p.any()):
+        ordered, order = x.sort(dim=-1, descending=True, stable=True)
+        rank = torch.arange(vocab, device=x.device)
+        ordered = ordered.masked_fill(use_k[:, None] & (rank[None, :] >= top_k[:, None]), float("-inf"))
+        probs = ordered.softmax(-1)
+        # Drop a token once the tokens before it already cover top_p; the first always stays.
+        ordered = ordered.masked_fill(probs.cumsum(-1) - probs > top_p[:, None], float("-inf"))
+        return torch.full_like(x, float("-inf")).scatter(-1, order, ordered)
+    if bool(use_k.any()):
+        k = top_k.clamp(1, vocab)
+        kth = x.topk(int(k.max()), -1).values.gather(-1, (k - 1)[:, None])
+        return x.masked_fill(use_k[:, None] & (x < kth), float("-inf"))
+    return x

@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models built once per session, and kernels booted for real."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from harness import KernelProcess
+from tiny import make_tiny_bert, make_tiny_llama
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> str:
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def kernel(tmp_path_factory, tiny_llama) -> KernelProcess:
+    """One kernel on the tiny model, shared by the tests that do not stop or break it."""
+    k = KernelProcess(tmp_path_factory.mktemp("kernel"), model=tiny_llama).start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture
+def fresh_kernel(tmp_path, tiny_llama):
+    """A kernel of the test's own, for tests that kill, restart or fill it."""
+    made = []
+
+    def boot(**kw) -> KernelProcess:
+        kw.setdefault("model", tiny_llama)
+        k = KernelProcess(tmp_path / f"k{len(made)}", **kw).start()
+        made.append(k)
+        return k
+
+    yield boot
+    for k in made:
+        k.stop()
+
+
+@pytest.fixture(scope="session")
+def real_kernel(tmp_path_factory) -> KernelProcess:
+    """One kernel on the embedded default model (SmolLM2-135M-Instruct), shared by every real-model test."""
+    k = KernelProcess(tmp_path_factory.mktemp("real-kernel"), model="smollm2-135m-instruct").start(timeout=300)
+    yield k
+    k.stop()

@@ -1,0 +1,303 @@
+"""The inference engine, specified on tiny random-weight models (and once on the real one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmos.drivers import registry
+from llmos.drivers.embedding import embed
+from llmos.drivers.engine import Engine, GenRequest, TextStream
+from llmos.drivers.loader import LoadedModel, encode_prompt, load
+from llmos.drivers.runner import HFRunner, PagedRunner
+from llmos.drivers.sampling import sample
+
+from tiny import make_tiny_bert, make_tiny_llama
+
+BIG_KV = 1 << 22   # bytes; holds thousands of tiny-model tokens
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> LoadedModel:
+    return load(registry.resolve(make_tiny_llama(tmp_path_factory.mktemp("llama"))))
+
+
+def ids(lm, text: str) -> list[int]:
+    return lm.tokenizer(text).input_ids
+
+
+PROMPTS = ["A", "The quick brown fox", "Paris is the capital of France, Rome is",
+           "An operating system shares one machine among many programs; a kernel owns the resources"]
+
+
+def request(rid, prompt_ids, max_tokens=24, temperature=0.0, top_p=1.0, top_k=0, stop=(), seed=None, priority=0):
+    return GenRequest(rid, list(prompt_ids), max_tokens, temperature, top_p, top_k, list(stop), seed, priority)
+
+
+def run(engine: Engine, requests=(), max_steps=10_000) -> dict[int, dict]:
+    """Add the requests, step until idle; per rid: tokens, text, finish, usage, events."""
+    out: dict[int, dict] = {}
+    for r in requests:
+        engine.add(r)
+    for _ in range(max_steps):
+        if not engine.has_work():
+            return out
+        collect(out, engine.step())
+    raise AssertionError("engine did not finish")
+
+
+def collect(out: dict, events) -> None:
+    for e in events:
+        r = out.setdefault(e.rid, {"tokens": [], "text": "", "finish": None, "usage": None, "events": 0})
+        r["tokens"] += e.token_ids
+        r["text"] += e.delta
+        r["finish"], r["usage"] = e.finish, e.usage
+        r["events"] += 1
+
+
+def hf_greedy(lm, prompt_ids, max_tokens=24) -> list[int]:
+    prompt = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = lm.model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                max_new_tokens=max_tokens, eos_token_id=lm.eos_token_ids,
+                                pad_token_id=lm.tokenizer.pad_token_id)
+    return out[0, prompt.shape[1]:].tolist()
+
+
+# --- matches transformers ----------------------------------------------------------------------
+
+
+def test_greedy_batch_matches_hf_generate(lm):
+    engine = Engine(lm, BIG_KV)
+    assert isinstance(engine.runner, PagedRunner)
+    out = run(engine, [request(i, ids(lm, p)) for i, p in enumerate(PROMPTS)])
+    for i, p in enumerate(PROMPTS):
+        assert out[i]["tokens"] == hf_greedy(lm, ids(lm, p))
+
+
+def _tiny(arch: str) -> torch.nn.Module:
+    import transformers as tf
+    common = dict(vocab_size=384, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.1)
+    configs = {"qwen2": lambda: tf.Qwen2Config(**common),
+               "qwen3": lambda: tf.Qwen3Config(head_dim=16, **common),
+               "mistral": lambda: tf.MistralConfig(sliding_window=None, **common),
+               "gpt2": lambda: tf.GPT2Config(vocab_size=384, n_embd=64, n_layer=2, n_head=4, n_positions=256)}
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(configs[arch]()).eval()
+
+
+@pytest.mark.parametrize("arch, runner", [("qwen2", PagedRunner), ("qwen3", PagedRunner),
+                                          ("mistral", PagedRunner), ("gpt2", HFRunner)])
+def test_other_architectures_match_hf_generate(lm, arch, runner):
+    model = _tiny(arch)
+    other = LoadedModel(arch, "generate", model, lm.tokenizer, torch.device("cpu"), torch.float32, 256, 0,
+                        lm.eos_token_ids)
+    engine = Engine(other, BIG_KV)
+    assert isinstance(engine.runner, runner)
+    out = run(engine, [request(i, ids(lm, p)) for i, p in enumerate(PROMPTS)])
+    for i, p in enumerate(PROMPTS):
+        assert out[i]["tokens"] == hf_greedy(other, ids(lm, p))
+
+
+def test_chunked_prefill_gives_the_same_tokens_as_unchunked(lm):
+    long_prompt = ids(lm, " ".join(PROMPTS * 4))
+    assert len(long_prompt) > 100
+    chunked = run(Engine(lm, BIG_KV, max_batch_tokens=16), [request(0, long_prompt)])
+    whole = run(Engine(lm, BIG_KV), [request(0, long_prompt)])
+    assert chunked[0]["tokens"] == whole[0]["tokens"] == hf_greedy(lm, long_prompt)
+
+
+# --- requests come and go ----------------------------------------------------------------------
+
+
+def test_request_added_mid_generation_gets_correct_tokens(lm):
+    engine = Engine(lm, BIG_KV)
+    out = {}
+    for i in range(2):
+        engine.add(request(i, ids(lm, PROMPTS[i])))
+    for _ in range(5):
+        collect(out, engine.step())
+    engine.add(request(2, ids(lm, PROMPTS[2])))
+    while engine.has_work():
+        collect(out, engine.step())
+    for i in range(3):
+        assert out[i]["tokens"] == hf_greedy(lm, ids(lm, PROMPTS[i]))
+
+
+def test_finished_request_frees_its_slot(lm):
+    engine = Engine(lm, BIG_KV, max_seqs=1)
+    engine.add(request(0, ids(lm, PROMPTS[1]), max_tokens=3))
+    engine.add(request(1, ids(lm, PROMPTS[2]), max_tokens=3))
+    engine.step()
+    assert engine.stats()["running"] == 1 and engine.stats()["waiting"] == 1
+    out = run(engine)
+    assert out[0]["finish"] == out[1]["finish"] == "length"
+    assert engine.stats()["running"] == 0 and engine.stats()["kv_used_bytes"] == 0
+
+
+def test_cancel_frees_kv_at_once_and_reports_cancelled(lm):
+    engine = Engine(lm, BIG_KV)
+    engine.add(request(7, ids(lm, PROMPTS[3]), max_tokens=100))
+    engine.step()
+    engine.step()
+    assert engine.stats()["kv_used_bytes"] > 0
+    assert engine.cancel(7)
+    assert engine.stats()["kv_used_bytes"] == 0 and engine.stats()["running"] == 0
+    events = engine.step()
+    assert [(e.rid, e.finish) for e in events] == [(7, "cancelled")]
+    assert not engine.has_work()
+    assert not engine.cancel(7)
+
+
+def test_max_tokens_finishes_with_length_and_usage(lm):
+    out = run(Engine(lm, BIG_KV), [request(0, ids(lm, PROMPTS[1]), max_tokens=5)])
+    assert out[0]["finish"] == "length"
+    assert out[0]["usage"] == {"prompt_tokens": len(ids(lm, PROMPTS[1])), "completion_tokens": 5}
+    assert len(out[0]["tokens"]) == 5
+
+
+def test_stop_string_ends_generation_and_is_not_emitted(lm):
+    prompt = ids(lm, PROMPTS[1])  # its greedy text has plain ASCII stretches
+    full = run(Engine(lm, BIG_KV), [request(0, prompt, max_tokens=40)])[0]["text"]
+    clean = [i for i in range(4, len(full) - 2) if "\ufffd" not in full[i:i + 2]]
+    stop = full[clean[0]:clean[0] + 2]
+    out = run(Engine(lm, BIG_KV), [request(0, prompt, max_tokens=40, stop=[stop, "never appears"])])[0]
+    assert out["finish"] == "stop"
+    assert out["text"] == full[:full.index(stop)]
+
+
+def test_text_never_splits_a_multibyte_character(lm):
+    text = "Café naïve 日本語 😀 über"
+    stream = TextStream(lm.tokenizer, [], stop=[])
+    deltas = [stream.push(t)[0] for t in lm.tokenizer(text).input_ids]
+    assert "".join(deltas) + stream.flush() == text
+    assert not any("\ufffd" in d for d in deltas)
+
+
+def test_text_that_may_begin_a_stop_string_is_held_back(lm):
+    stream = TextStream(lm.tokenizer, [], stop=["capital of Italy"])
+    shown = "".join(stream.push(t)[0] for t in lm.tokenizer("Rome is the capital of").input_ids)
+    assert shown == "Rome is the "
+
+
+# --- sampling ----------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_same_text_and_different_seeds_differ(lm):
+    def sampled(seed):
+        return run(Engine(lm, BIG_KV), [request(0, ids(lm, PROMPTS[1]), temperature=1.0, seed=seed)])[0]["tokens"]
+    assert sampled(1) == sampled(1)
+    assert sampled(1) != sampled(2)
+
+
+def test_sampled_tokens_do_not_depend_on_batch_company(lm):
+    alone = run(Engine(lm, BIG_KV), [request(0, ids(lm, PROMPTS[1]), temperature=0.8, top_p=0.9, seed=5)])
+    crowd = run(Engine(lm, BIG_KV), [request(0, ids(lm, PROMPTS[1]), temperature=0.8, top_p=0.9, seed=5)]
+                + [request(i, ids(lm, PROMPTS[i % 4]), temperature=1.0, top_k=20, seed=i) for i in range(1, 6)])
+    assert alone[0]["tokens"] == crowd[0]["tokens"]
+
+
+def test_sampler_is_greedy_at_temperature_zero_and_with_top_k_one():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    argmax = logits.argmax(-1)
+    zeros, ones = torch.zeros(4), torch.ones(4)
+    seeds, positions = torch.arange(4), torch.zeros(4, dtype=torch.long)
+    assert torch.equal(sample(logits, zeros, ones, torch.zeros(4, dtype=torch.long), seeds, positions), argmax)
+    assert torch.equal(sample(logits, ones, ones, torch.ones(4, dtype=torch.long), seeds, positions), argmax)
+    assert torch.equal(sample(logits, ones, torch.full((4,), 1e-6), torch.zeros(4, dtype=torch.long), seeds,
+                              positions), argmax)
+
+
+# --- KV budget: queueing, preemption, rejection --------------------------------------------------
+
+
+def test_preemption_under_a_tiny_kv_budget_gives_the_same_tokens(lm):
+    reqs = [request(i, ids(lm, p), max_tokens=40, temperature=1.0, seed=100 + i) for i, p in enumerate(PROMPTS)]
+    roomy = run(Engine(lm, BIG_KV), reqs)
+    tight_engine = Engine(lm, 10 * 16 * Engine(lm, 0).layout.bytes_per_token)  # 10 blocks of 16 tokens
+    tight = run(tight_engine, reqs)
+    assert tight_engine.stats()["preemptions"] > 0
+    for i in range(len(PROMPTS)):
+        assert tight[i]["finish"] == "length"
+        assert tight[i]["tokens"] == roomy[i]["tokens"]
+        assert tight[i]["text"] == roomy[i]["text"]
+
+
+def test_admission_under_a_small_kv_budget_queues_instead_of_failing(lm):
+    per_token = Engine(lm, 0).layout.bytes_per_token
+    engine = Engine(lm, 4 * 16 * per_token)  # room for about one sequence
+    prompt = ids(lm, PROMPTS[3])
+    out: dict = {}
+    for i in range(3):
+        engine.add(request(i, prompt, max_tokens=20))
+    collect(out, engine.step())
+    assert engine.stats()["waiting"] >= 1
+    while engine.has_work():
+        collect(out, engine.step())
+    assert [out[i]["finish"] for i in range(3)] == ["length"] * 3
+    assert out[0]["tokens"] == out[1]["tokens"] == out[2]["tokens"]
+
+
+def test_prompt_that_can_never_fit_the_kv_budget_fails_with_error(lm):
+    engine = Engine(lm, 2 * 16 * Engine(lm, 0).layout.bytes_per_token)
+    out = run(engine, [request(0, list(range(5, 45)))])
+    assert out[0]["finish"] == "error" and out[0]["usage"] is None
+    assert "KV cache" in out[0]["text"]
+
+
+def test_prompt_longer_than_the_context_fails_with_error(lm):
+    out = run(Engine(lm, BIG_KV), [request(0, [5] * (lm.context_length + 1))])
+    assert out[0]["finish"] == "error" and "context" in out[0]["text"]
+
+
+def test_a_long_prefill_does_not_delay_running_decodes(lm):
+    def steps_until_done(long_prompt_too: bool) -> int:
+        engine = Engine(lm, BIG_KV, max_batch_tokens=16)
+        engine.add(request(0, ids(lm, PROMPTS[1]), max_tokens=30))
+        engine.step()
+        if long_prompt_too:
+            engine.add(request(1, ids(lm, " ".join(PROMPTS * 3)), max_tokens=5))
+        for step in range(2, 1000):
+            if any(e.rid == 0 and e.finish for e in engine.step()):
+                return step
+    assert steps_until_done(long_prompt_too=True) == steps_until_done(long_prompt_too=False) == 30
+
+
+# --- chat and embeddings -----------------------------------------------------------------------
+
+
+def test_chat_messages_go_through_the_chat_template(lm):
+    got = encode_prompt(lm, None, [{"role": "user", "content": "hi"}])
+    assert lm.tokenizer.decode(got) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("messages", [[], [{"role": "robot", "content": "hi"}], [{"role": "user"}],
+                                      [{"role": "user", "content": 3}]])
+def test_malformed_messages_are_refused(lm, messages):
+    with pytest.raises(ValueError):
+        encode_prompt(lm, None, messages)
+
+
+def test_embeddings_are_normalized_and_deterministic(tmp_path):
+    bert = load(registry.resolve(make_tiny_bert(tmp_path / "bert")))
+    texts = ["Paris is the capital of France", "hello", "a kernel owns the resources"]
+    first, tokens = embed(bert, texts)
+    again, _ = embed(bert, texts)
+    alone, _ = embed(bert, texts[:1])
+    assert first == again and torch.allclose(torch.tensor(alone[0]), torch.tensor(first[0]), atol=1e-6)
+    assert tokens > len(texts)
+    for v in first:
+        assert abs(sum(x * x for x in v) - 1) < 1e-5
+
+
+# --- the real model ----------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_real_model_answers_paris_and_matches_hf_greedy():
+    real = load(registry.resolve(registry.DEFAULT_MODEL))
+    prompt = encode_prompt(real, None, [{"role": "user", "content": "What is the capital of France?"}])
+    out = run(Engine(real, 64 << 20), [request(0, prompt, max_tokens=30)])[0]
+    assert "Paris" in out["text"]
+    assert out["tokens"] == hf_greedy(real, prompt, max_tokens=30)
