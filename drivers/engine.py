@@ -135,6 +135,8 @@ class Sequence:
 
 
 class Engine:
+    """A continuous batch over one loaded model; the driver calls add/cancel and steps it."""
+
     def __init__(self, lm: LoadedModel, kv_budget_bytes: int, max_batch_tokens: int = 512, max_seqs: int = 64):
         self.lm = lm
         self.kv_budget_bytes = kv_budget_bytes
@@ -148,6 +150,7 @@ class Engine:
         self._events: list[StepEvent] = []   # finished outside a forward pass; sent by the next step
         self._arrivals = itertools.count()
         self._admissions = itertools.count()
+        self._rng = random.Random()  # own state: a caller seeding `random` must not fix our seeds
         self._eos = set(lm.eos_token_ids)
         self.num_preemptions = 0
 
@@ -160,7 +163,7 @@ class Engine:
         if problem:
             self._events.append(StepEvent(req.rid, problem, 0, "error", None))
             return
-        seed = req.seed % (1 << 63) if req.seed is not None else random.getrandbits(32)
+        seed = req.seed % (1 << 63) if req.seed is not None else self._rng.getrandbits(32)
         seq = Sequence(req, seed, next(self._arrivals), TextStream(self.lm.tokenizer, req.prompt_ids, req.stop))
         bisect.insort(self.waiting, seq, key=Sequence.queue_key)
 
@@ -196,7 +199,7 @@ class Engine:
         budget = self.max_batch_tokens
         plan: list[tuple[Sequence, Chunk]] = []
         scheduled: set[int] = set()
-        preempted = False
+        short_of_cache = False
         ranked = sorted(self.running, key=Sequence.rank)
         for seq in ranked:
             if budget and seq.admitted is not None and seq.num_uncomputed == 1:
@@ -205,31 +208,37 @@ class Engine:
                     scheduled.add(seq.id)
                     budget -= 1
                 else:
-                    preempted = True
+                    short_of_cache = True  # admitting now would only preempt again
         for seq in ranked:
             if budget and seq.admitted is not None and seq.num_uncomputed > 1:
                 n = min(seq.num_uncomputed, budget)
                 plan.append((seq, self._chunk(seq, n)))
                 budget -= n
-        while not preempted and budget and self.waiting and len(self.running) < self.max_seqs:
+        while not short_of_cache and budget and self.waiting and len(self.running) < self.max_seqs:
             seq = self.waiting[0]
+            if not self.blocks.can_ever_hold(len(seq.tokens)):
+                self._end_early(seq, "length")  # a preempted sequence that had filled the whole cache
+                continue
             if not self.blocks.can_allocate(len(seq.tokens)):
                 break  # first in line waits for room; nobody overtakes it
-            self.waiting.pop(0)
-            self.blocks.allocate(seq.id, len(seq.tokens))
-            seq.admitted = next(self._admissions)
-            self.running.append(seq)
+            self._admit(seq)
             n = min(len(seq.tokens), budget)
             plan.append((seq, self._chunk(seq, n)))
             budget -= n
         return plan
 
+    def _admit(self, seq: Sequence) -> None:
+        """Move seq from waiting to running, with cache blocks for all its tokens."""
+        self.waiting.remove(seq)
+        self.blocks.allocate(seq.id, len(seq.tokens))
+        seq.admitted = next(self._admissions)
+        self.running.append(seq)
+
     def _make_room(self, seq: Sequence, scheduled: set[int]) -> bool:
         """Get a cache slot for seq's next token, preempting others (or seq) if needed."""
         need = seq.num_computed + 1
         if not self.blocks.can_ever_hold(need):
-            self._release(seq)
-            self._events.append(self._event(seq, seq.text.flush(), "length"))
+            self._end_early(seq, "length")  # it alone fills the whole cache
             return False
         while not self.blocks.can_extend(seq.id, need):
             victim = max((s for s in self.running if s.id not in scheduled), key=Sequence.rank)
@@ -285,6 +294,11 @@ class Engine:
         if seq.num_generated >= seq.req.max_tokens or len(seq.tokens) >= self.lm.context_length:
             return self._finish(seq, delta + seq.text.flush(), "length")
         return self._event(seq, delta, None) if delta else None
+
+    def _end_early(self, seq: Sequence, reason: str) -> None:
+        """Finish seq outside a forward pass; its event goes out with this step's."""
+        self._release(seq)
+        self._events.append(self._event(seq, seq.text.flush(), reason))
 
     def _finish(self, seq: Sequence, delta: str, reason: str) -> StepEvent:
         self._release(seq)

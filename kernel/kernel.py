@@ -383,11 +383,11 @@ class Kernel:
         if req.timer:
             req.timer.cancel()
         sched = self.schedulers.get(req.device)
-        if req.state == "queued" and sched:
+        if req.state == "queued" and sched is not None:
             sched.remove(req)
         elif req.state == "running":
             self.running[req.device].pop(req.rid, None)
-            if sched:
+            if sched is not None:
                 sched.finished(req)
             if error is not None and req.call == "infer":
                 self.supervisor.send(req.device, {"op": "cancel", "rid": req.rid})

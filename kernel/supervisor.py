@@ -57,6 +57,7 @@ class Supervisor:
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.sock.bind(endpoint)
+        self._send_sock = zmq.Socket.shadow(self.sock.underlying)   # raises send errors at once
         self._tasks: list[asyncio.Task] = []
         self._closing = False
 
@@ -69,7 +70,7 @@ class Supervisor:
 
     def send(self, device: str, msg: dict) -> bool:
         try:
-            self.sock.send_multipart([device.encode(), pack(msg)], flags=zmq.NOBLOCK)
+            self._send_sock.send_multipart([device.encode(), pack(msg)], flags=zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False

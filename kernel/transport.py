@@ -44,6 +44,9 @@ class Transport:
             if self.ipc_path.exists():
                 self.ipc_path.unlink()   # stale: the boot lock proved no kernel owns it
         self.sock.bind(url)
+        # zmq.asyncio reports send errors through futures; a synchronous shadow of the same
+        # socket raises them at once, which is what a non-blocking send needs.
+        self._send_sock = zmq.Socket.shadow(self.sock.underlying)
         self._ipc_inode = None
         if self.ipc_path:
             os.chmod(self.ipc_path, stat.S_IRUSR | stat.S_IWUSR)  # only this user's programs
@@ -55,7 +58,7 @@ class Transport:
     def send(self, routing: list[bytes], frame: bytes) -> bool:
         """Queue a frame for a client without waiting; False if it could not be delivered."""
         try:
-            self.sock.send_multipart(routing + [frame], flags=zmq.NOBLOCK, copy=False)
+            self._send_sock.send_multipart(routing + [frame], flags=zmq.NOBLOCK, copy=False)
             return True
         except zmq.Again:
             self.on_unreachable(routing[0], "not reading: its receive queue is full")

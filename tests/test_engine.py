@@ -8,6 +8,7 @@ import torch
 from llmos.drivers import registry
 from llmos.drivers.embedding import embed
 from llmos.drivers.engine import Engine, GenRequest, TextStream
+from llmos.drivers.kvcache import BLOCK_SIZE, BlockAllocator, KVLayout
 from llmos.drivers.loader import LoadedModel, encode_prompt, load
 from llmos.drivers.runner import HFRunner, PagedRunner
 from llmos.drivers.sampling import sample
@@ -26,6 +27,11 @@ def ids(lm, text: str) -> list[int]:
     return lm.tokenizer(text).input_ids
 
 
+def kv_blocks(lm, n: int) -> int:
+    """A KV budget in bytes that holds exactly n blocks."""
+    return n * BLOCK_SIZE * KVLayout.of(lm.model.config, lm.dtype).bytes_per_token
+
+
 PROMPTS = ["A", "The quick brown fox", "Paris is the capital of France, Rome is",
            "An operating system shares one machine among many programs; a kernel owns the resources"]
 
@@ -34,25 +40,30 @@ def request(rid, prompt_ids, max_tokens=24, temperature=0.0, top_p=1.0, top_k=0,
     return GenRequest(rid, list(prompt_ids), max_tokens, temperature, top_p, top_k, list(stop), seed, priority)
 
 
-def run(engine: Engine, requests=(), max_steps=10_000) -> dict[int, dict]:
-    """Add the requests, step until idle; per rid: tokens, text, finish, usage, events."""
-    out: dict[int, dict] = {}
+def run(engine: Engine, requests=(), out: dict | None = None) -> dict[int, dict]:
+    """Add the requests and step until idle; per rid: tokens, text, finish, usage (into out)."""
+    out = {} if out is None else out
     for r in requests:
         engine.add(r)
+    collect(out, events_until_idle(engine))
+    return out
+
+
+def events_until_idle(engine: Engine, max_steps=10_000) -> list:
+    events = []
     for _ in range(max_steps):
         if not engine.has_work():
-            return out
-        collect(out, engine.step())
+            return events
+        events += engine.step()
     raise AssertionError("engine did not finish")
 
 
 def collect(out: dict, events) -> None:
     for e in events:
-        r = out.setdefault(e.rid, {"tokens": [], "text": "", "finish": None, "usage": None, "events": 0})
+        r = out.setdefault(e.rid, {"tokens": [], "text": "", "finish": None, "usage": None})
         r["tokens"] += e.token_ids
         r["text"] += e.delta
         r["finish"], r["usage"] = e.finish, e.usage
-        r["events"] += 1
 
 
 def hf_greedy(lm, prompt_ids, max_tokens=24) -> list[int]:
@@ -118,9 +129,7 @@ def test_request_added_mid_generation_gets_correct_tokens(lm):
         engine.add(request(i, ids(lm, PROMPTS[i])))
     for _ in range(5):
         collect(out, engine.step())
-    engine.add(request(2, ids(lm, PROMPTS[2])))
-    while engine.has_work():
-        collect(out, engine.step())
+    run(engine, [request(2, ids(lm, PROMPTS[2]))], out)
     for i in range(3):
         assert out[i]["tokens"] == hf_greedy(lm, ids(lm, PROMPTS[i]))
 
@@ -212,10 +221,19 @@ def test_sampler_is_greedy_at_temperature_zero_and_with_top_k_one():
 # --- KV budget: queueing, preemption, rejection --------------------------------------------------
 
 
+def test_block_allocator_hands_out_whole_blocks_and_takes_them_back():
+    blocks = BlockAllocator(num_blocks=4, block_size=16)
+    assert blocks.allocate(1, 17) == [0, 1] and blocks.num_free_blocks == 2
+    assert blocks.can_extend(1, 48) and not blocks.can_extend(1, 65) and not blocks.can_allocate(33)
+    assert blocks.extend(1, 48) == [0, 1, 2]
+    blocks.free(1)
+    assert blocks.num_free_blocks == 4 and blocks.can_allocate(64)
+
+
 def test_preemption_under_a_tiny_kv_budget_gives_the_same_tokens(lm):
     reqs = [request(i, ids(lm, p), max_tokens=40, temperature=1.0, seed=100 + i) for i, p in enumerate(PROMPTS)]
     roomy = run(Engine(lm, BIG_KV), reqs)
-    tight_engine = Engine(lm, 10 * 16 * Engine(lm, 0).layout.bytes_per_token)  # 10 blocks of 16 tokens
+    tight_engine = Engine(lm, kv_blocks(lm, 10))
     tight = run(tight_engine, reqs)
     assert tight_engine.stats()["preemptions"] > 0
     for i in range(len(PROMPTS)):
@@ -225,25 +243,35 @@ def test_preemption_under_a_tiny_kv_budget_gives_the_same_tokens(lm):
 
 
 def test_admission_under_a_small_kv_budget_queues_instead_of_failing(lm):
-    per_token = Engine(lm, 0).layout.bytes_per_token
-    engine = Engine(lm, 4 * 16 * per_token)  # room for about one sequence
+    engine = Engine(lm, kv_blocks(lm, 4))  # room for about one sequence
     prompt = ids(lm, PROMPTS[3])
     out: dict = {}
     for i in range(3):
         engine.add(request(i, prompt, max_tokens=20))
     collect(out, engine.step())
     assert engine.stats()["waiting"] >= 1
-    while engine.has_work():
-        collect(out, engine.step())
+    run(engine, out=out)
     assert [out[i]["finish"] for i in range(3)] == ["length"] * 3
     assert out[0]["tokens"] == out[1]["tokens"] == out[2]["tokens"]
 
 
 def test_prompt_that_can_never_fit_the_kv_budget_fails_with_error(lm):
-    engine = Engine(lm, 2 * 16 * Engine(lm, 0).layout.bytes_per_token)
-    out = run(engine, [request(0, list(range(5, 45)))])
+    out = run(Engine(lm, kv_blocks(lm, 2)), [request(0, list(range(5, 45)))])
     assert out[0]["finish"] == "error" and out[0]["usage"] is None
     assert "KV cache" in out[0]["text"]
+
+
+def test_a_sequence_that_fills_the_whole_kv_cache_ends_with_length(lm):
+    out = run(Engine(lm, kv_blocks(lm, 2)), [request(0, [5, 6, 7], max_tokens=100)])
+    assert out[0]["finish"] == "length"
+    assert out[0]["usage"]["completion_tokens"] == 2 * BLOCK_SIZE + 1 - 3
+
+
+def test_higher_priority_is_admitted_first(lm):
+    engine = Engine(lm, BIG_KV, max_seqs=1)
+    engine.add(request(0, ids(lm, PROMPTS[1]), max_tokens=2))
+    engine.add(request(1, ids(lm, PROMPTS[1]), max_tokens=2, priority=5))
+    assert [e.rid for e in events_until_idle(engine) if e.finish] == [1, 0]
 
 
 def test_prompt_longer_than_the_context_fails_with_error(lm):

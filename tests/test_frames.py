@@ -1,0 +1,102 @@
+"""Bad frames get EINVAL or ENOSYS, never crash the kernel, and never disturb another client."""
+
+import threading
+
+import msgpack
+import pytest
+import zmq
+
+
+@pytest.fixture
+def raw(kernel):
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(kernel.socket)
+    yield sock
+    sock.close(0)
+    ctx.term()
+
+
+def ask(sock, frame: bytes) -> dict:
+    sock.send(frame)
+    assert sock.poll(10_000), "the kernel did not answer"
+    return msgpack.unpackb(sock.recv())
+
+
+def req(**fields) -> bytes:
+    base = {"v": 1, "id": 1, "call": "ping", "args": {}}
+    base.update(fields)
+    return msgpack.packb({k: v for k, v in base.items() if v is not ...})
+
+
+BAD_FRAMES = {
+    "garbage bytes": b"\x00\xffnot msgpack at all\xc1",
+    "empty frame": b"",
+    "truncated msgpack": msgpack.packb({"v": 1, "id": 1, "call": "ping"})[:-3],
+    "not a map": msgpack.packb([1, "ping", {}]),
+    "integer map keys": msgpack.packb({1: 2}),
+    "missing id": req(id=...),
+    "negative id": req(id=-5),
+    "string id": req(id="one"),
+    "bool id": req(id=True),
+    "missing version": req(v=...),
+    "future version": req(v=99),
+    "call not a string": req(call=42),
+    "args not a map": req(args=[1, 2]),
+    "unknown argument": req(args={"nope": 1}),
+    "wrong argument type": req(call="kill", args={"pid": "one"}),
+    "nan float": req(call="infer", args={"prompt": "x", "temperature": float("nan")}),
+    "deeply nested": msgpack.packb({"v": 1, "id": 1, "call": "ping", "args": {"payload": [[[[[[[[[[[]]]]]]]]]]]}}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FRAMES))
+def test_a_bad_frame_is_answered_einval(raw, name):
+    reply = ask(raw, BAD_FRAMES[name])
+    if name == "deeply nested":
+        assert reply["ok"]   # odd but valid
+        return
+    assert reply["ok"] is False and reply["error"]["errno"] == "EINVAL", reply
+    assert reply["error"]["message"]
+
+
+def test_an_unknown_syscall_is_enosys(raw):
+    reply = ask(raw, req(call="reboot_the_world"))
+    assert reply["error"]["errno"] == "ENOSYS" and reply["id"] == 1
+
+
+def test_a_frame_over_the_size_limit_is_dropped_and_the_kernel_keeps_serving(kernel, raw):
+    huge = msgpack.packb({"v": 1, "id": 1, "call": "ping", "args": {"payload": b"x" * (65 << 20)}})
+    raw.send(huge)   # ZMQ_MAXMSGSIZE makes the kernel drop the connection's frame
+    with kernel.client("after-huge") as c:
+        assert c.ping()["pong"]
+
+
+def test_a_multipart_message_is_answered_with_its_envelope(raw):
+    raw.send_multipart([b"envelope", req(id=3)])
+    assert raw.poll(10_000)
+    parts = raw.recv_multipart()
+    assert parts[0] == b"envelope" and msgpack.unpackb(parts[-1])["id"] == 3
+
+
+def test_another_client_keeps_being_served_during_a_barrage(kernel, raw):
+    results = []
+
+    def good_client():
+        with kernel.client("bystander") as c:
+            for i in range(50):
+                results.append(c.ping(i)["payload"] == i)
+
+    t = threading.Thread(target=good_client)
+    t.start()
+    for _ in range(20):
+        for frame in BAD_FRAMES.values():
+            raw.send(frame)
+    t.join(60)
+    answered = 0
+    while raw.poll(1000):
+        raw.recv()
+        answered += 1
+    assert results == [True] * 50
+    assert answered == 20 * len(BAD_FRAMES)

@@ -1,0 +1,108 @@
+"""The fair scheduler's policy, on a fake clock: shares by tokens served, caps, priorities, deadlines."""
+
+from dataclasses import dataclass
+
+from llmos.kernel.scheduler import FairScheduler
+
+
+@dataclass(eq=False)
+class Req:
+    pid: int
+    priority: int = 0
+    deadline: float | None = None
+    seq: int = 0
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_to_completion(sched, req, tokens):
+    sched.charge(req.pid, tokens)
+    sched.finished(req)
+
+
+def test_a_flooding_process_does_not_starve_a_light_one():
+    sched = FairScheduler(max_running_per_process=64)
+    for i in range(64):
+        sched.enqueue(Req(pid=1, seq=i))
+    first = sched.pop_next()
+    run_to_completion(sched, first, 100)           # the heavy process has been served
+    sched.enqueue(Req(pid=2, seq=100))
+    assert sched.pop_next().pid == 2               # the light one goes next, ahead of 62 queued
+
+
+def test_service_alternates_by_tokens_served_not_by_requests():
+    sched = FairScheduler(max_running_per_process=100)
+    for i in range(10):
+        sched.enqueue(Req(pid=1, seq=i))
+        sched.enqueue(Req(pid=2, seq=100 + i))
+    served = {1: 0, 2: 0}
+    for _ in range(10):
+        req = sched.pop_next()
+        tokens = 100 if req.pid == 1 else 10       # pid 1 asks for long generations
+        served[req.pid] += tokens
+        run_to_completion(sched, req, tokens)
+    assert served[2] > 0 and abs(served[1] - served[2]) <= 100
+
+
+def test_finished_requests_give_their_running_slot_back():
+    sched = FairScheduler(max_running_per_process=2)
+    reqs = [Req(pid=1, seq=i) for i in range(5)]
+    for r in reqs:
+        sched.enqueue(r)
+    a, b = sched.pop_next(), sched.pop_next()
+    assert sched.pop_next() is None                # capped at 2 running
+    sched.finished(a)
+    assert sched.pop_next() is reqs[2]
+    sched.finished(b)
+    assert sched.pop_next() is reqs[3]
+
+
+def test_within_a_process_priority_then_deadline_then_arrival():
+    sched = FairScheduler()
+    low, urgent, high, early = Req(1, 0, None, 0), Req(1, 0, 5.0, 1), Req(1, 5, None, 2), Req(1, 0, 1.0, 3)
+    for r in (low, urgent, high, early):
+        sched.enqueue(r)
+    assert [sched.pop_next() for _ in range(4)] == [high, early, urgent, low]
+
+
+def test_an_idle_process_earns_no_credit_while_others_run():
+    sched = FairScheduler()
+    sched.enqueue(Req(pid=1, seq=0))
+    run_to_completion(sched, sched.pop_next(), 10)
+    sched.enqueue(Req(pid=2, seq=1))               # keeps pid 2 active while pid 1 idles
+    busy = sched.pop_next()
+    for _ in range(5):
+        sched.charge(2, 1000)
+    sched.enqueue(Req(pid=1, seq=2))               # pid 1 rejoins at the active minimum
+    sched.enqueue(Req(pid=2, seq=3))
+    assert sched.pop_next().pid == 1
+    sched.finished(busy)
+
+
+def test_expired_requests_leave_the_queue_on_the_fake_clock():
+    clock = Clock()
+    sched = FairScheduler(clock=clock)
+    late, fine = Req(1, deadline=1.0, seq=0), Req(1, deadline=10.0, seq=1)
+    sched.enqueue(late)
+    sched.enqueue(fine)
+    clock.now = 2.0
+    assert sched.expired() == [late]
+    assert len(sched) == 1 and sched.pop_next() is fine
+
+
+def test_a_reaped_process_is_forgotten_with_its_queue():
+    sched = FairScheduler()
+    reqs = [Req(pid=7, seq=i) for i in range(3)]
+    for r in reqs:
+        sched.enqueue(r)
+    assert sched.forget(7) == reqs and len(sched) == 0 and sched.pop_next() is None
+
+
+def test_an_empty_scheduler_is_still_a_scheduler():
+    assert FairScheduler() is not None and len(FairScheduler()) == 0
