@@ -41,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--light-timeout", type=float, default=30.0,
                    help="a light request not finished this long after it was sent counts as an error and is "
                         "cancelled (default 30)")
+    p.add_argument("--heavy-timeout", type=float,
+                   help="a heavy request not finished this long after it was sent counts as an error and is "
+                        "cancelled (default 900; 60 with --quick)")
     p.add_argument("--light-delay", type=float,
                    help="seconds after the heavy burst before the light one starts (default 2.0; 0.2 with --quick)")
     return p
@@ -52,6 +55,7 @@ def main(argv=None) -> int:
     args.heavy_requests = args.heavy_requests or 64
     args.heavy_prompt_tokens = args.heavy_prompt_tokens or ([20, 120] if args.quick else [20, 400])
     args.heavy_max_tokens = args.heavy_max_tokens or ([16, 32] if args.quick else [64, 128])
+    args.heavy_timeout = args.heavy_timeout or (60.0 if args.quick else 900.0)
     args.light_delay = args.light_delay if args.light_delay is not None else (0.2 if args.quick else 2.0)
     with common.model_source(args) as (model, device):
         tok = common.load_tokenizer(model)
@@ -74,7 +78,7 @@ def main(argv=None) -> int:
             (alone,), _ = common.run_clients(k.socket, model, [light], "light alone", names=["light"])
             log("heavy and light together")
             late = [Job(j.idx, j.prompt, j.max_tokens, j.at + args.light_delay, j.timeout) for j in light]
-            heavy_jobs = [Job(r.idx, r.prompt, r.max_tokens) for r in heavy]
+            heavy_jobs = [Job(r.idx, r.prompt, r.max_tokens, 0.0, args.heavy_timeout) for r in heavy]
             (loaded, heavy_t), start = common.run_clients(k.socket, model, [late, heavy_jobs], "light + heavy",
                                                           names=["light", "heavy"])
 

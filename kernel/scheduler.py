@@ -58,12 +58,14 @@ class FairScheduler:
 
     def pop_next(self) -> Schedulable | None:
         """The next request to admit to the device, or None if nobody may run now."""
-        best_pid = None
+        best_pid, best_key = None, None
         for pid, queue in self._queues.items():
             if not queue or self._running[pid] >= self.max_running_per_process:
                 continue
-            if best_pid is None or self._vtime[pid] < self._vtime[best_pid]:
-                best_pid = pid
+            # Ties (a process rejoining at the current virtual time) go to the lighter user.
+            key = (self._vtime[pid], self._running[pid], len(queue))
+            if best_key is None or key < best_key:
+                best_pid, best_key = pid, key
         if best_pid is None:
             return None
         req = heapq.heappop(self._queues[best_pid])[2]
