@@ -33,10 +33,13 @@ from .interface import Driver  # noqa: E402
 class TorchDriver(Driver):
     """Transformers models on torch, on one device (cpu or cuda:N)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, dtype: str = "auto"):
         import torch
 
+        from .loader import auto_dtype
+
         self.device = device
+        self.dtype = auto_dtype(device) if dtype == "auto" else dtype
         self.torch = torch
         self.engines: dict = {}        # model -> Engine (generate models)
         self.embedders: dict = {}      # model -> LoadedModel (embedding models)
@@ -45,9 +48,10 @@ class TorchDriver(Driver):
     def memory(self) -> dict:
         if self.device.startswith("cuda"):
             free, total = self.torch.cuda.mem_get_info(self.torch.device(self.device))
-            return {"kind": "cuda", "total_bytes": int(total * 0.92), "free_bytes": int(free)}
+            return {"kind": "cuda", "total_bytes": int(total * 0.92), "free_bytes": int(free), "dtype": self.dtype}
         total = _meminfo("MemTotal")
-        return {"kind": "cpu", "total_bytes": int(total * 0.75), "free_bytes": _meminfo("MemAvailable")}
+        return {"kind": "cpu", "total_bytes": int(total * 0.75), "free_bytes": _meminfo("MemAvailable"),
+                "dtype": self.dtype}
 
     def load(self, name: str, spec: dict, kv_bytes: int) -> dict:
         from .engine import Engine
@@ -55,7 +59,7 @@ class TorchDriver(Driver):
         from .registry import ModelSpec
 
         started = time.monotonic()
-        lm = load(ModelSpec(**spec), self.device)
+        lm = load(ModelSpec(**spec), self.device, self.dtype)
         if lm.kind == "generate":
             self.engines[name] = Engine(lm, kv_budget_bytes=kv_bytes)
         else:
@@ -147,7 +151,7 @@ def _meminfo(field: str) -> int:
     return 0
 
 
-def serve(connect: str, device: str) -> None:
+def serve(connect: str, device: str, dtype: str = "auto") -> None:
     # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
@@ -156,7 +160,7 @@ def serve(connect: str, device: str) -> None:
     sock.setsockopt(zmq.IDENTITY, device.encode())
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(connect)
-    driver = TorchDriver(device)
+    driver = TorchDriver(device, dtype)
     sock.send(pack({"op": "hello", "device": device, "pid": os.getpid(), **driver.memory()}))
     loads: queue.Queue = queue.Queue()   # finished loads, from loader threads
 
@@ -214,9 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="llmos-driver", description=__doc__.splitlines()[0])
     p.add_argument("--connect", required=True)
     p.add_argument("--device", required=True)
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto")
     args = p.parse_args(argv)
     try:
-        serve(args.connect, args.device)
+        serve(args.connect, args.device, args.dtype)
     except KeyboardInterrupt:
         pass
 

@@ -18,6 +18,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where memory and logs persist (default: ~/.local/state/llmos)")
     p.add_argument("--config", help="TOML config file (default: $LLMOS_CONFIG or ~/.config/llmos/config.toml)")
     p.add_argument("--kv-cache", help="KV-cache budget per generate model, e.g. 512MiB")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model dtype (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -26,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = load({"socket": args.socket, "device": args.device, "model": args.model, "no_model": args.no_model,
-                         "state_dir": args.state_dir, "config": args.config, "kv_cache": args.kv_cache,
+                         "state_dir": args.state_dir, "config": args.config, "kv_cache": args.kv_cache, "dtype": args.dtype,
                          "log_level": args.log_level})
     except ConfigError as exc:
         print(f"llmos boot: {exc}", file=sys.stderr)

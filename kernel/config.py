@@ -59,6 +59,7 @@ class Settings:
     default_caps: tuple[str, ...] = DEFAULT_CAPS
     grantable_caps: tuple[str, ...] = GRANTABLE_CAPS
     log_level: str = "info"
+    dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
     config_file: Path | None = None
 
     def models_to_load(self) -> list[str]:
@@ -90,7 +91,7 @@ def _apply_file(s: Settings, path: Path) -> None:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
-    for key in ("socket", "default_model", "log_level"):
+    for key in ("socket", "default_model", "log_level", "dtype"):
         if key in data:
             setattr(s, key, data[key])
     if "state_dir" in data:
@@ -132,6 +133,8 @@ def _apply_env(s: Settings, env: dict[str, str]) -> None:
         s.default_model = None if env["LLMOS_MODEL"] == "none" else env["LLMOS_MODEL"]
     if env.get("LLMOS_STATE_DIR"):
         s.state_dir = Path(env["LLMOS_STATE_DIR"])
+    if env.get("LLMOS_DTYPE"):
+        s.dtype = env["LLMOS_DTYPE"]
     if env.get("LLMOS_LOG_LEVEL"):
         s.log_level = env["LLMOS_LOG_LEVEL"]
     if env.get("LLMOS_KV_CACHE"):
@@ -151,6 +154,8 @@ def _apply_flags(s: Settings, flags: dict[str, Any]) -> None:
         s.preload = None
     if "state_dir" in flags:
         s.state_dir = Path(flags["state_dir"])
+    if "dtype" in flags:
+        s.dtype = flags["dtype"]
     if "log_level" in flags:
         s.log_level = flags["log_level"]
     if "kv_cache" in flags:

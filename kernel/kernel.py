@@ -86,7 +86,8 @@ class Kernel:
             self.running[device] = {}
         driver_sock = f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock"
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.supervisor = Supervisor(self.ctx, driver_sock, self._driver_message, self._driver_down, self._driver_up)
+        self.supervisor = Supervisor(self.ctx, driver_sock, self._driver_message, self._driver_down, self._driver_up,
+                                     dtype=s.dtype)
         await self.supervisor.start(devices)
         self._spawn(self._serve(), "serve")
         self._spawn(self._probe_loop(), "probe")
@@ -285,7 +286,7 @@ class Kernel:
         try:
             await self.wait_driver(device)
             account = self.memory.devices[device]
-            dtype_bytes = 4 if account.kind == "cpu" else 2
+            dtype_bytes = 4 if self.driver(device).info.get("dtype", "float32") == "float32" else 2
             weights = await asyncio.to_thread(registry.estimate_bytes, spec, dtype_bytes)
             kv = self.kv_budget(device) if spec.kind == "generate" else 0
             need = weights + kv

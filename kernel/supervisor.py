@@ -46,12 +46,13 @@ class Supervisor:
                  on_message: Callable[[DriverHandle, dict], None],
                  on_down: Callable[[DriverHandle, str], Awaitable[None]],
                  on_up: Callable[[DriverHandle], Awaitable[None]],
-                 driver_env: dict[str, str] | None = None):
+                 driver_env: dict[str, str] | None = None, dtype: str = "auto"):
         self.endpoint = endpoint
         self.on_message = on_message
         self.on_down = on_down
         self.on_up = on_up
         self.driver_env = driver_env or {}
+        self.dtype = dtype
         self.drivers: dict[str, DriverHandle] = {}
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -81,7 +82,7 @@ class Supervisor:
         drv.info = {}
         drv.started = drv.last_heard = time.monotonic()
         drv.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device,
+            sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device, "--dtype", self.dtype,
             env=env, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
         log.info("driver.spawned", device=drv.device, os_pid=drv.proc.pid)
