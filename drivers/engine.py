@@ -34,6 +34,7 @@ class GenRequest:
     stop: list[str]
     seed: int | None
     priority: int = 0
+    ignore_eos: bool = False   # run to max_tokens even past EOS (benchmarks)
 
 
 @dataclass
@@ -101,7 +102,7 @@ class TextStream:
 class Sequence:
     """A request inside the engine: its tokens so far and how many are in the KV cache."""
 
-    def __init__(self, req: GenRequest, seed: int, arrival: int, text: TextStream):
+    def __init__(self, req: GenRequest, seed: int, arrival: int, text: TextStream | None):
         self.req = req
         self.seed = seed
         self.arrival = arrival
@@ -137,14 +138,18 @@ class Sequence:
 class Engine:
     """A continuous batch over one loaded model; the driver calls add/cancel and steps it."""
 
-    def __init__(self, lm: LoadedModel, kv_budget_bytes: int, max_batch_tokens: int = 512, max_seqs: int = 64):
+    def __init__(self, lm: LoadedModel, kv_budget_bytes: int, max_batch_tokens: int = 512, max_seqs: int = 64,
+                 decode_text: bool = True, cuda_graphs: bool = True):
+        """decode_text=False: events carry token ids only (no text, no stop strings), which saves
+        two detokenizations per token; cuda_graphs=False: decode steps run eagerly on CUDA too."""
         self.lm = lm
+        self.decode_text = decode_text
         self.kv_budget_bytes = kv_budget_bytes
         self.max_batch_tokens = max(1, max_batch_tokens)
         self.max_seqs = max(1, max_seqs)
         self.layout = KVLayout.of(lm.model.config, lm.dtype)
         self.blocks = BlockAllocator(self.layout.num_blocks(kv_budget_bytes))
-        self.runner = make_runner(lm, self.blocks.num_blocks)
+        self.runner = make_runner(lm, self.blocks.num_blocks, self.max_seqs, cuda_graphs)
         self.waiting: list[Sequence] = []    # sorted by (priority desc, arrival)
         self.running: list[Sequence] = []
         self._events: list[StepEvent] = []   # finished outside a forward pass; sent by the next step
@@ -164,7 +169,8 @@ class Engine:
             self._events.append(StepEvent(req.rid, problem, 0, "error", None))
             return
         seed = req.seed % (1 << 63) if req.seed is not None else self._rng.getrandbits(32)
-        seq = Sequence(req, seed, next(self._arrivals), TextStream(self.lm.tokenizer, req.prompt_ids, req.stop))
+        text = TextStream(self.lm.tokenizer, req.prompt_ids, req.stop) if self.decode_text else None
+        seq = Sequence(req, seed, next(self._arrivals), text)
         bisect.insort(self.waiting, seq, key=Sequence.queue_key)
 
     def cancel(self, rid: int) -> bool:
@@ -274,6 +280,9 @@ class Engine:
         return events
 
     def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        if all(s.req.temperature == 0 for s in seqs):
+            return logits.argmax(-1).tolist()   # what sample() gives, without its parameter columns
+
         def column(values, dtype):
             return torch.tensor(values, dtype=dtype, device=logits.device)
         reqs = [s.req for s in seqs]
@@ -286,19 +295,23 @@ class Engine:
         """Add a sampled token; the event to send, if there is news."""
         seq.tokens.append(token)
         seq.unreported += 1
-        if token in self._eos:
-            return self._finish(seq, seq.text.flush(), "stop")
-        delta, stopped = seq.text.push(token)
+        if token in self._eos and not seq.req.ignore_eos:
+            return self._finish(seq, self._flush(seq), "stop")
+        delta, stopped = seq.text.push(token) if seq.text else ("", False)
         if stopped:
             return self._finish(seq, delta, "stop")
         if seq.num_generated >= seq.req.max_tokens or len(seq.tokens) >= self.lm.context_length:
-            return self._finish(seq, delta + seq.text.flush(), "length")
-        return self._event(seq, delta, None) if delta else None
+            return self._finish(seq, delta + self._flush(seq), "length")
+        return self._event(seq, delta, None) if delta or not seq.text else None
+
+    @staticmethod
+    def _flush(seq: Sequence) -> str:
+        return seq.text.flush() if seq.text else ""
 
     def _end_early(self, seq: Sequence, reason: str) -> None:
         """Finish seq outside a forward pass; its event goes out with this step's."""
         self._release(seq)
-        self._events.append(self._event(seq, seq.text.flush(), reason))
+        self._events.append(self._event(seq, self._flush(seq), reason))
 
     def _finish(self, seq: Sequence, delta: str, reason: str) -> StepEvent:
         self._release(seq)
@@ -339,4 +352,6 @@ class Engine:
             return "max_tokens must be at least 1"
         if req.temperature < 0 or not 0 < req.top_p <= 1 or req.top_k < 0:
             return "sampling parameters out of range: need temperature >= 0, 0 < top_p <= 1, top_k >= 0"
+        if req.stop and not self.decode_text:
+            return "stop strings need text: this engine emits token ids only (decode_text=False)"
         return None

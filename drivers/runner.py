@@ -2,9 +2,11 @@
 
 The engine hands over a list of `Chunk`s (prefill pieces and single decode tokens). The paged
 runner lays them out as one flat batch without padding, runs the HF decoder layers' own
-modules over it, writes keys and values into the paged cache and attends per sequence. Models
-whose layers are not Llama-shaped go through `HFRunner`, transformers' own forward with one
-cache per sequence: correct, but one sequence at a time. `make_runner` picks.
+modules over it, writes keys and values into the paged cache and attends per sequence. A step
+of decode tokens only is padded to a fixed batch size and, on CUDA, replayed as a CUDA graph
+(`cuda_graphs.py`); every other step runs eagerly. Models whose layers are not Llama-shaped go
+through `HFRunner`, transformers' own forward with one cache per sequence: correct, but one
+sequence at a time. `make_runner` picks.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from .attention import paged_decode_attention, uses_kernel
+from .cuda_graphs import DecodeGraphs, batch_sizes, padded_size
 from .kvcache import KVCache, KVLayout
 from .loader import LoadedModel
 
@@ -32,7 +36,7 @@ class Chunk:
     seq_id: int
     tokens: list[int]
     start: int               # position of tokens[0]; positions before it are in the cache
-    block_table: list[int]
+    block_table: list[int]   # the allocator's own list: it only grows while the sequence runs
     sample: bool             # whether the logits of the last token are wanted
 
     @property
@@ -40,8 +44,11 @@ class Chunk:
         return len(self.tokens) == 1 and self.start > 0
 
 
-def make_runner(lm: LoadedModel, num_blocks: int) -> PagedRunner | HFRunner:
-    return PagedRunner(lm, num_blocks) if supports_paged(lm) else HFRunner(lm)
+def make_runner(lm: LoadedModel, num_blocks: int, max_seqs: int = 64,
+                cuda_graphs: bool = True) -> PagedRunner | HFRunner:
+    if supports_paged(lm):
+        return PagedRunner(lm, num_blocks, max_seqs, cuda_graphs)
+    return HFRunner(lm)
 
 
 def supports_paged(lm: LoadedModel) -> bool:
@@ -67,14 +74,74 @@ def _sliding_window(model) -> int | None:
     return min(windows, default=None)
 
 
+class BlockTables:
+    """Every running sequence's block table, kept on the device and updated by what is new.
+
+    Each sequence owns a row while it runs; a step sends only the blocks added since the last
+    one. The last row is for padding: all of it points at a scratch block no sequence owns, so
+    padded decode rows write and read there and nowhere else.
+    """
+
+    def __init__(self, max_seqs: int, width: int, scratch_block: int, device: torch.device):
+        self.data = torch.full((max_seqs + 1, width), scratch_block, dtype=torch.int32, device=device)
+        self.padding_row = max_seqs
+        self._free = list(range(max_seqs - 1, -1, -1))
+        self._rows: dict[int, list[int]] = {}       # seq_id -> [row, blocks already sent]
+
+    def sync(self, chunks: list[Chunk]) -> list[int]:
+        """The chunks' rows, after sending their new blocks to the device."""
+        rows, where, blocks = [], [], []
+        for c in chunks:
+            entry = self._rows.get(c.seq_id)
+            if entry is None:
+                if not self._free:
+                    raise RuntimeError(f"more than {self.padding_row} sequences in one runner; "
+                                       f"give make_runner a larger max_seqs")
+                entry = self._rows[c.seq_id] = [self._free.pop(), 0]
+            row, sent = entry
+            table = c.block_table
+            if len(table) > sent:
+                if len(table) > self.data.shape[1]:
+                    raise RuntimeError(f"sequence {c.seq_id} holds {len(table)} blocks, more than the "
+                                       f"{self.data.shape[1]} its context length allows")
+                where += [row * self.data.shape[1] + j for j in range(sent, len(table))]
+                blocks += table[sent:]
+                entry[1] = len(table)
+            rows.append(row)
+        if blocks:
+            update = torch.tensor([where, blocks], dtype=torch.long).to(self.data.device, non_blocking=True)
+            self.data.view(-1).index_copy_(0, update[0], update[1].to(torch.int32))
+        return rows
+
+    def release(self, seq_id: int) -> None:
+        entry = self._rows.pop(seq_id, None)
+        if entry is not None:
+            self._free.append(entry[0])
+
+
 @dataclass
-class PrefillSpan:
-    """Where one prefill chunk sits in the flat batch, and what it attends to."""
+class PackedPrefills:
+    """Prefill chunks that start their sequence, laid out as a right-padded batch [P, L].
+
+    Right padding keeps causal attention exact for the real tokens, so one SDPA call covers
+    them all; `gather` picks rows of the flat batch (padding repeats a real row), `src` the
+    real rows of the padded result and `dest` where they go in the flat batch.
+    """
+
+    gather: torch.Tensor   # [P * L]
+    src: torch.Tensor      # [n]
+    dest: torch.Tensor     # [n]
+    shape: tuple[int, int]
+
+
+@dataclass
+class ContinuedPrefill:
+    """A prefill chunk that continues a sequence: it attends to the cache through a causal mask."""
 
     q_start: int
     q_end: int
-    block_table: torch.Tensor | None   # None: the chunk starts the sequence, attend to itself
-    mask: torch.Tensor | None          # [n, context] causal mask for a chunk that continues one
+    row: int                    # the sequence's row in BlockTables
+    mask: torch.Tensor          # [n, context]
 
 
 @dataclass
@@ -84,41 +151,88 @@ class StepBatch:
     Decode tokens come first in the flat batch so their attention runs as one batched call.
     """
 
-    input_ids: torch.Tensor       # [T]
-    positions: torch.Tensor       # [T]
-    slots: torch.Tensor           # [T] flat index into the cache: block * block_size + offset
-    logits_rows: torch.Tensor     # [S] rows of the flat batch whose logits are sampled
+    input_ids: torch.Tensor           # [T]
+    positions: torch.Tensor           # [T]
+    slots: torch.Tensor               # [T] flat index into the cache: block * block_size + offset
+    logits_rows: torch.Tensor | None  # [S] rows of the flat batch whose logits are sampled; None: all
     num_decodes: int
-    decode_tables: torch.Tensor   # [num_decodes, max_blocks], padded with block 0
-    decode_mask: torch.Tensor     # [num_decodes, 1, 1, max_blocks * block_size]
-    prefills: list[PrefillSpan]
+    decode_tables: torch.Tensor       # [num_decodes, width] block ids
+    decode_lengths: torch.Tensor      # [num_decodes] tokens each decode attends to
+    packed: list[PackedPrefills]
+    continued: list[ContinuedPrefill]
 
 
 class PagedRunner:
-    def __init__(self, lm: LoadedModel, num_blocks: int):
+    def __init__(self, lm: LoadedModel, num_blocks: int, max_seqs: int = 64, cuda_graphs: bool = True):
         self.model = lm.model
         self.base = lm.model.model
         self.device = lm.device
         self.layout = KVLayout.of(lm.model.config, lm.dtype)
-        self.cache = KVCache(self.layout, num_blocks, lm.dtype, lm.device)
+        self.cache = KVCache(self.layout, num_blocks + 1, lm.dtype, lm.device)   # + the scratch block
+        self.block_size = self.cache.block_size
+        width = max(1, min(num_blocks, -(-lm.context_length // self.block_size)))
+        self.tables = BlockTables(max_seqs, width, scratch_block=num_blocks, device=lm.device)
         attn = self.base.layers[0].self_attn
         self.scale = getattr(attn, "scaling", self.layout.head_dim ** -0.5)
         self.qk_norm = hasattr(attn, "q_norm")
+        # Decode-only steps: inputs (token ids, positions, table rows) in static buffers.
+        self.batch_sizes = batch_sizes(max_seqs)
+        self.decode_inputs = torch.zeros(3, self.batch_sizes[-1], dtype=torch.long, device=lm.device)
+        use_graphs = cuda_graphs and lm.device.type == "cuda" and uses_kernel(lm.device)
+        self.graphs = DecodeGraphs(self._decode_forward) if use_graphs else None
 
     @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits [S, V] (float32) for the chunks with sample=True, in their order."""
-        batch = self._prepare(chunks)
+        rows = self.tables.sync(chunks)
+        if all(c.is_decode and c.sample for c in chunks):
+            return self._decode_step(chunks, rows)
+        return self._run(self._prepare(chunks, rows))
+
+    def release(self, seq_id: int) -> None:
+        """Forget the sequence's block table; the engine's block allocator owns the blocks."""
+        self.tables.release(seq_id)
+
+    # --- decode-only steps: padded, static inputs, graph-captured on CUDA --------------------------
+
+    def _decode_step(self, chunks: list[Chunk], rows: list[int]) -> torch.Tensor:
+        n = len(chunks)
+        size = padded_size(n, self.batch_sizes)
+        pad = size - n
+        inputs = torch.tensor([[c.tokens[0] for c in chunks] + [0] * pad,
+                               [c.start for c in chunks] + [0] * pad,
+                               rows + [self.tables.padding_row] * pad], dtype=torch.long)
+        self.decode_inputs[:, :size].copy_(inputs, non_blocking=True)
+        if self.graphs is not None:
+            return self.graphs.run(size)[:n]
+        longest = max(c.start for c in chunks) + 1
+        return self._decode_forward(size, width=-(-longest // self.block_size))[:n]
+
+    def _decode_forward(self, size: int, width: int | None = None) -> torch.Tensor:
+        """The forward pass of a padded decode batch, from the static inputs alone (no host sync).
+
+        width trims the block tables when not captured; the kernel reads only up to each
+        length either way, so trimming changes nothing but the work of the SDPA fallback.
+        """
+        ids, positions, rows = self.decode_inputs[:, :size]
+        tables = self.tables.data.index_select(0, rows)
+        if width is not None:
+            tables = tables[:, :width]
+        blocks = tables.gather(1, (positions // self.block_size)[:, None])[:, 0].long()
+        slots = blocks * self.block_size + positions % self.block_size
+        return self._run(StepBatch(ids, positions, slots, None, size, tables, positions + 1, [], []))
+
+    # --- every step -----------------------------------------------------------------------------
+
+    def _run(self, batch: StepBatch) -> torch.Tensor:
         x = self.base.embed_tokens(batch.input_ids)
         cos, sin = self.base.rotary_emb(x, batch.positions[None])
         cos, sin = cos[0], sin[0]
         for i, layer in enumerate(self.base.layers):
             x = self._layer(layer, self.cache.k[i], self.cache.v[i], x, cos, sin, batch)
-        hidden = self.base.norm(x.index_select(0, batch.logits_rows))
-        return self.model.lm_head(hidden).float()
-
-    def release(self, seq_id: int) -> None:
-        """Nothing to do: the engine's block allocator owns the cache blocks."""
+        if batch.logits_rows is not None:
+            x = x.index_select(0, batch.logits_rows)
+        return self.model.lm_head(self.base.norm(x)).float()
 
     def _layer(self, layer, k_cache, v_cache, x, cos, sin, batch: StepBatch) -> torch.Tensor:
         attn = layer.self_attn
@@ -132,83 +246,100 @@ class PagedRunner:
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
         k_cache.view(-1, *k.shape[1:]).index_copy_(0, batch.slots, k)
         v_cache.view(-1, *v.shape[1:]).index_copy_(0, batch.slots, v)
-        o = attention(q, k, v, k_cache, v_cache, batch, self.scale)
+        o = attention(q, k, v, k_cache, v_cache, batch, self.scale, self.tables.data)
         x = x + attn.o_proj(o.view(tokens, -1))
         return x + layer.mlp(layer.post_attention_layernorm(x))
 
-    def _prepare(self, chunks: list[Chunk]) -> StepBatch:
-        bs = self.cache.block_size
+    def _prepare(self, chunks: list[Chunk], rows: list[int]) -> StepBatch:
+        """The flat batch of a step with prefill in it: decodes first, then the prefill chunks."""
+        bs = self.block_size
         order = sorted(range(len(chunks)), key=lambda i: not chunks[i].is_decode)
-        ids, positions, slots, last_row = [], [], [], {}
-        tables, lengths, prefills = [], [], []
+        ids, positions, token_rows, last_row = [], [], [], {}
+        decode_rows, decode_lengths, fresh, continued = [], [], [], []
         for i in order:
-            c = chunks[i]
+            c, row = chunks[i], rows[i]
             a, n = len(ids), len(c.tokens)
-            span = range(c.start, c.start + n)
             ids += c.tokens
-            positions += span
-            slots += [c.block_table[p // bs] * bs + p % bs for p in span]
+            positions += range(c.start, c.start + n)
+            token_rows += [row] * n
             last_row[i] = a + n - 1
-            context = c.start + n
-            used = c.block_table[: -(-context // bs)]
             if c.is_decode:
-                tables.append(used)
-                lengths.append(context)
+                decode_rows.append(row)
+                decode_lengths.append(c.start + 1)
             elif c.start == 0:
-                prefills.append(PrefillSpan(a, a + n, None, None))
+                fresh.append((a, n))
             else:
+                context = c.start + n
                 mask = torch.arange(context)[None, :] <= torch.arange(c.start, context)[:, None]
-                prefills.append(PrefillSpan(a, a + n, self._tensor(used), mask.to(self.device)))
-        width = max(map(len, tables), default=0)
-        decode_tables = self._tensor([t + [0] * (width - len(t)) for t in tables]).view(len(tables), width)
-        decode_mask = torch.arange(width * bs)[None, :] < torch.tensor(lengths, dtype=torch.long)[:, None]
-        return StepBatch(self._tensor(ids), self._tensor(positions), self._tensor(slots),
+                continued.append(ContinuedPrefill(a, a + n, row, mask.to(self.device)))
+        width = -(-max(decode_lengths, default=1) // bs)
+        positions_t = self._tensor(positions)
+        token_blocks = self.tables.data[self._tensor(token_rows), positions_t // bs].long()
+        return StepBatch(self._tensor(ids), positions_t, token_blocks * bs + positions_t % bs,
                          self._tensor([last_row[i] for i, c in enumerate(chunks) if c.sample]),
-                         len(tables), decode_tables, decode_mask.view(len(tables), 1, 1, width * bs).to(self.device),
-                         prefills)
+                         len(decode_rows), self.tables.data[self._tensor(decode_rows)][:, :width],
+                         self._tensor(decode_lengths), [self._pack(g) for g in _pack_groups(fresh)], continued)
+
+    def _pack(self, spans: list[tuple[int, int]]) -> PackedPrefills:
+        starts = torch.tensor([a for a, _ in spans])
+        lengths = torch.tensor([n for _, n in spans])
+        longest = int(lengths.max())
+        offsets = torch.arange(longest)
+        real = (offsets[None, :] < lengths[:, None]).flatten()
+        index = (starts[:, None] + offsets[None, :]).flatten()
+        gather = torch.where(real, index, starts.repeat_interleave(longest))
+        src = real.nonzero().squeeze(1)
+        return PackedPrefills(gather.to(self.device), src.to(self.device), index[src].to(self.device),
+                              (len(spans), longest))
 
     def _tensor(self, values) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=self.device)
+        return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
 
-def attention(q, k, v, k_cache, v_cache, batch: StepBatch, scale: float) -> torch.Tensor:
+def _pack_groups(spans: list[tuple[int, int]], max_padding: float = 2.0) -> list[list[tuple[int, int]]]:
+    """Spans (start, length), longest first, grouped so padding at most doubles a group's tokens."""
+    groups: list[list[tuple[int, int]]] = []
+    tokens = 0
+    for span in sorted(spans, key=lambda s: -s[1]):
+        if groups and (len(groups[-1]) + 1) * groups[-1][0][1] <= max_padding * (tokens + span[1]):
+            groups[-1].append(span)
+            tokens += span[1]
+        else:
+            groups.append([span])
+            tokens = span[1]
+    return groups
+
+
+def attention(q, k, v, k_cache, v_cache, batch: StepBatch, scale: float, tables: torch.Tensor) -> torch.Tensor:
     """Causal attention of each sequence's new queries over its cached keys and values.
 
     q [T, H, D]; k, v [T, Hkv, D] (already written to the cache); caches
-    [blocks, block_size, Hkv, D]. Returns [T, H, D]. The one place to swap in a fused kernel.
+    [blocks, block_size, Hkv, D]; tables: BlockTables.data. Returns [T, H, D]. Decodes go
+    through `paged_decode_attention` (a Triton kernel on CUDA) in one call.
     """
-    out = torch.empty_like(q)
     n = batch.num_decodes
+    if n == q.shape[0]:
+        return paged_decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths, scale)
+    out = torch.empty_like(q)
     if n:
-        out[:n] = _decode_attention(q[:n], k_cache, v_cache, batch.decode_tables, batch.decode_mask, scale)
-    for span in batch.prefills:
-        qs = q[span.q_start:span.q_end].transpose(0, 1)[None]
-        if span.block_table is None:
-            ks, vs = k[span.q_start:span.q_end], v[span.q_start:span.q_end]
-        else:
-            context = span.mask.shape[1]
-            ks = k_cache.index_select(0, span.block_table).flatten(0, 1)[:context]
-            vs = v_cache.index_select(0, span.block_table).flatten(0, 1)[:context]
-        o = F.scaled_dot_product_attention(qs, ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
-                                           attn_mask=span.mask, is_causal=span.mask is None, scale=scale,
+        out[:n] = paged_decode_attention(q[:n], k_cache, v_cache, batch.decode_tables, batch.decode_lengths, scale)
+    for pack in batch.packed:
+        groups, longest = pack.shape
+        def padded(x):
+            return x.index_select(0, pack.gather).view(groups, longest, *x.shape[1:]).transpose(1, 2)
+        o = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), is_causal=True, scale=scale,
                                            enable_gqa=True)
+        out.index_copy_(0, pack.dest, o.transpose(1, 2).reshape(-1, *q.shape[1:]).index_select(0, pack.src))
+    for span in batch.continued:
+        context = span.mask.shape[1]
+        blocks = tables[span.row, :-(-context // k_cache.shape[1])].long()
+        ks = k_cache.index_select(0, blocks).flatten(0, 1)[:context]
+        vs = v_cache.index_select(0, blocks).flatten(0, 1)[:context]
+        qs = q[span.q_start:span.q_end].transpose(0, 1)[None]
+        o = F.scaled_dot_product_attention(qs, ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
+                                           attn_mask=span.mask, scale=scale, enable_gqa=True)
         out[span.q_start:span.q_end] = o[0].transpose(0, 1)
     return out
-
-
-def _decode_attention(q, k_cache, v_cache, tables, mask, scale) -> torch.Tensor:
-    """One query token per sequence, batched over sequences with keys padded to the longest.
-
-    The query heads that share a KV head are laid out as that head's "query rows", so GQA needs
-    no copy of the keys.
-    """
-    seqs, heads, head_dim = q.shape
-    shape = (seqs, -1, *k_cache.shape[2:])                   # index_select: far cheaper than k_cache[tables]
-    keys = k_cache.index_select(0, tables.flatten()).view(shape).transpose(1, 2)      # [S, Hkv, L, D]
-    values = v_cache.index_select(0, tables.flatten()).view(shape).transpose(1, 2)
-    grouped = q.view(seqs, keys.shape[1], -1, head_dim)       # [S, Hkv, H / Hkv, D]
-    o = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
-    return o.reshape(seqs, heads, head_dim)
 
 
 class HFRunner:

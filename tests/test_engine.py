@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from llmos.drivers import registry
+from llmos.drivers.cuda_graphs import batch_sizes, padded_size
 from llmos.drivers.embedding import embed
 from llmos.drivers.engine import Engine, GenRequest, TextStream
 from llmos.drivers.kvcache import BLOCK_SIZE, BlockAllocator, KVLayout
 from llmos.drivers.loader import LoadedModel, encode_prompt, load
-from llmos.drivers.runner import HFRunner, PagedRunner
+from llmos.drivers.runner import BlockTables, Chunk, HFRunner, PagedRunner, _pack_groups
 from llmos.drivers.sampling import sample
 
 from tiny import make_tiny_bert, make_tiny_llama
@@ -36,8 +37,10 @@ PROMPTS = ["A", "The quick brown fox", "Paris is the capital of France, Rome is"
            "An operating system shares one machine among many programs; a kernel owns the resources"]
 
 
-def request(rid, prompt_ids, max_tokens=24, temperature=0.0, top_p=1.0, top_k=0, stop=(), seed=None, priority=0):
-    return GenRequest(rid, list(prompt_ids), max_tokens, temperature, top_p, top_k, list(stop), seed, priority)
+def request(rid, prompt_ids, max_tokens=24, temperature=0.0, top_p=1.0, top_k=0, stop=(), seed=None, priority=0,
+            ignore_eos=False):
+    return GenRequest(rid, list(prompt_ids), max_tokens, temperature, top_p, top_k, list(stop), seed, priority,
+                      ignore_eos)
 
 
 def run(engine: Engine, requests=(), out: dict | None = None) -> dict[int, dict]:
@@ -117,6 +120,68 @@ def test_chunked_prefill_gives_the_same_tokens_as_unchunked(lm):
     chunked = run(Engine(lm, BIG_KV, max_batch_tokens=16), [request(0, long_prompt)])
     whole = run(Engine(lm, BIG_KV), [request(0, long_prompt)])
     assert chunked[0]["tokens"] == whole[0]["tokens"] == hf_greedy(lm, long_prompt)
+
+
+def test_decode_batches_padded_to_a_power_of_two_match_hf_generate(lm):
+    # 3 requests finishing at different steps: decode batches of 3, 2 and 1, padded to 4, 2, 1.
+    lengths = [4, 9, 17]
+    out = run(Engine(lm, BIG_KV), [request(i, ids(lm, PROMPTS[i + 1]), max_tokens=k) for i, k in enumerate(lengths)])
+    for i, k in enumerate(lengths):
+        assert out[i]["tokens"] == hf_greedy(lm, ids(lm, PROMPTS[i + 1]), max_tokens=k)
+
+
+def test_decode_batch_sizes_are_powers_of_two_up_to_max_seqs():
+    assert batch_sizes(1) == [1]
+    assert batch_sizes(48) == [1, 2, 4, 8, 16, 32, 64]
+    assert [padded_size(n, batch_sizes(256)) for n in (1, 3, 64, 65, 256)] == [1, 4, 64, 128, 256]
+
+
+def test_block_tables_send_only_new_blocks_and_reuse_rows_of_released_sequences():
+    tables = BlockTables(max_seqs=2, width=4, scratch_block=9, device=torch.device("cpu"))
+    grow = [3]
+    assert tables.sync([Chunk(7, [1], 0, grow, True), Chunk(8, [1], 0, [5, 6], True)]) == [0, 1]
+    grow.append(4)
+    assert tables.sync([Chunk(7, [1], 16, grow, True)]) == [0]
+    assert tables.data.tolist() == [[3, 4, 9, 9], [5, 6, 9, 9], [9, 9, 9, 9]]   # last row: padding
+    with pytest.raises(RuntimeError, match="max_seqs"):
+        tables.sync([Chunk(1, [1], 0, [2], True)])
+    tables.release(8)
+    assert tables.sync([Chunk(1, [1], 0, [2], True)]) == [1]
+    assert tables.data[1].tolist() == [2, 6, 9, 9]   # stale entries past the table are never read
+
+
+def test_prefills_are_packed_with_at_most_double_padding():
+    spans = [(0, 100), (100, 60), (160, 55), (215, 10), (225, 8)]
+    groups = _pack_groups(spans)
+    assert sorted(s for g in groups for s in g) == sorted(spans)
+    for g in groups:
+        assert len(g) * max(n for _, n in g) <= 2 * sum(n for _, n in g)
+    assert len(groups) < len(spans)
+
+
+def test_ignore_eos_runs_on_to_max_tokens(lm):
+    prompt = ids(lm, PROMPTS[1])
+    first = hf_greedy(lm, prompt, max_tokens=1)[0]
+    eos_first = LoadedModel(lm.name, "generate", lm.model, lm.tokenizer, lm.device, lm.dtype, lm.context_length,
+                            lm.bytes, [first])
+    stopped = run(Engine(eos_first, BIG_KV), [request(0, prompt, max_tokens=8)])[0]
+    assert stopped["finish"] == "stop" and stopped["tokens"] == [first]
+    ignored = run(Engine(eos_first, BIG_KV), [request(0, prompt, max_tokens=8, ignore_eos=True)])[0]
+    assert ignored["finish"] == "length" and ignored["tokens"] == hf_greedy(lm, prompt, max_tokens=8)
+
+
+def test_token_ids_only_engine_gives_the_same_tokens_and_no_text(lm):
+    reqs = [request(i, ids(lm, p)) for i, p in enumerate(PROMPTS)]
+    with_text = run(Engine(lm, BIG_KV), reqs)
+    ids_only = run(Engine(lm, BIG_KV, decode_text=False), reqs)
+    for i in range(len(PROMPTS)):
+        assert ids_only[i]["tokens"] == with_text[i]["tokens"]
+        assert ids_only[i]["text"] == "" and ids_only[i]["finish"] == with_text[i]["finish"]
+
+
+def test_token_ids_only_engine_refuses_stop_strings(lm):
+    out = run(Engine(lm, BIG_KV, decode_text=False), [request(0, ids(lm, PROMPTS[1]), stop=["x"])])
+    assert out[0]["finish"] == "error" and "decode_text" in out[0]["text"]
 
 
 # --- requests come and go ----------------------------------------------------------------------
