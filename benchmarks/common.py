@@ -135,19 +135,20 @@ class Summary:
     itl: list[float]
     errors: int
     note: str = ""
+    cpu_line: str = ""
+    others: float | None = None   # cores used by other processes on the machine meanwhile (interference)
 
     @property
     def tok_s(self) -> float:
         return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
 
 
-def summarize(method: str, timings: list[Timing], wall_s: float | None = None, note: str = "",
-              ttft: bool = True) -> Summary:
+def summarize(method: str, timings: list[Timing], wall_s: float | None = None, note: str = "") -> Summary:
     ok = [t for t in timings if t.error is None]
     if wall_s is None:
         wall_s = max((t.end for t in timings), default=0) - min((t.submitted for t in timings), default=0)
     return Summary(method, len(timings), sum(t.completion_tokens for t in ok), wall_s,
-                   [t.ttft for t in ok if t.ttft is not None] if ttft else [],
+                   [t.ttft for t in ok if t.ttft is not None],
                    [g for t in ok for g in t.gaps()], len(timings) - len(ok), note)
 
 
@@ -189,14 +190,17 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], notes: li
 
 def throughput_table(title: str, rows: list[Summary], reference: Summary, notes: list[str] = ()) -> None:
     headers = ["method", "requests", "out tokens", "wall s", "out tok/s", f"vs {reference.method}",
-               "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "ITL p95 ms", "errors"]
+               "TTFT p50 ms", "TTFT p95 ms", "ITL p50 ms", "ITL p95 ms", "errors", "other load"]
     body = []
     for s in rows:
         ratio = s.tok_s / reference.tok_s if reference.tok_s else None
         body.append([s.method + (f" [{s.note}]" if s.note else ""), s.requests, s.tokens, fmt(s.wall_s),
                      fmt(s.tok_s), fmt(ratio, digits=2) + "x" if ratio is not None else "-",
                      fmt(percentile(s.ttft, 50), "ms", 0), fmt(percentile(s.ttft, 95), "ms", 0),
-                     fmt(percentile(s.itl, 50), "ms", 1), fmt(percentile(s.itl, 95), "ms", 1), s.errors])
+                     fmt(percentile(s.itl, 50), "ms", 1), fmt(percentile(s.itl, 95), "ms", 1), s.errors,
+                     "-" if s.others is None else f"{s.others:.2f}" + (" !" if s.others > DISTURBED else "")])
+    notes = list(notes) + [f"other load: cores used meanwhile by processes outside the benchmark (from /proc); "
+                           f"'!' marks more than {DISTURBED} cores: that row was slowed by other work on the machine"]
     print_table(title, headers, body, notes)
 
 
@@ -234,15 +238,25 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m", help="model shape for --gpu")
     p.add_argument("--kv-cache", default=None, help="KV-cache budget, e.g. 512MiB (default: the kernel's default "
                                                     "for the device); given to the kernel and the in-process engine")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model dtype for the kernel and every in-process method alike (default auto: what the "
+                        "driver picks, bf16 on CUDA and on CPUs with native bf16, else fp32)")
     p.add_argument("--seed", type=int, default=0, help="seed for the prompts and lengths")
 
 
 @contextlib.contextmanager
 def model_source(args):
-    """The model to benchmark as (name the kernel loads, device); temp folders are removed after."""
+    """The model to benchmark as (name the kernel loads, device); temp folders are removed after.
+
+    Also settles args.dtype ("auto" becomes what the driver would pick), so that the kernel and
+    the in-process methods run the same dtype.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-model-"))
     try:
         device = args.device or ("cuda:0" if args.gpu else "cpu")
+        if getattr(args, "dtype", "auto") == "auto":
+            from llmos.drivers.loader import auto_dtype
+            args.dtype = auto_dtype(device)
         if args.gpu:
             name = make_shaped_llama(tmp / args.shape, args.shape)
         elif (args.model or ("tiny" if getattr(args, "quick", False) else DEFAULT_MODEL)) == "tiny":
@@ -255,11 +269,11 @@ def model_source(args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_model(name: str, device: str):
+def load_model(name: str, device: str, dtype: str):
     """The model loaded the way the driver loads it (drivers/loader.py)."""
     from llmos.drivers import registry
     from llmos.drivers.loader import load
-    return load(registry.resolve(name), device)
+    return load(registry.resolve(name), device, dtype)
 
 
 def load_tokenizer(name: str):
@@ -310,26 +324,162 @@ def make_shaped_llama(path: Path, shape: str) -> str:
     return str(path)
 
 
+# --- CPU accounting: who used the cores during a run ---------------------------------------------
+
+
+def _own_cpu_seconds() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc; 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used since boot (summed over cores)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (values + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def child_pids(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class CpuMeter:
+    """CPU seconds used during a run by the kernel, its drivers, this process and the whole machine."""
+
+    def __init__(self, kernel_pid: int | None = None):
+        self.kernel_pid = kernel_pid
+        children = child_pids(kernel_pid) if kernel_pid else []
+        self.driver_pids = [p for p in children if b"drivers.host" in _cmdline(p)]
+        self.helper_pids = [p for p in children if p not in self.driver_pids]   # e.g. a services host
+
+    def start(self) -> "CpuMeter":
+        self._start = self._read()
+        self._t = time.monotonic()
+        return self
+
+    def stop(self) -> None:
+        end = self._read()
+        self.wall = time.monotonic() - self._t
+        self.used = {k: end[k] - self._start[k] for k in end}
+
+    def _read(self) -> dict:
+        out = {"machine": machine_busy_seconds(), "this process": _own_cpu_seconds()}
+        if self.kernel_pid:
+            out["kernel"] = proc_cpu_seconds(self.kernel_pid)
+            out["driver"] = sum(proc_cpu_seconds(p) for p in self.driver_pids)
+            out["kernel children"] = sum(proc_cpu_seconds(p) for p in self.helper_pids)
+        return out
+
+    def others(self, clients: float = 0.0) -> float:
+        """Cores used meanwhile by processes that are not part of the measurement."""
+        ours = sum(v for k, v in self.used.items() if k != "machine") + clients
+        return max(0.0, self.used["machine"] - ours) / self.wall if self.wall > 0 else 0.0
+
+    def line(self, clients: float | None = None) -> str:
+        """Where the cores went, in cores (CPU seconds / wall seconds)."""
+        used = dict(self.used)
+        parts = []
+        if "driver" in used:
+            parts += [f"driver {used['driver'] / self.wall:.2f}", f"kernel {used['kernel'] / self.wall:.2f}"]
+            if self.helper_pids:
+                parts.append(f"kernel's other child processes {used['kernel children'] / self.wall:.2f}")
+        if clients is not None:
+            parts.append(f"client processes {clients / self.wall:.2f}")
+            used["clients"] = clients
+        parts.append(f"this process {used['this process'] / self.wall:.2f}")
+        ours = sum(v for k, v in used.items() if k != "machine")
+        parts.append(f"everything else on the machine {max(0.0, used['machine'] - ours) / self.wall:.2f}")
+        return f"cores used over {self.wall:.1f}s ({os.cpu_count()} on the machine): " + ", ".join(parts)
+
+
+DISTURBED = 0.25   # cores used by other processes during a run above which its numbers are suspect
+
+
+def metered(fn, *args, **kwargs) -> Summary:
+    """Run a baseline that returns a Summary, recording how much other processes used the machine meanwhile."""
+    meter = CpuMeter().start()
+    summary = fn(*args, **kwargs)
+    meter.stop()
+    summary.others = meter.others()
+    return summary
+
+
 # --- through the kernel ----------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def kernel(model: str, device: str, kv_cache: str | None = None, timeout: float = 600.0):
+def kernel(model: str, device: str, kv_cache: str | None = None, dtype: str | None = None, timeout: float = 300.0):
     """A real kernel (tests/harness.py's KernelProcess) in a temp dir, with the model loaded; stopped after."""
     from harness import KernelProcess
 
     workdir = Path(tempfile.mkdtemp(prefix="llmos-bench-kernel-"))
-    extra = ["--device", device] + (["--kv-cache", kv_cache] if kv_cache else [])
+    extra = (["--device", device] + (["--kv-cache", kv_cache] if kv_cache else [])
+             + (["--dtype", dtype] if dtype else []))
     k = KernelProcess(workdir, model=model, extra=extra)
     try:
         started = time.monotonic()
         log(f"booting kernel on {device} with {model}")
-        k.start(timeout=timeout)
+        try:
+            k.start(wait_model=False, timeout=timeout)
+            _wait_model(k, model, device, time.monotonic() + timeout)
+        except BaseException:
+            log(f"the kernel did not become ready; the end of its log:\n{_tail(k.log)}")
+            raise
         log(f"kernel ready in {time.monotonic() - started:.1f}s")
         yield k
     finally:
         k.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_model(k, model: str, device: str, deadline: float) -> None:
+    """Wait for the model the kernel preloads; ask for it with load_model if the preload gave up.
+
+    (load_model waits for a load in progress, and starts one if there is none.)
+    """
+    from llmos.userland import LLMOSError
+    with k.client("bench-loader", deadline=deadline) as c:
+        while True:
+            loaded = {m["name"]: m for m in c.models()["loaded"]}
+            if loaded.get(model, {}).get("state") == "ready":
+                return
+            if model not in loaded:
+                try:
+                    c.load_model(model, device)
+                except LLMOSError as exc:
+                    if time.monotonic() > deadline:
+                        raise
+                    log(f"load_model: {exc}; retrying")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"model {model} not ready on {device}")
+            time.sleep(0.2)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
 
 
 @dataclass
@@ -354,9 +504,9 @@ async def _client_main(socket, name, model, jobs, ready, go, results) -> None:
     async with AsyncClient(socket=socket, name=name) as client:
         ready.put(name)
         await asyncio.to_thread(go.wait)
-        start = time.monotonic()
+        start, cpu_at_start = time.monotonic(), _own_cpu_seconds()
         await asyncio.gather(*(_stream_one(client, model, job, start, results) for job in jobs))
-    results.put(None)   # this process is done
+    results.put(("done", _own_cpu_seconds() - cpu_at_start))   # this process is done, and its CPU
 
 
 async def _stream_one(client, model: str, job: Job, start: float, results) -> None:
@@ -393,7 +543,7 @@ async def _consume(stream, t: Timing) -> None:
 
 
 def run_clients(socket: str, model: str, groups: list[list[Job]], desc: str, names: list[str] | None = None,
-                on_start=None) -> tuple[list[list[Timing]], float]:
+                on_start=None, on_done=None) -> tuple[list[list[Timing]], float]:
     """Spawn one process per group of jobs, start them together; their Timings per group and the start time.
 
     Processes connect (and say hello) before the start signal, so connecting is not measured.
@@ -414,15 +564,18 @@ def run_clients(socket: str, model: str, groups: list[list[Job]], desc: str, nam
         go.set()
         if on_start:
             on_start()
-        done = 0
+        done, client_cpu = 0, 0.0
         with tqdm(total=sum(map(len, groups)), desc=desc, unit="req", file=sys.stderr, leave=False) as bar:
             while done < len(procs):
                 item = results.get(timeout=1800)
-                if item is None:
+                if isinstance(item, tuple):   # ("done", CPU seconds the client used)
                     done += 1
+                    client_cpu += item[1]
                     continue
                 out[owner[item.idx]].append(item)
                 bar.update(1)
+        if on_done:
+            on_done()
         for p in procs:
             p.join(timeout=30)
     finally:
@@ -430,6 +583,7 @@ def run_clients(socket: str, model: str, groups: list[list[Job]], desc: str, nam
             if p.is_alive():
                 p.kill()
                 p.join()
+    run_clients.last_client_cpu = client_cpu
     return out, start
 
 
@@ -442,11 +596,17 @@ def split_jobs(requests: list[BenchRequest], n_groups: int) -> list[list[Job]]:
 
 
 def run_through_kernel(k, model: str, requests: list[BenchRequest], n_clients: int) -> Summary:
-    groups, _ = run_clients(k.socket, model, split_jobs(requests, n_clients), "kernel")
+    """The requests from n_clients client processes; the Summary's cpu_line says where the cores went."""
+    meter = CpuMeter(k.proc.pid)
+    groups, _ = run_clients(k.socket, model, split_jobs(requests, n_clients), "kernel", on_start=meter.start,
+                            on_done=meter.stop)
     timings = [t for g in groups for t in g]
     for line in error_notes("llmos kernel", timings):
         log(line)
-    return summarize("llmos kernel", timings, note=f"{len(groups)} client processes")
+    summary = summarize("llmos kernel", timings, note=f"{len(groups)} client processes")
+    summary.cpu_line = "through the kernel: " + meter.line(run_clients.last_client_cpu)
+    summary.others = meter.others(run_clients.last_client_cpu)
+    return summary
 
 
 # --- in-process: the same Engine, no kernel, no sockets ---------------------------------------------
@@ -493,6 +653,7 @@ def run_engine(lm, requests: list[BenchRequest], kv_bytes: int) -> tuple[Summary
         timings[r.idx].submitted = start
         engine.add(GenRequest(rid=r.idx, prompt_ids=list(r.prompt_ids), max_tokens=r.max_tokens, temperature=0.0,
                               top_p=1.0, top_k=0, stop=[], seed=None))
+    meter = CpuMeter().start()
     with tqdm(total=total, desc="engine in-process", unit="tok", file=sys.stderr, leave=False) as bar:
         while engine.has_work():
             t = time.perf_counter()
@@ -513,8 +674,12 @@ def run_engine(lm, requests: list[BenchRequest], kv_bytes: int) -> tuple[Summary
                     tm.first = tm.first or now
                     if ev.finish == "error":
                         tm.error = ev.delta
+    meter.stop()
     prof.preemptions = engine.num_preemptions
-    return summarize("engine in-process", list(timings.values()), note="same Engine, no kernel"), prof
+    summary = summarize("engine in-process", list(timings.values()), note="same Engine, no kernel")
+    summary.cpu_line = "in-process engine: " + meter.line()
+    summary.others = meter.others()
+    return summary, prof
 
 
 # --- transformers baselines -----------------------------------------------------------------------

@@ -45,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
                    help="a heavy request not finished this long after it was sent counts as an error and is "
                         "cancelled (default 900; 60 with --quick)")
     p.add_argument("--light-delay", type=float,
-                   help="seconds after the heavy burst before the light one starts (default 2.0; 0.2 with --quick)")
+                   help="seconds after the heavy burst before the light one starts (default 2.0; 0 with --quick)")
     return p
 
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     args.heavy_prompt_tokens = args.heavy_prompt_tokens or ([20, 120] if args.quick else [20, 400])
     args.heavy_max_tokens = args.heavy_max_tokens or ([16, 32] if args.quick else [64, 128])
     args.heavy_timeout = args.heavy_timeout or (60.0 if args.quick else 900.0)
-    args.light_delay = args.light_delay if args.light_delay is not None else (0.2 if args.quick else 2.0)
+    args.light_delay = args.light_delay if args.light_delay is not None else (0.0 if args.quick else 2.0)
     with common.model_source(args) as (model, device):
         tok = common.load_tokenizer(model)
         heavy = common.make_requests(tok, args.heavy_requests, tuple(args.heavy_prompt_tokens),
@@ -66,13 +66,13 @@ def main(argv=None) -> int:
         for i in range(args.light_requests):
             text, _ = common.prompt_of_length(tok, rng, args.light_prompt_tokens)
             light.append(Job(10_000 + i, text, args.light_max_tokens, i * args.light_interval, args.light_timeout))
-        header = (f"model {model} on {device}; heavy: {len(heavy)} requests at once, prompts "
+        header = (f"model {model} on {device} ({args.dtype}); heavy: {len(heavy)} requests at once, prompts "
                   f"{args.heavy_prompt_tokens[0]}-{args.heavy_prompt_tokens[1]} tokens, max_tokens "
                   f"{args.heavy_max_tokens[0]}-{args.heavy_max_tokens[1]}; light: {len(light)} requests every "
                   f"{args.light_interval}s, {args.light_prompt_tokens}-token prompts, max_tokens {args.light_max_tokens}")
         log(header)
         log(common.machine_line())
-        with common.kernel(model, device, args.kv_cache) as k:
+        with common.kernel(model, device, args.kv_cache, args.dtype) as k:
             common.run_clients(k.socket, model, [[Job(-1, light[0].prompt, 2)]], "warm-up")
             log("light process alone")
             (alone,), _ = common.run_clients(k.socket, model, [light], "light alone", names=["light"])
@@ -82,8 +82,8 @@ def main(argv=None) -> int:
             (loaded, heavy_t), start = common.run_clients(k.socket, model, [late, heavy_jobs], "light + heavy",
                                                           names=["light", "heavy"])
 
-    light_alone = common.summarize("light, kernel idle", alone, ttft=True)
-    light_loaded = common.summarize("light, heavy running", loaded, ttft=True)
+    light_alone = common.summarize("light, kernel idle", alone)
+    light_loaded = common.summarize("light, heavy running", loaded)
     heavy_sum = common.summarize("heavy", heavy_t)
     window = (min(t.submitted for t in loaded), max(t.end for t in loaded))
     in_window = sum(_tokens_between(t, *window) for t in heavy_t)

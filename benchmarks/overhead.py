@@ -36,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a small run on the tiny model (unless --model is given)")
     p.add_argument("--pings", type=int, help="timed round trips per row (default 5000; 1000 with --quick)")
     p.add_argument("--warmup", type=int, default=500, help="untimed round trips before each row (default 500)")
-    p.add_argument("--requests", type=int, help="requests in the generation comparison (default 32; 16 with --quick)")
-    p.add_argument("--clients", type=int, help="client processes in the generation comparison (default 8; 4 with --quick)")
+    p.add_argument("--requests", type=int, help="requests in the generation comparison (default 64; 16 with --quick)")
+    p.add_argument("--clients", type=int, help="client processes in the generation comparison (default 16; 4 with --quick)")
     p.add_argument("--prompt-tokens", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="prompt length range in tokens (default 20 200; 20 120 with --quick)")
     p.add_argument("--max-tokens", type=int, nargs=2, metavar=("MIN", "MAX"),
@@ -130,8 +130,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     common.exit_cleanly_on_sigterm()
     args.pings = args.pings or (1000 if args.quick else 5000)
-    args.requests = args.requests or (16 if args.quick else 32)
-    args.clients = args.clients or (4 if args.quick else 8)
+    args.requests = args.requests or (16 if args.quick else 64)
+    args.clients = args.clients or (4 if args.quick else 16)
     args.prompt_tokens = args.prompt_tokens or ([20, 120] if args.quick else [20, 200])
     args.max_tokens = args.max_tokens or ([8, 32] if args.quick else [16, 64])
     log(common.machine_line())
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
             raise RuntimeError("the echo server did not start")
         with common.model_source(args) as (model, device):
             tok = None if args.skip_generation else common.load_tokenizer(model)
-            with common.kernel(model, device, args.kv_cache) as k:
+            with common.kernel(model, device, args.kv_cache, args.dtype) as k:
                 log(f"{args.pings} round trips per row, after {args.warmup} warm-up")
                 rows = []
                 echo_times = raw_round_trips(echo_url, args.pings, args.warmup)
@@ -173,19 +173,20 @@ def main(argv=None) -> int:
                 common.run_through_kernel(k, model, [common.BenchRequest(-1, reqs[0].prompt, reqs[0].prompt_ids, 2)], 1)
                 through = common.run_through_kernel(k, model, reqs, args.clients)
             log("generation: the same requests, Engine in this process")
-            lm = common.load_model(model, device)
+            lm = common.load_model(model, device, args.dtype)
             kv = common.default_kv_bytes(device, args.kv_cache)
             common.run_engine(lm, reqs[:1], kv)   # warm-up
             inproc, prof = common.run_engine(lm, reqs, kv)
             ratio = through.tok_s / max(inproc.tok_s, 1e-9)
             common.throughput_table(
-                f"generation through the kernel vs in-process: {model} on {device}, {len(reqs)} requests, prompts "
+                f"generation through the kernel vs in-process: {model} on {device} ({args.dtype}), {len(reqs)} requests, prompts "
                 f"{args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, max_tokens {args.max_tokens[0]}-"
                 f"{args.max_tokens[1]}, greedy", [through, inproc], through,
                 [f"through the kernel / in-process: {ratio:.2f}x the throughput "
                  f"({100 * (1 - ratio):.0f}% lost to the kernel, sockets and client processes)",
                  f"in-process: {prof.steps} steps, {100 * prof.forward_s / max(prof.step_s, 1e-9):.0f}% of stepping "
                  f"time in the model's forward, {prof.preemptions} preemptions",
+                 through.cpu_line, inproc.cpu_line,
                  f"after the runs: {common.machine_line()}"])
     finally:
         echo.kill()

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     defaults(args)
     with common.model_source(args) as (model, device):
         log(f"loading {model} on {device} in this process")
-        lm = common.load_model(model, device)
+        lm = common.load_model(model, device, args.dtype)
         reqs = common.make_requests(lm.tokenizer, args.requests, tuple(args.prompt_tokens), tuple(args.max_tokens),
                                     args.seed, lm.context_length)
         kv = common.default_kv_bytes(device, args.kv_cache)
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         rows, notes = [], []
 
         if "kernel" in args.methods:
-            with common.kernel(model, device, args.kv_cache) as k:
+            with common.kernel(model, device, args.kv_cache, args.dtype) as k:
                 warm = [common.BenchRequest(-1, reqs[0].prompt, reqs[0].prompt_ids, 2)]
                 common.run_through_kernel(k, model, warm, 1)
                 rows.append(common.run_through_kernel(k, model, reqs, args.clients))
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
         if "cb" in args.methods:
             subset = reqs[:args.cb_requests]
             try:
-                summary = common.run_hf_continuous(lm, subset)
+                summary = common.metered(common.run_hf_continuous, lm, subset)
                 if len(subset) < len(reqs):
                     summary.note = f"first {len(subset)} requests"
                 rows.append(summary)
@@ -116,13 +116,13 @@ def main(argv=None) -> int:
         subset = reqs[:args.baseline_requests]
         if "static" in args.methods:
             common.run_hf_static(lm, subset[:1], 1)   # warm-up
-            summary = common.run_hf_static(lm, subset, args.static_batch)
+            summary = common.metered(common.run_hf_static, lm, subset, args.static_batch)
             summary.note = f"first {len(subset)} requests" if len(subset) < len(reqs) else ""
             rows.append(summary)
             log(f"hf static batches: {summary.tok_s:.1f} tok/s")
 
         if "hf" in args.methods:
-            summary = common.run_hf_sequential(lm, subset)
+            summary = common.metered(common.run_hf_sequential, lm, subset)
             summary.note = f"first {len(subset)} requests" if len(subset) < len(reqs) else ""
             rows.append(summary)
             log(f"hf generate one at a time: {summary.tok_s:.1f} tok/s")
@@ -134,6 +134,7 @@ def main(argv=None) -> int:
         if "llmos kernel" in by_name and "engine in-process" in by_name:
             ratio = by_name["llmos kernel"].tok_s / max(by_name["engine in-process"].tok_s, 1e-9)
             notes.insert(0, f"through the kernel / in-process engine: {ratio:.2f}x the throughput")
+        notes += [r.cpu_line for r in rows if r.cpu_line]
         notes += [
             "TTFT: from handing the request to the method to its first text; the kernel and the engines get every "
             "request at once (so TTFT includes queueing behind other prompts), generate() gets each batch or "

@@ -30,6 +30,12 @@ from llmos.specs.protocol import pack, unpack  # noqa: E402
 from .interface import Driver  # noqa: E402
 
 
+# Sequences per step and tokens per step. A GPU step costs about the same at batch 256 as at 64,
+# so it wants wide batches and big prefill chunks; two CPU cores want small ones.
+ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 512},
+                "cuda": {"max_seqs": 256, "max_batch_tokens": 8192}}
+
+
 class TorchDriver(Driver):
     """Transformers models on torch, on one device (cpu or cuda:N)."""
 
@@ -39,6 +45,7 @@ class TorchDriver(Driver):
         from .loader import auto_dtype
 
         self.device = device
+        self.kind = "cuda" if device.startswith("cuda") else "cpu"
         self.dtype = auto_dtype(device) if dtype == "auto" else dtype
         self.torch = torch
         self.engines: dict = {}        # model -> Engine (generate models)
@@ -61,7 +68,7 @@ class TorchDriver(Driver):
         started = time.monotonic()
         lm = load(ModelSpec(**spec), self.device, self.dtype)
         if lm.kind == "generate":
-            self.engines[name] = Engine(lm, kv_budget_bytes=kv_bytes)
+            self.engines[name] = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[self.kind])
         else:
             self.embedders[name] = lm
             kv_bytes = 0

@@ -101,6 +101,8 @@ class Kernel:
             entry.pinned = True
         except SyscallError as exc:
             log.error("model.preload_failed", model=name, errno=exc.errno, error=exc.message)
+        except Exception:
+            log.exception("model.preload_failed", model=name)
 
     async def shutdown(self, why: str = "kernel shutting down") -> None:
         log.info("kernel.stopping", reason=why)

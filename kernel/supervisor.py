@@ -72,6 +72,7 @@ class Supervisor:
     def send(self, device: str, msg: dict) -> bool:
         try:
             self._send_sock.send_multipart([device.encode(), pack(msg)], flags=zmq.NOBLOCK)
+            self.sock.get(zmq.EVENTS)   # re-arm the asyncio reader (see Transport.send)
             return True
         except zmq.ZMQError:
             return False
@@ -125,14 +126,20 @@ class Supervisor:
             if msg.get("op") == "hello":
                 drv.info = msg
                 drv.state = "up"
-                drv.up.set()
-                log.info("driver.up", device=drv.device, total_bytes=msg.get("total_bytes"))
-                asyncio.create_task(self.on_up(drv))
+                log.info("driver.up", device=drv.device, total_bytes=msg.get("total_bytes"), dtype=msg.get("dtype"))
+                asyncio.create_task(self._announce_up(drv))
                 continue
             try:
                 self.on_message(drv, msg)
             except Exception:
                 log.exception("driver.message_failed", device=drv.device, op=msg.get("op"))
+
+    async def _announce_up(self, drv: DriverHandle) -> None:
+        """Let the kernel account for the device before anyone waiting on it resumes."""
+        try:
+            await self.on_up(drv)
+        finally:
+            drv.up.set()
 
     async def _watchdog(self) -> None:
         while not self._closing:

@@ -59,6 +59,9 @@ class Transport:
         """Queue a frame for a client without waiting; False if it could not be delivered."""
         try:
             self._send_sock.send_multipart(routing + [frame], flags=zmq.NOBLOCK, copy=False)
+            # The socket's FD is edge-triggered; asking the asyncio socket for EVENTS re-arms its
+            # reader, which a send on the shadow would otherwise leave asleep with messages queued.
+            self.sock.get(zmq.EVENTS)
             return True
         except zmq.Again:
             self.on_unreachable(routing[0], "not reading: its receive queue is full")
