@@ -31,6 +31,7 @@ from .models import ModelEntry, eviction_victims
 from .process import Process, ProcessTable
 from .requests import Request
 from .scheduler import FairScheduler
+from .services import ServiceHost
 from .supervisor import DriverHandle, Supervisor
 from .transport import Transport
 
@@ -68,6 +69,7 @@ class Kernel:
         self.transport: Transport | None = None
         self.supervisor: Supervisor | None = None
         self.memstore: MemoryStore | None = None
+        self.services = ServiceHost(self)
         self.stopping = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         from . import syscalls  # the handler table; imported here to keep the module graph one-way
@@ -90,6 +92,7 @@ class Kernel:
                                      dtype=s.dtype)
         await self.supervisor.start(devices)
         self._spawn(self._serve(), "serve")
+        await self.services.start()
         self._spawn(self._probe_loop(), "probe")
         log.info("kernel.listening", socket=s.socket, devices=devices, state_dir=str(s.state_dir), abi=ABI_VERSION)
         for name in s.models_to_load():
@@ -108,6 +111,7 @@ class Kernel:
         log.info("kernel.stopping", reason=why)
         if self.supervisor:
             self.supervisor.begin_close()
+        self.services.begin_close()
         for req in list(self.requests.values()):
             self.end_request(req, ecanceled(why))
         await asyncio.sleep(0.05)   # let the ECANCELED replies reach the socket
@@ -115,6 +119,7 @@ class Kernel:
             task.cancel()
         if self.supervisor:
             await self.supervisor.close()
+        await self.services.close()
         if self.transport:
             self.transport.close()
         if self.memstore:

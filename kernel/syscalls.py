@@ -13,6 +13,7 @@ import time
 from llmos.drivers import registry
 from llmos.specs.protocol import ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
 
+from . import services
 from .errors import SyscallError, ebusy, einval, enoent, enomem
 from .kernel import CallContext, Kernel
 
@@ -209,11 +210,16 @@ async def sys_embed(k: Kernel, ctx: CallContext, args: dict) -> dict:
         texts = [texts]
     if not texts or len(texts) > 1024 or not all(isinstance(t, str) for t in texts):
         raise einval("embed: 'input' must be a string or a list of 1 to 1024 strings")
-    entry = await model_for(k, ctx, args["model"], "embed")
+    return await embed_texts(k, ctx, texts, args["model"], args["normalize"])
+
+
+async def embed_texts(k: Kernel, ctx: CallContext, texts: list[str], model: str, normalize: bool = True) -> dict:
+    """Embeddings through the model's driver, as a request of the caller's (counted, cancellable, reaped)."""
+    entry = await model_for(k, ctx, model, "embed")
     req = k.new_request(ctx, "embed", entry, {})
     req.state = "running"
     k.supervisor.send(entry.device, {"op": "embed", "rid": req.rid, "model": entry.name, "input": texts,
-                                     "normalize": args["normalize"]})
+                                     "normalize": normalize})
     return await req.future
 
 
@@ -231,7 +237,19 @@ async def sys_memwrite(k: Kernel, ctx: CallContext, args: dict) -> dict:
     value = args["value"]
     if len(value) > k.settings.max_value_bytes:
         raise enomem(f"memwrite: value of {len(value)} bytes is over the limit of {k.settings.max_value_bytes}")
-    return await k.memstore.write(ctx.proc.name, args["region"], args["key"], value)
+    if not args["embed"]:
+        return await k.memstore.write(ctx.proc.name, args["region"], args["key"], value)
+    if not isinstance(value, str):
+        raise einval("memwrite: embed=true needs a str value (only text has an embedding)")
+    await k.memstore.check_access(ctx.proc.name, args["region"], must_exist=False)
+    vector = (await embed_texts(k, ctx, [value], args["model"]))["vectors"][0]
+    return await k.memstore.write(ctx.proc.name, args["region"], args["key"], value, vector, args["model"])
+
+
+async def sys_memsearch(k: Kernel, ctx: CallContext, args: dict) -> dict:
+    await k.memstore.check_access(ctx.proc.name, args["region"], must_exist=True)
+    query = (await embed_texts(k, ctx, [args["query"]], args["model"]))["vectors"][0]
+    return await k.memstore.search(ctx.proc.name, args["region"], query, args["model"], args["k"])
 
 
 async def sys_memread(k: Kernel, ctx: CallContext, args: dict) -> dict:
@@ -247,5 +265,6 @@ HANDLERS = {
     "sysinfo": sys_sysinfo, "devices": sys_devices, "alloc_gpu": sys_alloc_gpu, "free": sys_free,
     "models": sys_models, "load_model": sys_load_model, "unload_model": sys_unload_model,
     "infer": sys_infer, "embed": sys_embed, "cancel": sys_cancel,
-    "memwrite": sys_memwrite, "memread": sys_memread, "memdel": sys_memdel,
+    "memwrite": sys_memwrite, "memread": sys_memread, "memdel": sys_memdel, "memsearch": sys_memsearch,
+    "svc_list": services.sys_svc_list, "svc_call": services.sys_svc_call, "svc_reload": services.sys_svc_reload,
 }

@@ -193,6 +193,101 @@ def cmd_kill(args) -> int:
     return 0
 
 
+def parse_arg(item: str) -> tuple[str, object]:
+    """--arg key=value: the value as JSON when it parses (numbers, true, lists, maps), else as a string."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"llmos svc call: --arg wants key=value, got '{item}'")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def _print_result(result: dict, as_json: bool, streamed: bool) -> None:
+    if as_json or not isinstance(result.get("text"), str):
+        print(json.dumps(result, indent=2, ensure_ascii=False, default=repr))
+    elif not streamed:
+        print(result["text"])
+
+
+def cmd_svc(args) -> int:
+    if args.svc_cmd == "reload":
+        with Client(socket=args.socket, name="llmos-svc", caps=["admin", "svc"], timeout=None) as c:
+            r = c.svc_reload(drain=args.drain)
+        print(f"service host restarted (pid {r['os_pid']}) in {r['reload_s']:.2f}s: "
+              f"{r['services']} services, {r['failed']} plugins failed (see `llmos svc list`)")
+        return 0
+    with _client(args, args.as_name or "llmos-svc") as c:
+        if args.svc_cmd == "list":
+            listing = c.svc_list()
+            if args.json:
+                print(json.dumps(listing, indent=2))
+                return 0
+            host = listing["host"]
+            print(f"service host: {host['state']}, pid {host['os_pid']}, restarts {host['restarts']}")
+            rows = []
+            for svc in listing["services"]:
+                for t in svc["tasks"]:
+                    params = " ".join(f"{n}" if a["required"] else f"[{n}]" for n, a in t["args"].items())
+                    rows.append({"task": f"{svc['name']} {t['name']}", "args": params,
+                                 "doc": t["description"][:70] + ("..." if len(t["description"]) > 70 else ""),
+                                 "plugin": svc["plugin"]})
+            print(_table(rows, [("task", "SERVICE TASK"), ("args", "ARGS"), ("plugin", "PLUGIN"), ("doc", "DESCRIPTION")]))
+            for f in listing["failed"]:
+                print(f"failed: {f['plugin']}: {f['error']}", file=sys.stderr)
+            return 0
+        task_args = dict(parse_arg(item) for item in args.arg)
+        if args.stream:
+            stream = c.svc_stream(args.service, args.task, task_args, deadline=args.deadline)
+            for delta in stream:
+                print(delta, end="", flush=True)
+            print()
+            _print_result(stream.result, args.json, streamed=True)
+        else:
+            _print_result(c.svc_call(args.service, args.task, task_args, deadline=args.deadline), args.json, False)
+    return 0
+
+
+def cmd_summarize(args) -> int:
+    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    with _client(args, "llmos-summarize") as c:
+        stream = c.svc_stream("summarize", "text", {"text": text, "style": args.style, "sentences": args.sentences,
+                                                    "mode": args.mode})
+        for delta in stream:
+            print(delta, end="", flush=True)
+        print()
+        r = stream.result
+        if r.get("fallback"):
+            print("[the model's rewrite strayed from the text; this is the extract]", file=sys.stderr)
+    return 0
+
+
+def cmd_support(args) -> int:
+    import uuid
+
+    folder = os.path.abspath(args.kb)
+    kb_name = args.name or "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in os.path.basename(folder))[:64]
+    conversation = args.conversation or uuid.uuid4().hex[:12]
+    with _client(args, "llmos-support") as c:
+        r = c.svc_call("kb", "ingest", {"kb": kb_name, "path": folder})
+        print(f"knowledge base '{kb_name}': {len(r['documents'])} documents, {r['chunks']} chunks"
+              + (f" ({len(r['skipped'])} files skipped)" if r["skipped"] else ""), file=sys.stderr)
+        print(f"conversation {conversation}: type your question; empty line or Ctrl-D to quit", file=sys.stderr)
+        while True:
+            try:
+                line = input("you> ")
+            except EOFError:
+                print()
+                return 0
+            if not line.strip():
+                return 0
+            r = c.svc_call("support", "chat", {"conversation": conversation, "message": line, "kb": kb_name})
+            print(f"agent> {r['reply']}")
+            if r["handoff"]:
+                print(f"[handed off to a human: {r['handoff_reason']}]", file=sys.stderr)
+
+
 def cmd_demo(args) -> int:
     """Boot a private kernel on the default model, ask it one question, show ps, shut it down."""
     with tempfile.TemporaryDirectory(prefix="llmos-demo-") as tmp:
@@ -280,6 +375,31 @@ def parser() -> argparse.ArgumentParser:
     m = ms.add_parser("rm")
     m.add_argument("region")
     m.add_argument("key", nargs="?", default=None, help="omit to delete the whole region")
+    s = sub.add_parser("svc", help="services: list, call, reload")
+    s.add_argument("--as", dest="as_name", default=None,
+                   help="program name to call as (services keep per-program state; default: llmos-svc)")
+    vs = s.add_subparsers(dest="svc_cmd", required=True)
+    v = vs.add_parser("list", help="services, their tasks and arguments, and plugins that failed to load")
+    v.add_argument("--json", action="store_true")
+    v = vs.add_parser("call", help="run a service's task: llmos svc call kb ask --arg kb=docs --arg question='...'")
+    v.add_argument("service")
+    v.add_argument("task")
+    v.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a task argument; the value is parsed as JSON when it can be (42, true, [1,2]), else a string")
+    v.add_argument("--stream", action="store_true", help="print text as the task produces it")
+    v.add_argument("--deadline", type=float, default=None, help="seconds before the call ends with ETIMEDOUT")
+    v.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    v = vs.add_parser("reload", help="restart the service host to load newly installed plugins (needs admin)")
+    v.add_argument("--drain", type=float, default=10.0, help="seconds to let calls in flight finish")
+    s = sub.add_parser("summarize", help="summarize a text file (map-reduce; any length)")
+    s.add_argument("file", help="the file, or - for stdin")
+    s.add_argument("--style", choices=["one_line", "bullets", "paragraph"], default="paragraph")
+    s.add_argument("--sentences", type=int, default=None, help="how many sentences or bullets")
+    s.add_argument("--mode", choices=["extractive", "abstractive"], default="extractive")
+    s = sub.add_parser("support", help="a customer-support chat over a folder of documents")
+    s.add_argument("--kb", required=True, help="folder of .md/.txt documents to answer from (ingested first)")
+    s.add_argument("--name", default=None, help="knowledge base name (default: the folder's name)")
+    s.add_argument("--conversation", default=None, help="conversation id to continue (default: a new one)")
     s = sub.add_parser("demo", help="boot a private kernel on the default model, ask it a question, stop it")
     s.add_argument("question", nargs="?", default="What is the capital of France?")
     s.add_argument("--device", default="auto")
@@ -289,7 +409,7 @@ def parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"ps": cmd_ps, "devices": cmd_devices, "models": cmd_models, "load": cmd_load, "unload": cmd_unload,
             "run": cmd_run, "chat": cmd_chat, "mem": cmd_mem, "sysinfo": cmd_sysinfo, "kill": cmd_kill,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "svc": cmd_svc, "summarize": cmd_summarize, "support": cmd_support}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -61,7 +61,7 @@ def raise_error(error: dict) -> None:
 
 
 class Stream:
-    """An infer with stream=true: iterate for text deltas; `.result` holds the final reply after."""
+    """A streaming call (infer or svc_call with stream=true): iterate for text deltas; `.result` holds the final reply after."""
 
     def __init__(self, client: "AsyncClient", req_id: int, queue: asyncio.Queue):
         self.client = client
@@ -253,11 +253,16 @@ class AsyncClient:
                      deadline: float | None = None) -> Stream:
         """infer with stream=true: returns a Stream to iterate for deltas."""
         args = _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline)
-        args["stream"] = True
+        return await self._open_stream("infer", args)
+
+    async def _open_stream(self, call: str, args: dict) -> Stream:
+        if self._sock is None:
+            raise KernelUnavailable("not connected: use `async with AsyncClient()` or await connect()")
+        args = dict(args, stream=True)
         req_id = next(self._ids)
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[req_id] = queue
-        await self._sock.send(pack({"v": ABI_VERSION, "id": req_id, "call": "infer", "args": args}))
+        await self._sock.send(pack({"v": ABI_VERSION, "id": req_id, "call": call, "args": args}))
         return Stream(self, req_id, queue)
 
     async def embed(self, input: str | list[str], model: str = "minilm-l6-v2", normalize: bool = True) -> dict:
@@ -266,8 +271,10 @@ class AsyncClient:
     async def cancel(self, id: int) -> dict:
         return await self._call("cancel", {"id": id}, self.timeout)
 
-    async def memwrite(self, region: str, key: str, value: str | bytes) -> dict:
-        return await self._call("memwrite", {"region": region, "key": key, "value": value}, self.timeout)
+    async def memwrite(self, region: str, key: str, value: str | bytes, embed: bool = False,
+                       model: str = "minilm-l6-v2") -> dict:
+        args = {"region": region, "key": key, "value": value, "embed": embed, "model": model}
+        return await self._call("memwrite", args, None if embed else self.timeout)
 
     async def memread(self, region: str, key: str | None = None, prefix: str = "") -> dict:
         return await self._call("memread", {"region": region, "key": key, "prefix": prefix}, self.timeout)
@@ -275,11 +282,34 @@ class AsyncClient:
     async def memdel(self, region: str, key: str | None = None) -> dict:
         return await self._call("memdel", {"region": region, "key": key}, self.timeout)
 
+    async def memsearch(self, region: str, query: str, k: int = 5, model: str = "minilm-l6-v2") -> dict:
+        """The k entries of a region closest in meaning to query (those written with embed=True)."""
+        return await self._call("memsearch", {"region": region, "query": query, "k": k, "model": model}, None)
+
+    async def svc_list(self) -> dict:
+        return await self._call("svc_list", {}, self.timeout)
+
+    async def svc_call(self, service: str, task: str, args: dict | None = None, deadline: float | None = None) -> dict:
+        return await self._call("svc_call", {"service": service, "task": task, "args": args or {},
+                                             "deadline": deadline}, None)
+
+    async def svc_stream(self, service: str, task: str, args: dict | None = None,
+                         deadline: float | None = None) -> Stream:
+        """svc_call with stream=true: returns a Stream of text deltas; `.result` holds the task's result after."""
+        return await self._open_stream("svc_call", {"service": service, "task": task, "args": args or {},
+                                                    "deadline": deadline})
+
+    async def svc_reload(self, drain: float = 10.0) -> dict:
+        return await self._call("svc_reload", {"drain": drain}, None)
+
 
 def _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline) -> dict:
     return {"prompt": prompt, "messages": messages, "model": model, "max_tokens": max_tokens,
             "temperature": temperature, "top_p": top_p, "top_k": top_k, "stop": stop, "seed": seed,
             "priority": priority, "deadline": deadline}
+
+
+_STREAMS = ("stream", "svc_stream")   # return a Stream: wrapped by Client as a SyncStream
 
 
 class Client:
@@ -327,13 +357,16 @@ class Client:
 
     def __getattr__(self, name: str):
         method = getattr(AsyncClient, name, None)
-        if name.startswith("_") or method is None or not asyncio.iscoroutinefunction(method) or name == "stream":
+        if name.startswith("_") or method is None or not asyncio.iscoroutinefunction(method) or name in _STREAMS:
             raise AttributeError(name)
         bound = getattr(self._async, name)
         return lambda *a, **kw: self._run(bound(*a, **kw))
 
     def stream(self, *args, **kwargs) -> "SyncStream":
         return SyncStream(self, self._run(self._async.stream(*args, **kwargs)))
+
+    def svc_stream(self, *args, **kwargs) -> "SyncStream":
+        return SyncStream(self, self._run(self._async.svc_stream(*args, **kwargs)))
 
 
 class SyncStream:

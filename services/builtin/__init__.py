@@ -1,0 +1,1 @@
+"""The built-in services, one module each; each registers through the same hook as any plugin."""

@@ -1,0 +1,315 @@
+"""kb: a knowledge base in a memory region: ingest documents, answer questions from them with citations.
+
+Ingest splits each document by headings, then packs paragraphs into chunks of ~700 characters
+with one sentence of overlap, and stores each chunk with memwrite(embed=true): the kernel
+embeds it and keeps the vector next to the entry, so retrieval is one memsearch syscall.
+
+Answers are extracted, not generated: the passages memsearch returns are cut into sentences,
+each sentence is scored by its embedding similarity to the question plus its passage's score
+and its overlap with the question's words, and the best sentence is the answer, quoted with
+its chunk id and source file. A 135M model asked to answer from passages restates them with
+wrong numbers often enough that quoting is the safer default; `rephrase=true` lets the model
+turn the quote into a sentence, and its output is kept only if it keeps the quote's numbers.
+When the best passage scores under `min_score` the answer is "I don't know".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from llmos.services import ServiceError, Task, hookimpl
+from llmos.services import nlp
+from llmos.userland.client import LLMOSError
+
+MIN_SCORE = 0.27           # memsearch cosine under which nothing in the kb is about the question (calibrated on tests/data)
+TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".text", ".rst"}
+MAX_FILE_BYTES = 2 << 20
+MAX_FILES = 10_000
+INGEST_CONCURRENCY = 8
+_KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+DONT_KNOW = "I don't know: nothing in the knowledge base answers that."
+
+
+def region_for(ctx, kb: str) -> str:
+    if not _KB_NAME.match(kb):
+        raise ServiceError("EINVAL", f"kb name '{kb[:80]}' must be 1-64 letters, digits, '.', '_' or '-'")
+    return f"svc/kb/{ctx.caller.get('name', '?')}/{kb}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    source, _, idx = key.rpartition("#")
+    return source, int(idx) if idx.isdigit() else 0
+
+
+def _documents(path: str) -> tuple[list[tuple[str, str]], list[dict]]:
+    """(source, text) for a file, or for every text file under a folder; plus what was skipped and why."""
+    root = Path(os.path.expanduser(path))
+    if not root.exists():
+        raise ServiceError("ENOENT", f"kb.ingest: no file or folder '{path}' on the service host's machine")
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    docs, skipped = [], []
+    for f in files[:MAX_FILES]:
+        source = f.name if root.is_file() else f.relative_to(root).as_posix()
+        if f.suffix.lower() not in TEXT_SUFFIXES:
+            skipped.append({"source": source, "why": f"not a text document ({', '.join(sorted(TEXT_SUFFIXES))})"})
+            continue
+        if f.stat().st_size > MAX_FILE_BYTES:
+            skipped.append({"source": source, "why": f"larger than {MAX_FILE_BYTES >> 20} MiB"})
+            continue
+        try:
+            docs.append((source, f.read_text(encoding="utf-8")))
+        except UnicodeDecodeError:
+            skipped.append({"source": source, "why": "not UTF-8 text"})
+    return docs, skipped
+
+
+async def ingest(ctx, kb: str, text: str | None = None, path: str | None = None, source: str | None = None,
+                 chunk_chars: int = 700, overlap: int = 1) -> dict:
+    region = region_for(ctx, kb)
+    if (text is None) == (path is None):
+        raise ServiceError("EINVAL", "kb.ingest: give exactly one of 'text' and 'path'")
+    if text is not None:
+        docs = [(source or f"text-{hashlib.sha1(text.encode()).hexdigest()[:8]}", text)]
+        skipped = []
+    else:
+        docs, skipped = await asyncio.to_thread(_documents, path)
+    k = ctx.kernel
+    existing = set()
+    try:
+        existing = set((await k.memread(region))["keys"])
+    except LLMOSError as exc:
+        if exc.errno != "ENOENT":
+            raise
+    gate = asyncio.Semaphore(INGEST_CONCURRENCY)
+
+    async def write(key: str, value: str) -> None:
+        async with gate:
+            await k.memwrite(region, key, value, embed=True, model=nlp.EMBED_MODEL)
+
+    report, total = [], 0
+    for src, body in docs:
+        chunks = nlp.chunk_document(body, chunk_chars, overlap)
+        keys = [f"{src}#{i:04d}" for i in range(len(chunks))]
+        values = [f"{heading}\n{chunk}" if heading else chunk for heading, chunk in chunks]
+        if keys:       # the first alone: it loads the embedding model if need be, then the rest in parallel
+            await write(keys[0], values[0])
+            await asyncio.gather(*(write(key, value) for key, value in zip(keys[1:], values[1:])))
+        for stale in sorted(key for key in existing if split_key(key)[0] == src and key not in keys):
+            await k.memdel(region, stale)      # the document got shorter since it was last ingested
+        report.append({"source": src, "chunks": len(chunks)})
+        total += len(chunks)
+    return {"kb": kb, "documents": report, "chunks": total, "skipped": skipped}
+
+
+async def _search(ctx, kb: str, query: str, k: int) -> list[dict]:
+    try:
+        found = await ctx.kernel.memsearch(region_for(ctx, kb), query, k=k, model=nlp.EMBED_MODEL)
+    except LLMOSError as exc:
+        if exc.errno == "ENOENT" and "region" in exc.message:
+            raise ServiceError("ENOENT", f"no knowledge base '{kb}': ingest documents into it first") from None
+        raise
+    out = []
+    for r in found["results"]:
+        source, idx = split_key(r["key"])
+        out.append({"key": r["key"], "source": source, "chunk": idx, "score": r["score"], "text": r["value"]})
+    return out
+
+
+async def search(ctx, kb: str, query: str, k: int = 5) -> dict:
+    return {"kb": kb, "passages": await _search(ctx, kb, query, k)}
+
+
+SHORT_ANSWER_WORDS = 8     # a sentence this short joins its neighbour in the quote ("No. Do this instead.")
+
+
+def _candidate_sentences(passages: list[dict]) -> list[tuple[int, str, str]]:
+    """(passage index, sentence, sentence plus the next one if it is short) for the passages' sentences."""
+    out = []
+    for i, p in enumerate(passages):
+        body = p["text"].split("\n", 1)[1] if "\n" in p["text"] and not _is_body(p["text"]) else p["text"]
+        spans = nlp.sentences(body)
+        for j, s in enumerate(spans):
+            if len(nlp.words(s.text)) < 3:
+                continue
+            start, end = s.start, s.end
+            if j > 0 and len(nlp.words(spans[j - 1].text)) < SHORT_ANSWER_WORDS and "\n\n" not in body[spans[j - 1].end:start]:
+                start = spans[j - 1].start
+            if len(nlp.words(s.text)) < SHORT_ANSWER_WORDS and j + 1 < len(spans):
+                end = spans[j + 1].end
+            out.append((i, s.text, body[start:end]))
+    return out
+
+
+def _is_body(text: str) -> bool:
+    """True when the first line is text rather than a heading (a chunk of a document without headings)."""
+    first = text.split("\n", 1)[0]
+    return first.rstrip().endswith((".", "!", "?", ":")) or len(first) > 120
+
+
+# What kind of answer a question wants, and how to see it in a sentence: a cheap answer-type
+# check (as classic extractive QA systems do) that keeps "How much...?" from being answered
+# with the right topic but no price in it.
+_ANSWER_TYPES = [
+    (re.compile(r"\bhow much\b|\bcost|\bprice|\bfee\b|\bcharge", re.I),
+     re.compile(r"[£$€]\s?\d|\d\s?%|\bfree\b|\bpercent\b", re.I)),
+    (re.compile(r"\bhow (?:long|quickly|soon)\b|\bhow many (?:days|weeks|hours|minutes|months|years)\b", re.I),
+     re.compile(r"\d+(?:\s*(?:-|to)\s*\d+)?[\s-]*(?:working\s+)?(?:minutes?|hours?|days?|weeks?|months?|years?)\b", re.I)),
+    (re.compile(r"\bwhat time\b|\bhours\b|\bwhen (?:do|does|are|is)\b.*\bopen", re.I),
+     re.compile(r"\d{1,2}(?::\d{2})?\s?(?:am|pm)\b", re.I)),
+    (re.compile(r"\bnumber\b|\bhow many\b", re.I), re.compile(r"\d")),
+    (re.compile(r"^\s*who\b|\bwhich (?:company|partner|firm|store|person|team)\b", re.I),
+     re.compile(r"(?<=[a-z,] )[A-Z][A-Za-z]+")),
+]
+TYPE_BONUS = 0.25          # a sentence without the kind of answer asked for cannot be the answer
+
+
+def answer_type_bonus(question: str, sentence: str) -> float:
+    for asks, shows in _ANSWER_TYPES:
+        if asks.search(question):
+            return TYPE_BONUS if shows.search(sentence) else 0.0
+    return 0.0
+
+
+def rerank(question: str, passages: list[dict]) -> list[dict]:
+    """Passages by embedding score plus word overlap with the question (headings count): a hybrid ranking."""
+    for p in passages:
+        p["rank_score"] = p["score"] + 0.2 * nlp.overlap(question, p["text"])
+    return sorted(passages, key=lambda p: -p["rank_score"])
+
+
+async def score_sentences(kernel, question: str, pool: list[dict], candidates: list[tuple[int, str, str]],
+                          focus: str | None = None) -> np.ndarray:
+    """How well each candidate sentence answers: meaning, its passage's rank, shared words, answer type.
+
+    focus: the part of the question that is new (a follow-up's own words); its words count again.
+    """
+    vectors = await nlp.embed(kernel, [question] + [s for _, s, _ in candidates])
+    sims = vectors[1:] @ vectors[0]
+    return np.array([sims[j] + 0.5 * pool[i]["rank_score"] + 0.3 * nlp.overlap(question, s)
+                     + (0.3 * nlp.overlap(focus, s) if focus else 0.0)
+                     + answer_type_bonus(question, s) for j, (i, s, _) in enumerate(candidates)])
+
+
+async def answer_question(ctx, kb: str, question: str, k: int = 3, min_score: float = MIN_SCORE,
+                          rephrase: bool = False, focus: str | None = None) -> dict:
+    passages = await _search(ctx, kb, question, max(k, 8))
+    if not passages or passages[0]["score"] < min_score:
+        return {"answer": DONT_KNOW, "found": False, "quote": None, "citations": [],
+                "passages": passages[:k], "best_score": passages[0]["score"] if passages else None}
+    top_score = passages[0]["score"]
+    passages = rerank(question, passages)
+    best_rank = passages[0]["rank_score"]
+    pool = [p for p in passages[:4] if p["rank_score"] >= best_rank - 0.12]
+    candidates = _candidate_sentences(pool)
+    if not candidates:
+        best_passage, quote = pool[0], pool[0]["text"]
+    else:
+        scores = await score_sentences(ctx.kernel, question, pool, candidates, focus)
+        best = int(np.argmax(scores))
+        best_passage, quote = pool[candidates[best][0]], candidates[best][2]
+    answer = quote
+    if rephrase:
+        answer = await _rephrase(ctx, question, quote)
+    cited = [best_passage] + [p for p in passages[:k] if p is not best_passage]
+    return {"answer": answer, "found": True, "quote": quote,
+            "citations": [{"key": p["key"], "source": p["source"], "chunk": p["chunk"], "score": p["score"]}
+                          for p in cited[:k]],
+            "passages": passages[:k], "best_score": top_score}
+
+
+async def _rephrase(ctx, question: str, quote: str) -> str:
+    """The model's one-sentence answer from the quote, if it keeps the quote's numbers; else the quote."""
+    prompt = (f"Answer the question in one sentence using only this fact.\n\nFact: {quote}\n\n"
+              f"Question: {question}")
+    out = await ctx.kernel.infer(messages=[{"role": "user", "content": prompt}], max_tokens=60, temperature=0.0,
+                                 stop=["\n"])
+    text = out["text"].strip()
+    numbers = set(re.findall(r"\d+(?:[.,]\d+)?", quote))
+    if not text or not numbers <= set(re.findall(r"\d+(?:[.,]\d+)?", text)) or \
+            len(nlp.content_words(text) & nlp.content_words(quote)) < 2:
+        return quote
+    return text
+
+
+async def ask(ctx, kb: str, question: str, k: int = 3, min_score: float = MIN_SCORE, rephrase: bool = False) -> dict:
+    result = await answer_question(ctx, kb, question, k, min_score, rephrase)
+    if result["found"]:
+        sources = ", ".join(dict.fromkeys(c["key"] for c in result["citations"][:1]))
+        ctx.emit(f"{result['answer']} [{sources}]")
+    else:
+        ctx.emit(result["answer"])
+    result["text"] = "".join(ctx.emitted) if ctx.emitted else result["answer"]
+    return result
+
+
+async def list_sources(ctx, kb: str) -> dict:
+    try:
+        keys = (await ctx.kernel.memread(region_for(ctx, kb)))["keys"]
+    except LLMOSError as exc:
+        if exc.errno == "ENOENT":
+            raise ServiceError("ENOENT", f"no knowledge base '{kb}'") from None
+        raise
+    counts: dict[str, int] = {}
+    for key in keys:
+        source = split_key(key)[0]
+        counts[source] = counts.get(source, 0) + 1
+    return {"kb": kb, "documents": [{"source": s, "chunks": n} for s, n in sorted(counts.items())],
+            "chunks": len(keys)}
+
+
+async def drop(ctx, kb: str, source: str | None = None) -> dict:
+    region = region_for(ctx, kb)
+    try:
+        if source is None:
+            return {"kb": kb, "deleted": (await ctx.kernel.memdel(region))["deleted"]}
+        keys = [key for key in (await ctx.kernel.memread(region))["keys"] if split_key(key)[0] == source]
+    except LLMOSError as exc:
+        if exc.errno == "ENOENT":
+            raise ServiceError("ENOENT", f"no knowledge base '{kb}'") from None
+        raise
+    if not keys:
+        raise ServiceError("ENOENT", f"knowledge base '{kb}' has no source '{source}'")
+    for key in keys:
+        await ctx.kernel.memdel(region, key)
+    return {"kb": kb, "deleted": len(keys)}
+
+
+_KB = {"type": "str", "max_len": 64, "doc": "the knowledge base's name (private to the calling program)"}
+
+
+@hookimpl
+def register_services(register):
+    register("kb", {
+        "ingest": Task(ingest, "Add documents: text, or a file or folder path on the service host's machine "
+                               "(.md .txt .rst). Chunked by headings and paragraphs with overlap, embedded, stored. "
+                               "Ingesting a source again replaces it.",
+                       args={"kb": _KB, "text": {"type": "str|null", "nullable": True, "max_len": 16 << 20},
+                             "path": {"type": "str|null", "nullable": True, "max_len": 4096},
+                             "source": {"type": "str|null", "nullable": True, "max_len": 512,
+                                        "doc": "name for a text document (default: a hash of it)"},
+                             "chunk_chars": {"type": "int", "default": 700, "min": 100, "max": 4000},
+                             "overlap": {"type": "int", "default": 1, "min": 0, "max": 5,
+                                         "doc": "sentences or paragraphs repeated at the start of the next chunk"}}),
+        "ask": Task(ask, "Answer a question from the knowledge base by quoting the most relevant sentence, with "
+                         "citations (chunk ids and source files); says it does not know when nothing matches.",
+                    args={"kb": _KB, "question": {"type": "str", "max_len": 4096},
+                          "k": {"type": "int", "default": 3, "min": 1, "max": 20, "doc": "citations returned"},
+                          "min_score": {"type": "float", "default": MIN_SCORE, "min": -1.0, "max": 1.0,
+                                        "doc": "similarity under which the answer is 'I don't know'"},
+                          "rephrase": {"type": "bool", "default": False,
+                                       "doc": "let the model phrase the answer (kept only if it keeps the quote's numbers)"}},
+                    stream=True),
+        "search": Task(search, "The passages closest in meaning to a query, with scores.",
+                       args={"kb": _KB, "query": {"type": "str", "max_len": 4096},
+                             "k": {"type": "int", "default": 5, "min": 1, "max": 100}}),
+        "list": Task(list_sources, "The documents in the knowledge base and their chunk counts.", args={"kb": _KB}),
+        "drop": Task(drop, "Delete a knowledge base, or one source document from it.",
+                     args={"kb": _KB, "source": {"type": "str|null", "nullable": True, "max_len": 512}}),
+    }, description="A knowledge base over memory regions: ingest documents, ask questions, get cited answers.")

@@ -1,0 +1,205 @@
+"""redact: replace personal data with typed placeholders ([EMAIL_1], [CARD_1], [NAME_2]...).
+
+Deterministic detectors do the exact work: emails, phone numbers, payment cards (Luhn
+checked), IBANs (mod-97 checked), US social security numbers and IP addresses. Names are
+found by a heuristic (titles, cue phrases such as "my name is", greetings and sign-offs, and
+a list of common first names followed by a capitalized surname): a 135M-parameter model
+tags names less reliably than that, and a redactor must not invent or skip spans at random.
+The same value always gets the same placeholder, so a redacted text still reads coherently.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llmos.services import Task, hookimpl
+
+TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "NAME")
+
+_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
+_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
+_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+_IP = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\d|\.\d)")
+_PHONE = re.compile(r"""(?<![\w+])(?:
+        \+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}     # +44 20 7946 0958, +1-202-555-0143
+      | \(\d{2,4}\)[ .-]?\d{3,4}[ .-]?\d{3,4}                                # (555) 123-4567
+      | \d{3}[.-]\d{3}[.-]\d{4}                                             # 555-123-4567
+      | 0\d{2,4}[ ]\d{3,4}[ ]?\d{3,4}                                       # 020 7946 0958, 07700 900123
+    )(?![\w-])""", re.X)
+_PHONE_CUE = re.compile(r"(?:phone|call|tel|mobile|cell|number|whatsapp|sms|text me)\D{0,15}$", re.I)
+_BARE_DIGITS = re.compile(r"(?<![\w+])\d{10,11}(?!\w)")
+
+# IBAN lengths by country (ISO 13616), for the countries most often seen; others: mod-97 alone.
+_IBAN_LEN = {"AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "EE": 20,
+             "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22, "IS": 26, "IT": 27,
+             "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31, "NL": 18, "NO": 15, "PL": 28, "PT": 25,
+             "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26}
+
+_TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?"
+_CAP = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)?"
+_SURNAME = rf"(?:(?:van|von|de|da|di|del|der|le|la|O'|Mc|Mac)\s?)?{_CAP}"
+_NAME_AFTER_TITLE = re.compile(rf"\b{_TITLE}\s+((?:{_CAP}\s+)?{_SURNAME})")
+_NAME_AFTER_CUE = re.compile(
+    rf"(?:\b[Mm]y name is|\b[Nn]ame:|\b[Tt]his is|\b[Ii] am|\b[Ii]'m|\b[Ss]igned,?|\b[Cc]ontact|\b[Aa]sk for|\b[Ss]peak(?:ing)? (?:to|with)|"
+    rf"\b(?:[Dd]ear|[Hh]i|[Hh]ello|[Tt]hanks|[Tt]hank you|[Rr]egards|[Ss]incerely|[Cc]heers|[Bb]est),?)\s+"
+    rf"((?:{_CAP})(?:\s+{_SURNAME})?)")
+_SIGNOFF = re.compile(rf"(?:^|\n)\s*(?:Regards|Best regards|Kind regards|Sincerely|Thanks|Thank you|Cheers|Best),?\s*\n\s*"
+                      rf"((?:{_CAP})(?:\s+{_SURNAME})?)\s*(?:\n|$)")
+_FIRST_THEN_SURNAME = re.compile(rf"\b({_CAP})\s+({_SURNAME})\b")
+
+FIRST_NAMES = frozenset("""
+aaron adam adrian ahmed aisha alan albert alejandro alex alexander alexandra alice alicia amanda amelia amir amy ana
+andrea andreas andrew angela anna anne anthony antonio arjun arthur ava barbara ben benjamin beth betty brian bruce
+camille carlos carmen carol caroline catherine charles charlie charlotte chen chloe chris christian christina
+christopher claire clara daniel david deborah dennis diana diego dmitri donald dorothy edward elena elizabeth ella
+emily emma eric erik ethan eva fatima felix fernando fiona francesca francis frank gabriel gary george giulia grace
+greg gregory hannah hans harry heather helen henry hiroshi hugo ian igor isabella ivan jack jacob james jan jane
+janet jason javier jennifer jessica jim joan joe john jonathan jorge jose joseph joshua juan julia julie justin karen
+katherine kathleen keith kenji kevin kim laura lauren leo liam linda lisa liu lucas lucy luis luke maria marie marina
+mark marta martin mary matteo matthew maya megan mei michael michelle miguel mohammed mohammad muhammad nancy natalia
+nathan nicholas nicole noah nora olga oliver olivia omar oscar pablo patricia patrick paul paula pedro peter philip
+pierre priya rachel rafael rahul raj ramon rebecca richard robert roberto ryan samuel sandra sara sarah scott sean
+sebastian sergei sharon sophia sophie stefan stephanie stephen steven susan thomas timothy tom tyler valentina
+victor victoria vincent wang wei william yuki yusuf zoe
+""".split())
+# Capitalized words that follow the cues above but are not names.
+_NOT_NAMES = frozenset("""
+i the a an this that there here it we you they he she my our your his her their team support customer service
+all everyone everybody sir madam guys folks again so very just not sure sorry happy glad good great fine okay ok
+afraid writing calling contacting looking trying having going still also really please thanks hello hi dear
+monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+september october november december english french spanish german
+""".split())
+
+
+@dataclass
+class Finding:
+    type: str
+    start: int
+    end: int
+    value: str
+
+
+def luhn_ok(digits: str) -> bool:
+    total, double = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if double:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        double = not double
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    iban = candidate.replace(" ", "").upper()
+    expected = _IBAN_LEN.get(iban[:2])
+    if expected is not None and len(iban) != expected:
+        return False
+    if not 15 <= len(iban) <= 34:
+        return False
+    rearranged = iban[4:] + iban[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+def _is_name(candidate: str) -> bool:
+    parts = candidate.split()
+    return bool(parts) and all(p.lower().strip("'") not in _NOT_NAMES for p in parts)
+
+
+def find_pii(text: str, types: tuple[str, ...] = TYPES) -> list[Finding]:
+    """Every finding, non-overlapping, in text order (earlier detectors win overlaps)."""
+    found: list[Finding] = []
+
+    def add(kind: str, start: int, end: int) -> None:
+        if kind in types and not any(f.start < end and start < f.end for f in found):
+            found.append(Finding(kind, start, end, text[start:end]))
+
+    for m in _EMAIL.finditer(text):
+        add("EMAIL", m.start(), m.end())
+    for m in _IBAN.finditer(text):
+        value = m.group(0).rstrip()
+        # the regex is greedy over spaces: try shorter tails until the checksum fits
+        while value and not iban_ok(value):
+            value = value[:-1].rstrip()
+        if value and len(value.replace(" ", "")) >= 15:
+            add("IBAN", m.start(), m.start() + len(value))
+    for m in _CARD.finditer(text):
+        digits = re.sub(r"\D", "", m.group(0))
+        if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
+            add("CARD", m.start(), m.end())
+    for m in _SSN.finditer(text):
+        add("SSN", m.start(), m.end())
+    for m in _IP.finditer(text):
+        add("IP", m.start(), m.end())
+    for m in _PHONE.finditer(text):
+        digits = re.sub(r"\D", "", m.group(0))
+        if 8 <= len(digits) <= 15:
+            add("PHONE", m.start(), m.end())
+    for m in _BARE_DIGITS.finditer(text):
+        if _PHONE_CUE.search(text[max(0, m.start() - 30):m.start()]):
+            add("PHONE", m.start(), m.end())
+    for pattern in (_NAME_AFTER_TITLE, _SIGNOFF, _NAME_AFTER_CUE):
+        for m in pattern.finditer(text):
+            if _is_name(m.group(1)):
+                add("NAME", m.start(1), m.end(1))
+    for m in _FIRST_THEN_SURNAME.finditer(text):
+        if m.group(1).lower() in FIRST_NAMES and _is_name(m.group(0)):
+            add("NAME", m.start(), m.end())
+    # a known first name standing alone ("ask Maria"), but not at a sentence start where it may be a word
+    for m in re.finditer(rf"(?<=[a-z,;:] )({_CAP})\b", text):
+        if m.group(1).lower() in FIRST_NAMES:
+            add("NAME", m.start(1), m.end(1))
+    # a name found once is redacted everywhere it appears
+    for name in {f.value for f in found if f.type == "NAME"}:
+        for part in [name] + [p for p in name.split() if p.lower() in FIRST_NAMES or len(name.split()) == 1]:
+            for m in re.finditer(rf"\b{re.escape(part)}\b", text):
+                add("NAME", m.start(), m.end())
+    return sorted(found, key=lambda f: f.start)
+
+
+def redact_text(text: str, types: tuple[str, ...] = TYPES) -> tuple[str, list[dict]]:
+    findings = find_pii(text, types)
+    numbers: dict[tuple[str, str], str] = {}
+    counters: dict[str, int] = {}
+    out, pos, report = [], 0, []
+    for f in findings:
+        canon = re.sub(r"[\s.()-]", "", f.value.lower())
+        key = (f.type, canon)
+        if key not in numbers:
+            counters[f.type] = counters.get(f.type, 0) + 1
+            numbers[key] = f"[{f.type}_{counters[f.type]}]"
+        out.append(text[pos:f.start])
+        out.append(numbers[key])
+        pos = f.end
+        report.append({"type": f.type, "start": f.start, "end": f.end, "placeholder": numbers[key]})
+    out.append(text[pos:])
+    return "".join(out), report
+
+
+async def redact(ctx, text: str, types: list | None = None) -> dict:
+    wanted = tuple(t.upper() for t in types) if types else TYPES
+    unknown = set(wanted) - set(TYPES)
+    if unknown:
+        from llmos.services import ServiceError
+        raise ServiceError("EINVAL", f"redact: unknown type(s) {', '.join(sorted(unknown))}; known: {', '.join(TYPES)}")
+    redacted, findings = redact_text(text, wanted)
+    counts: dict[str, int] = {}
+    for f in findings:
+        counts[f["type"]] = counts.get(f["type"], 0) + 1
+    return {"text": redacted, "findings": findings, "counts": counts}
+
+
+@hookimpl
+def register_services(register):
+    register("redact", {
+        "text": Task(redact, "Replace personal data (emails, phones, cards, IBANs, SSNs, IPs, names) with typed "
+                             "placeholders like [EMAIL_1]; returns the redacted text and each finding's type and span "
+                             "in the original text.",
+                     args={"text": {"type": "str", "max_len": 4 << 20, "doc": "the text to redact"},
+                           "types": {"type": "list|null", "nullable": True,
+                                     "doc": f"only these types (default all): {', '.join(TYPES)}"}}),
+    }, description="Find personal data by checked patterns (Luhn, mod-97) and a names heuristic, and replace it.")

@@ -1,0 +1,184 @@
+"""support: a customer-support agent over a knowledge base, with hand-off to a human.
+
+Each conversation lives in a memory region of the calling program (one JSON entry per
+conversation id), so it survives the service host and the kernel restarting. A turn goes:
+
+1. Already handed off? Say a human is coming; the state stays flagged.
+2. The customer asks for a person ("agent", "human", "talk to someone"...)? Hand off.
+3. Greetings, thanks and goodbyes get templates.
+4. Otherwise the question (joined with the previous one when it is a short follow-up such as
+   "and for furniture?") goes to the kb service's retrieval; a found answer is quoted with its
+   source. Nothing relevant in the knowledge base means the agent cannot help: hand off.
+5. A customer who is angry twice in a row is handed off too, answer or not.
+
+The hand-off is a state in the result (`handoff`, `handoff_reason`) and in the `status` task,
+for the program that routes conversations to people. No free generation: replies are
+templates around retrieved sentences, which a 135M model cannot get wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+from llmos.services import ServiceError, Task, hookimpl
+from llmos.userland.client import LLMOSError
+
+from . import classify, kb
+
+_HUMAN = re.compile(r"\b(?:human|real person|a person|someone real|agent|representative|operator|manager|supervisor|"
+                    r"speak to (?:someone|somebody)|talk to (?:someone|somebody)|call me back)\b", re.I)
+_GREETING = re.compile(r"^\s*(?:hi|hello|hey|good (?:morning|afternoon|evening)|hiya)[\s!.,]*$", re.I)
+_THANKS = re.compile(r"^\s*(?:(?:ok(?:ay)?|great|perfect|cool|nice)[\s,!.]*)?(?:thanks?(?: you)?(?: so much| a lot)?|"
+                     r"cheers|that helps|got it|bye|goodbye)[\s!.]*$", re.I)
+_FOLLOW_UP = re.compile(r"^\s*(?:and|what about|how about|also|but|what if|same for|is that|does that|"
+                        r"can i also)\b|\b(?:it|that|this|they|them|those)\b", re.I)
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+_LOCKS: dict[str, asyncio.Lock] = {}
+
+GREETING = "Hello! I'm the support assistant. Ask me anything about orders, delivery, returns or your account."
+CLOSING = "You're welcome! Is there anything else I can help you with?"
+HANDOFF = "I'm passing you to a human agent now; they can see this conversation and will reply here shortly."
+WAITING = "A human agent has this conversation and will reply shortly."
+CANNOT_HELP = ("I'm sorry, I couldn't find that in our help articles. I'm passing you to a human agent who can help; "
+               "they will reply here shortly.")
+
+
+def _region(ctx) -> str:
+    return ctx.region("conversations")
+
+
+def _check_id(conversation: str) -> None:
+    if not _ID.match(conversation):
+        raise ServiceError("EINVAL", "support: 'conversation' must be 1-128 letters, digits, '.', '_', ':' or '-'")
+
+
+async def load_state(ctx, conversation: str) -> dict | None:
+    try:
+        value = (await ctx.kernel.memread(_region(ctx), conversation))["value"]
+    except LLMOSError as exc:
+        if exc.errno == "ENOENT":
+            return None
+        raise
+    return json.loads(value)
+
+
+async def save_state(ctx, conversation: str, state: dict) -> None:
+    await ctx.kernel.memwrite(_region(ctx), conversation, json.dumps(state))
+
+
+def _query(message: str, turns: list[dict]) -> str:
+    """The retrieval query: a short follow-up is read together with the customer's previous question."""
+    previous = next((t["text"] for t in reversed(turns) if t["role"] == "customer" and t.get("question")), None)
+    if previous and len(message.split()) <= 8 and _FOLLOW_UP.search(message):
+        return f"{previous} {message}"
+    return message
+
+
+async def chat(ctx, conversation: str, message: str, kb_name: str | None = None) -> dict:
+    _check_id(conversation)
+    lock = _LOCKS.setdefault(f"{ctx.caller.get('name')}/{conversation}", asyncio.Lock())
+    async with lock:
+        state = await load_state(ctx, conversation) or {
+            "conversation": conversation, "kb": kb_name, "handoff": False, "handoff_reason": None,
+            "created": time.time(), "turns": []}
+        kb_name = kb_name or state.get("kb")
+        if kb_name is None:
+            raise ServiceError("EINVAL", "support.chat: name the knowledge base ('kb') on the first message")
+        state["kb"] = kb_name
+        turn = {"role": "customer", "text": message, "time": time.time()}
+        reply, citations, handoff_reason = None, [], None
+        mood = await classify.sentiment_scores(ctx.kernel, message)
+        turn["sentiment"] = max(mood, key=mood.get)
+        if state["handoff"]:
+            reply = WAITING
+        elif _HUMAN.search(message):
+            handoff_reason = "the customer asked for a human"
+            reply = HANDOFF
+        elif _GREETING.match(message):
+            reply = GREETING
+        elif _THANKS.match(message):
+            reply = CLOSING
+        else:
+            turn["question"] = True
+            query = _query(message, state["turns"])
+            found = await kb.answer_question(ctx, kb_name, query, k=2, focus=message if query != message else None)
+            if found["found"]:
+                source = found["citations"][0]["source"]
+                reply = f"{found['answer']} (from {source})"
+                citations = found["citations"]
+            else:
+                handoff_reason = "no answer in the knowledge base"
+                reply = CANNOT_HELP
+            angry = [t for t in state["turns"] if t["role"] == "customer"][-1:] + [turn]
+            if handoff_reason is None and len(angry) == 2 and all(t.get("sentiment") == "negative" for t in angry):
+                handoff_reason = "the customer is frustrated"
+                reply += " " + HANDOFF
+        if handoff_reason:
+            state["handoff"], state["handoff_reason"] = True, handoff_reason
+        state["turns"] += [turn, {"role": "agent", "text": reply, "time": time.time(), "citations": citations}]
+        await save_state(ctx, conversation, state)
+    ctx.emit(reply)
+    return {"reply": reply, "text": reply, "conversation": conversation, "handoff": state["handoff"],
+            "handoff_reason": state["handoff_reason"], "citations": citations, "turn": len(state["turns"]) // 2}
+
+
+async def status(ctx, conversation: str, history: bool = False) -> dict:
+    _check_id(conversation)
+    state = await load_state(ctx, conversation)
+    if state is None:
+        raise ServiceError("ENOENT", f"support: no conversation '{conversation}'")
+    out = {"conversation": conversation, "kb": state["kb"], "handoff": state["handoff"],
+           "handoff_reason": state["handoff_reason"], "turns": len(state["turns"]) // 2}
+    if history:
+        out["history"] = [{"role": t["role"], "text": t["text"]} for t in state["turns"]]
+    return out
+
+
+async def resolve(ctx, conversation: str) -> dict:
+    """A human finished: the conversation goes back to the assistant."""
+    _check_id(conversation)
+    state = await load_state(ctx, conversation)
+    if state is None:
+        raise ServiceError("ENOENT", f"support: no conversation '{conversation}'")
+    state["handoff"], state["handoff_reason"] = False, None
+    await save_state(ctx, conversation, state)
+    return {"conversation": conversation, "handoff": False}
+
+
+async def end(ctx, conversation: str) -> dict:
+    _check_id(conversation)
+    try:
+        await ctx.kernel.memdel(_region(ctx), conversation)
+    except LLMOSError as exc:
+        if exc.errno == "ENOENT":
+            raise ServiceError("ENOENT", f"support: no conversation '{conversation}'") from None
+        raise
+    return {"conversation": conversation, "deleted": True}
+
+
+_CONV = {"type": "str", "max_len": 128, "doc": "the conversation's id, chosen by the caller"}
+
+
+async def _chat(ctx, conversation: str, message: str, kb: str | None = None) -> dict:
+    return await chat(ctx, conversation, message, kb)
+
+
+@hookimpl
+def register_services(register):
+    register("support", {
+        "chat": Task(_chat, "One customer message in; the agent's reply out, grounded in the knowledge base, with "
+                            "citations, and the hand-off state (a human is needed when the customer asks for one, "
+                            "the knowledge base has no answer, or the customer is frustrated twice in a row).",
+                     args={"conversation": _CONV, "message": {"type": "str", "max_len": 16384},
+                           "kb": {"type": "str|null", "nullable": True, "max_len": 64,
+                                  "doc": "knowledge base (of the kb service, same program) to answer from; "
+                                         "needed on the first message"}},
+                     stream=True),
+        "status": Task(status, "The conversation's hand-off state and turn count (and history if asked).",
+                       args={"conversation": _CONV, "history": {"type": "bool", "default": False}}),
+        "resolve": Task(resolve, "Hand a conversation back from the human to the assistant.", args={"conversation": _CONV}),
+        "end": Task(end, "Forget a conversation.", args={"conversation": _CONV}),
+    }, description="A customer-support agent: multi-turn, grounded in a kb, hands off to a human when it cannot help.")

@@ -1,0 +1,70 @@
+"""The llmos plugin contract: everything a service plugin needs, on one screen.
+
+A plugin is a module (found through the entry-point group ``llmos.services``) with a hook
+implementation that registers named services, each a set of tasks:
+
+    from llmos.services import Task, hookimpl
+
+    async def shout(ctx, text: str, times: int = 1) -> dict:
+        return {"text": " ".join([text.upper()] * times)}
+
+    @hookimpl
+    def register_services(register):
+        register("echo", {"shout": Task(shout, "Repeat the text in capitals.",
+                                        args={"text": {"type": "str"}, "times": {"type": "int", "default": 1, "min": 1}})},
+                 description="A template for plugins.")
+
+A task is ``fn(ctx, **args)``, plain or ``async``; plain ones run on a worker thread. It returns a
+map (a str becomes ``{"text": str}``). Its args arrive checked against ``Task.args``, whose
+entries use the syscall table's keys: ``type`` (str, int, float, bool, bytes, list, map, any,
+unions like "str|null"), ``default`` or ``nullable = true`` (else required), ``doc``, ``min``,
+``max``, ``max_len``, and ``choices`` (the allowed values). ``ctx`` offers:
+
+    ctx.kernel         an llmos AsyncClient: the host's own process; infer, embed, memwrite, memsearch...
+    ctx.caller         {"pid": int, "name": str} of the program that made the svc_call
+    ctx.region(name)   a memory region name private to this service and caller
+    ctx.stream         whether the caller streams; ctx.emit(delta) sends it text as it is made
+    ctx.deadline       seconds left before the caller's deadline, or None
+    ctx.run(aw)        from a plain task: run an awaitable (a kernel call) and return its result
+
+Raise ServiceError(errno, message) to answer with an errno (EINVAL, ENOENT...); any other
+exception answers EIO with its message. Services run in the service host, a process of its own:
+a plugin that crashes or hangs it costs only the calls in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+PROJECT = "llmos"
+ENTRY_POINT_GROUP = "llmos.services"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@dataclass
+class Task:
+    """One thing a service does: fn(ctx, **args) -> dict, its description and its argument schema."""
+
+    fn: Callable[..., Any]
+    description: str = ""
+    args: dict[str, dict] = field(default_factory=dict)
+    stream: bool = False          # True: it emits text deltas (ctx.emit) when the caller streams
+
+
+class ServiceError(Exception):
+    """Raised by a task to answer with an errno other than EIO, e.g. ServiceError("EINVAL", "...")."""
+
+    def __init__(self, errno: str, message: str):
+        super().__init__(f"{errno}: {message}")
+        self.errno = errno
+        self.message = message
+
+
+@hookspec
+def register_services(register):
+    """Register services: call register(name, {task_name: Task, ...}, description="") once per service."""

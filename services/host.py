@@ -1,0 +1,250 @@
+"""The service host: the process that loads the service plugins and runs their tasks.
+
+The kernel starts it, pings it and restarts it when it dies or hangs, as it does drivers. It
+is two things at once:
+
+- a child of the kernel on a private channel (a DEALER whose routing id is "services"):
+  kernel -> host `call {cid, service, task, args, stream, deadline, caller}`, `cancel {cid}`,
+  `ping {t}`, `shutdown`; host -> kernel `hello {pid, catalog}`, `delta {cid, delta}`,
+  `result {cid, result}`, `error {cid, errno, message}`, `pong {t}`;
+- an ordinary userland process of the kernel (program name "llmos-services"): every task's
+  own work (infer, embed, memwrite, memsearch...) goes through syscalls on the kernel's socket,
+  so a service can do nothing that a program could not.
+
+    python -m llmos.services.host --channel ipc://... --kernel ipc://...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from llmos.specs.abi import ArgError
+from llmos.specs.protocol import ERRNOS, pack, unpack
+from llmos.userland.client import AsyncClient, LLMOSError
+
+from . import plugins
+from .hookspecs import ServiceError
+
+HOST_ID = b"services"
+PROGRAM_NAME = "llmos-services"
+
+
+def log(event: str, **fields) -> None:
+    print(json.dumps({"event": event, "host_pid": os.getpid(), **fields}), file=sys.stderr, flush=True)
+
+
+class TaskContext:
+    """What a task gets besides its args: the kernel, who called, streaming (see hookspecs.py)."""
+
+    def __init__(self, host: "ServiceHost", cid: int, service: str, caller: dict, stream: bool,
+                 deadline: float | None):
+        self._host = host
+        self._cid = cid
+        self._loop = asyncio.get_running_loop()
+        self._deadline_at = None if deadline is None else time.monotonic() + deadline
+        self.kernel: AsyncClient = host.client
+        self.service = service
+        self.caller = caller
+        self.stream = stream
+        self.emitted: list[str] = []
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self._deadline_at is None else max(0.0, self._deadline_at - time.monotonic())
+
+    def region(self, name: str) -> str:
+        """A memory region private to this service and the calling program."""
+        return f"svc/{self.service}/{self.caller.get('name', '?')}/{name}"
+
+    def emit(self, delta: str) -> None:
+        """Send text to a streaming caller now (thread-safe; a no-op when the caller does not stream)."""
+        if not delta:
+            return
+        self.emitted.append(delta)
+        if self.stream:
+            msg = {"op": "delta", "cid": self._cid, "delta": delta}
+            if _on_loop(self._loop):
+                self._host.send(msg)
+            else:
+                self._loop.call_soon_threadsafe(self._host.send, msg)
+
+    def run(self, awaitable) -> Any:
+        """From a plain (threaded) task: run a coroutine such as a kernel call on the host's loop."""
+        if _on_loop(self._loop):
+            raise RuntimeError("ctx.run is for plain tasks on a worker thread; an async task awaits instead")
+        return asyncio.run_coroutine_threadsafe(awaitable, self._loop).result()
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class ServiceHost:
+    def __init__(self, channel: str, kernel_socket: str):
+        self.channel = channel
+        self.kernel_socket = kernel_socket
+        self.catalog = plugins.Catalog()
+        self.client: AsyncClient | None = None
+        self.ctx = zmq.asyncio.Context()
+        self.sock = None
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.calls: dict[int, asyncio.Task] = {}
+        self.stopping = asyncio.Event()
+        self.say_goodbye = False      # exit cleanly from the kernel (a reload); at kernel shutdown nobody listens
+
+    def send(self, msg: dict) -> None:
+        self.outbox.put_nowait(msg)
+
+    async def _writer(self) -> None:
+        while True:
+            msg = await self.outbox.get()
+            await self.sock.send(pack(msg))
+
+    async def run(self) -> None:
+        started = time.monotonic()
+        self.catalog = plugins.load()
+        self.client = AsyncClient(self.kernel_socket, name=PROGRAM_NAME, timeout=None)
+        await self.client.connect()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.IDENTITY, HOST_ID)
+        self.sock.setsockopt(zmq.LINGER, 1000)
+        self.sock.connect(self.channel)
+        writer = asyncio.create_task(self._writer())
+        watch = asyncio.create_task(self._watch_parent(os.getppid()))
+        self.send({"op": "hello", "pid": os.getpid(), "catalog": self.catalog.describe()})
+        log("services.up", services=sorted(self.catalog.services), failed=self.catalog.failed,
+            start_s=round(time.monotonic() - started, 3))
+        reader = asyncio.create_task(self._read_loop())
+        try:
+            await self.stopping.wait()
+        finally:
+            reader.cancel()
+            watch.cancel()
+            for task in list(self.calls.values()):
+                task.cancel()
+            await asyncio.gather(*self.calls.values(), return_exceptions=True)
+            for _ in range(100):     # up to a second for the last replies to leave
+                if self.outbox.empty():
+                    break
+                await asyncio.sleep(0.01)
+            writer.cancel()
+            if self.say_goodbye:
+                await self.client.close()
+            self.sock.close(0)
+
+    async def _watch_parent(self, parent: int) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if os.getppid() != parent:    # the kernel died without telling us: nothing left to serve
+                self.stopping.set()
+                return
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                msg = unpack(await self.sock.recv())
+            except ValueError:
+                continue
+            op = msg.get("op")
+            if op == "call":
+                cid = msg["cid"]
+                task = asyncio.create_task(self._call(msg), name=f"call-{cid}")
+                self.calls[cid] = task
+                task.add_done_callback(lambda _t, cid=cid: self.calls.pop(cid, None))
+            elif op == "cancel":
+                task = self.calls.get(msg.get("cid"))
+                if task is not None:
+                    task.cancel()
+            elif op == "ping":
+                self.send({"op": "pong", "t": msg.get("t")})
+            elif op == "shutdown":
+                self.say_goodbye = bool(msg.get("reload"))
+                self.stopping.set()
+                return
+
+    async def _call(self, msg: dict) -> None:
+        cid = msg["cid"]
+        try:
+            result = await self._run_task(msg)
+        except asyncio.CancelledError:
+            return     # the kernel already answered the caller (deadline, cancel, reaped, shutdown)
+        except ServiceError as exc:
+            errno = exc.errno if exc.errno in ERRNOS else "EIO"
+            self.send({"op": "error", "cid": cid, "errno": errno, "message": exc.message})
+        except ArgError as exc:
+            self.send({"op": "error", "cid": cid, "errno": "EINVAL", "message": str(exc)})
+        except LLMOSError as exc:   # one of the task's own syscalls failed: pass its errno on
+            self.send({"op": "error", "cid": cid, "errno": exc.errno,
+                       "message": f"{msg['service']}.{msg['task']}: {exc.message}"})
+        except Exception as exc:
+            log("services.task_failed", service=msg.get("service"), task=msg.get("task"),
+                error=f"{exc.__class__.__name__}: {exc}", trace=traceback.format_exc(limit=8))
+            self.send({"op": "error", "cid": cid, "errno": "EIO",
+                       "message": f"{msg['service']}.{msg['task']} failed: {exc.__class__.__name__}: {exc}"})
+        else:
+            self.send({"op": "result", "cid": cid, "result": result})
+
+    async def _run_task(self, msg: dict) -> dict:
+        service = self.catalog.services.get(msg["service"])
+        if service is None:
+            raise ServiceError("ENOENT", f"no service '{msg['service']}'; this host offers "
+                                         f"{', '.join(sorted(self.catalog.services)) or 'none'} (see svc_list)")
+        entry = service.tasks.get(msg["task"])
+        if entry is None:
+            raise ServiceError("ENOENT", f"service '{service.name}' has no task '{msg['task']}'; "
+                                         f"it has {', '.join(service.tasks)}")
+        args = entry.validate(msg.get("args") or {})
+        ctx = TaskContext(self, msg["cid"], service.name, msg.get("caller") or {}, bool(msg.get("stream")),
+                          msg.get("deadline"))
+        fn = entry.task.fn
+        if inspect.iscoroutinefunction(fn):
+            result = await fn(ctx, **args)
+        else:
+            result = await asyncio.to_thread(fn, ctx, **args)
+            if inspect.isawaitable(result):
+                result = await result
+        if isinstance(result, str):
+            result = {"text": result}
+        elif result is None:
+            result = {}
+        elif not isinstance(result, dict):
+            result = {"value": result}
+        if ctx.emitted and "text" not in result:
+            result["text"] = "".join(ctx.emitted)
+        return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="llmos-services", description=__doc__.splitlines()[0])
+    p.add_argument("--channel", required=True, help="the kernel's private service channel")
+    p.add_argument("--kernel", required=True, help="the kernel's socket, for the host's own syscalls")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the kernel's to handle
+    loop = asyncio.new_event_loop()     # not asyncio.run: it would wait for a plain task stuck on a thread
+    code = 0
+    try:
+        loop.run_until_complete(ServiceHost(args.channel, args.kernel).run())
+    except Exception as exc:
+        log("services.failed", error=f"{exc.__class__.__name__}: {exc}", trace=traceback.format_exc(limit=8))
+        code = 1
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Text plumbing the built-in services share: sentences, chunks, embeddings, similarity.
+
+Nothing here loads a model: embeddings come from the kernel's `embed` syscall (MiniLM by
+default), so this module is plain Python and numpy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+EMBED_MODEL = os.environ.get("LLMOS_SERVICES_EMBED_MODEL", "minilm-l6-v2")
+EMBED_BATCH = 256                  # texts per embed syscall (the kernel takes up to 1024)
+
+_ABBREV = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "no",
+           "fig", "approx", "dept", "est", "min", "max", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
+           "sep", "sept", "oct", "nov", "dec", "u.s", "u.k"}
+_SENT_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n\s*\n+|\n(?=\s*(?:[-*+•]|\d+[.)])\s)")
+_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he her
+here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
+once only or other our ours ourselves out over own same she should so some such than that the their theirs them
+themselves then there these they this those through to too under until up very was we were what when where which while
+who whom why will with would you your yours yourself yourselves also may might must shall can't cannot won't don't
+doesn't didn't isn't aren't wasn't weren't i'm i've i'd you're it's that's there's what's let's get got""".split())
+
+
+@dataclass
+class Span:
+    text: str
+    start: int
+    end: int
+
+
+def sentences(text: str) -> list[Span]:
+    """Sentences with their offsets; knows common abbreviations, blank lines and list items."""
+    out: list[Span] = []
+    start = 0
+    for m in _SENT_END.finditer(text):
+        end = m.end()
+        piece = text[start:m.start() + len(m.group(0).rstrip())]
+        last = re.search(r"([A-Za-z.]+)\.\s*$", piece)
+        if last and last.group(1).lower().rstrip(".") in _ABBREV and "\n" not in m.group(0):
+            continue      # "Dr. Smith": not the end of a sentence
+        _add(out, text, start, m.start() + len(m.group(0).rstrip()))
+        start = end
+    _add(out, text, start, len(text))
+    return out
+
+
+def _add(out: list[Span], text: str, start: int, end: int) -> None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    if end > start and _WORD.search(text[start:end]):
+        out.append(Span(text[start:end], start, end))
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in words(text) if w not in STOPWORDS and len(w) > 1}
+
+
+def stem(word: str) -> str:
+    """A crude suffix stripper (costs -> cost, exchanges -> exchange, boxes -> box): enough for overlap counts."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 4 and word.endswith("es") and word[-3] in "sxz" or word.endswith(("ches", "shes")):
+        return word[:-2]
+    for suffix in ("ing", "ed", "ly", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss"):
+            return word[:-len(suffix)]
+    return word
+
+
+def stems(text: str) -> set[str]:
+    return {stem(w) for w in content_words(text)}
+
+
+def overlap(query: str, text: str) -> float:
+    """The share of the query's content words (stemmed) that the text contains."""
+    q = stems(query)
+    return len(q & stems(text)) / len(q) if q else 0.0
+
+
+def approx_tokens(text: str) -> int:
+    """Tokens for a BPE tokenizer on English, within ~20%: enough to keep prompts inside a context."""
+    return max(1, len(text) // 4)
+
+
+def pack(pieces: list[str], max_chars: int, overlap: int = 0) -> list[str]:
+    """Greedy packing of pieces (sentences, paragraphs) into chunks of at most max_chars.
+
+    overlap: how many trailing pieces of a chunk start the next one too, so a fact that
+    straddles a boundary is whole in at least one chunk. A piece longer than max_chars is cut.
+    """
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    size = 0
+    for piece in pieces:
+        while len(piece) > max_chars:          # cut at a space near the limit
+            cut = piece.rfind(" ", 0, max_chars)
+            cut = cut if cut > max_chars // 2 else max_chars
+            head, piece = piece[:cut].strip(), piece[cut:].strip()
+            if current:
+                chunks.append(current)
+                current, size = [], 0
+            chunks.append([head])
+        if current and size + len(piece) + 1 > max_chars:
+            chunks.append(current)
+            carried = current[-overlap:] if overlap else []
+            if sum(len(p) + 1 for p in carried) + len(piece) > max_chars:
+                carried = []
+            current, size = list(carried), sum(len(p) + 1 for p in carried)
+        current.append(piece)
+        size += len(piece) + 1
+    if current:
+        chunks.append(current)
+    return [" ".join(c) for c in chunks if c]
+
+
+@dataclass
+class Section:
+    heading: str        # "Title > Section", "" before the first heading
+    paragraphs: list[str]
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+def markdown_sections(text: str) -> list[Section]:
+    """Split markdown (or plain text) by headings, then by blank lines into paragraphs."""
+    sections: list[Section] = []
+    path: list[tuple[int, str]] = []
+    current = Section("", [])
+    para: list[str] = []
+
+    def end_para():
+        if para:
+            joined = " ".join(line.strip() for line in para).strip()
+            if joined:
+                current.paragraphs.append(joined)
+            para.clear()
+
+    for line in text.splitlines():
+        m = _HEADING.match(line)
+        if m:
+            end_para()
+            if current.paragraphs:
+                sections.append(current)
+            level = len(m.group(1))
+            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, m.group(2).strip())]
+            current = Section(" > ".join(t for _, t in path), [])
+        elif not line.strip():
+            end_para()
+        elif re.match(r"^\s*(?:[-*+•]|\d+[.)])\s", line):
+            end_para()          # a list item is a paragraph of its own
+            para.append(line.strip())
+        else:
+            para.append(line)
+    end_para()
+    if current.paragraphs:
+        sections.append(current)
+    return sections
+
+
+def chunk_document(text: str, max_chars: int = 700, overlap: int = 1) -> list[tuple[str, str]]:
+    """(heading, chunk text) pairs: by headings, then paragraphs packed to max_chars with sentence overlap."""
+    out = []
+    for section in markdown_sections(text):
+        pieces: list[str] = []
+        for paragraph in section.paragraphs:
+            if len(paragraph) > max_chars:
+                pieces += [s.text for s in sentences(paragraph)]
+            else:
+                pieces.append(paragraph)
+        for chunk in pack(pieces, max_chars, overlap):
+            out.append((section.heading, chunk))
+    return out
+
+
+# -- embeddings ---------------------------------------------------------------------------------
+
+_CACHE: dict[tuple[str, str], np.ndarray] = {}
+_CACHE_MAX = 20_000
+
+
+async def embed(kernel, texts: list[str], model: str = EMBED_MODEL, cache: bool = False) -> np.ndarray:
+    """Unit vectors for texts through the kernel's embed syscall, as a (len(texts), dim) float32 matrix."""
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    todo = [t for t in dict.fromkeys(texts) if not (cache and (model, t) in _CACHE)]
+    found: dict[str, np.ndarray] = {}
+    for i in range(0, len(todo), EMBED_BATCH):
+        batch = todo[i:i + EMBED_BATCH]
+        vectors = (await kernel.embed(batch, model=model))["vectors"]
+        for text, vec in zip(batch, vectors):
+            found[text] = np.asarray(vec, dtype=np.float32)
+    if cache:
+        if len(_CACHE) > _CACHE_MAX:
+            _CACHE.clear()
+        for text, vec in found.items():
+            _CACHE[(model, text)] = vec
+        found.update({t: _CACHE[(model, t)] for t in texts if t not in found})
+    return np.stack([found[t] for t in texts])
+
+
+def centroid(matrix: np.ndarray) -> np.ndarray:
+    c = matrix.mean(axis=0)
+    n = np.linalg.norm(c)
+    return c / n if n > 0 else c
+
+
+def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
+    z = (scores - scores.max()) / temperature
+    e = np.exp(z)
+    return e / e.sum()
+
+
+def mmr(scores: np.ndarray, vectors: np.ndarray, n: int, diversity: float = 0.3) -> list[int]:
+    """Maximal marginal relevance: the n best items, each also unlike those already chosen."""
+    chosen: list[int] = []
+    candidates = list(range(len(scores)))
+    while candidates and len(chosen) < n:
+        if chosen:
+            redundancy = (vectors[candidates] @ vectors[chosen].T).max(axis=1)
+        else:
+            redundancy = np.zeros(len(candidates))
+        value = (1 - diversity) * scores[candidates] - diversity * redundancy
+        best = candidates[int(np.argmax(value))]
+        chosen.append(best)
+        candidates.remove(best)
+    return chosen

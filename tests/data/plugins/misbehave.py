@@ -1,0 +1,68 @@
+"""A test plugin whose tasks fail in each way a plugin can: raise, hang, crash the host, stream."""
+
+import asyncio
+import os
+import time
+
+from llmos.services import ServiceError, Task, hookimpl
+
+
+async def boom(ctx, message: str = "the plugin broke"):
+    raise RuntimeError(message)
+
+
+async def refuse(ctx, why: str):
+    raise ServiceError("EINVAL", why)
+
+
+async def hang(ctx):
+    await asyncio.sleep(3600)
+
+
+def hang_sync(ctx):
+    time.sleep(3600)
+
+
+def crash(ctx):
+    os._exit(3)
+
+
+async def slow(ctx, seconds: float = 1.0):
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+async def count(ctx, n: int = 3):
+    for i in range(n):
+        ctx.emit(f"{i} ")
+        await asyncio.sleep(0.01)
+    return {"n": n}
+
+
+def add(ctx, a: int, b: int = 0, mode: str = "plain"):
+    return {"sum": a + b, "caller": ctx.caller["name"]}
+
+
+async def remember(ctx, key: str, value: str):
+    region = ctx.region("notes")
+    await ctx.kernel.memwrite(region, key, value)
+    return {"region": region, "value": (await ctx.kernel.memread(region, key))["value"]}
+
+
+@hookimpl
+def register_services(register):
+    register("misbehave", {
+        "boom": Task(boom, "Raise an exception.", args={"message": {"type": "str", "default": "the plugin broke"}}),
+        "refuse": Task(refuse, "Raise ServiceError(EINVAL).", args={"why": {"type": "str"}}),
+        "hang": Task(hang, "Never return (async)."),
+        "hang_sync": Task(hang_sync, "Never return (blocking, on a thread)."),
+        "crash": Task(crash, "Kill the service host with os._exit."),
+        "slow": Task(slow, "Sleep, then answer.", args={"seconds": {"type": "float", "default": 1.0, "min": 0}}),
+        "count": Task(count, "Stream n numbers.", args={"n": {"type": "int", "default": 3, "min": 0, "max": 100}},
+                      stream=True),
+        "add": Task(add, "Add two integers (a plain function).",
+                    args={"a": {"type": "int"}, "b": {"type": "int", "default": 0},
+                          "mode": {"type": "str", "default": "plain", "choices": ["plain", "fancy"]}}),
+        "remember": Task(remember, "Write and read back a value in the caller's region.",
+                         args={"key": {"type": "str"}, "value": {"type": "str"}}),
+    }, description="Tasks that fail on purpose, for the service host's tests.")
