@@ -66,7 +66,8 @@ def eval_sentiment(c: Client) -> list[tuple[str, str]]:
         unparsed += word is None
         correct["greedy"] += word == d["label"]
         correct["prototypes"] += c.svc_call("classify", "sentiment", {"text": d["text"]})["label"] == d["label"]
-        correct["prototypes+lexicon"] += c.svc_call("classify", "sentiment", {"text": d["text"], "lexicon": True})["label"] == d["label"]
+        with_lexicon = c.svc_call("classify", "sentiment", {"text": d["text"], "lexicon": True})
+        correct["prototypes+lexicon"] += with_lexicon["label"] == d["label"]
     n = len(data)
     return [(f"sentiment accuracy, greedy one word from SmolLM2 (baseline; {unparsed} unparseable)",
              f"{correct['greedy'] / n:.1%} ({correct['greedy']}/{n})"),

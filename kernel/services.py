@@ -146,7 +146,8 @@ class ServiceHost:
         self.calls[req.rid] = req
         sent = self.supervisor.send(HOST_ID, {
             "op": "call", "cid": req.rid, "service": args["service"], "task": args["task"], "args": args["args"] or {},
-            "stream": args["stream"], "deadline": None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
+            "stream": args["stream"],
+            "deadline": None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
             "caller": {"pid": proc.pid, "name": proc.name}})
         if not sent:
             k.end_request(req, eio("the service host went away before the call reached it; retry"))

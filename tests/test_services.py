@@ -1,8 +1,9 @@
 """The service host: plugins, svc_list / svc_call / svc_reload, and every way a plugin can fail.
 
 A kernel on the tiny model loads the test plugins in tests/data/plugins (through
-LLMOS_SERVICES_PATH and LLMOS_PLUGIN_MODULES, never through what is installed on the machine),
-and the built-in services embed with the tiny BERT.
+LLMOS_SERVICES_PATH and LLMOS_PLUGIN_MODULES; LLMOS_PLUGINS="" keeps out whatever is installed on
+the machine), and the built-in services embed with the tiny BERT. The example plugin is
+pip-installed into a temporary --target directory, never into the environment.
 """
 
 import os
@@ -27,7 +28,8 @@ BUILTINS = {"summarize", "classify", "translate", "redact", "moderate", "kb", "s
 
 def plugin_env(tiny_bert: str, **extra) -> dict:
     env = {"LLMOS_SERVICES_PATH": str(DATA / "plugins"), "LLMOS_PLUGIN_MODULES": "misbehave,broken_plugin",
-           "LLMOS_SERVICES_EMBED_MODEL": tiny_bert}
+           "LLMOS_SERVICES_EMBED_MODEL": tiny_bert,
+           "LLMOS_PLUGINS": ""}          # no entry points: never what happens to be installed on the machine
     env.update(extra)
     return env
 
@@ -292,13 +294,13 @@ def test_svc_reload_waits_for_calls_in_flight_and_restarts_the_host(own_kernel):
 
 def test_a_pip_installed_plugin_appears_after_reload_and_answers(own_kernel, tmp_path):
     site = tmp_path / "site"
-    k = own_kernel(LLMOS_SERVICES_PATH=f"{DATA / 'plugins'}{os.pathsep}{site}")
+    k = own_kernel(LLMOS_SERVICES_PATH=f"{DATA / 'plugins'}{os.pathsep}{site}", LLMOS_PLUGINS="echo")
     with k.client("echo-user") as c, k.client("operator", caps=["admin", "svc"]) as admin:
         assert "echo" not in {s["name"] for s in host_up(c)["services"]}
         source = tmp_path / "llmos-plugin-echo"
         shutil.copytree(EXAMPLE_PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                        "--target", str(site), str(source)], check=True, capture_output=True, timeout=300,
+                        "--no-cache-dir", "--target", str(site), str(source)], check=True, capture_output=True, timeout=300,
                        env=dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1"))
         admin.svc_reload()
         echo = next(s for s in c.svc_list()["services"] if s["name"] == "echo")

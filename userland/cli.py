@@ -161,8 +161,9 @@ def cmd_mem(args) -> int:
     with _client(args, args.owner) as c:
         if args.mem_cmd == "put":
             value = sys.stdin.read() if args.value == "-" else args.value
-            r = c.memwrite(args.region, args.key, value)
-            print(f"{r['region']}/{r['key']}: {r['bytes']} bytes, version {r['version']}")
+            r = c.memwrite(args.region, args.key, value, embed=args.embed)
+            print(f"{r['region']}/{r['key']}: {r['bytes']} bytes, version {r['version']}"
+                  + (", embedded" if args.embed else ""))
         elif args.mem_cmd == "get":
             r = c.memread(args.region, args.key)
             value = r["value"]
@@ -173,6 +174,10 @@ def cmd_mem(args) -> int:
         elif args.mem_cmd == "ls":
             for key in c.memread(args.region, None, args.prefix)["keys"]:
                 print(key)
+        elif args.mem_cmd == "search":
+            for hit in c.memsearch(args.region, args.query, k=args.k)["results"]:
+                value = hit["value"] if isinstance(hit["value"], str) else f"<{len(hit['value'])} bytes>"
+                print(f"{hit['score']:.3f}  {hit['key']}  {' '.join(value.split())[:100]}")
         elif args.mem_cmd == "rm":
             r = c.memdel(args.region, args.key)
             print(f"deleted {r['deleted']} from {r['region']}")
@@ -359,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--temperature", type=float, default=0.2)
         s.add_argument("--top-p", type=float, default=0.95)
         s.add_argument("--seed", type=int, default=None)
-    s = sub.add_parser("mem", help="memory regions: get, put, ls, rm")
+    s = sub.add_parser("mem", help="memory regions: get, put, search, ls, rm")
     s.add_argument("--owner", default="llmos-cli", help="program name the region belongs to (default: llmos-cli)")
     ms = s.add_subparsers(dest="mem_cmd", required=True)
     m = ms.add_parser("get")
@@ -369,6 +374,11 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("region")
     m.add_argument("key")
     m.add_argument("value", help="the value, or - to read stdin")
+    m.add_argument("--embed", action="store_true", help="also store its embedding, for mem search")
+    m = ms.add_parser("search", help="entries closest in meaning to a query (those put with --embed)")
+    m.add_argument("region")
+    m.add_argument("query")
+    m.add_argument("-k", type=int, default=5)
     m = ms.add_parser("ls")
     m.add_argument("region")
     m.add_argument("--prefix", default="")

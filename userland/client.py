@@ -61,7 +61,8 @@ def raise_error(error: dict) -> None:
 
 
 class Stream:
-    """A streaming call (infer or svc_call with stream=true): iterate for text deltas; `.result` holds the final reply after."""
+    """A streaming call (infer or svc_call with stream=true): iterate for text deltas; `.result` holds
+    the final reply after."""
 
     def __init__(self, client: "AsyncClient", req_id: int, queue: asyncio.Queue):
         self.client = client

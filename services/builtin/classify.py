@@ -152,7 +152,8 @@ async def labels(ctx, text: str, labels: list, descriptions: dict | None = None,
     for extra, what in ((descriptions, "descriptions"), (examples, "examples")):
         stray = set(extra) - set(labels)
         if stray:
-            raise ServiceError("EINVAL", f"classify.labels: '{what}' names labels not in 'labels': {', '.join(sorted(stray))}")
+            raise ServiceError("EINVAL", f"classify.labels: '{what}' names labels not in 'labels': "
+                                         f"{', '.join(sorted(stray))}")
     prototypes = {}
     for label in labels:
         ps = [label, f"This text is about {label}."]

@@ -139,7 +139,8 @@ def _candidate_sentences(passages: list[dict]) -> list[tuple[int, str, str]]:
             if len(nlp.words(s.text)) < 3:
                 continue
             start, end = s.start, s.end
-            if j > 0 and len(nlp.words(spans[j - 1].text)) < SHORT_ANSWER_WORDS and "\n\n" not in body[spans[j - 1].end:start]:
+            previous = spans[j - 1] if j > 0 else None
+            if previous and len(nlp.words(previous.text)) < SHORT_ANSWER_WORDS and "\n\n" not in body[previous.end:start]:
                 start = spans[j - 1].start
             if len(nlp.words(s.text)) < SHORT_ANSWER_WORDS and j + 1 < len(spans):
                 end = spans[j + 1].end
@@ -304,7 +305,8 @@ def register_services(register):
                           "min_score": {"type": "float", "default": MIN_SCORE, "min": -1.0, "max": 1.0,
                                         "doc": "similarity under which the answer is 'I don't know'"},
                           "rephrase": {"type": "bool", "default": False,
-                                       "doc": "let the model phrase the answer (kept only if it keeps the quote's numbers)"}},
+                                       "doc": "let the model phrase the answer "
+                                              "(kept only if it keeps the quote's numbers)"}},
                     stream=True),
         "search": Task(search, "The passages closest in meaning to a query, with scores.",
                        args={"kb": _KB, "query": {"type": "str", "max_len": 4096},

@@ -42,7 +42,8 @@ _CAP = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)?"
 _SURNAME = rf"(?:(?:van|von|de|da|di|del|der|le|la|O'|Mc|Mac)\s?)?{_CAP}"
 _NAME_AFTER_TITLE = re.compile(rf"\b{_TITLE}\s+((?:{_CAP}\s+)?{_SURNAME})")
 _NAME_AFTER_CUE = re.compile(
-    rf"(?:\b[Mm]y name is|\b[Nn]ame:|\b[Tt]his is|\b[Ii] am|\b[Ii]'m|\b[Ss]igned,?|\b[Cc]ontact|\b[Aa]sk for|\b[Ss]peak(?:ing)? (?:to|with)|"
+    rf"(?:\b[Mm]y name is|\b[Nn]ame:|\b[Tt]his is|\b[Ii] am|\b[Ii]'m|\b[Ss]igned,?|\b[Cc]ontact|\b[Aa]sk for|"
+    rf"\b[Ss]peak(?:ing)? (?:to|with)|"
     rf"\b(?:[Dd]ear|[Hh]i|[Hh]ello|[Tt]hanks|[Tt]hank you|[Rr]egards|[Ss]incerely|[Cc]heers|[Bb]est),?)\s+"
     rf"((?:{_CAP})(?:\s+{_SURNAME})?)")
 _SIGNOFF = re.compile(rf"(?:^|\n)\s*(?:Regards|Best regards|Kind regards|Sincerely|Thanks|Thank you|Cheers|Best),?\s*\n\s*"
