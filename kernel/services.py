@@ -106,11 +106,7 @@ class ServiceHost:
 
     async def close(self) -> None:
         if self.supervisor:
-            await self.supervisor.close()
-            try:
-                os.unlink(self.supervisor.endpoint[len("ipc://"):])   # zmq leaves the socket file behind
-            except OSError:
-                pass
+            await self.supervisor.close()   # also removes its socket file
 
     @property
     def handle(self) -> DriverHandle | None:

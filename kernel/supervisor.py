@@ -12,6 +12,7 @@ import asyncio
 import os
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -172,3 +173,5 @@ class Supervisor:
                     await drv.proc.wait()
             drv.state = "down"
         self.sock.close(0)
+        if self.endpoint.startswith("ipc://"):   # ZeroMQ leaves a bound ipc file behind
+            Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)

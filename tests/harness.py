@@ -12,6 +12,16 @@ from pathlib import Path
 from llmos.userland import Client, KernelUnavailable
 
 
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; True if it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
 class KernelProcess:
     """`python -m llmos.kernel` in a subprocess, owned by the test that started it."""
 

@@ -10,17 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import KernelProcess
+from harness import KernelProcess, wait_until
 from llmos.userland import LLMOSError
-
-
-def wait_until(predicate, timeout=15.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def test_a_client_killed_with_sigkill_is_reaped_and_its_holdings_freed(kernel, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import KernelProcess
+from harness import KernelProcess, wait_until
 from llmos.services import Task, hookimpl, plugins
 from llmos.userland import LLMOSError
 
@@ -32,15 +32,6 @@ def plugin_env(tiny_bert: str, **extra) -> dict:
            "LLMOS_PLUGINS": ""}          # no entry points: never what happens to be installed on the machine
     env.update(extra)
     return env
-
-
-def wait_until(predicate, timeout=15.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def host_up(client) -> dict:

@@ -144,7 +144,7 @@ def test_streamed_deltas_add_up_to_the_final_text(client):
     stream = client.stream(prompt="Paris is the capital", max_tokens=12, temperature=0)
     deltas = list(stream)
     assert "".join(deltas) == stream.result["text"]
-    assert stream.result == {**stream.result, "finish_reason": stream.result["finish_reason"]}
+    assert stream.result["finish_reason"] in ("stop", "length")
 
 
 def test_the_same_seed_gives_the_same_text(client):
