@@ -633,19 +633,20 @@ class EngineProfile:
 def run_engine(lm, requests: list[BenchRequest], kv_bytes: int) -> tuple[Summary, EngineProfile]:
     """The driver's Engine, built as drivers/host.py builds it, stepped in this process on all requests at once."""
     from llmos.drivers.engine import Engine, GenRequest
+    from llmos.drivers.host import ENGINE_SIZES
 
-    engine = Engine(lm, kv_budget_bytes=kv_bytes)
+    engine = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[lm.device.type])
     prof = EngineProfile()
-    forward = engine.runner.forward
+    forward_slices = engine.runner.forward_slices
 
     def timed_forward(chunks):   # where the step's time goes: the model, or everything around it
         t = time.perf_counter()
         try:
-            return forward(chunks)
+            return (yield from forward_slices(chunks))
         finally:
             prof.forward_s += time.perf_counter() - t
 
-    engine.runner.forward = timed_forward
+    engine.runner.forward_slices = timed_forward
     timings = {r.idx: Timing(r.idx, 0.0, 0.0) for r in requests}
     total = sum(r.max_tokens for r in requests)
     start = time.monotonic()

@@ -6,6 +6,14 @@ turns the sampled tokens into text events. When the cache runs out, the lowest-p
 most recently admitted sequence is preempted: its blocks are freed and it is later recomputed
 from its prompt plus what it had generated, which, with the position-keyed sampler, yields
 exactly the tokens it would have produced anyway.
+
+A step over many tokens is long on a CPU (a prefill of 256 tokens takes about as long as
+six single-token steps), and a request that arrives just after it starts would wait for all
+of it. So a step runs in slices, one layer each (`step_slices`), and between slices the
+driver hands over what arrived. A short prompt marked `cut_in` by the kernel (its program
+has nothing else on the device and no more service than the others: an interactive user,
+not a flood) is then prefilled in a pass of its own and its first token goes out at once;
+the long step resumes where it paused. At most `cut_in_tokens` of prompt cut into one step.
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import torch
 
 from .kvcache import BlockAllocator, KVLayout
 from .loader import LoadedModel
-from .runner import Chunk, make_runner
+from .runner import Chunk, make_runner, run_to_end
 from .sampling import sample
 
 
@@ -35,6 +44,7 @@ class GenRequest:
     seed: int | None
     priority: int = 0
     ignore_eos: bool = False   # run to max_tokens even past EOS (benchmarks)
+    cut_in: bool = False       # may be prefilled between the slices of a running step (see above)
 
 
 @dataclass
@@ -139,14 +149,16 @@ class Engine:
     """A continuous batch over one loaded model; the driver calls add/cancel and steps it."""
 
     def __init__(self, lm: LoadedModel, kv_budget_bytes: int, max_batch_tokens: int = 512, max_seqs: int = 64,
-                 decode_text: bool = True, cuda_graphs: bool = True):
+                 decode_text: bool = True, cuda_graphs: bool = True, cut_in_tokens: int = 0):
         """decode_text=False: events carry token ids only (no text, no stop strings), which saves
-        two detokenizations per token; cuda_graphs=False: decode steps run eagerly on CUDA too."""
+        two detokenizations per token; cuda_graphs=False: decode steps run eagerly on CUDA too;
+        cut_in_tokens: prompt tokens that may cut into one step (0: none)."""
         self.lm = lm
         self.decode_text = decode_text
         self.kv_budget_bytes = kv_budget_bytes
         self.max_batch_tokens = max(1, max_batch_tokens)
         self.max_seqs = max(1, max_seqs)
+        self.cut_in_tokens = max(0, cut_in_tokens)
         self.layout = KVLayout.of(lm.model.config, lm.dtype)
         self.blocks = BlockAllocator(self.layout.num_blocks(kv_budget_bytes))
         self.runner = make_runner(lm, self.blocks.num_blocks, self.max_seqs, cuda_graphs)
@@ -158,6 +170,7 @@ class Engine:
         self._rng = random.Random()  # own state: a caller seeding `random` must not fix our seeds
         self._eos = set(lm.eos_token_ids)
         self.num_preemptions = 0
+        self.num_cut_ins = 0
 
     # --- the public API -------------------------------------------------------------------
 
@@ -186,8 +199,36 @@ class Engine:
         return bool(self.waiting or self.running or self._events)
 
     def step(self) -> list[StepEvent]:
+        """One whole step; the events of its cut-ins come first."""
+        events: list[StepEvent] = []
+        slices = self.step_slices()
+        while True:
+            try:
+                events += next(slices)
+            except StopIteration as end:
+                return events + end.value
+
+    def step_slices(self) -> Generator[list[StepEvent], None, list[StepEvent]]:
+        """One step that pauses between slices of its forward pass: each pause yields the
+        events of a cut-in (often none), and the end returns the step's own events.
+
+        While it is paused the caller may `add` requests, but not `cancel` one: the step's
+        sequences hold their cache blocks until it returns.
+        """
         plan = self._schedule()
-        logits = self.runner.forward([chunk for _, chunk in plan]) if plan else None
+        logits = None
+        if plan:
+            forward = self.runner.forward_slices([chunk for _, chunk in plan])
+            room = self.cut_in_tokens
+            while True:
+                try:
+                    next(forward)
+                except StopIteration as end:
+                    logits = end.value
+                    break
+                cut_in, used = self._cut_in(room) if room else ([], 0)
+                room -= used
+                yield cut_in
         return self._postprocess(plan, logits)
 
     def stats(self) -> dict:
@@ -196,7 +237,7 @@ class Engine:
                 "kv_used_bytes": self.blocks.num_used_blocks * bytes_per_block,
                 "kv_budget_bytes": self.kv_budget_bytes,
                 "kv_free_tokens": self.blocks.num_free_blocks * self.blocks.block_size,
-                "preemptions": self.num_preemptions}
+                "preemptions": self.num_preemptions, "cut_ins": self.num_cut_ins}
 
     # --- schedule ---------------------------------------------------------------------------
 
@@ -215,6 +256,11 @@ class Engine:
                     budget -= 1
                 else:
                     short_of_cache = True  # admitting now would only preempt again
+        if not short_of_cache:   # short prompts that may cut in go before longer prefills
+            for seq in self._cut_in_candidates(budget):
+                self._admit(seq)
+                plan.append((seq, self._chunk(seq, len(seq.tokens))))
+                budget -= len(seq.tokens)
         for seq in ranked:
             if budget and seq.admitted is not None and seq.num_uncomputed > 1:
                 n = min(seq.num_uncomputed, budget)
@@ -226,12 +272,40 @@ class Engine:
                 self._end_early(seq, "length")  # a preempted sequence that had filled the whole cache
                 continue
             if not self.blocks.can_allocate(len(seq.tokens)):
-                break  # first in line waits for room; nobody overtakes it
+                break  # first in line waits for room; only a short cut-in prompt overtakes it
             self._admit(seq)
             n = min(len(seq.tokens), budget)
             plan.append((seq, self._chunk(seq, n)))
             budget -= n
         return plan
+
+    def _cut_in_candidates(self, tokens: int) -> list[Sequence]:
+        """Waiting cut-in sequences, in queue order, whose whole prompts fit in tokens and in the
+        cache without preempting anyone."""
+        picked, free = [], self.blocks.num_free_blocks
+        for seq in self.waiting:
+            n = len(seq.tokens)
+            if not seq.req.cut_in or n > min(tokens, self.cut_in_tokens):
+                continue
+            need = self.blocks.blocks_for(n)
+            if len(self.running) + len(picked) >= self.max_seqs or need > free:
+                break
+            picked.append(seq)
+            tokens -= n
+            free -= need
+        return picked
+
+    def _cut_in(self, tokens: int) -> tuple[list[StepEvent], int]:
+        """Prefill cut-in arrivals in a pass of their own, in the middle of a step: their
+        events and the prompt tokens it took."""
+        seqs = self._cut_in_candidates(tokens)
+        if not seqs:
+            return [], 0
+        for seq in seqs:
+            self._admit(seq)
+        plan = [(seq, self._chunk(seq, len(seq.tokens))) for seq in seqs]
+        self.num_cut_ins += len(seqs)
+        return self._postprocess(plan, self.runner.forward([chunk for _, chunk in plan])), sum(len(s.tokens) for s in seqs)
 
     def _admit(self, seq: Sequence) -> None:
         """Move seq from waiting to running, with cache blocks for all its tokens."""

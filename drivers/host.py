@@ -30,10 +30,12 @@ from llmos.specs.protocol import pack, unpack  # noqa: E402
 from .interface import Driver  # noqa: E402
 
 
-# Sequences per step and tokens per step. A GPU step costs about the same at batch 256 as at 64,
-# so it wants wide batches and big prefill chunks; two CPU cores want small ones.
-ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 512},
-                "cuda": {"max_seqs": 256, "max_batch_tokens": 8192}}
+# Sequences per step, tokens per step, and prompt tokens that may cut into a step. A GPU step
+# costs about the same at batch 256 as at 64, so it wants wide batches and big prefill chunks.
+# On two CPU cores a 256-token step does the most tokens per second (512 is slower per token:
+# the prefill attention grows faster than the matmuls), and a short interactive prompt cuts in.
+ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens": 64},
+                "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
 
 
 class TorchDriver(Driver):
@@ -100,7 +102,8 @@ class TorchDriver(Driver):
                     ["EINVAL", f"the prompt is {len(ids)} tokens; model '{model}' takes at most {ctx - 1}"]]
         engine.add(GenRequest(rid=rid, prompt_ids=ids, max_tokens=min(msg["max_tokens"], ctx - len(ids)),
                               temperature=msg["temperature"], top_p=msg["top_p"], top_k=msg["top_k"],
-                              stop=msg["stop"], seed=msg["seed"], priority=msg.get("priority", 0)))
+                              stop=msg["stop"], seed=msg["seed"], priority=msg.get("priority", 0),
+                              cut_in=bool(msg.get("cut_in", False))))
         self.owner[rid] = model
         return None
 
@@ -121,32 +124,52 @@ class TorchDriver(Driver):
     def has_work(self) -> bool:
         return any(e.has_work() for e in self.engines.values())
 
-    def step(self) -> list:
-        """One step of every busy engine; events as [rid, delta, tokens, finish, usage, error]."""
+    def step(self, pause=None) -> list:
+        """One step of every busy engine; events as [rid, delta, tokens, finish, usage, error].
+
+        pause(events), if given, is called between slices of each step with the events of
+        any cut-in (often none): the moment to send them and to take in new submissions.
+        """
         out = []
         for name, engine in list(self.engines.items()):
             if not engine.has_work():
                 continue
             try:
-                events = engine.step()
+                slices = engine.step_slices()
+                while True:
+                    try:
+                        cut_in = next(slices)
+                    except StopIteration as end:
+                        events = end.value
+                        break
+                    if pause is not None:
+                        pause(self._wire(cut_in))
+                    else:
+                        out += self._wire(cut_in)
             except Exception as exc:  # an engine bug fails its requests, not the driver
                 traceback.print_exc()
                 events = []
                 for rid in [r for r, m in self.owner.items() if m == name]:
                     engine.cancel(rid)
                     out.append([rid, "", 0, "error", None, ["EIO", f"engine failure: {exc}"]])
-            for ev in events:
-                if ev.finish is None:
-                    out.append([ev.rid, ev.delta, ev.tokens, None, None, None])
-                    continue
-                self.owner.pop(ev.rid, None)
-                if ev.finish == "cancelled":
-                    continue
-                if ev.finish == "error":
-                    errno = "ENOMEM" if "KV" in ev.delta or "kv" in ev.delta else "EIO"
-                    out.append([ev.rid, "", ev.tokens, "error", None, [errno, ev.delta]])
-                else:
-                    out.append([ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage, None])
+            out += self._wire(events)
+        return out
+
+    def _wire(self, events: list) -> list:
+        """Engine events as the driver channel carries them; ended requests are forgotten."""
+        out = []
+        for ev in events:
+            if ev.finish is None:
+                out.append([ev.rid, ev.delta, ev.tokens, None, None, None])
+                continue
+            self.owner.pop(ev.rid, None)
+            if ev.finish == "cancelled":
+                continue
+            if ev.finish == "error":
+                errno = "ENOMEM" if "KV" in ev.delta or "kv" in ev.delta else "EIO"
+                out.append([ev.rid, "", ev.tokens, "error", None, [errno, ev.delta]])
+            else:
+                out.append([ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage, None])
         return out
 
 
@@ -179,44 +202,65 @@ def serve(connect: str, device: str, dtype: str = "auto") -> None:
             traceback.print_exc()
             loads.put({"op": "load_failed", "model": msg["model"], "message": f"{exc.__class__.__name__}: {exc}"})
 
+    def receive() -> list[dict]:
+        msgs = []
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            msgs.append(unpack(sock.recv()))
+        return msgs
+
+    def handle(msg: dict) -> bool:
+        """Act on one message from the kernel; False once told to shut down."""
+        op = msg.get("op")
+        if op == "submit":
+            err = driver.submit(msg)
+            if err:
+                sock.send(pack({"op": "events", "events": [err]}))
+        elif op == "cancel":
+            driver.cancel(msg["rid"])
+        elif op == "embed":
+            try:
+                sock.send(pack({"op": "result", "rid": msg["rid"], "result": driver.embed(msg)}))
+            except Exception as exc:
+                sock.send(pack({"op": "error", "rid": msg["rid"], "errno": "EIO", "message": str(exc)}))
+        elif op == "load":
+            threading.Thread(target=load_in_thread, args=(msg,), daemon=True, name=f"load-{msg['model']}").start()
+        elif op == "unload":
+            driver.unload(msg["model"])
+        elif op == "ping":
+            sock.send(pack({"op": "pong", "t": msg.get("t")}))
+        elif op == "shutdown":
+            return False
+        return True
+
+    deferred: list[dict] = []   # arrived while a step was paused, and must wait for its end
+
+    def pause(events: list) -> None:
+        """Between slices of a step: send cut-in events, take in submissions and pings."""
+        if events:
+            sock.send(pack({"op": "events", "events": events}))
+        for msg in receive():
+            if msg.get("op") in ("submit", "ping"):
+                handle(msg)
+            else:
+                deferred.append(msg)   # cancel, unload, ...: the step still uses what they free
+
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
     while True:
         if os.getppid() != parent:
             return   # the kernel died without telling us: nothing left to serve
         timeout = 0 if driver.has_work() else 20
+        pending, deferred[:] = deferred[:], []
         if poller.poll(timeout):
-            while True:
-                try:
-                    msg = unpack(sock.recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    break
-                op = msg.get("op")
-                if op == "submit":
-                    err = driver.submit(msg)
-                    if err:
-                        sock.send(pack({"op": "events", "events": [err]}))
-                elif op == "cancel":
-                    driver.cancel(msg["rid"])
-                elif op == "embed":
-                    try:
-                        sock.send(pack({"op": "result", "rid": msg["rid"], "result": driver.embed(msg)}))
-                    except Exception as exc:
-                        sock.send(pack({"op": "error", "rid": msg["rid"], "errno": "EIO", "message": str(exc)}))
-                elif op == "load":
-                    threading.Thread(target=load_in_thread, args=(msg,), daemon=True, name=f"load-{msg['model']}").start()
-                elif op == "unload":
-                    driver.unload(msg["model"])
-                elif op == "ping":
-                    sock.send(pack({"op": "pong", "t": msg.get("t")}))
-                elif op == "shutdown":
-                    sock.close()
-                    ctx.term()
-                    return
+            pending += receive()
+        if not all(handle(msg) for msg in pending):
+            sock.close()
+            ctx.term()
+            return
         while not loads.empty():
             sock.send(pack(loads.get()))
         if driver.has_work():
-            events = driver.step()
+            events = driver.step(pause)
             if events:
                 sock.send(pack({"op": "events", "events": events}))
 

@@ -7,10 +7,15 @@ of decode tokens only is padded to a fixed batch size and, on CUDA, replayed as 
 (`cuda_graphs.py`); every other step runs eagerly. Models whose layers are not Llama-shaped go
 through `HFRunner`, transformers' own forward with one cache per sequence: correct, but one
 sequence at a time. `make_runner` picks.
+
+Both runners also offer `forward_slices`, a generator that yields between layers (or between
+sequences) and returns the logits: the engine uses those pauses to run a
+short, urgent prefill in a pass of its own while a long step is half done.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +32,18 @@ from .loader import LoadedModel
 # norm, mlp, residual] per layer, final norm, lm_head. Same-named modules elsewhere (Gemma's
 # scaled embeddings, Granite's multipliers) compute something else, hence a list, not a probe.
 PAGED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+Slices = Generator[None, None, torch.Tensor]   # a forward pass that pauses; returns the logits
+
+
+def run_to_end(slices: Generator):
+    """Run a generator without pausing; its return value."""
+    while True:
+        try:
+            next(slices)
+        except StopIteration as end:
+            return end.value
 
 
 @dataclass
@@ -181,13 +198,21 @@ class PagedRunner:
         use_graphs = cuda_graphs and lm.device.type == "cuda" and uses_kernel(lm.device)
         self.graphs = DecodeGraphs(self._decode_forward) if use_graphs else None
 
-    @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits [S, V] (float32) for the chunks with sample=True, in their order."""
+        return run_to_end(self.forward_slices(chunks))
+
+    @torch.inference_mode()
+    def forward_slices(self, chunks: list[Chunk]) -> Slices:
+        """forward, pausing after each layer; a decode step replayed as a CUDA graph does not pause.
+
+        Between two slices the caller may run other forward passes over other sequences: the
+        step's inputs were all taken at the start, and its cache blocks are its own.
+        """
         rows = self.tables.sync(chunks)
         if all(c.is_decode and c.sample for c in chunks):
-            return self._decode_step(chunks, rows)
-        return self._run(self._prepare(chunks, rows))
+            return (yield from self._decode_step(chunks, rows))
+        return (yield from self._layers(self._prepare(chunks, rows)))
 
     def release(self, seq_id: int) -> None:
         """Forget the sequence's block table; the engine's block allocator owns the blocks."""
@@ -195,7 +220,7 @@ class PagedRunner:
 
     # --- decode-only steps: padded, static inputs, graph-captured on CUDA --------------------------
 
-    def _decode_step(self, chunks: list[Chunk], rows: list[int]) -> torch.Tensor:
+    def _decode_step(self, chunks: list[Chunk], rows: list[int]) -> Slices:
         n = len(chunks)
         size = padded_size(n, self.batch_sizes)
         pad = size - n
@@ -206,10 +231,15 @@ class PagedRunner:
         if self.graphs is not None:
             return self.graphs.run(size)[:n]
         longest = max(c.start for c in chunks) + 1
-        return self._decode_forward(size, width=-(-longest // self.block_size))[:n]
+        return (yield from self._layers(self._decode_batch(size, width=-(-longest // self.block_size))))[:n]
 
-    def _decode_forward(self, size: int, width: int | None = None) -> torch.Tensor:
-        """The forward pass of a padded decode batch, from the static inputs alone (no host sync).
+    def _decode_forward(self, size: int) -> torch.Tensor:
+        """The forward pass of a padded decode batch, from the static inputs alone (no host
+        sync): what a CUDA graph captures."""
+        return self._run(self._decode_batch(size))
+
+    def _decode_batch(self, size: int, width: int | None = None) -> StepBatch:
+        """The step batch of the first size rows of the static decode inputs.
 
         width trims the block tables when not captured; the kernel reads only up to each
         length either way, so trimming changes nothing but the work of the SDPA fallback.
@@ -220,16 +250,20 @@ class PagedRunner:
             tables = tables[:, :width]
         blocks = tables.gather(1, (positions // self.block_size)[:, None])[:, 0].long()
         slots = blocks * self.block_size + positions % self.block_size
-        return self._run(StepBatch(ids, positions, slots, None, size, tables, positions + 1, [], []))
+        return StepBatch(ids, positions, slots, None, size, tables, positions + 1, [], [])
 
     # --- every step -----------------------------------------------------------------------------
 
     def _run(self, batch: StepBatch) -> torch.Tensor:
+        return run_to_end(self._layers(batch))
+
+    def _layers(self, batch: StepBatch) -> Slices:
         x = self.base.embed_tokens(batch.input_ids)
         cos, sin = self.base.rotary_emb(x, batch.positions[None])
         cos, sin = cos[0], sin[0]
         for i, layer in enumerate(self.base.layers):
             x = self._layer(layer, self.cache.k[i], self.cache.v[i], x, cos, sin, batch)
+            yield
         if batch.logits_rows is not None:
             x = x.index_select(0, batch.logits_rows)
         return self.model.lm_head(self.base.norm(x)).float()
@@ -350,8 +384,12 @@ class HFRunner:
         self.device = lm.device
         self.caches: dict[int, DynamicCache] = {}
 
-    @torch.inference_mode()
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
+        return run_to_end(self.forward_slices(chunks))
+
+    @torch.inference_mode()
+    def forward_slices(self, chunks: list[Chunk]) -> Slices:
+        """forward, pausing after each sequence."""
         rows = []
         for c in chunks:
             if c.start == 0:
@@ -360,6 +398,7 @@ class HFRunner:
             out = self.model(input_ids=ids, past_key_values=self.caches[c.seq_id], use_cache=True)
             if c.sample:
                 rows.append(out.logits[0, -1])
+            yield
         return torch.stack(rows).float() if rows else torch.empty(0, 0, device=self.device)
 
     def release(self, seq_id: int) -> None:

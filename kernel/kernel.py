@@ -381,7 +381,8 @@ class Kernel:
                 return
             req.state = "running"
             running[req.rid] = req
-            self.supervisor.send(device, {"op": "submit", "rid": req.rid, "model": req.model, **req.payload})
+            self.supervisor.send(device, {"op": "submit", "rid": req.rid, "model": req.model, **req.payload,
+                                          "cut_in": sched.may_cut_in(req.pid)})
 
     def end_request(self, req: Request, error: SyscallError | None = None, result: dict | None = None,
                     notify: bool = True) -> None:

@@ -5,6 +5,11 @@ grows with the tokens served to it; the next request admitted to the device belo
 backlogged process with the least virtual time, so a process that floods the queue gets its
 share and no more. Within one process, higher priority first, then earlier deadline, then
 arrival. A process may hold at most `max_running_per_process` requests in the device's batch.
+
+Admission order alone cannot help a request that arrives while a long engine step runs, so
+the scheduler also says which admitted requests may cut into a running step (`may_cut_in`):
+those of the process that has had the least service of all those running on the device. An
+interactive program qualifies; a flood soon does not.
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ class FairScheduler:
         req = heapq.heappop(self._queues[best_pid])[2]
         self._running[best_pid] += 1
         return req
+
+    def may_cut_in(self, pid: int) -> bool:
+        """Whether pid has had no more service than any other process running on the device
+        (on a tie, no more requests running there)."""
+        others = [(self._vtime[p], n) for p, n in self._running.items() if n and p != pid]
+        return not others or (self._vtime[pid], self._running[pid]) <= min(others)
 
     def finished(self, req: Schedulable) -> None:
         """A request admitted by pop_next left the device."""

@@ -38,9 +38,9 @@ PROMPTS = ["A", "The quick brown fox", "Paris is the capital of France, Rome is"
 
 
 def request(rid, prompt_ids, max_tokens=24, temperature=0.0, top_p=1.0, top_k=0, stop=(), seed=None, priority=0,
-            ignore_eos=False):
+            ignore_eos=False, cut_in=False):
     return GenRequest(rid, list(prompt_ids), max_tokens, temperature, top_p, top_k, list(stop), seed, priority,
-                      ignore_eos)
+                      ignore_eos, cut_in)
 
 
 def run(engine: Engine, requests=(), out: dict | None = None) -> dict[int, dict]:
@@ -197,6 +197,57 @@ def test_request_added_mid_generation_gets_correct_tokens(lm):
     run(engine, [request(2, ids(lm, PROMPTS[2]))], out)
     for i in range(3):
         assert out[i]["tokens"] == hf_greedy(lm, ids(lm, PROMPTS[i]))
+
+
+LONG = PROMPTS[3] + " " + PROMPTS[3]
+
+
+def rest_of_step(slices) -> list:
+    """The events of a paused step's later pauses and of its end."""
+    events = []
+    while True:
+        try:
+            events += next(slices)
+        except StopIteration as end:
+            return events + end.value
+
+
+def test_a_cut_in_prompt_gets_its_first_token_in_the_middle_of_a_long_step(lm):
+    engine = Engine(lm, BIG_KV, cut_in_tokens=16, decode_text=False)   # an event for every token
+    engine.add(request(0, ids(lm, LONG), max_tokens=8))
+    slices = engine.step_slices()
+    assert next(slices) == []                      # paused after the first layer of the long prefill
+    engine.add(request(1, ids(lm, PROMPTS[1]), max_tokens=8, cut_in=True))
+    first = next(slices)                           # the next pause: the short one ran in between
+    assert [(e.rid, e.tokens) for e in first] == [(1, 1)]
+    assert engine.stats()["cut_ins"] == 1
+    out = {}
+    collect(out, first + rest_of_step(slices))
+    run(engine, out=out)
+    for rid, prompt in ((0, LONG), (1, PROMPTS[1])):
+        assert out[rid]["tokens"] == hf_greedy(lm, ids(lm, prompt), max_tokens=8)
+
+
+@pytest.mark.parametrize("prompt, cut_in", [(PROMPTS[1], False), (LONG, True)])
+def test_only_short_cut_in_prompts_cut_into_a_running_step(lm, prompt, cut_in):
+    engine = Engine(lm, BIG_KV, cut_in_tokens=16)
+    engine.add(request(0, ids(lm, LONG), max_tokens=8))
+    slices = engine.step_slices()
+    next(slices)
+    engine.add(request(1, ids(lm, prompt), max_tokens=8, cut_in=cut_in))
+    assert all(e.rid == 0 for e in rest_of_step(slices)) and engine.stats()["cut_ins"] == 0
+    assert engine.stats()["waiting"] == 1           # it runs from the next step on
+    assert run(engine)[1]["tokens"] == hf_greedy(lm, ids(lm, prompt), max_tokens=8)
+
+
+def test_a_cut_in_prompt_goes_before_unfinished_prefills(lm):
+    engine = Engine(lm, BIG_KV, max_batch_tokens=16, cut_in_tokens=16, decode_text=False)
+    engine.add(request(0, ids(lm, LONG), max_tokens=4))
+    engine.step()                                  # the long prompt is part-way through its prefill
+    engine.add(request(1, ids(lm, PROMPTS[1]), max_tokens=4, cut_in=True))
+    first = engine.step()
+    assert [e.rid for e in first] == [1]           # admitted ahead of the long one's next chunk
+    assert engine.stats()["cut_ins"] == 0          # ...as part of a step, not cutting into one
 
 
 def test_finished_request_frees_its_slot(lm):

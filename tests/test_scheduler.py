@@ -36,6 +36,23 @@ def test_a_flooding_process_does_not_starve_a_light_one():
     assert sched.pop_next().pid == 2               # the light one goes next, ahead of 62 queued
 
 
+def test_only_the_least_served_running_process_may_cut_in():
+    sched = FairScheduler(max_running_per_process=64)
+    for i in range(8):
+        sched.enqueue(Req(pid=1, seq=i))
+    heavy = [sched.pop_next() for _ in range(4)]
+    assert sched.may_cut_in(1)                     # alone on the device: nobody to be unfair to
+    sched.charge(1, 500)
+    sched.enqueue(Req(pid=2, seq=100))
+    assert sched.pop_next().pid == 2
+    assert sched.may_cut_in(2) and not sched.may_cut_in(1)
+    sched.charge(2, 600)                           # now the light one has had more
+    assert sched.may_cut_in(1) and not sched.may_cut_in(2)
+    for r in heavy:
+        sched.finished(r)
+    assert sched.may_cut_in(2)                     # the heavy one left the device
+
+
 def test_service_alternates_by_tokens_served_not_by_requests():
     sched = FairScheduler(max_running_per_process=100)
     for i in range(10):
