@@ -10,10 +10,11 @@ exactly the tokens it would have produced anyway.
 A step over many tokens is long on a CPU (a prefill of 256 tokens takes about as long as
 six single-token steps), and a request that arrives just after it starts would wait for all
 of it. So a step runs in slices, one layer each (`step_slices`), and between slices the
-driver hands over what arrived. A short prompt marked `cut_in` by the kernel (its program
-has nothing else on the device and no more service than the others: an interactive user,
-not a flood) is then prefilled in a pass of its own and its first token goes out at once;
-the long step resumes where it paused. At most `cut_in_tokens` of prompt cut into one step.
+driver hands over what arrived. A short prompt marked `cut_in` by the kernel (its program has
+had the least service of those on the device: an interactive user, not a flood) is then
+prefilled in a pass of its own and its first token goes out at once; the long step resumes
+where it paused. One that is waiting when a step begins gets the same pass before the step,
+and then decodes in it. At most `cut_in_tokens` of prompt cut in per step.
 """
 
 from __future__ import annotations
@@ -215,11 +216,16 @@ class Engine:
         While it is paused the caller may `add` requests, but not `cancel` one: the step's
         sequences hold their cache blocks until it returns.
         """
+        room = self.cut_in_tokens
+        if room:   # what arrived since the last step goes first, then decodes with the rest
+            cut_in, used = self._cut_in(room)
+            room -= used
+            if cut_in:
+                yield cut_in
         plan = self._schedule()
         logits = None
         if plan:
             forward = self.runner.forward_slices([chunk for _, chunk in plan])
-            room = self.cut_in_tokens
             while True:
                 try:
                     next(forward)
@@ -256,11 +262,6 @@ class Engine:
                     budget -= 1
                 else:
                     short_of_cache = True  # admitting now would only preempt again
-        if not short_of_cache:   # short prompts that may cut in go before longer prefills
-            for seq in self._cut_in_candidates(budget):
-                self._admit(seq)
-                plan.append((seq, self._chunk(seq, len(seq.tokens))))
-                budget -= len(seq.tokens)
         for seq in ranked:
             if budget and seq.admitted is not None and seq.num_uncomputed > 1:
                 n = min(seq.num_uncomputed, budget)
@@ -272,7 +273,7 @@ class Engine:
                 self._end_early(seq, "length")  # a preempted sequence that had filled the whole cache
                 continue
             if not self.blocks.can_allocate(len(seq.tokens)):
-                break  # first in line waits for room; only a short cut-in prompt overtakes it
+                break  # first in line waits for room; nobody overtakes it but a cut-in
             self._admit(seq)
             n = min(len(seq.tokens), budget)
             plan.append((seq, self._chunk(seq, n)))
@@ -280,8 +281,8 @@ class Engine:
         return plan
 
     def _cut_in_candidates(self, tokens: int) -> list[Sequence]:
-        """Waiting cut-in sequences, in queue order, whose whole prompts fit in tokens and in the
-        cache without preempting anyone."""
+        """Waiting cut-in sequences, in queue order, whose whole prompts fit in tokens (at most
+        cut_in_tokens each) and in the cache without preempting anyone."""
         picked, free = [], self.blocks.num_free_blocks
         for seq in self.waiting:
             n = len(seq.tokens)
@@ -296,8 +297,8 @@ class Engine:
         return picked
 
     def _cut_in(self, tokens: int) -> tuple[list[StepEvent], int]:
-        """Prefill cut-in arrivals in a pass of their own, in the middle of a step: their
-        events and the prompt tokens it took."""
+        """Prefill cut-in arrivals in a pass of their own, before or in the middle of a step:
+        their events and the prompt tokens it took."""
         seqs = self._cut_in_candidates(tokens)
         if not seqs:
             return [], 0

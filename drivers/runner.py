@@ -2,9 +2,9 @@
 
 The engine hands over a list of `Chunk`s (prefill pieces and single decode tokens). The paged
 runner lays them out as one flat batch without padding, runs the HF decoder layers' own
-modules over it, writes keys and values into the paged cache and attends per sequence. A step
-of decode tokens only is padded to a fixed batch size and, on CUDA, replayed as a CUDA graph
-(`cuda_graphs.py`); every other step runs eagerly. Models whose layers are not Llama-shaped go
+modules over it, writes keys and values into the paged cache and attends per sequence. On CUDA a
+step of decode tokens only is padded to a fixed batch size and replayed as a CUDA graph
+(`cuda_graphs.py`); every other step runs eagerly, unpadded. Models whose layers are not Llama-shaped go
 through `HFRunner`, transformers' own forward with one cache per sequence: correct, but one
 sequence at a time. `make_runner` picks.
 
@@ -197,6 +197,7 @@ class PagedRunner:
         self.decode_inputs = torch.zeros(3, self.batch_sizes[-1], dtype=torch.long, device=lm.device)
         use_graphs = cuda_graphs and lm.device.type == "cuda" and uses_kernel(lm.device)
         self.graphs = DecodeGraphs(self._decode_forward) if use_graphs else None
+        self.pad_decodes = use_graphs   # a graph per padded size; eager steps need no padding
 
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits [S, V] (float32) for the chunks with sample=True, in their order."""
@@ -222,7 +223,7 @@ class PagedRunner:
 
     def _decode_step(self, chunks: list[Chunk], rows: list[int]) -> Slices:
         n = len(chunks)
-        size = padded_size(n, self.batch_sizes)
+        size = padded_size(n, self.batch_sizes) if self.pad_decodes else n
         pad = size - n
         inputs = torch.tensor([[c.tokens[0] for c in chunks] + [0] * pad,
                                [c.start for c in chunks] + [0] * pad,

@@ -8,8 +8,8 @@ arrival. A process may hold at most `max_running_per_process` requests in the de
 
 Admission order alone cannot help a request that arrives while a long engine step runs, so
 the scheduler also says which admitted requests may cut into a running step (`may_cut_in`):
-those of the process that has had the least service of all those running on the device. An
-interactive program qualifies; a flood soon does not.
+those of the process that has had the least service of all those running on the device,
+when there are others. An interactive program qualifies; a flood soon does not.
 """
 
 from __future__ import annotations
@@ -78,10 +78,10 @@ class FairScheduler:
         return req
 
     def may_cut_in(self, pid: int) -> bool:
-        """Whether pid has had no more service than any other process running on the device
-        (on a tie, no more requests running there)."""
+        """Whether other processes run on the device and pid has had no more service than any
+        of them (on a tie, no more requests running there). Alone, it has nobody to wait for."""
         others = [(self._vtime[p], n) for p, n in self._running.items() if n and p != pid]
-        return not others or (self._vtime[pid], self._running[pid]) <= min(others)
+        return bool(others) and (self._vtime[pid], self._running[pid]) <= min(others)
 
     def finished(self, req: Schedulable) -> None:
         """A request admitted by pop_next left the device."""

@@ -122,10 +122,14 @@ def test_chunked_prefill_gives_the_same_tokens_as_unchunked(lm):
     assert chunked[0]["tokens"] == whole[0]["tokens"] == hf_greedy(lm, long_prompt)
 
 
-def test_decode_batches_padded_to_a_power_of_two_match_hf_generate(lm):
-    # 3 requests finishing at different steps: decode batches of 3, 2 and 1, padded to 4, 2, 1.
+@pytest.mark.parametrize("padded", [False, True])
+def test_decode_batches_padded_or_not_match_hf_generate(lm, padded):
+    # 3 requests finishing at different steps: decode batches of 3, 2 and 1 (padded: 4, 2, 1, as
+    # CUDA graphs want them; the padding rows write and read only the scratch block).
     lengths = [4, 9, 17]
-    out = run(Engine(lm, BIG_KV), [request(i, ids(lm, PROMPTS[i + 1]), max_tokens=k) for i, k in enumerate(lengths)])
+    engine = Engine(lm, BIG_KV)
+    engine.runner.pad_decodes = padded
+    out = run(engine, [request(i, ids(lm, PROMPTS[i + 1]), max_tokens=k) for i, k in enumerate(lengths)])
     for i, k in enumerate(lengths):
         assert out[i]["tokens"] == hf_greedy(lm, ids(lm, PROMPTS[i + 1]), max_tokens=k)
 
@@ -240,14 +244,17 @@ def test_only_short_cut_in_prompts_cut_into_a_running_step(lm, prompt, cut_in):
     assert run(engine)[1]["tokens"] == hf_greedy(lm, ids(lm, prompt), max_tokens=8)
 
 
-def test_a_cut_in_prompt_goes_before_unfinished_prefills(lm):
+def test_a_cut_in_prompt_waiting_when_a_step_begins_goes_first_in_a_pass_of_its_own(lm):
     engine = Engine(lm, BIG_KV, max_batch_tokens=16, cut_in_tokens=16, decode_text=False)
     engine.add(request(0, ids(lm, LONG), max_tokens=4))
     engine.step()                                  # the long prompt is part-way through its prefill
     engine.add(request(1, ids(lm, PROMPTS[1]), max_tokens=4, cut_in=True))
-    first = engine.step()
-    assert [e.rid for e in first] == [1]           # admitted ahead of the long one's next chunk
-    assert engine.stats()["cut_ins"] == 0          # ...as part of a step, not cutting into one
+    slices = engine.step_slices()
+    assert [(e.rid, e.tokens) for e in next(slices)] == [(1, 1)]   # before the step's first layer
+    assert [e.rid for e in rest_of_step(slices)] == [1]            # then it decodes in the step
+    assert engine.stats()["cut_ins"] == 1
+    out = run(engine)
+    assert len(out[1]["tokens"]) == 2 and out[1]["finish"] == "length"
 
 
 def test_finished_request_frees_its_slot(lm):

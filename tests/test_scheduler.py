@@ -41,7 +41,7 @@ def test_only_the_least_served_running_process_may_cut_in():
     for i in range(8):
         sched.enqueue(Req(pid=1, seq=i))
     heavy = [sched.pop_next() for _ in range(4)]
-    assert sched.may_cut_in(1)                     # alone on the device: nobody to be unfair to
+    assert not sched.may_cut_in(1)                 # alone on the device: nobody to cut in ahead of
     sched.charge(1, 500)
     sched.enqueue(Req(pid=2, seq=100))
     assert sched.pop_next().pid == 2
@@ -50,7 +50,7 @@ def test_only_the_least_served_running_process_may_cut_in():
     assert sched.may_cut_in(1) and not sched.may_cut_in(2)
     for r in heavy:
         sched.finished(r)
-    assert sched.may_cut_in(2)                     # the heavy one left the device
+    assert not sched.may_cut_in(2)                 # the heavy one left the device
 
 
 def test_service_alternates_by_tokens_served_not_by_requests():
