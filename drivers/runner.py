@@ -162,6 +162,18 @@ class ContinuedPrefill:
 
 
 @dataclass
+class DecodeGroup:
+    """Decodes of similar length, attended together with their tables cut to the longest of them.
+
+    Without the Triton kernel, decode attention gathers every sequence's keys up to the width of
+    the table, so one long sequence would make all the short ones pay for its length.
+    """
+
+    index: torch.Tensor   # [g] positions among the step's decodes
+    width: int            # blocks that the longest of them spans
+
+
+@dataclass
 class StepBatch:
     """Everything the forward pass needs about the step, built once and shared by all layers.
 
@@ -177,6 +189,7 @@ class StepBatch:
     decode_lengths: torch.Tensor      # [num_decodes] tokens each decode attends to
     packed: list[PackedPrefills]
     continued: list[ContinuedPrefill]
+    decode_groups: list[DecodeGroup] | None = None   # without the Triton kernel: decodes of like length
 
 
 class PagedRunner:
@@ -195,7 +208,8 @@ class PagedRunner:
         # Decode-only steps: inputs (token ids, positions, table rows) in static buffers.
         self.batch_sizes = batch_sizes(max_seqs)
         self.decode_inputs = torch.zeros(3, self.batch_sizes[-1], dtype=torch.long, device=lm.device)
-        use_graphs = cuda_graphs and lm.device.type == "cuda" and uses_kernel(lm.device)
+        self.kernel_attention = uses_kernel(lm.device)
+        use_graphs = cuda_graphs and lm.device.type == "cuda" and self.kernel_attention
         self.graphs = DecodeGraphs(self._decode_forward) if use_graphs else None
         self.pad_decodes = use_graphs   # a graph per padded size; eager steps need no padding
 
@@ -231,8 +245,10 @@ class PagedRunner:
         self.decode_inputs[:, :size].copy_(inputs, non_blocking=True)
         if self.graphs is not None:
             return self.graphs.run(size)[:n]
-        longest = max(c.start for c in chunks) + 1
-        return (yield from self._layers(self._decode_batch(size, width=-(-longest // self.block_size))))[:n]
+        lengths = [c.start + 1 for c in chunks]
+        batch = self._decode_batch(size, width=-(-max(lengths) // self.block_size))
+        batch.decode_groups = self._decode_groups(lengths)
+        return (yield from self._layers(batch))[:n]
 
     def _decode_forward(self, size: int) -> torch.Tensor:
         """The forward pass of a padded decode batch, from the static inputs alone (no host
@@ -313,7 +329,8 @@ class PagedRunner:
         return StepBatch(self._tensor(ids), positions_t, token_blocks * bs + positions_t % bs,
                          self._tensor([last_row[i] for i, c in enumerate(chunks) if c.sample]),
                          len(decode_rows), self.tables.data[self._tensor(decode_rows)][:, :width],
-                         self._tensor(decode_lengths), [self._pack(g) for g in _pack_groups(fresh)], continued)
+                         self._tensor(decode_lengths), [self._pack(g) for g in _pack_groups(fresh)], continued,
+                         self._decode_groups(decode_lengths))
 
     def _pack(self, spans: list[tuple[int, int]]) -> PackedPrefills:
         starts = torch.tensor([a for a, _ in spans])
@@ -327,21 +344,36 @@ class PagedRunner:
         return PackedPrefills(gather.to(self.device), src.to(self.device), index[src].to(self.device),
                               (len(spans), longest))
 
+    def _decode_groups(self, lengths: list[int]) -> list[DecodeGroup] | None:
+        """Decodes grouped by length where decode attention pads (no Triton kernel); None: one call."""
+        if self.kernel_attention or len(lengths) < 2:
+            return None
+        groups = length_groups(lengths, max_padding=1.25)
+        if len(groups) == 1:
+            return None
+        return [DecodeGroup(self._tensor(g), -(-lengths[g[0]] // self.block_size)) for g in groups]
+
     def _tensor(self, values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
 
 
 def _pack_groups(spans: list[tuple[int, int]], max_padding: float = 2.0) -> list[list[tuple[int, int]]]:
     """Spans (start, length), longest first, grouped so padding at most doubles a group's tokens."""
-    groups: list[list[tuple[int, int]]] = []
+    return [[spans[i] for i in group] for group in length_groups([n for _, n in spans], max_padding)]
+
+
+def length_groups(lengths: list[int], max_padding: float) -> list[list[int]]:
+    """Indices of lengths, longest first, grouped so that padding every member of a group to
+    its first (longest) costs at most max_padding times the group's real length."""
+    groups: list[list[int]] = []
     tokens = 0
-    for span in sorted(spans, key=lambda s: -s[1]):
-        if groups and (len(groups[-1]) + 1) * groups[-1][0][1] <= max_padding * (tokens + span[1]):
-            groups[-1].append(span)
-            tokens += span[1]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= max_padding * (tokens + lengths[i]):
+            groups[-1].append(i)
+            tokens += lengths[i]
         else:
-            groups.append([span])
-            tokens = span[1]
+            groups.append([i])
+            tokens = lengths[i]
     return groups
 
 
@@ -350,13 +382,20 @@ def attention(q, k, v, k_cache, v_cache, batch: StepBatch, scale: float, tables:
 
     q [T, H, D]; k, v [T, Hkv, D] (already written to the cache); caches
     [blocks, block_size, Hkv, D]; tables: BlockTables.data. Returns [T, H, D]. Decodes go
-    through `paged_decode_attention` (a Triton kernel on CUDA) in one call.
+    through `paged_decode_attention`: with the Triton kernel (CUDA) in one call, else in one
+    call per group of like length.
     """
     n = batch.num_decodes
-    if n == q.shape[0]:
+    if n == q.shape[0] and batch.decode_groups is None:
         return paged_decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths, scale)
-    out = torch.empty_like(q)
-    if n:
+    out = torch.empty_like(q) if batch.decode_groups is None else torch.zeros_like(q)   # padding rows: no group
+    if batch.decode_groups is not None:
+        for group in batch.decode_groups:
+            o = paged_decode_attention(q.index_select(0, group.index), k_cache, v_cache,
+                                       batch.decode_tables[group.index, :group.width],
+                                       batch.decode_lengths.index_select(0, group.index), scale)
+            out.index_copy_(0, group.index, o)
+    elif n:
         out[:n] = paged_decode_attention(q[:n], k_cache, v_cache, batch.decode_tables, batch.decode_lengths, scale)
     for pack in batch.packed:
         groups, longest = pack.shape

@@ -11,7 +11,7 @@ from llmos.drivers.embedding import embed
 from llmos.drivers.engine import Engine, GenRequest, TextStream
 from llmos.drivers.kvcache import BLOCK_SIZE, BlockAllocator, KVLayout
 from llmos.drivers.loader import LoadedModel, encode_prompt, load
-from llmos.drivers.runner import BlockTables, Chunk, HFRunner, PagedRunner, _pack_groups
+from llmos.drivers.runner import BlockTables, Chunk, HFRunner, PagedRunner, _pack_groups, length_groups
 from llmos.drivers.sampling import sample
 
 from tiny import make_tiny_bert, make_tiny_llama
@@ -35,6 +35,7 @@ def kv_blocks(lm, n: int) -> int:
 
 PROMPTS = ["A", "The quick brown fox", "Paris is the capital of France, Rome is",
            "An operating system shares one machine among many programs; a kernel owns the resources"]
+LONG = PROMPTS[3] + " " + PROMPTS[3]
 
 
 def request(rid, prompt_ids, max_tokens=24, temperature=0.0, top_p=1.0, top_k=0, stop=(), seed=None, priority=0,
@@ -163,6 +164,19 @@ def test_prefills_are_packed_with_at_most_double_padding():
     assert len(groups) < len(spans)
 
 
+def test_decodes_of_unlike_lengths_attend_in_groups_and_match_hf_generate(lm):
+    lengths = [530, 500, 300, 290, 40, 20, 20]
+    groups = length_groups(lengths, max_padding=1.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths))) and len(groups) > 1
+    for g in groups:
+        assert len(g) * lengths[g[0]] <= 1.25 * sum(lengths[i] for i in g)
+    engine = Engine(lm, BIG_KV)
+    prompts = [ids(lm, LONG * 3), ids(lm, PROMPTS[0]), ids(lm, PROMPTS[2])]
+    out = run(engine, [request(i, p, max_tokens=12) for i, p in enumerate(prompts)])
+    for i, p in enumerate(prompts):
+        assert out[i]["tokens"] == hf_greedy(lm, p, max_tokens=12)
+
+
 def test_ignore_eos_runs_on_to_max_tokens(lm):
     prompt = ids(lm, PROMPTS[1])
     first = hf_greedy(lm, prompt, max_tokens=1)[0]
@@ -201,9 +215,6 @@ def test_request_added_mid_generation_gets_correct_tokens(lm):
     run(engine, [request(2, ids(lm, PROMPTS[2]))], out)
     for i in range(3):
         assert out[i]["tokens"] == hf_greedy(lm, ids(lm, PROMPTS[i]))
-
-
-LONG = PROMPTS[3] + " " + PROMPTS[3]
 
 
 def rest_of_step(slices) -> list:
