@@ -202,12 +202,8 @@ class Engine:
     def step(self) -> list[StepEvent]:
         """One whole step; the events of its cut-ins come first."""
         events: list[StepEvent] = []
-        slices = self.step_slices()
-        while True:
-            try:
-                events += next(slices)
-            except StopIteration as end:
-                return events + end.value
+        own = run_to_end(self.step_slices(), events.extend)
+        return events + own
 
     def step_slices(self) -> Generator[list[StepEvent], None, list[StepEvent]]:
         """One step that pauses between slices of its forward pass: each pause yields the

@@ -130,22 +130,15 @@ class TorchDriver(Driver):
         pause(events), if given, is called between slices of each step with the events of
         any cut-in (often none): the moment to send them and to take in new submissions.
         """
+        from .runner import run_to_end
+
         out = []
         for name, engine in list(self.engines.items()):
             if not engine.has_work():
                 continue
             try:
-                slices = engine.step_slices()
-                while True:
-                    try:
-                        cut_in = next(slices)
-                    except StopIteration as end:
-                        events = end.value
-                        break
-                    if pause is not None:
-                        pause(self._wire(cut_in))
-                    else:
-                        out += self._wire(cut_in)
+                events = run_to_end(engine.step_slices(),
+                                    lambda cut_in: (pause or out.extend)(self._wire(cut_in)))
             except Exception as exc:  # an engine bug fails its requests, not the driver
                 traceback.print_exc()
                 events = []

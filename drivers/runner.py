@@ -37,13 +37,16 @@ PAGED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 Slices = Generator[None, None, torch.Tensor]   # a forward pass that pauses; returns the logits
 
 
-def run_to_end(slices: Generator):
-    """Run a generator without pausing; its return value."""
+def run_to_end(slices: Generator, pause=None):
+    """Run a generator to its end, handing what it yields at each pause to pause(value) if
+    given; its return value."""
     while True:
         try:
-            next(slices)
+            value = next(slices)
         except StopIteration as end:
             return end.value
+        if pause is not None:
+            pause(value)
 
 
 @dataclass

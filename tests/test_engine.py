@@ -11,7 +11,7 @@ from llmos.drivers.embedding import embed
 from llmos.drivers.engine import Engine, GenRequest, TextStream
 from llmos.drivers.kvcache import BLOCK_SIZE, BlockAllocator, KVLayout
 from llmos.drivers.loader import LoadedModel, encode_prompt, load
-from llmos.drivers.runner import BlockTables, Chunk, HFRunner, PagedRunner, _pack_groups, length_groups
+from llmos.drivers.runner import BlockTables, Chunk, HFRunner, PagedRunner, _pack_groups, length_groups, run_to_end
 from llmos.drivers.sampling import sample
 
 from tiny import make_tiny_bert, make_tiny_llama
@@ -220,11 +220,8 @@ def test_request_added_mid_generation_gets_correct_tokens(lm):
 def rest_of_step(slices) -> list:
     """The events of a paused step's later pauses and of its end."""
     events = []
-    while True:
-        try:
-            events += next(slices)
-        except StopIteration as end:
-            return events + end.value
+    end = run_to_end(slices, events.extend)
+    return events + end
 
 
 def test_a_cut_in_prompt_gets_its_first_token_in_the_middle_of_a_long_step(lm):
