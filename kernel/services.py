@@ -39,6 +39,8 @@ DISABLE_ENV = "LLMOS_NO_SERVICES"
 class ServiceSupervisor(Supervisor):
     """The driver supervisor, spawning the service host instead of a driver."""
 
+    role = "services"
+
     def __init__(self, ctx, endpoint: str, kernel_socket: str, on_message, on_down, on_up):
         super().__init__(ctx, endpoint, on_message, on_down, on_up)
         self.kernel_socket = kernel_socket
@@ -52,7 +54,7 @@ class ServiceSupervisor(Supervisor):
         drv.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket,
             env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
-        log.info("services.spawned", os_pid=drv.proc.pid)
+        log.info(f"{self.role}.spawned", os_pid=drv.proc.pid)
         asyncio.create_task(self._wait_exit(drv, drv.proc))
 
     async def _wait_exit(self, drv: DriverHandle, proc) -> None:
@@ -232,7 +234,7 @@ class ServiceHost:
     async def _up(self, drv: DriverHandle) -> None:
         catalog = drv.info.get("catalog") or {}
         self.catalog = {"services": list(catalog.get("services", [])), "failed": list(catalog.get("failed", []))}
-        log.info("services.up", os_pid=drv.info.get("pid"), services=[s["name"] for s in self.catalog["services"]],
+        log.info("services.ready", services=[s["name"] for s in self.catalog["services"]],
                  failed=[f["plugin"] for f in self.catalog["failed"]])
 
 

@@ -43,6 +43,8 @@ class DriverHandle:
 
 
 class Supervisor:
+    role = "driver"   # what it supervises, as its log events name it
+
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str,
                  on_message: Callable[[DriverHandle, dict], None],
                  on_down: Callable[[DriverHandle, str], Awaitable[None]],
@@ -87,7 +89,7 @@ class Supervisor:
             sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device, "--dtype", self.dtype,
             env=env, stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
-        log.info("driver.spawned", device=drv.device, os_pid=drv.proc.pid)
+        log.info(f"{self.role}.spawned", device=drv.device, os_pid=drv.proc.pid)
         asyncio.create_task(self._wait_exit(drv, drv.proc))
 
     async def _wait_exit(self, drv: DriverHandle, proc: asyncio.subprocess.Process) -> None:
@@ -101,7 +103,7 @@ class Supervisor:
             return
         drv.state = "restarting"
         drv.crashes += 1
-        log.error("driver.crashed", device=drv.device, reason=why, crashes=drv.crashes)
+        log.error(f"{self.role}.crashed", device=drv.device, reason=why, crashes=drv.crashes)
         if drv.proc and drv.proc.returncode is None:
             drv.proc.kill()
         await self.on_down(drv, why)
@@ -127,13 +129,13 @@ class Supervisor:
             if msg.get("op") == "hello":
                 drv.info = msg
                 drv.state = "up"
-                log.info("driver.up", device=drv.device, total_bytes=msg.get("total_bytes"), dtype=msg.get("dtype"))
+                log.info(f"{self.role}.up", device=drv.device, total_bytes=msg.get("total_bytes"), dtype=msg.get("dtype"))
                 asyncio.create_task(self._announce_up(drv))
                 continue
             try:
                 self.on_message(drv, msg)
             except Exception:
-                log.exception("driver.message_failed", device=drv.device, op=msg.get("op"))
+                log.exception(f"{self.role}.message_failed", device=drv.device, op=msg.get("op"))
 
     async def _announce_up(self, drv: DriverHandle) -> None:
         """Let the kernel account for the device before anyone waiting on it resumes."""
