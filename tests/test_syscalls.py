@@ -203,6 +203,43 @@ def test_cancel_ends_a_stream_with_ecanceled(client):
     assert errno_of(client.cancel, stream.id) == "ENOENT"
 
 
+def test_requests_cancelled_while_steps_run_lose_nothing_for_others(kernel):
+    # The driver takes in submissions between the layers of a step and applies cancels after
+    # it: churning requests around a steady one must neither disturb its text nor lose a reply.
+    import asyncio
+
+    from llmos.userland import AsyncClient
+
+    prompt = "Once upon a time there was a kernel that shared one machine. " * 4
+
+    async def steady_alone():
+        async with AsyncClient(kernel.socket, name="alone") as c:
+            return await c.infer(prompt=prompt, max_tokens=120, temperature=1.0, seed=5)
+
+    async def with_churn():
+        async with AsyncClient(kernel.socket, name="steady") as steady, \
+                AsyncClient(kernel.socket, name="churn") as churn:
+            task = asyncio.create_task(steady.infer(prompt=prompt, max_tokens=120, temperature=1.0, seed=5))
+            outcomes = []
+            for i in range(40):
+                s = await churn.stream(prompt="tok " * (1 + i % 9), max_tokens=300, temperature=1.0, seed=i)
+                await asyncio.sleep(0.002 * (i % 4))
+                try:
+                    await s.cancel()
+                    async for _ in s:
+                        pass
+                    outcomes.append("finished")
+                except LLMOSError as exc:
+                    outcomes.append(exc.errno)
+            return await task, outcomes
+
+    alone = asyncio.run(steady_alone())
+    result, outcomes = asyncio.run(with_churn())
+    assert len(outcomes) == 40 and set(outcomes) <= {"ECANCELED", "ENOENT", "finished"}
+    assert outcomes.count("ECANCELED") >= 30
+    assert result["text"] == alone["text"] and result["usage"] == alone["usage"]
+
+
 def test_embed_returns_normalized_vectors(client, tiny_bert):
     r = client.embed(["hello world", "goodbye"], model=tiny_bert)
     assert len(r["vectors"]) == 2 and r["dim"] == len(r["vectors"][0])
