@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class Kernel:
         self._rids = itertools.count(1)
         self._seq = itertools.count()
         self.ctx = zmq.asyncio.Context()
+        self.service_token = secrets.token_urlsafe(24)    # given to the service host alone, at its start
         self.transport: Transport | None = None
         self.supervisor: Supervisor | None = None
         self.memstore: MemoryStore | None = None
@@ -232,7 +234,8 @@ class Kernel:
             if entry:
                 entry.refs.discard(proc.pid)
         for sched in self.schedulers.values():
-            sched.forget(proc.pid)
+            for req in sched.forget(proc.pid):   # what a service had queued for it
+                self.end_request(req, ecanceled(f"process {proc.pid}, whom it served, was reaped: {why}"))
         log.info("process.reaped", pid=proc.pid, name=proc.name, reason=why)
 
     async def _probe_loop(self) -> None:
@@ -340,7 +343,8 @@ class Kernel:
     # -- requests --------------------------------------------------------------------------------
 
     def new_request(self, ctx: CallContext, call: str, entry: ModelEntry, payload: dict, *, stream=False,
-                    priority=0, deadline_s: float | None = None) -> Request:
+                    priority=0, deadline_s: float | None = None, share: int | None = None) -> Request:
+        """A request of ctx's process; share: the pid it is scheduled and accounted as (default: its own)."""
         proc = ctx.proc
         if len(proc.requests) >= self.settings.max_requests_per_process:
             raise SyscallError("EAGAIN", f"process {proc.pid} already has {len(proc.requests)} requests in flight "
@@ -350,7 +354,8 @@ class Kernel:
         loop = asyncio.get_running_loop()
         req = Request(next(self._rids), proc.pid, proc.identity, ctx.routing, ctx.client_id, call, entry.name,
                       entry.device, payload, loop.create_future(), stream, priority,
-                      None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq))
+                      None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq),
+                      share=proc.pid if share is None else share)
         proc.requests[ctx.client_id] = req
         self.requests[req.rid] = req
         entry.in_use += 1
@@ -382,7 +387,7 @@ class Kernel:
             req.state = "running"
             running[req.rid] = req
             self.supervisor.send(device, {"op": "submit", "rid": req.rid, "model": req.model, **req.payload,
-                                          "cut_in": sched.may_cut_in(req.pid)})
+                                          "cut_in": sched.may_cut_in(req.share)})
 
     def end_request(self, req: Request, error: SyscallError | None = None, result: dict | None = None,
                     notify: bool = True) -> None:
@@ -465,10 +470,10 @@ class Kernel:
                 continue   # cancelled or reaped while the step ran
             if tokens:
                 req.completion_tokens += tokens
-                proc = self.procs.get(req.pid)
+                proc = self.procs.get(req.share)
                 if proc is not None:
                     proc.tokens += tokens
-                self.schedulers[req.device].charge(req.pid, tokens)
+                self.schedulers[req.device].charge(req.share, tokens)
             if delta:
                 req.text.append(delta)
                 if req.stream:
@@ -479,7 +484,7 @@ class Kernel:
                 self.end_request(req, SyscallError(error[0], error[1]))
                 continue
             if usage:
-                self.schedulers[req.device].charge(req.pid, usage.get("prompt_tokens", 0))
+                self.schedulers[req.device].charge(req.share, usage.get("prompt_tokens", 0))
             self.end_request(req, result={"text": "".join(req.text), "finish_reason": finish, "model": req.model,
                                           "usage": usage or {"prompt_tokens": 0, "completion_tokens": req.completion_tokens}})
 

@@ -21,7 +21,8 @@ class Process:
     requests: dict[int, "Request"] = field(default_factory=dict)   # by the client's frame id
     reservations: dict[int, tuple[str, int]] = field(default_factory=dict)  # handle -> (device, bytes)
     models: set[str] = field(default_factory=set)                  # model references held
-    tokens: int = 0                  # tokens generated for it, ever
+    tokens: int = 0                  # tokens generated for it, ever (by services it called too)
+    serves_calls: bool = False       # the kernel's service host: may infer for the callers of svc_call
 
     @property
     def reserved_bytes(self) -> int:

@@ -22,6 +22,7 @@ class Request:
     priority: int = 0
     deadline: float | None = None  # monotonic seconds
     seq: int = 0                  # arrival order, for FIFO among equals
+    share: int = 0                # pid it is scheduled and accounted as: pid, or the caller a service serves
     state: str = "queued"         # queued | running | done
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0

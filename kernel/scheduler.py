@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 
 
 class Schedulable(Protocol):
-    pid: int
+    share: int      # the pid whose fair share it counts against (a service's caller, not the host)
     priority: int
     deadline: float | None
     seq: int
@@ -45,13 +45,13 @@ class FairScheduler:
         self._weight[pid] = max(weight, 1e-6)
 
     def enqueue(self, req: Schedulable) -> None:
-        if not self._queues[req.pid] and not self._running[req.pid]:
-            self._rejoin(req.pid)
+        if not self._queues[req.share] and not self._running[req.share]:
+            self._rejoin(req.share)
         deadline = req.deadline if req.deadline is not None else float("inf")
-        heapq.heappush(self._queues[req.pid], ((-req.priority, deadline, req.seq), next(self._tiebreak), req))
+        heapq.heappush(self._queues[req.share], ((-req.priority, deadline, req.seq), next(self._tiebreak), req))
 
     def remove(self, req: Schedulable) -> bool:
-        queue = self._queues.get(req.pid)
+        queue = self._queues.get(req.share)
         if not queue:
             return False
         for i, entry in enumerate(queue):
@@ -85,7 +85,7 @@ class FairScheduler:
 
     def finished(self, req: Schedulable) -> None:
         """A request admitted by pop_next left the device."""
-        self._running[req.pid] = max(0, self._running[req.pid] - 1)
+        self._running[req.share] = max(0, self._running[req.share] - 1)
 
     def charge(self, pid: int, tokens: int) -> None:
         self._vtime[pid] += tokens / self._weight[pid]

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from llmos.specs.protocol import ERRNOS, runtime_dir
+from llmos.specs.protocol import ERRNOS, SERVICE_TOKEN_ENV, runtime_dir
 
 from . import logs
 from .errors import SyscallError, ecanceled, eio
@@ -41,9 +41,10 @@ class ServiceSupervisor(Supervisor):
 
     role = "services"
 
-    def __init__(self, ctx, endpoint: str, kernel_socket: str, on_message, on_down, on_up):
+    def __init__(self, ctx, endpoint: str, kernel_socket: str, service_token: str, on_message, on_down, on_up):
         super().__init__(ctx, endpoint, on_message, on_down, on_up)
         self.kernel_socket = kernel_socket
+        self.service_token = service_token
         self.reloading = False      # the next exit is a restart asked for by svc_reload, not a crash
         self.restarts = 0
 
@@ -53,7 +54,8 @@ class ServiceSupervisor(Supervisor):
         drv.started = drv.last_heard = time.monotonic()
         drv.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket,
-            env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            env=dict(os.environ, **{SERVICE_TOKEN_ENV: self.service_token}), stdin=asyncio.subprocess.DEVNULL,
+            start_new_session=True)
         log.info(f"{self.role}.spawned", os_pid=drv.proc.pid)
         asyncio.create_task(self._wait_exit(drv, drv.proc))
 
@@ -99,7 +101,7 @@ class ServiceHost:
             return
         endpoint = f"ipc://{runtime_dir()}/services-{os.getpid()}.sock"
         self.supervisor = ServiceSupervisor(self.k.ctx, endpoint, _local_url(self.k.settings.socket),
-                                            self._message, self._down, self._up)
+                                            self.k.service_token, self._message, self._down, self._up)
         await self.supervisor.start([HOST_ID])
 
     def begin_close(self) -> None:

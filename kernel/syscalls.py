@@ -8,6 +8,7 @@ coroutines run as their own task, for calls that wait on a driver or the disk.
 
 from __future__ import annotations
 
+import secrets
 import time
 
 from llmos.drivers import registry
@@ -39,7 +40,11 @@ def sys_hello(k: Kernel, ctx: CallContext, args: dict) -> dict:
             raise SyscallError("EPERM", f"capabilities not grantable here: {', '.join(denied)}; "
                                         f"grantable: {', '.join(k.settings.grantable_caps)}")
         caps = frozenset(wanted)
+    token = args["service_token"]
+    if token is not None and not secrets.compare_digest(token, k.service_token):
+        raise SyscallError("EPERM", "hello: wrong service_token (only the kernel's own service host has one)")
     proc = k.procs.register(ctx.routing[0], name, caps)
+    proc.serves_calls = token is not None
     return {"pid": proc.pid, "name": name, "caps": sorted(caps), "abi": ABI_VERSION, "kernel": KERNEL_VERSION,
             "heartbeat_s": k.settings.heartbeat_s, "max_frame": MAX_FRAME_BYTES,
             "default_model": k.settings.default_model}
@@ -194,14 +199,27 @@ async def sys_infer(k: Kernel, ctx: CallContext, args: dict) -> dict:
     stop = stop or []
     if len(stop) > 16 or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in stop):
         raise einval("infer: 'stop' must be up to 16 non-empty strings of at most 256 characters")
+    share = _caller_served(k, ctx, args["for_call"])
     entry = await model_for(k, ctx, args["model"], "generate")
     payload = {"prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
                "stop": stop, "seed": args["seed"], "priority": args["priority"]}
     req = k.new_request(ctx, "infer", entry, payload, stream=args["stream"], priority=args["priority"],
-                        deadline_s=args["deadline"])
+                        deadline_s=args["deadline"], share=share)
     k.submit(req)
     return await req.future
+
+
+def _caller_served(k: Kernel, ctx: CallContext, for_call: int | None) -> int | None:
+    """The pid a generation counts against when the service host runs it for an svc_call."""
+    if for_call is None:
+        return None
+    if not ctx.proc.serves_calls:
+        raise SyscallError("EPERM", "infer: only the kernel's service host may pass 'for_call'")
+    call = k.services.calls.get(for_call)
+    if call is None:
+        raise enoent(f"infer: no svc_call {for_call} is in flight (it ended, or never was)")
+    return call.pid
 
 
 async def sys_embed(k: Kernel, ctx: CallContext, args: dict) -> dict:

@@ -31,7 +31,7 @@ import zmq
 import zmq.asyncio
 
 from llmos.specs.abi import ArgError
-from llmos.specs.protocol import ERRNOS, pack, unpack
+from llmos.specs.protocol import ERRNOS, SERVICE_TOKEN_ENV, pack, unpack
 from llmos.userland.client import AsyncClient, LLMOSError
 
 from . import plugins
@@ -54,7 +54,7 @@ class TaskContext:
         self._cid = cid
         self._loop = asyncio.get_running_loop()
         self._deadline_at = None if deadline is None else time.monotonic() + deadline
-        self.kernel: AsyncClient = host.client
+        self.kernel = ForCaller(host.client, cid) if host.client.service_token else host.client
         self.service = service
         self.caller = caller
         self.stream = stream
@@ -85,6 +85,25 @@ class TaskContext:
         if _on_loop(self._loop):
             raise RuntimeError("ctx.run is for plain tasks on a worker thread; an async task awaits instead")
         return asyncio.run_coroutine_threadsafe(awaitable, self._loop).result()
+
+
+class ForCaller:
+    """The host's kernel client as one task sees it: the generations it asks for carry the call's
+    id (`for_call`), so the fair scheduler counts them against the program that called the task,
+    not against the service host that every program's calls share."""
+
+    def __init__(self, client: AsyncClient, cid: int):
+        self._client = client
+        self._cid = cid
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    async def infer(self, *args, **kwargs) -> dict:
+        return await self._client.infer(*args, **{"for_call": self._cid, **kwargs})
+
+    async def stream(self, *args, **kwargs):
+        return await self._client.stream(*args, **{"for_call": self._cid, **kwargs})
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -118,7 +137,8 @@ class ServiceHost:
     async def run(self) -> None:
         started = time.monotonic()
         self.catalog = plugins.load()
-        self.client = AsyncClient(self.kernel_socket, name=PROGRAM_NAME, timeout=None)
+        self.client = AsyncClient(self.kernel_socket, name=PROGRAM_NAME, timeout=None,
+                                  service_token=os.environ.get(SERVICE_TOKEN_ENV))
         await self.client.connect()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, HOST_ID)

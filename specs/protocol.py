@@ -19,6 +19,7 @@ KERNEL_VERSION = "0.1.0"
 # A frame larger than this is dropped by ZeroMQ itself (ZMQ_MAXMSGSIZE) before we see it.
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 NOTICE_ID = 0
+SERVICE_TOKEN_ENV = "LLMOS_SERVICE_TOKEN"   # the kernel hands its service host the hello service_token here
 
 # errno names users know, with what each means in llmos.
 ERRNOS = {

@@ -12,6 +12,10 @@ class Req:
     deadline: float | None = None
     seq: int = 0
 
+    @property
+    def share(self) -> int:
+        return self.pid
+
 
 class Clock:
     def __init__(self):

@@ -217,6 +217,32 @@ def test_tasks_reach_the_kernel_through_syscalls_in_a_region_private_to_the_call
     assert r == {"region": f"svc/misbehave/{client.info['name']}/notes", "value": "v"}
 
 
+def test_generation_a_task_asks_for_counts_against_the_caller_not_the_host(client):
+    def tokens_of(name):
+        return next(p["tokens"] for p in client.ps() if p["name"] == name)
+    host_before, mine_before = tokens_of("llmos-services"), tokens_of(client.info["name"])
+    usage = client.svc_call("misbehave", "generate", {"tokens": 5})["usage"]
+    assert usage["completion_tokens"] >= 1
+    assert tokens_of(client.info["name"]) - mine_before == usage["completion_tokens"]
+    assert tokens_of("llmos-services") == host_before
+
+
+def test_only_the_service_host_may_infer_for_a_call(client, svc_kernel):
+    import asyncio
+
+    from llmos.userland import AsyncClient
+
+    assert errno_of(client.infer, prompt="x", max_tokens=2, for_call=1) == "EPERM"
+
+    async def impostor():
+        async with AsyncClient(svc_kernel.socket, name="impostor", service_token="guess"):
+            pass
+
+    with pytest.raises(LLMOSError) as info:
+        asyncio.run(impostor())
+    assert info.value.errno == "EPERM"
+
+
 def test_svc_reload_needs_admin(client):
     assert errno_of(client.svc_reload) == "EPERM"
 

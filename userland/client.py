@@ -94,10 +94,11 @@ class Stream:
 
 class AsyncClient:
     def __init__(self, socket: str | None = None, name: str | None = None, caps: list[str] | None = None,
-                 timeout: float | None = 60.0):
+                 timeout: float | None = 60.0, service_token: str | None = None):
         self.socket_url = socket or default_socket()
         self.name = name or f"client-{os.getpid()}"
         self.caps = caps
+        self.service_token = service_token   # the kernel's service host only
         self.timeout = timeout     # for calls other than infer/load_model; None waits forever
         self.pid: int | None = None
         self.info: dict = {}
@@ -123,7 +124,10 @@ class AsyncClient:
         self._sock.connect(self.socket_url)
         self._reader = asyncio.create_task(self._read_loop())
         try:
-            self.info = await self._call("hello", {"name": self.name, "caps": self.caps}, CONNECT_TIMEOUT_S)
+            hello = {"name": self.name, "caps": self.caps}
+            if self.service_token is not None:
+                hello["service_token"] = self.service_token
+            self.info = await self._call("hello", hello, CONNECT_TIMEOUT_S)
         except asyncio.TimeoutError:
             await self._teardown()
             raise KernelUnavailable(f"no kernel answered on {self.socket_url} within {CONNECT_TIMEOUT_S:.0f}s") from None
@@ -244,16 +248,18 @@ class AsyncClient:
     async def infer(self, prompt: str | None = None, messages: list[dict] | None = None, model: str | None = None,
                     max_tokens: int = 256, temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0,
                     stop: str | list[str] | None = None, seed: int | None = None, priority: int = 0,
-                    deadline: float | None = None) -> dict:
-        args = _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline)
+                    deadline: float | None = None, for_call: int | None = None) -> dict:
+        args = _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline,
+                           for_call)
         return await self._call("infer", args, None)
 
     async def stream(self, prompt: str | None = None, messages: list[dict] | None = None, model: str | None = None,
                      max_tokens: int = 256, temperature: float = 0.7, top_p: float = 1.0, top_k: int = 0,
                      stop: str | list[str] | None = None, seed: int | None = None, priority: int = 0,
-                     deadline: float | None = None) -> Stream:
+                     deadline: float | None = None, for_call: int | None = None) -> Stream:
         """infer with stream=true: returns a Stream to iterate for deltas."""
-        args = _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline)
+        args = _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline,
+                           for_call)
         return await self._open_stream("infer", args)
 
     async def _open_stream(self, call: str, args: dict) -> Stream:
@@ -304,10 +310,14 @@ class AsyncClient:
         return await self._call("svc_reload", {"drain": drain}, None)
 
 
-def _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline) -> dict:
-    return {"prompt": prompt, "messages": messages, "model": model, "max_tokens": max_tokens,
+def _infer_args(prompt, messages, model, max_tokens, temperature, top_p, top_k, stop, seed, priority, deadline,
+                for_call) -> dict:
+    args = {"prompt": prompt, "messages": messages, "model": model, "max_tokens": max_tokens,
             "temperature": temperature, "top_p": top_p, "top_k": top_k, "stop": stop, "seed": seed,
             "priority": priority, "deadline": deadline}
+    if for_call is not None:
+        args["for_call"] = for_call
+    return args
 
 
 _STREAMS = ("stream", "svc_stream")   # return a Stream: wrapped by Client as a SyncStream

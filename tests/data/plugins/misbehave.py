@@ -49,6 +49,11 @@ async def remember(ctx, key: str, value: str):
     return {"region": region, "value": (await ctx.kernel.memread(region, key))["value"]}
 
 
+async def generate(ctx, tokens: int = 4):
+    out = await ctx.kernel.infer(prompt="hello", max_tokens=tokens, temperature=0.0)
+    return {"usage": out["usage"]}
+
+
 @hookimpl
 def register_services(register):
     register("misbehave", {
@@ -65,4 +70,6 @@ def register_services(register):
                           "mode": {"type": "str", "default": "plain", "choices": ["plain", "fancy"]}}),
         "remember": Task(remember, "Write and read back a value in the caller's region.",
                          args={"key": {"type": "str"}, "value": {"type": "str"}}),
+        "generate": Task(generate, "Generate a few tokens through the kernel.",
+                         args={"tokens": {"type": "int", "default": 4, "min": 1, "max": 64}}),
     }, description="Tasks that fail on purpose, for the service host's tests.")
