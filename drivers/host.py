@@ -3,7 +3,8 @@
 It owns the device's loaded models and their engines, and speaks a small private protocol
 with the kernel over a DEALER socket (see specs/ABI.md, "Driver channel"). The loop polls
 the socket, then advances every engine that has work by one step, and sends all the step's
-token deltas in one message. Model loads run on a thread, so a load never holds up requests
+token deltas in one message. A step pauses between layers: there the driver takes in new
+submissions (a short cut-in prompt may run right away) and keeps the rest for the step's end. Model loads run on a thread, so a load never holds up requests
 to models already loaded.
 
     python -m llmos.drivers.host --connect ipc://... --device cpu
@@ -242,8 +243,8 @@ def serve(connect: str, device: str, dtype: str = "auto") -> None:
     while True:
         if os.getppid() != parent:
             return   # the kernel died without telling us: nothing left to serve
-        timeout = 0 if driver.has_work() else 20
         pending, deferred[:] = deferred[:], []
+        timeout = 0 if driver.has_work() or pending else 20
         if poller.poll(timeout):
             pending += receive()
         if not all(handle(msg) for msg in pending):
