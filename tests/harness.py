@@ -9,7 +9,21 @@ import sys
 import time
 from pathlib import Path
 
-from llmos.userland import Client, KernelUnavailable
+import pytest
+
+from llmos.userland import Client, KernelUnavailable, LLMOSError
+
+
+def raised(fn, *args, **kwargs) -> LLMOSError:
+    """The LLMOSError that fn(*args, **kwargs) must raise."""
+    with pytest.raises(LLMOSError) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+def errno_of(fn, *args, **kwargs) -> str:
+    """The errno of the LLMOSError that fn(*args, **kwargs) must raise."""
+    return raised(fn, *args, **kwargs).errno
 
 
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:

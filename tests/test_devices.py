@@ -4,11 +4,10 @@ import json
 import shutil
 import struct
 import threading
-import time
 
 import pytest
 
-from llmos.userland import LLMOSError
+from harness import errno_of, raised
 
 
 @pytest.fixture
@@ -33,19 +32,14 @@ def fake_huge_model(path) -> str:
     return str(path)
 
 
-def errno_of(fn, *args, **kw):
-    with pytest.raises(LLMOSError) as info:
-        fn(*args, **kw)
-    return info.value.errno, info.value.message
-
 
 def test_a_model_that_can_never_fit_fails_at_once_and_evicts_nothing(small_device, tmp_path, tiny_llama):
     second = copy_model(tiny_llama, tmp_path / "second")
     with small_device.client("loader") as c:
         c.load_model(second)
         c.unload_model(second)     # idle now: evictable, but the huge load must not evict it
-        errno, message = errno_of(c.load_model, fake_huge_model(tmp_path / "huge"))
-        assert errno == "ENOMEM" and "never fit" in message
+        error = raised(c.load_model, fake_huge_model(tmp_path / "huge"))
+        assert error.errno == "ENOMEM" and "never fit" in error.message
         assert second in [m["name"] for m in c.models()["loaded"]]
 
 
@@ -54,8 +48,8 @@ def test_loading_evicts_idle_models_to_make_room(small_device, tmp_path, tiny_ll
     third = copy_model(tiny_llama, tmp_path / "third")
     with small_device.client("loader") as c:
         c.load_model(second)
-        errno, message = errno_of(c.load_model, third)     # second is referenced: nothing to evict
-        assert errno == "ENOMEM" and "free" in message
+        error = raised(c.load_model, third)     # second is referenced: nothing to evict
+        assert error.errno == "ENOMEM" and "free" in error.message
         c.unload_model(second)
         c.load_model(third)
         names = [m["name"] for m in c.models()["loaded"]]
@@ -69,7 +63,7 @@ def test_alloc_gpu_is_admitted_against_models_and_evicts_idle_ones(small_device,
     with small_device.client("allocator") as c:
         c.load_model(second)
         free = c.devices()[0]["free_bytes"]
-        assert errno_of(c.alloc_gpu, free + (40 << 20), device="cpu")[0] == "ENOMEM"
+        assert errno_of(c.alloc_gpu, free + (40 << 20), device="cpu") == "ENOMEM"
         c.unload_model(second)
         r = c.alloc_gpu(free + (40 << 20), device="cpu")
         assert second not in [m["name"] for m in c.models()["loaded"]]
@@ -81,7 +75,7 @@ def test_evicting_a_model_someone_else_uses_is_ebusy(small_device, tmp_path, tin
     with small_device.client("a") as a, small_device.client("b") as b:
         a.load_model(second)
         b.load_model(second)
-        assert errno_of(a.unload_model, second, evict=True)[0] == "EBUSY"
+        assert errno_of(a.unload_model, second, evict=True) == "EBUSY"
         b.unload_model(second)
         assert a.unload_model(second, evict=True)["unloaded"] is True
 

@@ -10,7 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from harness import KernelProcess
+from harness import KernelProcess, errno_of
 from llmos.userland import AsyncClient, LLMOSError
 
 N = 1000
@@ -24,11 +24,6 @@ def entry_text(i: int) -> str:
     """1000 different sentences: every (colour, thing, city) once."""
     return f"A {COLOURS[i % 10]} {THINGS[i // 10 % 10]} was sold in {CITIES[i // 100]} for {10 + i} euros."
 
-
-def errno_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(LLMOSError) as info:
-        fn(*args, **kwargs)
-    return info.value.errno
 
 
 async def write_entries(socket: str, name: str, region: str, model: str, ids) -> None:

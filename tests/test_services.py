@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import KernelProcess, wait_until
+from harness import KernelProcess, errno_of, wait_until
 from llmos.services import Task, hookimpl, plugins
 from llmos.userland import LLMOSError
 
@@ -38,11 +38,6 @@ def host_up(client) -> dict:
     assert wait_until(lambda: client.svc_list()["host"]["state"] == "up", timeout=30)
     return client.svc_list()
 
-
-def errno_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(LLMOSError) as info:
-        fn(*args, **kwargs)
-    return info.value.errno
 
 
 @pytest.fixture(scope="module")

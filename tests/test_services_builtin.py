@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import KernelProcess
-from llmos.userland import LLMOSError
+from harness import KernelProcess, errno_of, raised
 
 DATA = Path(__file__).resolve().parent / "data"
 KB_DIR = DATA / "kb"
 TEXT = (DATA / "kb" / "shipping.md").read_text() + "\n\n" + (DATA / "kb" / "returns.md").read_text()
 
-
-def errno_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(LLMOSError) as info:
-        fn(*args, **kwargs)
-    return info.value.errno
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +224,8 @@ def test_abstractive_summary_is_checked_against_the_source(real):
 
 @pytest.mark.real_model
 def test_translate_refuses_what_the_default_model_cannot_do(real):
-    with pytest.raises(LLMOSError) as info:
-        real.svc_call("translate", "text", {"text": "Ma commande n'est pas encore arrivée.", "target": "en"})
-    assert info.value.errno == "EINVAL" and "best_effort" in info.value.message
+    error = raised(real.svc_call, "translate", "text", {"text": "Ma commande n'est pas encore arrivée.", "target": "en"})
+    assert error.errno == "EINVAL" and "best_effort" in error.message
     draft = real.svc_call("translate", "text", {"text": "Le magasin est ouvert.", "target": "en", "best_effort": True})
     assert draft["reliable"] is False and draft["source"] == "fr"
     assert real.svc_call("translate", "languages", {})["pairs"] == []

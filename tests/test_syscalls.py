@@ -2,13 +2,8 @@
 
 import pytest
 
+from harness import errno_of
 from llmos.userland import LLMOSError
-
-
-def errno_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(LLMOSError) as info:
-        fn(*args, **kwargs)
-    return info.value.errno
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import os
 import threading
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, Iterator
 
 import zmq
 import zmq.asyncio
