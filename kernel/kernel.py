@@ -342,9 +342,11 @@ class Kernel:
 
     # -- requests --------------------------------------------------------------------------------
 
-    def new_request(self, ctx: CallContext, call: str, entry: ModelEntry, payload: dict, *, stream=False,
-                    priority=0, deadline_s: float | None = None, share: int | None = None) -> Request:
-        """A request of ctx's process; share: the pid it is scheduled and accounted as (default: its own)."""
+    def new_request(self, ctx: CallContext, call: str, entry: ModelEntry | None, payload: dict, *, stream=False,
+                    priority=0, deadline_s: float | None = None, share: int | None = None,
+                    device: str | None = None) -> Request:
+        """A request of ctx's process, on entry's model and device (or, without a model, on device);
+        share: the pid it is scheduled and accounted as (default: its own)."""
         proc = ctx.proc
         if len(proc.requests) >= self.settings.max_requests_per_process:
             raise SyscallError("EAGAIN", f"process {proc.pid} already has {len(proc.requests)} requests in flight "
@@ -352,14 +354,15 @@ class Kernel:
         if ctx.client_id in proc.requests:
             raise SyscallError("EINVAL", f"request id {ctx.client_id} is already in flight; use a new id per request")
         loop = asyncio.get_running_loop()
-        req = Request(next(self._rids), proc.pid, proc.identity, ctx.routing, ctx.client_id, call, entry.name,
-                      entry.device, payload, loop.create_future(), stream, priority,
-                      None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq),
+        req = Request(next(self._rids), proc.pid, proc.identity, ctx.routing, ctx.client_id, call,
+                      entry.name if entry else "", entry.device if entry else device, payload, loop.create_future(),
+                      stream, priority, None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq),
                       share=proc.pid if share is None else share)
         proc.requests[ctx.client_id] = req
         self.requests[req.rid] = req
-        entry.in_use += 1
-        entry.last_used = time.monotonic()
+        if entry is not None:
+            entry.in_use += 1
+            entry.last_used = time.monotonic()
         if deadline_s is not None:
             req.timer = loop.call_later(deadline_s, self._deadline_passed, req)
         return req

@@ -124,22 +124,10 @@ class ServiceHost:
     # -- calls -----------------------------------------------------------------------------------
 
     async def call(self, ctx: "CallContext", args: dict) -> dict:
-        k, proc = self.k, ctx.proc
-        if len(proc.requests) >= k.settings.max_requests_per_process:
-            raise SyscallError("EAGAIN", f"process {proc.pid} already has {len(proc.requests)} requests in flight "
-                                         f"(limit {k.settings.max_requests_per_process}); wait for some to finish")
-        if ctx.client_id in proc.requests:
-            raise SyscallError("EINVAL", f"request id {ctx.client_id} is already in flight; use a new id per request")
-        loop = asyncio.get_running_loop()
-        deadline = args["deadline"]
-        req = Request(next(k._rids), proc.pid, proc.identity, ctx.routing, ctx.client_id, "svc_call", "", HOST_ID,
-                      {"service": args["service"], "task": args["task"]}, loop.create_future(), args["stream"],
-                      deadline=None if deadline is None else time.monotonic() + deadline, seq=next(k._seq))
+        proc = ctx.proc
+        req = self.k.new_request(ctx, "svc_call", None, {"service": args["service"], "task": args["task"]},
+                                 stream=args["stream"], deadline_s=args["deadline"], device=HOST_ID)
         req.state = "service"        # neither queued at nor running on a device: end_request leaves those alone
-        proc.requests[ctx.client_id] = req
-        k.requests[req.rid] = req
-        if deadline is not None:
-            req.timer = loop.call_later(deadline, k._deadline_passed, req)
         req.future.add_done_callback(lambda _f: self._finished(req))
         if not await self._wait_up(req):
             return await req.future
@@ -150,7 +138,7 @@ class ServiceHost:
             "deadline": None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
             "caller": {"pid": proc.pid, "name": proc.name}})
         if not sent:
-            k.end_request(req, eio("the service host went away before the call reached it; retry"))
+            self.k.end_request(req, eio("the service host went away before the call reached it; retry"))
         return await req.future
 
     async def _wait_up(self, req: Request) -> bool:

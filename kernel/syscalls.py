@@ -17,6 +17,7 @@ from llmos.specs.protocol import ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
 from . import services
 from .errors import SyscallError, ebusy, einval, enoent, enomem
 from .kernel import CallContext, Kernel
+from .models import ModelEntry
 
 _ROLES = ("system", "user", "assistant", "tool")
 
@@ -162,7 +163,7 @@ def sys_unload_model(k: Kernel, ctx: CallContext, args: dict) -> dict:
 
 # -- inference ----------------------------------------------------------------------------------
 
-async def model_for(k: Kernel, ctx: CallContext, name: str | None, kind: str) -> "ModelEntry":
+async def model_for(k: Kernel, ctx: CallContext, name: str | None, kind: str) -> ModelEntry:
     if name is None:
         name = k.settings.default_model
         if name is None:
