@@ -42,28 +42,16 @@ class ServiceSupervisor(Supervisor):
     role = "services"
 
     def __init__(self, ctx, endpoint: str, kernel_socket: str, service_token: str, on_message, on_down, on_up):
-        super().__init__(ctx, endpoint, on_message, on_down, on_up)
+        super().__init__(ctx, endpoint, on_message, on_down, on_up, child_env={SERVICE_TOKEN_ENV: service_token})
         self.kernel_socket = kernel_socket
-        self.service_token = service_token
         self.reloading = False      # the next exit is a restart asked for by svc_reload, not a crash
         self.restarts = 0
 
-    async def _spawn(self, drv: DriverHandle) -> None:
-        drv.up.clear()
-        drv.info = {}
-        drv.started = drv.last_heard = time.monotonic()
-        drv.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket,
-            env=dict(os.environ, **{SERVICE_TOKEN_ENV: self.service_token}), stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True)
-        log.info(f"{self.role}.spawned", os_pid=drv.proc.pid)
-        asyncio.create_task(self._wait_exit(drv, drv.proc))
+    def _command(self, drv: DriverHandle) -> list[str]:
+        return [sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket]
 
-    async def _wait_exit(self, drv: DriverHandle, proc) -> None:
-        code = await proc.wait()
-        if self._closing or drv.proc is not proc:
-            return
-        await self._crashed(drv, f"the service host exited with code {code} (a plugin crashed it, or it was killed)")
+    def _exit_reason(self, drv: DriverHandle, code: int) -> str:
+        return f"the service host exited with code {code} (a plugin crashed it, or it was killed)"
 
     async def _crashed(self, drv: DriverHandle, why: str) -> None:
         if drv.state in ("restarting", "down"):

@@ -49,12 +49,12 @@ class Supervisor:
                  on_message: Callable[[DriverHandle, dict], None],
                  on_down: Callable[[DriverHandle, str], Awaitable[None]],
                  on_up: Callable[[DriverHandle], Awaitable[None]],
-                 driver_env: dict[str, str] | None = None, dtype: str = "auto"):
+                 child_env: dict[str, str] | None = None, dtype: str = "auto"):
         self.endpoint = endpoint
         self.on_message = on_message
         self.on_down = on_down
         self.on_up = on_up
-        self.driver_env = driver_env or {}
+        self.child_env = child_env or {}
         self.dtype = dtype
         self.drivers: dict[str, DriverHandle] = {}
         self.sock = ctx.socket(zmq.ROUTER)
@@ -80,14 +80,19 @@ class Supervisor:
         except zmq.ZMQError:
             return False
 
+    def _command(self, drv: DriverHandle) -> list[str]:
+        return [sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device,
+                "--dtype", self.dtype]
+
+    def _exit_reason(self, drv: DriverHandle, code: int) -> str:
+        return f"driver process for {drv.device} exited with code {code}"
+
     async def _spawn(self, drv: DriverHandle) -> None:
-        env = dict(os.environ, **self.driver_env)
         drv.up.clear()
         drv.info = {}
         drv.started = drv.last_heard = time.monotonic()
         drv.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device, "--dtype", self.dtype,
-            env=env, stdin=asyncio.subprocess.DEVNULL,
+            *self._command(drv), env=dict(os.environ, **self.child_env), stdin=asyncio.subprocess.DEVNULL,
             start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
         log.info(f"{self.role}.spawned", device=drv.device, os_pid=drv.proc.pid)
         asyncio.create_task(self._wait_exit(drv, drv.proc))
@@ -96,7 +101,7 @@ class Supervisor:
         code = await proc.wait()
         if self._closing or drv.proc is not proc:
             return
-        await self._crashed(drv, f"driver process for {drv.device} exited with code {code}")
+        await self._crashed(drv, self._exit_reason(drv, code))
 
     async def _crashed(self, drv: DriverHandle, why: str) -> None:
         if drv.state in ("restarting", "down"):
