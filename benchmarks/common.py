@@ -228,7 +228,11 @@ def log(msg: str) -> None:
 # --- models ----------------------------------------------------------------------------------------
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: its docstring's first paragraph as the description and the
+    rest as the epilog, the options every benchmark shares (model, device, dtype, ...) and --quick."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help=f"registry name or path of a transformers folder / .gguf file; 'tiny' builds a 2-layer "
                         f"random model (tests/tiny.py) in a temp dir (default: {DEFAULT_MODEL}, or 'tiny' with --quick)")
@@ -242,6 +246,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model dtype for the kernel and every in-process method alike (default auto: what the "
                         "driver picks, bf16 on CUDA and on CPUs with native bf16, else fp32)")
     p.add_argument("--seed", type=int, default=0, help="seed for the prompts and lengths")
+    p.add_argument("--quick", action="store_true", help="a small run on the tiny model (unless --model is given)")
+    return p
 
 
 @contextlib.contextmanager

@@ -25,10 +25,7 @@ from common import Job, log, percentile  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_model_args(p)
-    p.add_argument("--quick", action="store_true", help="a small run on the tiny model (unless --model is given)")
+    p = common.parser(__doc__)
     p.add_argument("--heavy-requests", type=int, help="requests the heavy process submits at once (default 64)")
     p.add_argument("--heavy-prompt-tokens", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="heavy prompt lengths in tokens (default 20 400; 20 120 with --quick)")

@@ -30,10 +30,7 @@ from common import log, percentile  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_model_args(p)
-    p.add_argument("--quick", action="store_true", help="a small run on the tiny model (unless --model is given)")
+    p = common.parser(__doc__)
     p.add_argument("--pings", type=int, help="timed round trips per row (default 5000; 1000 with --quick)")
     p.add_argument("--warmup", type=int, default=500, help="untimed round trips before each row (default 500)")
     p.add_argument("--requests", type=int, help="requests in the generation comparison (default 64; 16 with --quick)")

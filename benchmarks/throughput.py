@@ -27,10 +27,7 @@ METHODS = ("kernel", "engine", "cb", "static", "hf")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    common.add_model_args(p)
-    p.add_argument("--quick", action="store_true", help="a small run on the tiny model (unless --model is given)")
+    p = common.parser(__doc__)
     p.add_argument("--clients", type=int, help="client processes (default 16; 4 with --quick)")
     p.add_argument("--requests", type=int, help="requests in all, dealt round-robin to the clients and all sent at "
                                                 "once (default 64; 16 with --quick; 256 with --gpu)")
