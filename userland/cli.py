@@ -132,14 +132,7 @@ def cmd_chat(args) -> int:
     messages = [{"role": "system", "content": args.system}] if args.system else []
     with _client(args, "llmos-chat") as c:
         print("llmos chat: empty line or Ctrl-D to quit, /reset to start over", file=sys.stderr)
-        while True:
-            try:
-                line = input("> ")
-            except EOFError:
-                print()
-                return 0
-            if not line.strip():
-                return 0
+        for line in _typed_lines("> "):
             if line.strip() == "/reset":
                 messages = messages[:1] if args.system else []
                 continue
@@ -155,6 +148,20 @@ def cmd_chat(args) -> int:
                 continue
             print()
             messages.append({"role": "assistant", "content": stream.result["text"]})
+    return 0
+
+
+def _typed_lines(prompt: str):
+    """Lines the user types, until an empty line or Ctrl-D."""
+    while True:
+        try:
+            line = input(prompt)
+        except EOFError:
+            print()
+            return
+        if not line.strip():
+            return
+        yield line
 
 
 def cmd_mem(args) -> int:
@@ -279,18 +286,12 @@ def cmd_support(args) -> int:
         print(f"knowledge base '{kb_name}': {len(r['documents'])} documents, {r['chunks']} chunks"
               + (f" ({len(r['skipped'])} files skipped)" if r["skipped"] else ""), file=sys.stderr)
         print(f"conversation {conversation}: type your question; empty line or Ctrl-D to quit", file=sys.stderr)
-        while True:
-            try:
-                line = input("you> ")
-            except EOFError:
-                print()
-                return 0
-            if not line.strip():
-                return 0
+        for line in _typed_lines("you> "):
             r = c.svc_call("support", "chat", {"conversation": conversation, "message": line, "kb": kb_name})
             print(f"agent> {r['reply']}")
             if r["handoff"]:
                 print(f"[handed off to a human: {r['handoff_reason']}]", file=sys.stderr)
+    return 0
 
 
 def cmd_demo(args) -> int:
