@@ -66,7 +66,7 @@ class TorchDriver(Driver):
     def load(self, name: str, spec: dict, kv_bytes: int) -> dict:
         from .engine import Engine
         from .loader import load
-        from .registry import ModelSpec
+        from llmos.specs.registry import ModelSpec
 
         started = time.monotonic()
         lm = load(ModelSpec(**spec), self.device, self.dtype)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .registry import ModelSpec
+from llmos.specs.registry import ModelSpec
 
 MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
 CHAT_ROLES = ("system", "user", "assistant", "tool")

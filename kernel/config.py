@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from llmos.drivers.registry import DEFAULT_MODEL
+from llmos.specs.registry import DEFAULT_MODEL
 from llmos.specs.protocol import default_socket
 
 DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")

@@ -18,7 +18,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
-from llmos.drivers import registry
+from llmos.specs import registry
 from llmos.specs import SYSCALLS, ArgError
 from llmos.specs.protocol import (ABI_VERSION, NOTICE_ID, FrameError, pack, reply_error, reply_ok, runtime_dir,
                                   unpack)

@@ -11,7 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-from llmos.drivers.registry import ModelSpec
+from llmos.specs.registry import ModelSpec
 
 
 @dataclass(eq=False)

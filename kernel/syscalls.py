@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from llmos.drivers import registry
+from llmos.specs import registry
 from llmos.specs.protocol import ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
 
 from . import services

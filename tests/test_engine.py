@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmos.drivers import registry
+from llmos.specs import registry
 from llmos.drivers.cuda_graphs import batch_sizes, padded_size
 from llmos.drivers.embedding import embed
 from llmos.drivers.engine import Engine, GenRequest, TextStream

@@ -1,7 +1,8 @@
 """Model names to model files, and how much memory a model will take: no torch here.
 
-The kernel uses this to admit a load against device memory before any driver touches it;
-the driver uses it to find the files. Names resolve in this order: the operator's config
+It lives in specs/ because both sides of the driver channel need it and neither may import
+the other: the kernel admits a load against device memory before any driver touches it, and
+the driver finds the files from the ModelSpec the kernel sends. Names resolve in this order: the operator's config
 (`[models.NAME]` with `path` and optional `gguf_file`), the packaged models, then a path to a
 transformers folder or a .gguf file.
 """
