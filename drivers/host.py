@@ -1,11 +1,11 @@
 """The driver process: one per device, started and supervised by the kernel.
 
-It owns the device's loaded models and their engines, and speaks a small private protocol
-with the kernel over a DEALER socket (see specs/ABI.md, "Driver channel"). The loop polls
-the socket, then advances every engine that has work by one step, and sends all the step's
-token deltas in one message. A step pauses between layers: there the driver takes in new
-submissions (a short cut-in prompt may run right away) and keeps the rest for the step's end. Model loads run on a thread, so a load never holds up requests
-to models already loaded.
+It owns the device's loaded models and their engines, and speaks the typed driver channel
+(specs/channel.py) with the kernel over a DEALER socket. The loop polls the socket, then
+advances every engine that has work by one step, and sends all the step's token events in one
+message. A step pauses between layers: there the driver takes in new submissions (a short
+cut-in prompt may run right away) and keeps the rest for the step's end. Model loads run on a
+thread, so a load never holds up requests to models already loaded.
 
     python -m llmos.drivers.host --connect ipc://... --device cpu
 """
@@ -18,7 +18,6 @@ import queue
 import signal
 import sys
 import threading
-import time
 import traceback
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,156 +25,101 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import zmq  # noqa: E402
 
-from llmos.specs.protocol import pack, unpack  # noqa: E402
+from llmos.specs import channel  # noqa: E402
+from llmos.specs.channel import ChannelError, DriverMessage  # noqa: E402
 
 from .interface import Driver  # noqa: E402
 
-
-# Sequences per step, tokens per step, and prompt tokens that may cut into a step. A GPU step
-# costs about the same at batch 256 as at 64, so it wants wide batches and big prefill chunks.
-# On two CPU cores a 256-token step does the most tokens per second (512 is slower per token:
-# the prefill attention grows faster than the matmuls), and a short interactive prompt cuts in.
-ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens": 64},
-                "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
+IDLE_POLL_MS = 20
+MID_STEP = (channel.Submit, channel.Ping)   # what a paused step takes in; the rest waits for its end
 
 
-class TorchDriver(Driver):
-    """Transformers models on torch, on one device (cpu or cuda:N)."""
+class DriverLoop:
+    """The driver's side of the channel: messages in, engine steps, events out."""
 
-    def __init__(self, device: str, dtype: str = "auto"):
-        import torch
+    def __init__(self, sock: zmq.Socket, driver: Driver):
+        self.sock = sock
+        self.driver = driver
+        self.loads: queue.Queue = queue.Queue()   # finished loads, from loader threads
+        self.deferred: list[DriverMessage] = []   # arrived while a step was paused
+        self.handlers = {channel.Submit: self._submit, channel.Cancel: lambda m: driver.cancel(m.rid),
+                         channel.Embed: self._embed, channel.Load: self._load,
+                         channel.Unload: lambda m: driver.unload(m.model),
+                         channel.Ping: lambda m: self.send(channel.Pong(m.t))}
 
-        from .loader import auto_dtype
+    def send(self, msg: DriverMessage) -> None:
+        self.sock.send(channel.encode(msg))
 
-        self.device = device
-        self.kind = "cuda" if device.startswith("cuda") else "cpu"
-        self.dtype = auto_dtype(device) if dtype == "auto" else dtype
-        self.torch = torch
-        self.engines: dict = {}        # model -> Engine (generate models)
-        self.embedders: dict = {}      # model -> LoadedModel (embedding models)
-        self.owner: dict[int, str] = {}  # rid -> model, for cancel
-
-    def memory(self) -> dict:
-        if self.device.startswith("cuda"):
-            free, total = self.torch.cuda.mem_get_info(self.torch.device(self.device))
-            return {"kind": "cuda", "total_bytes": int(total * 0.92), "free_bytes": int(free), "dtype": self.dtype}
-        total = _meminfo("MemTotal")
-        return {"kind": "cpu", "total_bytes": int(total * 0.75), "free_bytes": _meminfo("MemAvailable"),
-                "dtype": self.dtype}
-
-    def load(self, name: str, spec: dict, kv_bytes: int) -> dict:
-        from .engine import Engine
-        from .loader import load
-        from llmos.specs.registry import ModelSpec
-
-        started = time.monotonic()
-        lm = load(ModelSpec(**spec), self.device, self.dtype)
-        if lm.kind == "generate":
-            self.engines[name] = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[self.kind])
-        else:
-            self.embedders[name] = lm
-            kv_bytes = 0
-        return {"bytes": lm.bytes, "kv_bytes": kv_bytes, "context_length": lm.context_length,
-                "load_s": time.monotonic() - started, "kind": lm.kind}
-
-    def unload(self, name: str) -> None:
-        self.engines.pop(name, None)
-        self.embedders.pop(name, None)
-        if self.device.startswith("cuda"):
-            self.torch.cuda.empty_cache()
-
-    def submit(self, msg: dict) -> list | None:
-        """Queue a generation; returns an error event if it cannot run."""
-        from .engine import GenRequest
-        from .loader import encode_prompt
-
-        rid, model = msg["rid"], msg["model"]
-        engine = self.engines.get(model)
-        if engine is None:
-            return [rid, "", 0, "error", None, ["EIO", f"model '{model}' is not loaded on {self.device}"]]
-        try:
-            ids = encode_prompt(engine.lm, msg.get("prompt"), msg.get("messages"))
-        except ValueError as exc:
-            return [rid, "", 0, "error", None, ["EINVAL", str(exc)]]
-        ctx = engine.lm.context_length
-        if len(ids) >= ctx:
-            return [rid, "", 0, "error", None,
-                    ["EINVAL", f"the prompt is {len(ids)} tokens; model '{model}' takes at most {ctx - 1}"]]
-        engine.add(GenRequest(rid=rid, prompt_ids=ids, max_tokens=min(msg["max_tokens"], ctx - len(ids)),
-                              temperature=msg["temperature"], top_p=msg["top_p"], top_k=msg["top_k"],
-                              stop=msg["stop"], seed=msg["seed"], priority=msg.get("priority", 0),
-                              cut_in=bool(msg.get("cut_in", False))))
-        self.owner[rid] = model
-        return None
-
-    def cancel(self, rid: int) -> None:
-        model = self.owner.pop(rid, None)
-        if model in self.engines:
-            self.engines[model].cancel(rid)
-
-    def embed(self, msg: dict) -> dict:
-        from .embedding import embed
-
-        lm = self.embedders.get(msg["model"])
-        if lm is None:
-            raise LookupError(f"embedding model '{msg['model']}' is not loaded on {self.device}")
-        vectors, tokens = embed(lm, msg["input"], msg["normalize"])
-        return {"model": msg["model"], "dim": len(vectors[0]), "vectors": vectors, "usage": {"prompt_tokens": tokens}}
-
-    def has_work(self) -> bool:
-        return any(e.has_work() for e in self.engines.values())
-
-    def step(self, pause=None) -> list:
-        """One step of every busy engine; events as [rid, delta, tokens, finish, usage, error].
-
-        pause(events), if given, is called between slices of each step with the events of
-        any cut-in (often none): the moment to send them and to take in new submissions.
-        """
-        from .runner import run_to_end
-
-        out = []
-        for name, engine in list(self.engines.items()):
-            if not engine.has_work():
-                continue
+    def receive(self) -> list[DriverMessage]:
+        msgs = []
+        while self.sock.get(zmq.EVENTS) & zmq.POLLIN:
             try:
-                events = run_to_end(engine.step_slices(),
-                                    lambda cut_in: (pause or out.extend)(self._wire(cut_in)))
-            except Exception as exc:  # an engine bug fails its requests, not the driver
-                traceback.print_exc()
-                events = []
-                for rid in [r for r, m in self.owner.items() if m == name]:
-                    engine.cancel(rid)
-                    out.append([rid, "", 0, "error", None, ["EIO", f"engine failure: {exc}"]])
-            out += self._wire(events)
-        return out
+                msgs.append(channel.decode(self.sock.recv(), DriverMessage))
+            except ChannelError as exc:
+                print(f"driver: dropped a bad channel message: {exc}", file=sys.stderr)
+        return msgs
 
-    def _wire(self, events: list) -> list:
-        """Engine events as the driver channel carries them; ended requests are forgotten."""
-        out = []
-        for ev in events:
-            if ev.finish is None:
-                out.append([ev.rid, ev.delta, ev.tokens, None, None, None])
-                continue
-            self.owner.pop(ev.rid, None)
-            if ev.finish == "cancelled":
-                continue
-            if ev.finish == "error":
-                errno = "ENOMEM" if "KV" in ev.delta or "kv" in ev.delta else "EIO"
-                out.append([ev.rid, "", ev.tokens, "error", None, [errno, ev.delta]])
+    def handle(self, msg: DriverMessage) -> bool:
+        """Act on one message from the kernel; False once told to shut down."""
+        if isinstance(msg, channel.Shutdown):
+            return False
+        handler = self.handlers.get(type(msg))
+        if handler is not None:
+            handler(msg)
+        return True
+
+    def _submit(self, msg: channel.Submit) -> None:
+        failed = self.driver.submit(msg)
+        if failed is not None:
+            self.send(channel.Events([failed]))
+
+    def _embed(self, msg: channel.Embed) -> None:
+        try:
+            self.send(self.driver.embed(msg))
+        except Exception as exc:   # a bad batch fails its request, not the driver
+            traceback.print_exc()
+            self.send(channel.Error(msg.rid, "EIO", f"embedding failed: {exc.__class__.__name__}: {exc}"))
+
+    def _load(self, msg: channel.Load) -> None:
+        threading.Thread(target=self._load_in_thread, args=(msg,), daemon=True, name=f"load-{msg.model}").start()
+
+    def _load_in_thread(self, msg: channel.Load) -> None:
+        try:
+            self.loads.put(self.driver.load(msg))
+        except Exception as exc:
+            traceback.print_exc()
+            self.loads.put(channel.LoadFailed(msg.model, f"{exc.__class__.__name__}: {exc}"))
+
+    def pause(self, events: list) -> None:
+        """Between slices of a step: send cut-in events, take in submissions and pings."""
+        if events:
+            self.send(channel.Events(events))
+        for msg in self.receive():
+            if isinstance(msg, MID_STEP):
+                self.handle(msg)
             else:
-                out.append([ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage, None])
-        return out
+                self.deferred.append(msg)   # cancel, unload, ...: the step still uses what they free
 
-
-def _meminfo(field: str) -> int:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
+    def run(self, parent_pid: int) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while os.getppid() == parent_pid:   # else the kernel died without telling us: nothing to serve
+            pending, self.deferred = self.deferred, []
+            if poller.poll(0 if self.driver.has_work() or pending else IDLE_POLL_MS):
+                pending += self.receive()
+            if not all(self.handle(msg) for msg in pending):
+                return
+            while not self.loads.empty():
+                self.send(self.loads.get())
+            if self.driver.has_work():
+                events = self.driver.step(self.pause)
+                if events:
+                    self.send(channel.Events(events))
 
 
 def serve(connect: str, device: str, dtype: str = "auto") -> None:
+    from .torch_driver import TorchDriver
+
     # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
@@ -185,78 +129,13 @@ def serve(connect: str, device: str, dtype: str = "auto") -> None:
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(connect)
     driver = TorchDriver(device, dtype)
-    sock.send(pack({"op": "hello", "device": device, "pid": os.getpid(), **driver.memory()}))
-    loads: queue.Queue = queue.Queue()   # finished loads, from loader threads
-
-    def load_in_thread(msg: dict) -> None:
-        try:
-            info = driver.load(msg["model"], msg["spec"], msg.get("kv_bytes", 0))
-            loads.put({"op": "loaded", "model": msg["model"], **info})
-        except Exception as exc:
-            traceback.print_exc()
-            loads.put({"op": "load_failed", "model": msg["model"], "message": f"{exc.__class__.__name__}: {exc}"})
-
-    def receive() -> list[dict]:
-        msgs = []
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:
-            msgs.append(unpack(sock.recv()))
-        return msgs
-
-    def handle(msg: dict) -> bool:
-        """Act on one message from the kernel; False once told to shut down."""
-        op = msg.get("op")
-        if op == "submit":
-            err = driver.submit(msg)
-            if err:
-                sock.send(pack({"op": "events", "events": [err]}))
-        elif op == "cancel":
-            driver.cancel(msg["rid"])
-        elif op == "embed":
-            try:
-                sock.send(pack({"op": "result", "rid": msg["rid"], "result": driver.embed(msg)}))
-            except Exception as exc:
-                sock.send(pack({"op": "error", "rid": msg["rid"], "errno": "EIO", "message": str(exc)}))
-        elif op == "load":
-            threading.Thread(target=load_in_thread, args=(msg,), daemon=True, name=f"load-{msg['model']}").start()
-        elif op == "unload":
-            driver.unload(msg["model"])
-        elif op == "ping":
-            sock.send(pack({"op": "pong", "t": msg.get("t")}))
-        elif op == "shutdown":
-            return False
-        return True
-
-    deferred: list[dict] = []   # arrived while a step was paused, and must wait for its end
-
-    def pause(events: list) -> None:
-        """Between slices of a step: send cut-in events, take in submissions and pings."""
-        if events:
-            sock.send(pack({"op": "events", "events": events}))
-        for msg in receive():
-            if msg.get("op") in ("submit", "ping"):
-                handle(msg)
-            else:
-                deferred.append(msg)   # cancel, unload, ...: the step still uses what they free
-
-    poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN)
-    while True:
-        if os.getppid() != parent:
-            return   # the kernel died without telling us: nothing left to serve
-        pending, deferred[:] = deferred[:], []
-        timeout = 0 if driver.has_work() or pending else 20
-        if poller.poll(timeout):
-            pending += receive()
-        if not all(handle(msg) for msg in pending):
-            sock.close()
-            ctx.term()
-            return
-        while not loads.empty():
-            sock.send(pack(loads.get()))
-        if driver.has_work():
-            events = driver.step(pause)
-            if events:
-                sock.send(pack({"op": "events", "events": events}))
+    loop = DriverLoop(sock, driver)
+    loop.send(driver.hello())
+    try:
+        loop.run(parent)
+    finally:
+        sock.close()
+        ctx.term()
 
 
 def main(argv: list[str] | None = None) -> None:

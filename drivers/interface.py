@@ -1,45 +1,51 @@
-"""The driver interface: what the kernel needs from a device, whatever runs the models.
+"""The driver interface: what the driver process needs from a device, whatever runs the models.
 
-The torch driver (host.py) implements it for cpu and cuda; a remote driver or another
-runtime implements the same few methods and speaks the same driver channel.
+The torch driver (torch_driver.py) implements it for cpu and cuda; another runtime implements
+the same few methods and is served by the same loop (host.py) on the same typed channel
+(specs/channel.py), so the kernel cannot tell them apart.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import Callable
+
+from llmos.specs import channel
+from llmos.specs.channel import TokenEvent
 
 
 class Driver(ABC):
     device: str
 
     @abstractmethod
-    def memory(self) -> dict:
-        """{kind, total_bytes, free_bytes}: the budget this device offers the kernel."""
+    def hello(self) -> channel.Hello:
+        """What this device offers the kernel: its memory budget, dtype and batch width."""
 
     @abstractmethod
-    def load(self, name: str, spec: dict, kv_bytes: int) -> dict:
-        """Load a model (may be slow; called off the step loop). Returns {bytes, kv_bytes, context_length, load_s, kind}."""
+    def load(self, msg: channel.Load) -> channel.Loaded:
+        """Load a model (slow: called on a thread, off the step loop); raise to report a failed load."""
 
     @abstractmethod
-    def unload(self, name: str) -> None:
+    def unload(self, model: str) -> None:
         """Drop a model and its KV cache."""
 
     @abstractmethod
-    def submit(self, msg: dict) -> list | None:
-        """Queue a generation request; return an error event instead if it cannot run."""
+    def submit(self, msg: channel.Submit) -> TokenEvent | None:
+        """Queue a generation; return a failed TokenEvent instead if it cannot run."""
 
     @abstractmethod
     def cancel(self, rid: int) -> None:
         """Stop a generation and free its batch slot before the next step."""
 
     @abstractmethod
-    def embed(self, msg: dict) -> dict:
-        """Embedding vectors for msg['input'] with msg['model']."""
+    def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
+        """Embedding vectors for msg.input with msg.model."""
 
     @abstractmethod
     def has_work(self) -> bool:
         """True while any generation is queued or running."""
 
     @abstractmethod
-    def step(self) -> list:
-        """Advance every busy model by one step; one event per sequence that moved."""
+    def step(self, pause: Callable[[list[TokenEvent]], None] | None = None) -> list[TokenEvent]:
+        """Advance every busy model by one step; one event per sequence that moved. A step may call
+        pause(events) between its slices, to send early events and take in new submissions."""

@@ -40,3 +40,11 @@ def eio(message: str) -> SyscallError:
 
 def ecanceled(message: str) -> SyscallError:
     return SyscallError("ECANCELED", message)
+
+
+def eagain(message: str) -> SyscallError:
+    return SyscallError("EAGAIN", message)
+
+
+def eperm(message: str) -> SyscallError:
+    return SyscallError("EPERM", message)

@@ -1,8 +1,10 @@
-"""The model table: which models are loaded where, who references them, which are idle.
+"""The model table: which models are loaded where, who references them, loading and evicting.
 
 One loaded copy serves every process. A model is *idle* when no process references it, no
 request is using it and the operator did not pin it (boot-time models are pinned); idle models
-are what the kernel evicts, least recently used first, to make room for a load.
+are what the kernel evicts, least recently used first, to make room for a load or a reservation.
+A load is admitted against the device's memory account before the driver is asked for it, so
+the driver never runs out of memory half-way through loading.
 """
 
 from __future__ import annotations
@@ -10,8 +12,22 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from llmos.specs import channel, registry
+from llmos.specs.channel import device_kind
 from llmos.specs.registry import ModelSpec
+
+from . import logs
+from .errors import SyscallError, eio, enoent, enomem
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .process import Process
+
+log = logs.get("llmos.models")
+
+DEFAULT_KV_BYTES = {"cpu": 512 << 20, "cuda": 8 << 30}   # KV-cache pool of a generate model, by device kind
 
 
 @dataclass(eq=False)
@@ -39,6 +55,9 @@ class ModelEntry:
     def idle(self) -> bool:
         return self.state == "ready" and not self.refs and not self.pinned and self.in_use == 0
 
+    def load_message(self) -> channel.Load:
+        return channel.Load(self.name, self.spec.to_wire(), self.kv_bytes)
+
     def describe(self) -> dict:
         return {"name": self.name, "device": self.device, "kind": self.kind, "state": self.state,
                 "bytes": self.bytes, "refs": len(self.refs) + (1 if self.pinned else 0), "in_use": self.in_use,
@@ -56,3 +75,145 @@ def eviction_victims(entries: list[ModelEntry], device: str, need: int, free: in
         if need <= free:
             return victims
     return None
+
+
+class ModelTable:
+    def __init__(self, kernel: "Kernel"):
+        self.k = kernel
+        self._by_name: dict[str, ModelEntry] = {}
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self._by_name.get(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def __iter__(self):
+        return iter(list(self._by_name.values()))
+
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def on_device(self, device: str) -> list[ModelEntry]:
+        return [e for e in self._by_name.values() if e.device == device]
+
+    async def ensure(self, name: str, device: str, proc: "Process | None") -> ModelEntry:
+        """Load `name` (or reuse the loaded copy) and give `proc` a reference to it."""
+        entry = self._by_name.get(name)
+        if entry is None:
+            entry = await self._load(name, device)
+        else:
+            await asyncio.shield(entry.loaded)
+        if proc is not None and self.k.procs.get(proc.pid) is proc:
+            entry.refs.add(proc.pid)
+            proc.models.add(name)
+        entry.last_used = time.monotonic()
+        return entry
+
+    async def _load(self, name: str, wanted_device: str) -> ModelEntry:
+        k = self.k
+        try:
+            spec = registry.resolve(name, k.settings.models)
+        except registry.ModelNotFound as exc:
+            raise enoent(str(exc)) from None
+        device = k.devices.pick(wanted_device)
+        entry = ModelEntry(name, spec, device, spec.kind)
+        self._by_name[name] = entry     # visible at once, so a second load of it waits instead of racing
+        try:
+            drv = await k.devices.wait_driver(device)
+            dtype_bytes = 4 if drv.hello.dtype == "float32" else 2
+            weights = await asyncio.to_thread(registry.estimate_bytes, spec, dtype_bytes)
+            kv = self.kv_budget(device) if spec.kind == "generate" else 0
+            self.make_room(device, weights + kv, f"model '{name}' ({_gib(weights)} weights + {_gib(kv)} KV cache)",
+                           exclude=entry)
+            entry.weight_bytes, entry.kv_bytes = weights, kv
+            k.memory.charge_model(device, name, entry.bytes)
+            log.info("model.loading", model=name, device=device, source=spec.source, estimate_bytes=entry.bytes)
+            k.supervisor.send(device, entry.load_message())
+            await asyncio.shield(entry.loaded)
+            return entry
+        except BaseException as exc:
+            if self._by_name.get(name) is entry:
+                del self._by_name[name]
+                k.memory.release_model(device, name)
+            if not entry.loaded.done():
+                entry.loaded.set_exception(exc if isinstance(exc, SyscallError) else eio(f"load of {name} failed: {exc}"))
+                entry.loaded.exception()  # mark retrieved
+            raise
+
+    def make_room(self, device: str, need: int, what: str, exclude: ModelEntry | None = None) -> None:
+        """Evict idle models on `device` until `need` bytes are free; ENOMEM (saying why) if they cannot be."""
+        account = self.k.memory.devices[device]
+        if need > account.total_bytes:
+            raise enomem(f"{what} needs {_gib(need)} but {device} has {_gib(account.total_bytes)} in all; "
+                         f"it can never fit here")
+        victims = eviction_victims(list(self._by_name.values()), device, need, account.free_bytes)
+        if victims is None:
+            held = ", ".join(f"{e.name} {_gib(e.bytes)}" for e in self.on_device(device) if e is not exclude)
+            raise enomem(f"{what} needs {_gib(need)} but {device} has {_gib(account.free_bytes)} free; "
+                         f"in use: {held or 'nothing'}, reservations {_gib(account.reserved_bytes)}; "
+                         f"unload a model or free reservations")
+        for victim in victims:
+            self.evict(victim, f"making room for {what}")
+
+    def kv_budget(self, device: str) -> int:
+        configured = self.k.settings.kv_cache_bytes
+        if device in configured:
+            return configured[device]
+        if "*" in configured:
+            return configured["*"]
+        return DEFAULT_KV_BYTES[device_kind(device)]
+
+    def evict(self, entry: ModelEntry, why: str) -> None:
+        self._by_name.pop(entry.name, None)
+        self.k.memory.release_model(entry.device, entry.name)
+        self.k.supervisor.send(entry.device, channel.Unload(entry.name))
+        log.info("model.unloaded", model=entry.name, device=entry.device, reason=why)
+
+    def release(self, name: str) -> None:
+        """A request on `name` ended."""
+        entry = self._by_name.get(name)
+        if entry is not None:
+            entry.in_use = max(0, entry.in_use - 1)
+            entry.last_used = time.monotonic()
+
+    def drop_refs(self, proc: "Process") -> None:
+        for name in proc.models:
+            entry = self._by_name.get(name)
+            if entry:
+                entry.refs.discard(proc.pid)
+
+    # -- what the device's driver says ------------------------------------------------------------
+
+    def loaded(self, msg: channel.Loaded) -> None:
+        entry = self._by_name.get(msg.model)
+        if entry is None:
+            return
+        entry.weight_bytes, entry.kv_bytes = msg.bytes, msg.kv_bytes
+        entry.context_length, entry.load_s = msg.context_length, msg.load_s
+        entry.state = "ready"
+        self.k.memory.charge_model(entry.device, entry.name, entry.bytes)
+        log.info("model.loaded", model=entry.name, device=entry.device, bytes=entry.bytes, duration_s=round(entry.load_s, 2))
+        if not entry.loaded.done():
+            entry.loaded.set_result(entry)
+
+    def load_failed(self, msg: channel.LoadFailed) -> None:
+        entry = self._by_name.get(msg.model)
+        if entry and not entry.loaded.done():
+            entry.loaded.set_exception(eio(f"loading {msg.model} failed: {msg.message}"))
+
+    def driver_down(self, device: str) -> None:
+        """Its driver crashed: what was loaded there is loading again once a new driver is up."""
+        for entry in self.on_device(device):
+            if entry.state == "ready":
+                entry.state = "loading"
+                entry.loaded = asyncio.get_running_loop().create_future()
+
+    def reload_after_crash(self, device: str) -> None:
+        for entry in self.on_device(device):
+            if entry.state == "loading" and entry.weight_bytes:
+                self.k.supervisor.send(device, entry.load_message())
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"

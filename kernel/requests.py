@@ -1,29 +1,150 @@
-"""A request in flight: where it came from, where it runs, and what it has produced so far."""
+"""The request table: every request in flight, and the only code that changes a request's state.
+
+A request is one infer, embed or svc_call of a process. Its life is short and one-way:
+
+    QUEUED (in its device's fair scheduler) -> RUNNING (at the driver) -> DONE
+    RUNNING (an embed goes straight to its driver)                     -> DONE
+    AT_SERVICE (an svc_call, at the service host)                      -> DONE
+
+`end` is the one way out: a result, an error, a cancel, a deadline, a reaped process or a
+crashed driver all finish a request through it, exactly once, and it frees what the request
+held (its scheduler slot, its place at the driver, its model's in-use count).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import itertools
+import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from llmos.specs import channel
+
+from .errors import SyscallError, eagain, einval
+
+if TYPE_CHECKING:
+    from .dispatch import CallContext
+    from .kernel import Kernel
+    from .models import ModelEntry
+
+
+class RequestState(enum.Enum):
+    QUEUED = "queued"            # waiting in its device's fair scheduler
+    RUNNING = "running"          # at its driver (a generation in the batch, or an embed)
+    AT_SERVICE = "at_service"    # an svc_call the service host is running
+    DONE = "done"
 
 
 @dataclass(eq=False)
 class Request:
-    rid: int                      # kernel-wide id, used on the driver channel
+    rid: int                      # kernel-wide id, used on the driver and service channels
     pid: int
-    identity: bytes               # connection to stream to
     envelope: list[bytes]         # routing frames to echo in replies
     client_id: int                # the id of the client's request frame
-    call: str                     # "infer" | "embed"
-    model: str
-    device: str
-    payload: dict                 # what the driver needs
+    call: str                     # "infer" | "embed" | "svc_call"
+    model: str                    # "" for an svc_call
+    device: str                   # its device, or the service host's channel id
+    payload: dict                 # the Submit fields of an infer; the service and task of an svc_call
     future: asyncio.Future
     stream: bool = False
     priority: int = 0
     deadline: float | None = None  # monotonic seconds
     seq: int = 0                  # arrival order, for FIFO among equals
     share: int = 0                # pid it is scheduled and accounted as: pid, or the caller a service serves
-    state: str = "queued"         # queued | running | done
+    state: RequestState = RequestState.QUEUED
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     timer: asyncio.TimerHandle | None = None
+
+
+class RequestTable:
+    def __init__(self, kernel: "Kernel"):
+        self.k = kernel
+        self._by_rid: dict[int, Request] = {}
+        self._rids = itertools.count(1)
+        self._seq = itertools.count()
+
+    def get(self, rid: int) -> Request | None:
+        return self._by_rid.get(rid)
+
+    def __iter__(self):
+        return iter(list(self._by_rid.values()))
+
+    def __len__(self) -> int:
+        return len(self._by_rid)
+
+    def at_driver(self, device: str) -> list[Request]:
+        return [r for r in self._by_rid.values() if r.device == device and r.state is RequestState.RUNNING]
+
+    def new(self, ctx: "CallContext", call: str, entry: "ModelEntry | None", payload: dict, *, stream=False,
+            priority=0, deadline_s: float | None = None, share: int | None = None, device: str | None = None) -> Request:
+        """A request of ctx's process, on entry's model and device (or, without a model, on device);
+        share: the pid it is scheduled and accounted as (default: its own)."""
+        proc = ctx.proc
+        limit = self.k.settings.max_requests_per_process
+        if len(proc.requests) >= limit:
+            raise eagain(f"process {proc.pid} already has {len(proc.requests)} requests in flight "
+                         f"(limit {limit}); wait for some to finish")
+        if ctx.client_id in proc.requests:
+            raise einval(f"request id {ctx.client_id} is already in flight; use a new id per request")
+        loop = asyncio.get_running_loop()
+        req = Request(next(self._rids), proc.pid, ctx.routing, ctx.client_id, call,
+                      entry.name if entry else "", entry.device if entry else device, payload, loop.create_future(),
+                      stream, priority, None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq),
+                      share=proc.pid if share is None else share)
+        proc.requests[ctx.client_id] = req
+        self._by_rid[req.rid] = req
+        if entry is not None:
+            entry.in_use += 1
+            entry.last_used = time.monotonic()
+        if deadline_s is not None:
+            req.timer = loop.call_later(deadline_s, self._deadline_passed, req)
+        return req
+
+    def _deadline_passed(self, req: Request) -> None:
+        self.end(req, SyscallError("ETIMEDOUT", f"deadline passed after {len(req.text)} deltas"))
+
+    # -- state changes: only here ----------------------------------------------------------------
+
+    def running(self, req: Request) -> None:
+        """It left its scheduler for its driver."""
+        req.state = RequestState.RUNNING
+
+    def at_service(self, req: Request) -> None:
+        """It is the service host's to run; no device scheduler or driver holds it."""
+        req.state = RequestState.AT_SERVICE
+
+    def end(self, req: Request, error: SyscallError | None = None, result: dict | None = None,
+            notify: bool = True) -> None:
+        """Finish a request exactly once: free its slot, drop its bookkeeping, resolve its caller.
+
+        notify=False: nobody waits for the answer (its process was reaped), so an error is not
+        left as an unretrieved exception.
+        """
+        if self._by_rid.pop(req.rid, None) is None:
+            return
+        if req.timer:
+            req.timer.cancel()
+        k = self.k
+        was, req.state = req.state, RequestState.DONE
+        if was is RequestState.QUEUED:
+            k.devices.dequeue(req)
+        elif was is RequestState.RUNNING:
+            k.devices.finished(req)
+            if error is not None and req.call == "infer":
+                k.supervisor.send(req.device, channel.Cancel(req.rid))
+        proc = k.procs.get(req.pid)
+        if proc is not None:
+            proc.requests.pop(req.client_id, None)
+        k.models.release(req.model)
+        if not req.future.done():
+            if error is not None:
+                req.future.set_exception(error)
+                if not notify:
+                    req.future.exception()
+            else:
+                req.future.set_result(result)
+        if was is not RequestState.AT_SERVICE:
+            k.devices.pump(req.device)

@@ -17,15 +17,18 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from llmos.specs.protocol import ERRNOS, SERVICE_TOKEN_ENV, runtime_dir
+from llmos.specs import channel
+from llmos.specs.channel import Message, ServiceMessage
+from llmos.specs.protocol import SERVICE_TOKEN_ENV, runtime_dir
 
 from . import logs
-from .errors import SyscallError, ecanceled, eio
+from .errors import SyscallError, eagain, ecanceled, eio, enoent
 from .requests import Request
 from .supervisor import DriverHandle, Supervisor
 
 if TYPE_CHECKING:
-    from .kernel import CallContext, Kernel
+    from .dispatch import CallContext
+    from .kernel import Kernel
 
 log = logs.get("llmos.services")
 
@@ -40,12 +43,20 @@ class ServiceSupervisor(Supervisor):
     """The driver supervisor, spawning the service host instead of a driver."""
 
     role = "services"
+    speaks = ServiceMessage
+    hello = channel.HostHello
 
     def __init__(self, ctx, endpoint: str, kernel_socket: str, service_token: str, on_message, on_down, on_up):
         super().__init__(ctx, endpoint, on_message, on_down, on_up, child_env={SERVICE_TOKEN_ENV: service_token})
         self.kernel_socket = kernel_socket
         self.reloading = False      # the next exit is a restart asked for by svc_reload, not a crash
         self.restarts = 0
+
+    def ping(self, t: float) -> Message:
+        return channel.HostPing(t)
+
+    def shutdown(self) -> Message:
+        return channel.HostShutdown()
 
     def _command(self, drv: DriverHandle) -> list[str]:
         return [sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket]
@@ -60,6 +71,7 @@ class ServiceSupervisor(Supervisor):
         if self.reloading:
             self.reloading = False
             drv.state = "restarting"
+            drv.up.clear()
             if drv.proc and drv.proc.returncode is None:
                 drv.proc.kill()
             await self.on_down(drv, "the service host was restarted by svc_reload")
@@ -72,7 +84,9 @@ class ServiceSupervisor(Supervisor):
         await super()._crashed(drv, why)
 
 
-class ServiceHost:
+class ServiceManager:
+    """The kernel's side of the service host: its supervision, its catalog, and the calls it runs."""
+
     def __init__(self, kernel: "Kernel"):
         self.k = kernel
         self.catalog: dict = {"services": [], "failed": []}
@@ -80,6 +94,9 @@ class ServiceHost:
         self.supervisor: ServiceSupervisor | None = None
         self.reload_lock = asyncio.Lock()
         self.enabled = os.environ.get(DISABLE_ENV, "") in ("", "0")
+        self._idle = asyncio.Event()               # set while the host runs no call
+        self._idle.set()
+        self._next_up: asyncio.Future | None = None  # resolved when a host (re)started by reload is up
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -95,6 +112,9 @@ class ServiceHost:
     def begin_close(self) -> None:
         if self.supervisor:
             self.supervisor.begin_close()
+        if self._next_up and not self._next_up.done():
+            self._next_up.set_exception(ecanceled("the kernel is shutting down"))
+            self._next_up.exception()
 
     async def close(self) -> None:
         if self.supervisor:
@@ -106,114 +126,140 @@ class ServiceHost:
 
     def describe(self) -> dict:
         drv = self.handle
-        return {"state": drv.state if drv else "down", "os_pid": drv.info.get("pid") if drv else None,
+        hello = drv.hello if drv else None
+        return {"state": drv.state if drv else "down", "os_pid": hello.pid if hello else None,
                 "restarts": self.supervisor.restarts if self.supervisor else 0, "in_flight": len(self.calls)}
+
+    def _disabled(self) -> SyscallError:
+        return enoent(f"services are disabled on this kernel ({DISABLE_ENV} is set)")
 
     # -- calls -----------------------------------------------------------------------------------
 
     async def call(self, ctx: "CallContext", args: dict) -> dict:
         proc = ctx.proc
-        req = self.k.new_request(ctx, "svc_call", None, {"service": args["service"], "task": args["task"]},
-                                 stream=args["stream"], deadline_s=args["deadline"], device=HOST_ID)
-        req.state = "service"        # neither queued at nor running on a device: end_request leaves those alone
+        req = self.k.requests.new(ctx, "svc_call", None, {"service": args["service"], "task": args["task"]},
+                                  stream=args["stream"], deadline_s=args["deadline"], device=HOST_ID)
+        self.k.requests.at_service(req)
         req.future.add_done_callback(lambda _f: self._finished(req))
         if not await self._wait_up(req):
             return await req.future
-        self.calls[req.rid] = req
-        sent = self.supervisor.send(HOST_ID, {
-            "op": "call", "cid": req.rid, "service": args["service"], "task": args["task"], "args": args["args"] or {},
-            "stream": args["stream"],
-            "deadline": None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
-            "caller": {"pid": proc.pid, "name": proc.name}})
+        self._track(req)
+        sent = self.supervisor.send(HOST_ID, channel.Call(
+            cid=req.rid, service=args["service"], task=args["task"], args=args["args"] or {}, stream=args["stream"],
+            deadline=None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
+            caller={"pid": proc.pid, "name": proc.name}))
         if not sent:
-            self.k.end_request(req, eio("the service host went away before the call reached it; retry"))
+            self.k.requests.end(req, eio("the service host went away before the call reached it; retry"))
         return await req.future
 
     async def _wait_up(self, req: Request) -> bool:
         """Wait (within the call's deadline) for a host that is starting, restarting or reloading."""
         if self.supervisor is None:
-            self.k.end_request(req, SyscallError("ENOENT", f"services are disabled on this kernel ({DISABLE_ENV} is set)"))
+            self.k.requests.end(req, self._disabled())
             return False
-        waited_until = time.monotonic() + UP_TIMEOUT_S
-        while not req.future.done():
-            drv = self.handle
-            if drv.state == "up" and drv.up.is_set() and not self.reload_lock.locked():
-                return True
-            if drv.state == "down":
-                self.k.end_request(req, ecanceled("the kernel is shutting down"))
-            elif time.monotonic() > waited_until:
-                self.k.end_request(req, SyscallError("EAGAIN", f"the service host is not up (state: {drv.state}) "
-                                                               f"after {UP_TIMEOUT_S:.0f}s; retry later"))
-            else:
-                await asyncio.sleep(0.05)
+        ready = asyncio.ensure_future(self._until_ready())
+        try:
+            await asyncio.wait({ready, req.future}, timeout=UP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if req.future.done():
+            return False
+        if ready.done() and not ready.cancelled() and ready.exception() is None:
+            return True
+        state = self.handle.state
+        if state == "down":
+            self.k.requests.end(req, ecanceled("the kernel is shutting down"))
+        else:
+            self.k.requests.end(req, eagain(f"the service host is not up (state: {state}) after "
+                                            f"{UP_TIMEOUT_S:.0f}s; retry later"))
         return False
+
+    async def _until_ready(self) -> None:
+        drv = self.handle
+        while True:
+            if self.reload_lock.locked():
+                async with self.reload_lock:   # new calls wait for the new host
+                    pass
+            elif drv.state == "up" and drv.up.is_set():
+                return
+            else:
+                await drv.up.wait()
+                await asyncio.sleep(0)         # let a reload that is starting take its lock first
+
+    def _track(self, req: Request) -> None:
+        self.calls[req.rid] = req
+        self._idle.clear()
 
     def _finished(self, req: Request) -> None:
         """The call ended (result, error, deadline, cancel, reaping): make sure the host stops working on it."""
         failed = req.future.cancelled() or req.future.exception() is not None
         if self.calls.pop(req.rid, None) is not None and failed:
-            self.supervisor.send(HOST_ID, {"op": "cancel", "cid": req.rid})
+            self.supervisor.send(HOST_ID, channel.CancelCall(req.rid))
+        if not self.calls:
+            self._idle.set()
 
     async def reload(self, drain: float) -> dict:
         if self.supervisor is None:
-            raise SyscallError("ENOENT", f"services are disabled on this kernel ({DISABLE_ENV} is set)")
+            raise self._disabled()
         if self.reload_lock.locked():
-            raise SyscallError("EAGAIN", "a reload is already in progress")
+            raise eagain("a reload is already in progress")
         started = time.monotonic()
         async with self.reload_lock:          # new calls wait for the new host from here on
             drv = self.handle
-            until = time.monotonic() + drain
-            while self.calls and time.monotonic() < until:
-                await asyncio.sleep(0.05)
+            try:
+                await asyncio.wait_for(self._idle.wait(), drain)
+            except asyncio.TimeoutError:
+                pass                           # the calls still running fail when the host stops
+            self._next_up = asyncio.get_running_loop().create_future()
             old = drv.proc
             if drv.state == "up" and old is not None and old.returncode is None:
                 self.supervisor.reloading = True
-                self.supervisor.send(HOST_ID, {"op": "shutdown", "reload": True})
+                self.supervisor.send(HOST_ID, channel.HostShutdown(reload=True))
                 try:
                     await asyncio.wait_for(asyncio.shield(old.wait()), STOP_TIMEOUT_S)
                 except asyncio.TimeoutError:
                     old.kill()
-            until = time.monotonic() + UP_TIMEOUT_S
-            while not (drv.state == "up" and drv.up.is_set() and drv.proc is not old):
-                if time.monotonic() > until or drv.state == "down":
-                    raise eio(f"the service host did not come back within {UP_TIMEOUT_S:.0f}s (state: {drv.state}); "
-                              f"see the kernel log")
-                await asyncio.sleep(0.05)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._next_up), UP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise eio(f"the service host did not come back within {UP_TIMEOUT_S:.0f}s (state: {drv.state}); "
+                          f"see the kernel log") from None
+            finally:
+                self._next_up = None
         return {"services": len(self.catalog["services"]), "failed": len(self.catalog["failed"]),
-                "os_pid": drv.info.get("pid"), "reload_s": round(time.monotonic() - started, 3)}
+                "os_pid": drv.hello.pid if drv.hello else None, "reload_s": round(time.monotonic() - started, 3)}
 
     # -- the host's messages ---------------------------------------------------------------------
 
-    def _message(self, drv: DriverHandle, msg: dict) -> None:
-        op = msg.get("op")
-        if op == "pong":
+    def _message(self, drv: DriverHandle, msg: ServiceMessage) -> None:
+        if isinstance(msg, channel.HostPong):
             return
-        req = self.calls.get(msg.get("cid"))
+        req = self.calls.get(getattr(msg, "cid", None))
         if req is None:
             return       # finished already (deadline, cancel, reaped)
-        if op == "delta":
-            delta = msg.get("delta") or ""
-            req.text.append(delta)
-            if req.stream and delta:
-                self.k.send_more(req, {"delta": delta})
-        elif op == "result":
-            result = msg.get("result")
-            self.k.end_request(req, result=result if isinstance(result, dict) else {"value": result})
-        elif op == "error":
-            errno = msg.get("errno", "EIO")
-            self.k.end_request(req, SyscallError(errno if errno in ERRNOS else "EIO", str(msg.get("message", ""))))
+        if isinstance(msg, channel.CallDelta):
+            req.text.append(msg.delta)
+            if req.stream and msg.delta:
+                self.k.dispatch.send_more(req, {"delta": msg.delta})
+        elif isinstance(msg, channel.CallResult):
+            result = msg.result
+            self.k.requests.end(req, result=result if isinstance(result, dict) else {"value": result})
+        elif isinstance(msg, channel.CallError):
+            self.k.requests.end(req, SyscallError(msg.errno, str(msg.message)))
         else:
-            log.warning("services.unknown_op", op=op)
+            log.warning("services.unexpected_message", op=msg.op)
 
     async def _down(self, drv: DriverHandle, why: str) -> None:
         for req in list(self.calls.values()):
-            self.k.end_request(req, eio(f"{why}; the service host is being restarted, retry the call"))
+            self.k.requests.end(req, eio(f"{why}; the service host is being restarted, retry the call"))
 
     async def _up(self, drv: DriverHandle) -> None:
-        catalog = drv.info.get("catalog") or {}
+        catalog = drv.hello.catalog or {}
         self.catalog = {"services": list(catalog.get("services", [])), "failed": list(catalog.get("failed", []))}
         log.info("services.ready", services=[s["name"] for s in self.catalog["services"]],
                  failed=[f["plugin"] for f in self.catalog["failed"]])
+        if self._next_up is not None and not self._next_up.done():
+            self._next_up.set_result(None)
 
 
 def _local_url(url: str) -> str:
@@ -222,17 +268,3 @@ def _local_url(url: str) -> str:
         if url.startswith(wildcard):
             return "tcp://127.0.0.1:" + url[len(wildcard):]
     return url
-
-
-# -- syscalls -----------------------------------------------------------------------------------
-
-def sys_svc_list(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return {"host": k.services.describe(), **k.services.catalog}
-
-
-async def sys_svc_call(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return await k.services.call(ctx, args)
-
-
-async def sys_svc_reload(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return await k.services.reload(args["drain"])

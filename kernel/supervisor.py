@@ -19,9 +19,11 @@ from typing import Awaitable, Callable
 import zmq
 import zmq.asyncio
 
-from llmos.specs.protocol import pack, unpack
+from llmos.specs import channel
+from llmos.specs.channel import ChannelError, DriverMessage, Message
 
 from . import logs
+from .transport import Router
 
 log = logs.get("llmos.supervisor")
 
@@ -35,7 +37,7 @@ class DriverHandle:
     device: str
     state: str = "starting"            # starting | up | restarting | down
     proc: asyncio.subprocess.Process | None = None
-    info: dict = field(default_factory=dict)
+    hello: Message | None = None       # what the child said when it came up
     started: float = 0.0
     last_heard: float = 0.0
     crashes: int = 0
@@ -43,10 +45,18 @@ class DriverHandle:
 
 
 class Supervisor:
-    role = "driver"   # what it supervises, as its log events name it
+    role = "driver"                               # what it supervises, as its log events name it
+    speaks: type[Message] = DriverMessage         # the channel of messages its children speak
+    hello: type[Message] = channel.Hello          # the first one, which says a child is up
+
+    def ping(self, t: float) -> Message:
+        return channel.Ping(t)
+
+    def shutdown(self) -> Message:
+        return channel.Shutdown()
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str,
-                 on_message: Callable[[DriverHandle, dict], None],
+                 on_message: Callable[[DriverHandle, Message], None],
                  on_down: Callable[[DriverHandle, str], Awaitable[None]],
                  on_up: Callable[[DriverHandle], Awaitable[None]],
                  child_env: dict[str, str] | None = None, dtype: str = "auto"):
@@ -57,11 +67,7 @@ class Supervisor:
         self.child_env = child_env or {}
         self.dtype = dtype
         self.drivers: dict[str, DriverHandle] = {}
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.sock.bind(endpoint)
-        self._send_sock = zmq.Socket.shadow(self.sock.underlying)   # raises send errors at once
+        self.router = Router(ctx, endpoint)
         self._tasks: list[asyncio.Task] = []
         self._closing = False
 
@@ -72,10 +78,10 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._read_loop(), name="driver-reader"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="driver-watchdog"))
 
-    def send(self, device: str, msg: dict) -> bool:
+    def send(self, device: str, msg: Message) -> bool:
+        """Send without waiting; False if the child is not there to take it (it is being restarted)."""
         try:
-            self._send_sock.send_multipart([device.encode(), pack(msg)], flags=zmq.NOBLOCK)
-            self.sock.get(zmq.EVENTS)   # re-arm the asyncio reader (see Transport.send)
+            self.router.send([device.encode(), channel.encode(msg)])
             return True
         except zmq.ZMQError:
             return False
@@ -89,7 +95,7 @@ class Supervisor:
 
     async def _spawn(self, drv: DriverHandle) -> None:
         drv.up.clear()
-        drv.info = {}
+        drv.hello = None
         drv.started = drv.last_heard = time.monotonic()
         drv.proc = await asyncio.create_subprocess_exec(
             *self._command(drv), env=dict(os.environ, **self.child_env), stdin=asyncio.subprocess.DEVNULL,
@@ -107,6 +113,7 @@ class Supervisor:
         if drv.state in ("restarting", "down"):
             return
         drv.state = "restarting"
+        drv.up.clear()
         drv.crashes += 1
         log.error(f"{self.role}.crashed", device=drv.device, reason=why, crashes=drv.crashes)
         if drv.proc and drv.proc.returncode is None:
@@ -121,8 +128,7 @@ class Supervisor:
     async def _read_loop(self) -> None:
         while True:
             try:
-                ident, frame = await self.sock.recv_multipart()
-                msg = unpack(frame)
+                ident, frame = await self.router.recv()
             except (ValueError, zmq.ZMQError):
                 if self._closing:
                     return
@@ -130,17 +136,22 @@ class Supervisor:
             drv = self.drivers.get(ident.decode(errors="replace"))
             if drv is None:
                 continue
+            try:
+                msg = channel.decode(frame, self.speaks)
+            except ChannelError as exc:
+                log.error(f"{self.role}.bad_message", device=drv.device, error=str(exc))
+                continue
             drv.last_heard = time.monotonic()
-            if msg.get("op") == "hello":
-                drv.info = msg
+            if isinstance(msg, self.hello):
+                drv.hello = msg
                 drv.state = "up"
-                log.info(f"{self.role}.up", device=drv.device, total_bytes=msg.get("total_bytes"), dtype=msg.get("dtype"))
+                log.info(f"{self.role}.up", device=drv.device, os_pid=drv.proc.pid if drv.proc else None)
                 asyncio.create_task(self._announce_up(drv))
                 continue
             try:
                 self.on_message(drv, msg)
             except Exception:
-                log.exception(f"{self.role}.message_failed", device=drv.device, op=msg.get("op"))
+                log.exception(f"{self.role}.message_failed", device=drv.device, op=msg.op)
 
     async def _announce_up(self, drv: DriverHandle) -> None:
         """Let the kernel account for the device before anyone waiting on it resumes."""
@@ -155,7 +166,7 @@ class Supervisor:
             now = time.monotonic()
             for drv in list(self.drivers.values()):
                 if drv.state == "up":
-                    self.send(drv.device, {"op": "ping", "t": now})
+                    self.send(drv.device, self.ping(now))
                     if now - drv.last_heard > 2 * PING_PERIOD_S:
                         asyncio.create_task(self._crashed(drv, f"driver for {drv.device} stopped answering pings"))
                 elif drv.state == "starting" and now - drv.started > START_GRACE_S:
@@ -170,7 +181,7 @@ class Supervisor:
         for t in self._tasks:
             t.cancel()
         for drv in self.drivers.values():
-            self.send(drv.device, {"op": "shutdown"})
+            self.send(drv.device, self.shutdown())
         for drv in self.drivers.values():
             if drv.proc and drv.proc.returncode is None:
                 try:
@@ -179,6 +190,6 @@ class Supervisor:
                     drv.proc.kill()
                     await drv.proc.wait()
             drv.state = "down"
-        self.sock.close(0)
+        self.router.close()
         if self.endpoint.startswith("ipc://"):   # ZeroMQ leaves a bound ipc file behind
             Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)

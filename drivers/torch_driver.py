@@ -1,0 +1,154 @@
+"""The torch driver: transformers models on one device (cpu or cuda:N), batched by the engine.
+
+It turns the kernel's typed messages (specs/channel.py) into engine calls and the engine's
+step events back into TokenEvents. Requests arrive already checked against the syscall table;
+what only the driver can know (the prompt's length in tokens against the model's context) it
+checks here, and every failure it reports carries its errno.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+
+from llmos.specs import channel
+from llmos.specs.channel import TokenEvent, device_kind
+from llmos.specs.registry import ModelSpec
+
+from .interface import Driver
+
+# Sequences per step, tokens per step, and prompt tokens that may cut into a step. A GPU step
+# costs about the same at batch 256 as at 64, so it wants wide batches and big prefill chunks.
+# On two CPU cores a 256-token step does the most tokens per second (512 is slower per token:
+# the prefill attention grows faster than the matmuls), and a short interactive prompt cuts in.
+ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens": 64},
+                "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
+
+
+class TorchDriver(Driver):
+    def __init__(self, device: str, dtype: str = "auto"):
+        import torch
+
+        from .loader import auto_dtype
+
+        self.device = device
+        self.kind = device_kind(device)
+        self.dtype = auto_dtype(device) if dtype == "auto" else dtype
+        self.torch = torch
+        self.engines: dict = {}          # model -> Engine (generate models)
+        self.embedders: dict = {}        # model -> LoadedModel (embedding models)
+        self.owner: dict[int, str] = {}  # rid -> model, for cancel
+
+    def hello(self) -> channel.Hello:
+        if self.kind == "cuda":
+            free, total = self.torch.cuda.mem_get_info(self.torch.device(self.device))
+            total = int(total * 0.92)
+        else:
+            import psutil
+
+            mem = psutil.virtual_memory()
+            free, total = mem.available, int(mem.total * 0.75)
+        return channel.Hello(device=self.device, pid=os.getpid(), kind=self.kind, total_bytes=total,
+                             free_bytes=int(free), dtype=self.dtype, max_seqs=ENGINE_SIZES[self.kind]["max_seqs"])
+
+    def load(self, msg: channel.Load) -> channel.Loaded:
+        from .engine import Engine
+        from .loader import load
+
+        started = time.monotonic()
+        lm = load(ModelSpec(**msg.spec), self.device, self.dtype)
+        kv_bytes = msg.kv_bytes
+        if lm.kind == "generate":
+            self.engines[msg.model] = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[self.kind])
+        else:
+            self.embedders[msg.model] = lm
+            kv_bytes = 0
+        return channel.Loaded(model=msg.model, bytes=lm.bytes, kv_bytes=kv_bytes, context_length=lm.context_length,
+                              load_s=time.monotonic() - started, kind=lm.kind)
+
+    def unload(self, model: str) -> None:
+        self.engines.pop(model, None)
+        self.embedders.pop(model, None)
+        if self.kind == "cuda":
+            self.torch.cuda.empty_cache()
+
+    def submit(self, msg: channel.Submit) -> TokenEvent | None:
+        from .engine import GenRequest
+        from .loader import encode_prompt
+
+        engine = self.engines.get(msg.model)
+        if engine is None:
+            return TokenEvent.failed(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
+        try:
+            ids = encode_prompt(engine.lm, msg.prompt, msg.messages)
+        except ValueError as exc:
+            return TokenEvent.failed(msg.rid, "EINVAL", str(exc))
+        ctx = engine.lm.context_length
+        if len(ids) >= ctx:
+            return TokenEvent.failed(msg.rid, "EINVAL",
+                                     f"the prompt is {len(ids)} tokens; model '{msg.model}' takes at most {ctx - 1}")
+        engine.add(GenRequest(rid=msg.rid, prompt_ids=ids, max_tokens=min(msg.max_tokens, ctx - len(ids)),
+                              temperature=msg.temperature, top_p=msg.top_p, top_k=msg.top_k, stop=msg.stop,
+                              seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in))
+        self.owner[msg.rid] = msg.model
+        return None
+
+    def cancel(self, rid: int) -> None:
+        model = self.owner.pop(rid, None)
+        if model in self.engines:
+            self.engines[model].cancel(rid)
+
+    def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
+        from .embedding import embed
+
+        lm = self.embedders.get(msg.model)
+        if lm is None:
+            return channel.Error(msg.rid, "EIO", f"embedding model '{msg.model}' is not loaded on {self.device}")
+        vectors, tokens = embed(lm, msg.input, msg.normalize)
+        return channel.Result(msg.rid, {"model": msg.model, "dim": len(vectors[0]), "vectors": vectors,
+                                        "usage": {"prompt_tokens": tokens}})
+
+    def has_work(self) -> bool:
+        return any(e.has_work() for e in self.engines.values())
+
+    def step(self, pause=None) -> list[TokenEvent]:
+        """One step of every busy engine.
+
+        pause(events), if given, is called between slices of each step with the events of
+        any cut-in (often none): the moment to send them and to take in new submissions.
+        """
+        from .runner import run_to_end
+
+        out: list[TokenEvent] = []
+        for name, engine in list(self.engines.items()):
+            if not engine.has_work():
+                continue
+            try:
+                events = run_to_end(engine.step_slices(),
+                                    lambda cut_in: (pause or out.extend)(self._token_events(cut_in)))
+            except Exception as exc:  # an engine bug fails its requests, not the driver
+                traceback.print_exc()
+                events = []
+                for rid in [r for r, m in self.owner.items() if m == name]:
+                    engine.cancel(rid)
+                    out.append(TokenEvent.failed(rid, "EIO", f"engine failure: {exc}"))
+            out += self._token_events(events)
+        return out
+
+    def _token_events(self, events: list) -> list[TokenEvent]:
+        """Engine events as the channel carries them; ended requests are forgotten."""
+        out = []
+        for ev in events:
+            if ev.finish is None:
+                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens))
+                continue
+            self.owner.pop(ev.rid, None)
+            if ev.finish == "cancelled":
+                continue
+            if ev.finish == "error":
+                errno = "ENOMEM" if "KV" in ev.delta or "kv" in ev.delta else "EIO"
+                out.append(TokenEvent.failed(ev.rid, errno, ev.delta, ev.tokens))
+            else:
+                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage))
+        return out

@@ -1,0 +1,197 @@
+"""The kernel's devices: admitting queued work to each device's driver, and what drivers say back.
+
+Each device has a fair scheduler (kernel/scheduler.py) of queued generations and a window of
+requests running at its driver, as wide as the driver's engine batches (it says so in its
+Hello). `pump` moves requests from the scheduler into that window whenever a slot frees up.
+Driver messages arrive typed (specs/channel.py): token events fan out to the clients that
+stream them and are charged to the process they count against; results and errors end requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmos.specs import channel
+from llmos.specs.channel import device_kind
+
+from . import logs
+from .errors import SyscallError, eio, enoent
+from .requests import Request
+from .scheduler import FairScheduler
+from .supervisor import DriverHandle
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+log = logs.get("llmos.devices")
+
+DRIVER_UP_TIMEOUT_S = 180.0
+
+
+class Devices:
+    def __init__(self, kernel: "Kernel", names: list[str]):
+        self.k = kernel
+        self.names = names
+        self.schedulers = {d: FairScheduler(kernel.settings.max_running_per_process) for d in names}
+        self.running: dict[str, dict[int, Request]] = {d: {} for d in names}   # device -> rid -> at the driver
+
+    def pick(self, wanted: str) -> str:
+        if wanted == "auto":
+            gpus = [d for d in self.names if device_kind(d) == "cuda"]
+            return gpus[0] if gpus else self.names[0]
+        if wanted not in self.schedulers:
+            raise enoent(f"no device '{wanted}'; this kernel manages {', '.join(self.names)}")
+        return wanted
+
+    def driver(self, device: str) -> DriverHandle:
+        return self.k.supervisor.drivers[device]
+
+    async def wait_driver(self, device: str) -> DriverHandle:
+        drv = self.driver(device)
+        if drv.state != "up" or not drv.up.is_set():
+            try:
+                await asyncio.wait_for(drv.up.wait(), DRIVER_UP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise eio(f"the driver for {device} is not up (state: {drv.state})") from None
+        return drv
+
+    # -- admission -------------------------------------------------------------------------------
+
+    def submit(self, req: Request) -> None:
+        """Queue a generation for fair admission to its device's batch."""
+        self.schedulers[req.device].enqueue(req)
+        self.pump(req.device)
+
+    def pump(self, device: str) -> None:
+        """Admit queued requests to the device while its engine has room."""
+        drv = self.k.supervisor.drivers.get(device)
+        if drv is None or drv.state != "up" or drv.hello is None:
+            return
+        running = self.running[device]
+        sched = self.schedulers[device]
+        while len(running) < drv.hello.max_seqs:
+            req = sched.pop_next()
+            if req is None:
+                return
+            self.k.requests.running(req)
+            running[req.rid] = req
+            self.k.supervisor.send(device, channel.Submit(rid=req.rid, model=req.model, **req.payload,
+                                                          cut_in=sched.may_cut_in(req.share)))
+
+    def send_embed(self, req: Request, texts: list[str], normalize: bool) -> None:
+        self.k.requests.running(req)     # beside the window: an embed is one call, not a batch slot
+        self.k.supervisor.send(req.device, channel.Embed(req.rid, req.model, texts, normalize))
+
+    def dequeue(self, req: Request) -> None:
+        """A queued request ended before it ran."""
+        self.schedulers[req.device].remove(req)
+
+    def finished(self, req: Request) -> None:
+        """A running request ended: its slot in the window is free."""
+        self.running[req.device].pop(req.rid, None)
+        if req.call == "infer":
+            self.schedulers[req.device].finished(req)
+
+    def forget(self, pid: int, why: str) -> None:
+        """Requests queued on any device for a process that is gone (a service's, on its behalf)."""
+        for sched in self.schedulers.values():
+            for req in sched.forget(pid):
+                self.k.requests.end(req, SyscallError("ECANCELED", why))
+
+    def describe(self, device: str) -> dict:
+        return {"queued": len(self.schedulers[device]), "running": len(self.running[device])}
+
+    # -- what drivers say ------------------------------------------------------------------------
+
+    def on_message(self, drv: DriverHandle, msg: channel.DriverMessage) -> None:
+        k = self.k
+        if isinstance(msg, channel.Events):
+            self._on_events(drv.device, msg.events)
+        elif isinstance(msg, channel.Result):
+            req = k.requests.get(msg.rid)
+            if req:
+                k.requests.end(req, result=msg.result)
+        elif isinstance(msg, channel.Error):
+            req = k.requests.get(msg.rid)
+            if req:
+                k.requests.end(req, SyscallError(msg.errno, msg.message))
+        elif isinstance(msg, channel.Loaded):
+            k.models.loaded(msg)
+            self.pump(drv.device)
+        elif isinstance(msg, channel.LoadFailed):
+            k.models.load_failed(msg)
+        elif not isinstance(msg, channel.Pong):
+            log.warning("driver.unexpected_message", device=drv.device, op=msg.op)
+
+    def _on_events(self, device: str, events: list[channel.TokenEvent]) -> None:
+        """One message per engine step: every sequence's delta, fanned out to its client."""
+        k = self.k
+        sched = self.schedulers[device]
+        for ev in events:
+            req = k.requests.get(ev.rid)
+            if req is None:
+                continue   # cancelled or reaped while the step ran
+            if ev.tokens:
+                req.completion_tokens += ev.tokens
+                proc = k.procs.get(req.share)
+                if proc is not None:
+                    proc.tokens += ev.tokens
+                sched.charge(req.share, ev.tokens)
+            if ev.delta:
+                req.text.append(ev.delta)
+                if req.stream:
+                    k.dispatch.send_more(req, {"delta": ev.delta})
+            if ev.finish is None:
+                continue
+            if ev.finish == "error":
+                k.requests.end(req, SyscallError(ev.errno, ev.message or "driver error"))
+                continue
+            usage = ev.usage or {"prompt_tokens": 0, "completion_tokens": req.completion_tokens}
+            sched.charge(req.share, usage.get("prompt_tokens", 0))
+            k.requests.end(req, result={"text": "".join(req.text), "finish_reason": ev.finish, "model": req.model,
+                                        "usage": usage})
+
+    async def on_down(self, drv: DriverHandle, why: str) -> None:
+        for req in self.k.requests.at_driver(drv.device):
+            self.k.requests.end(req, eio(f"{why}; the driver is being restarted, retry the request"))
+        self.k.models.driver_down(drv.device)
+
+    async def on_up(self, drv: DriverHandle) -> None:
+        device = drv.device
+        total = self.k.settings.device_memory.get(device) or drv.hello.total_bytes
+        self.k.memory.add_device(device, device_kind(device), total)
+        self.k.models.reload_after_crash(device)
+        self.pump(device)
+
+
+def resolve_devices(wanted: list[str]) -> list[str]:
+    """'auto' means every CUDA device if there are any, else the CPU."""
+    out: list[str] = []
+    for d in wanted:
+        if d == "auto":
+            out += _cuda_devices() or ["cpu"]
+        elif d == "cpu" or d.startswith("cuda:"):
+            out.append(d)
+        elif d == "cuda":
+            out += _cuda_devices() or []
+        else:
+            raise ValueError(f"unknown device '{d}': use cpu, cuda:N or auto")
+    if not out:
+        raise ValueError("no devices to manage: CUDA was asked for but none is visible")
+    return list(dict.fromkeys(out))
+
+
+def _cuda_devices() -> list[str]:
+    """CUDA devices visible, found without importing torch into the kernel."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return []
+    try:
+        names = sorted(p.name for p in Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        return []
+    count = len(names) if visible is None else len([v for v in visible.split(",") if v.strip()])
+    return [f"cuda:{i}" for i in range(count)]

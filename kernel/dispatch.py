@@ -1,0 +1,126 @@
+"""The syscall path: decode a client's frame, check it against the table, run its handler, reply.
+
+Every failure on the way becomes an errno reply to its sender and nothing else: a bad frame,
+an unknown syscall, a missing process or capability, a handler's SyscallError, even a kernel
+bug (EIO, logged) costs one reply, never the kernel or another client. Handlers come from a
+dispatch table by name (kernel/syscalls), never from getattr on a name off the wire. Plain
+handlers answer at once on the loop; coroutine handlers run as tasks of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Callable
+
+import zmq
+
+from llmos.specs import SYSCALLS, ArgError
+from llmos.specs.protocol import ABI_VERSION, FrameError, reply_error, reply_ok, unpack
+
+from . import logs
+from .errors import SyscallError, eperm
+from .process import Process
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+    from .requests import Request
+
+log = logs.get("llmos.dispatch")
+
+BEFORE_HELLO = frozenset({"hello", "ping", "sysinfo"})   # what a connection may call before it is a process
+
+
+class CallContext:
+    """Who made a call and how to answer it."""
+
+    __slots__ = ("routing", "client_id", "proc")
+
+    def __init__(self, routing: list[bytes], client_id: int, proc: Process | None):
+        self.routing = routing
+        self.client_id = client_id
+        self.proc = proc
+
+
+class Dispatcher:
+    def __init__(self, kernel: "Kernel", handlers: dict[str, Callable]):
+        self.k = kernel
+        self.handlers = handlers
+
+    async def serve(self) -> None:
+        while True:
+            try:
+                parts = await self.k.transport.recv()
+            except zmq.ZMQError:
+                return
+            if len(parts) >= 2:
+                self.on_frame(parts[:-1], parts[-1])
+
+    def on_frame(self, routing: list[bytes], frame: bytes) -> None:
+        """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
+        client_id = None
+        try:
+            msg = unpack(frame)
+            if not isinstance(msg, dict):
+                raise FrameError("a request must be a msgpack map")
+            client_id = msg.get("id")
+            if not isinstance(client_id, int) or isinstance(client_id, bool) or client_id <= 0:
+                client_id = None
+                raise FrameError("'id' must be a positive integer")
+            if msg.get("v") != ABI_VERSION:
+                raise FrameError(f"protocol version {msg.get('v')!r} is not supported; this kernel speaks v{ABI_VERSION}")
+            call = msg.get("call")
+            if not isinstance(call, str):
+                raise FrameError("'call' must be a string naming a syscall")
+            spec = SYSCALLS.get(call)
+            handler = self.handlers.get(call)
+            if spec is None or handler is None:
+                raise SyscallError("ENOSYS", f"no syscall '{call[:64]}'; see specs/syscalls.md for the list")
+            args = spec.validate(msg.get("args"))
+            proc = self.k.procs.by_identity(routing[0])
+            if proc is not None:
+                proc.last_seen = time.monotonic()
+            elif call not in BEFORE_HELLO:
+                raise eperm(f"'{call}' needs a process: call hello first")
+            if spec.cap and spec.cap not in proc.caps:
+                raise eperm(f"'{call}' needs the '{spec.cap}' capability, which this process does not hold")
+        except (FrameError, ArgError) as exc:
+            self.k.transport.send(routing, reply_error(client_id, "EINVAL", str(exc)))
+            return
+        except SyscallError as exc:
+            self.k.transport.send(routing, reply_error(client_id, exc.errno, exc.message))
+            return
+        ctx = CallContext(routing, client_id, proc)
+        if asyncio.iscoroutinefunction(handler):
+            self.k.spawn(self._run_async(handler, ctx, args), call)
+        else:
+            self._run(handler, ctx, args)
+
+    def _run(self, handler, ctx: CallContext, args: dict) -> None:
+        try:
+            result = handler(self.k, ctx, args)
+        except SyscallError as exc:
+            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
+        except Exception as exc:  # a kernel bug must cost one reply, never the kernel
+            log.exception("syscall.crashed", client_id=ctx.client_id)
+            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
+        else:
+            self.k.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
+
+    async def _run_async(self, handler, ctx: CallContext, args: dict) -> None:
+        try:
+            result = await handler(self.k, ctx, args)
+        except SyscallError as exc:
+            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
+        except asyncio.CancelledError:
+            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, "ECANCELED", "kernel shutting down"))
+            raise
+        except Exception as exc:
+            log.exception("syscall.crashed", client_id=ctx.client_id)
+            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
+        else:
+            self.k.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
+
+    def send_more(self, req: "Request", result: dict) -> None:
+        """One streamed part of a request's answer; its final reply comes when it ends."""
+        self.k.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))

@@ -1,0 +1,108 @@
+"""Inference syscalls: infer, embed, cancel."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import SyscallError, einval, enoent, eperm
+
+if TYPE_CHECKING:
+    from ..dispatch import CallContext
+    from ..kernel import Kernel
+    from ..models import ModelEntry
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_STOPS, MAX_STOP_CHARS = 16, 256
+MAX_EMBED_INPUTS = 1024
+
+
+async def model_for(k: "Kernel", ctx: "CallContext", name: str | None, kind: str) -> "ModelEntry":
+    """The loaded model a call runs on (the default if none is named), loading it if need be."""
+    if name is None:
+        name = k.settings.default_model
+        if name is None:
+            raise einval("no model given and this kernel has no default model; pass 'model'")
+    entry = k.models.get(name)
+    if entry is None or entry.state != "ready" or ctx.proc.pid not in entry.refs:
+        entry = await k.models.ensure(name, "auto", ctx.proc)
+    if entry.kind != kind:
+        use = "infer" if entry.kind == "generate" else "embed"
+        raise einval(f"model '{name}' is a {entry.kind} model; use {use} with it")
+    return entry
+
+
+def checked_messages(messages: list) -> list[dict]:
+    """Chat messages as the driver gets them: role and content strings, nothing else."""
+    if not messages:
+        raise einval("infer: 'messages' must not be empty")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise einval(f"infer: messages[{i}] must be a map with string 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise einval(f"infer: messages[{i}].role must be one of {', '.join(ROLES)}, got '{m['role'][:32]}'")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def checked_stops(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    if len(stops) > MAX_STOPS or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in stops):
+        raise einval(f"infer: 'stop' must be up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} characters")
+    return stops
+
+
+async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    if (args["prompt"] is None) == (args["messages"] is None):
+        raise einval("infer: give exactly one of 'prompt' and 'messages'")
+    messages = checked_messages(args["messages"]) if args["messages"] is not None else None
+    stop = checked_stops(args["stop"])
+    share = caller_served(k, ctx, args["for_call"])
+    entry = await model_for(k, ctx, args["model"], "generate")
+    payload = {"prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
+               "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
+               "stop": stop, "seed": args["seed"], "priority": args["priority"]}
+    req = k.requests.new(ctx, "infer", entry, payload, stream=args["stream"], priority=args["priority"],
+                         deadline_s=args["deadline"], share=share)
+    k.devices.submit(req)
+    return await req.future
+
+
+def caller_served(k: "Kernel", ctx: "CallContext", for_call: int | None) -> int | None:
+    """The pid a generation counts against when the service host runs it for an svc_call."""
+    if for_call is None:
+        return None
+    if not ctx.proc.serves_calls:
+        raise eperm("infer: only the kernel's service host may pass 'for_call'")
+    call = k.services.calls.get(for_call)
+    if call is None:
+        raise enoent(f"infer: no svc_call {for_call} is in flight (it ended, or never was)")
+    return call.pid
+
+
+async def sys_embed(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    texts = args["input"]
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts or len(texts) > MAX_EMBED_INPUTS or not all(isinstance(t, str) for t in texts):
+        raise einval(f"embed: 'input' must be a string or a list of 1 to {MAX_EMBED_INPUTS} strings")
+    return await embed_texts(k, ctx, texts, args["model"], args["normalize"])
+
+
+async def embed_texts(k: "Kernel", ctx: "CallContext", texts: list[str], model: str, normalize: bool = True) -> dict:
+    """Embeddings through the model's driver, as a request of the caller's (counted, cancellable, reaped)."""
+    entry = await model_for(k, ctx, model, "embed")
+    req = k.requests.new(ctx, "embed", entry, {})
+    k.devices.send_embed(req, texts, normalize)
+    return await req.future
+
+
+def sys_cancel(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    req = ctx.proc.requests.get(args["id"])
+    if req is None:
+        raise enoent(f"no request with id {args['id']} is in flight for process {ctx.proc.pid}")
+    k.requests.end(req, SyscallError("ECANCELED", f"cancelled by the caller (request {args['id']})"))
+    return {"cancelled": True}
+
+
+HANDLERS = {"infer": sys_infer, "embed": sys_embed, "cancel": sys_cancel}

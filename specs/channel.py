@@ -1,0 +1,282 @@
+"""The driver channel: the typed messages between the kernel and its driver processes.
+
+Both ends import these classes, so a field is spelled in one place and a message that does not
+fit its class fails where it is decoded (ChannelError), not three calls later as a KeyError.
+On the wire each message is one msgpack map ``{"op": NAME, field: value, ...}``; a step's token
+events travel as short positional lists (one message per step carries up to a few hundred),
+packed and unpacked only by TokenEvent. Errors carry an explicit errno, never one guessed from
+a message's text. The channel is internal: it may change between kernel versions (specs/ABI.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from .protocol import ERRNOS, FrameError, pack, unpack
+
+class ChannelError(ValueError):
+    """A channel frame that is not one of its channel's messages."""
+
+
+def device_kind(device: str) -> str:
+    """'cuda' for cuda:N, else 'cpu': the one place a device name becomes its kind."""
+    return "cuda" if device.startswith("cuda") else "cpu"
+
+
+@dataclass
+class Message:
+    """A channel's messages subclass its base (DriverMessage, ServiceMessage) with an op each."""
+
+    op: ClassVar[str] = ""
+    by_op: ClassVar[dict[str, type["Message"]]] = {}
+
+    def __init_subclass__(cls, op: str | None = None, **kw):
+        super().__init_subclass__(**kw)
+        if op is None:
+            cls.by_op = {}            # a channel of its own: ops are looked up within it
+        else:
+            cls.op = op
+            cls.by_op[op] = cls
+
+    def to_wire(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_wire(cls, body: dict) -> "Message":
+        return cls(**body)
+
+
+def encode(msg: Message) -> bytes:
+    return pack({"op": msg.op, **msg.to_wire()})
+
+
+def decode(frame: bytes, channel: type[Message]) -> Message:
+    """One frame as a message of `channel`; ChannelError if it is not one."""
+    try:
+        body = unpack(frame)
+    except FrameError as exc:
+        raise ChannelError(str(exc)) from None
+    if not isinstance(body, dict):
+        raise ChannelError("a channel frame must be a map")
+    cls = channel.by_op.get(body.pop("op", None))
+    if cls is None:
+        raise ChannelError("unknown channel op")
+    try:
+        return cls.from_wire(body)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ChannelError(f"bad '{cls.op}' message: {exc}") from None
+
+
+class DriverMessage(Message):
+    """The driver channel: kernel and one driver process per device."""
+
+
+class ServiceMessage(Message):
+    """The service host channel: kernel and its service host process."""
+
+
+# -- kernel to driver ---------------------------------------------------------------------------
+
+@dataclass
+class Load(DriverMessage, op="load"):
+    model: str
+    spec: dict                    # llmos.specs.registry.ModelSpec.to_wire()
+    kv_bytes: int
+
+
+@dataclass
+class Unload(DriverMessage, op="unload"):
+    model: str
+
+
+@dataclass
+class Submit(DriverMessage, op="submit"):
+    """A generation, its arguments already checked against specs/syscalls.toml by the kernel."""
+    rid: int
+    model: str
+    prompt: str | None
+    messages: list[dict] | None
+    max_tokens: int
+    temperature: float
+    top_p: float
+    top_k: int
+    stop: list[str]
+    seed: int | None
+    priority: int = 0
+    cut_in: bool = False          # the fair scheduler allows a short prompt to cut into a running step
+
+
+@dataclass
+class Cancel(DriverMessage, op="cancel"):
+    rid: int
+
+
+@dataclass
+class Embed(DriverMessage, op="embed"):
+    rid: int
+    model: str
+    input: list[str]
+    normalize: bool = True
+
+
+@dataclass
+class Ping(DriverMessage, op="ping"):
+    t: float = 0.0
+
+
+@dataclass
+class Shutdown(DriverMessage, op="shutdown"):
+    pass
+
+
+# -- driver to kernel ---------------------------------------------------------------------------
+
+@dataclass
+class Hello(DriverMessage, op="hello"):
+    """A driver is up: what its device offers the kernel."""
+    device: str
+    pid: int
+    kind: str
+    total_bytes: int
+    free_bytes: int
+    dtype: str
+    max_seqs: int                 # sequences its engine batches at once: the kernel's admission window
+
+
+@dataclass
+class Loaded(DriverMessage, op="loaded"):
+    model: str
+    bytes: int
+    kv_bytes: int
+    context_length: int
+    load_s: float
+    kind: str
+
+
+@dataclass
+class LoadFailed(DriverMessage, op="load_failed"):
+    model: str
+    message: str
+
+
+@dataclass
+class TokenEvent:
+    """What one sequence did in one step: new text, and for its last step why and how it ended."""
+    rid: int
+    delta: str = ""
+    tokens: int = 0
+    finish: str | None = None     # None while it runs; "stop" | "length" | "error" at its end
+    usage: dict | None = None     # {prompt_tokens, completion_tokens} at its end
+    errno: str | None = None      # with finish == "error"
+    message: str | None = None
+
+    def __post_init__(self):
+        if self.finish == "error" and self.errno not in ERRNOS:
+            raise ValueError(f"an error event needs an errno, got {self.errno!r}")
+
+    def to_list(self) -> list:
+        return [self.rid, self.delta, self.tokens, self.finish, self.usage, self.errno, self.message]
+
+    @classmethod
+    def failed(cls, rid: int, errno: str, message: str, tokens: int = 0) -> "TokenEvent":
+        return cls(rid, "", tokens, "error", None, errno, message)
+
+
+@dataclass
+class Events(DriverMessage, op="events"):
+    """One message per engine step: every sequence that moved."""
+    events: list[TokenEvent] = field(default_factory=list)
+
+    def to_wire(self) -> dict:
+        return {"events": [e.to_list() for e in self.events]}
+
+    @classmethod
+    def from_wire(cls, body: dict) -> "Events":
+        return cls([TokenEvent(*row) for row in body["events"]])
+
+
+@dataclass
+class Result(DriverMessage, op="result"):
+    rid: int
+    result: Any
+
+
+@dataclass
+class Error(DriverMessage, op="error"):
+    rid: int
+    errno: str
+    message: str
+
+    def __post_init__(self):
+        if self.errno not in ERRNOS:
+            raise ValueError(f"unknown errno {self.errno!r}")
+
+
+@dataclass
+class Pong(DriverMessage, op="pong"):
+    t: float = 0.0
+
+
+# -- the service host channel -------------------------------------------------------------------
+
+@dataclass
+class Call(ServiceMessage, op="call"):
+    """Kernel to host: run a task of a service for the program that made an svc_call."""
+    cid: int
+    service: str
+    task: str
+    args: dict
+    stream: bool
+    deadline: float | None        # seconds left, or None
+    caller: dict                  # {pid, name}
+
+
+@dataclass
+class CancelCall(ServiceMessage, op="cancel"):
+    cid: int
+
+
+@dataclass
+class HostPing(ServiceMessage, op="ping"):
+    t: float = 0.0
+
+
+@dataclass
+class HostShutdown(ServiceMessage, op="shutdown"):
+    reload: bool = False
+
+
+@dataclass
+class HostHello(ServiceMessage, op="hello"):
+    """Host to kernel: it is up, with the services its plugins registered and those that failed."""
+    pid: int
+    catalog: dict
+
+
+@dataclass
+class CallDelta(ServiceMessage, op="delta"):
+    cid: int
+    delta: str
+
+
+@dataclass
+class CallResult(ServiceMessage, op="result"):
+    cid: int
+    result: Any
+
+
+@dataclass
+class CallError(ServiceMessage, op="error"):
+    cid: int
+    errno: str
+    message: str
+
+    def __post_init__(self):
+        if self.errno not in ERRNOS:
+            self.errno = "EIO"     # a plugin's made-up errno is still a failure the caller can read
+
+
+@dataclass
+class HostPong(ServiceMessage, op="pong"):
+    t: float = 0.0
