@@ -53,10 +53,6 @@ def unpack(frame: bytes) -> Any:
         raise FrameError(f"frame is not valid msgpack: {exc.__class__.__name__}: {exc}") from None
 
 
-def request(req_id: int, call: str, args: dict | None = None) -> bytes:
-    return pack({"v": ABI_VERSION, "id": req_id, "call": call, "args": args or {}})
-
-
 def reply_ok(req_id: int, result: Any, more: bool = False) -> bytes:
     msg = {"id": req_id, "ok": True, "result": result}
     if more:
