@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from harness import KernelProcess
-from tiny import make_tiny_bert, make_tiny_llama
+from llmos.userland.testing import KernelProcess, make_tiny_bert, make_tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

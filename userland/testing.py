@@ -1,0 +1,228 @@
+"""Boot a real kernel on a tiny model, for tests, benchmarks and plugin authors.
+
+A plugin's tests or a benchmark can run the real thing in a few seconds, offline:
+
+    from llmos.userland.testing import KernelProcess, make_tiny_llama
+
+    with KernelProcess(model=make_tiny_llama(tmp / "tiny")) as k, k.client("my-test") as c:
+        c.infer(prompt="hello", max_tokens=3)
+
+`KernelProcess` runs `python -m llmos.kernel` on an ipc socket in a private temporary runtime
+directory, so the kernel, its drivers and its service host share nothing with a kernel the user
+may be running; stop() (or leaving the `with` block) ends the kernel and removes that directory,
+and the work directory too when it made one. The tiny models are random 2-layer models with real
+tokenizers, saved as folders, so they load through the same path (registry.resolve, then the
+driver's loader) as real ones. transformers is imported only when a model is made, so importing
+this module stays light.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .client import Client, KernelUnavailable
+
+__all__ = ["KernelProcess", "make_tiny_bert", "make_tiny_llama", "wait_until"]
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; True if it held."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class KernelProcess:
+    """`python -m llmos.kernel` in a subprocess, owned by whoever started it.
+
+    workdir holds the kernel's socket, its console log and (unless state_dir is given) its
+    state; without one, a temporary directory is made and removed by stop(). The kernel's
+    runtime directory (driver and service sockets, the boot lock) is always a private
+    temporary one, so a killed kernel leaves nothing in the user's.
+    """
+
+    def __init__(self, workdir: Path | str | None = None, model: str | None = None, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None, state_dir: Path | str | None = None):
+        self._owned: list[Path] = []    # temporary directories stop() removes
+        if workdir is None:
+            workdir = self._temp_dir("llmos-kernel-")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket = f"ipc://{self.workdir}/k.sock"
+        self.state_dir = Path(state_dir or self.workdir / "state")
+        self.log = self.workdir / "kernel.out"
+        self.model = model
+        self.extra = list(extra or [])
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen | None = None
+
+    def _temp_dir(self, prefix: str) -> Path:
+        path = Path(tempfile.mkdtemp(prefix=prefix))
+        self._owned.append(path)
+        return path
+
+    def start(self, wait_model: bool = True, timeout: float = 180.0) -> "KernelProcess":
+        """Boot the kernel and wait until it answers (and, with wait_model, until the model is ready).
+
+        If it does not get there within `timeout`, everything is stopped and removed, and the
+        error carries the end of the kernel's log.
+        """
+        runtime = self._temp_dir("llmos-run-")   # short: an ipc path must fit in about 100 bytes
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), **self.env}
+        args = [sys.executable, "-m", "llmos.kernel", "--socket", self.socket, "--state-dir", str(self.state_dir),
+                "--device", "cpu", *(["--model", self.model] if self.model else ["--no-model"]), *self.extra]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            with self.client("harness", deadline=deadline) as c:
+                if wait_model and self.model and not wait_until(lambda: self._ready(c), deadline - time.monotonic()):
+                    raise RuntimeError(f"model {self.model} not ready after {timeout:g}s")
+        except BaseException as exc:
+            tail = self.log_tail()
+            self.stop(timeout=10)
+            if isinstance(exc, Exception):
+                raise RuntimeError(f"the kernel did not get ready: {exc}\n--- the end of its log:\n{tail}") from exc
+            raise
+        return self
+
+    def _ready(self, c: Client) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the kernel exited with {self.proc.returncode}")
+        loaded = {m["name"]: m for m in c.models()["loaded"]}
+        return loaded.get(self.model, {}).get("state") == "ready"
+
+    def client(self, name: str = "test", deadline: float | None = None, **kw) -> Client:
+        """A Client of this kernel, retried until the kernel answers or the deadline (monotonic) passes."""
+        deadline = deadline or time.monotonic() + 60
+        while True:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise RuntimeError(f"the kernel is not running (exit code {code}); its log is {self.log}")
+            try:
+                return Client(socket=self.socket, name=name, **kw)
+            except KernelUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def events(self, event: str) -> list[dict]:
+        """The kernel's log records (structlog JSON lines) whose event is `event`, oldest first."""
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("event") == event:
+                found.append(record)
+        return found
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Signal the kernel, wait for it (SIGKILL after `timeout`), remove the temporary directories.
+
+        Returns the kernel's exit code (0 if it never started). The kernel stops its drivers and
+        service host on SIGTERM; after a SIGKILL they notice they are orphaned and exit.
+        """
+        code = 0
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            code = self.proc.returncode
+        Path(self.socket[len("ipc://"):]).unlink(missing_ok=True)   # left behind by a killed kernel
+        while self._owned:
+            shutil.rmtree(self._owned.pop(), ignore_errors=True)
+        return code
+
+    def __enter__(self) -> "KernelProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --- tiny models ----------------------------------------------------------------------------------
+
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. A language model reads tokens and writes tokens.
+An operating system shares one machine among many programs; a kernel owns the resources and
+drivers talk to devices. Paris is the capital of France, Rome is the capital of Italy, and
+Berlin is the capital of Germany. Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Questions? Answers!
+Caf\u00e9, na\u00efve, \u00fcber, \u65e5\u672c\u8a9e, emoji \U0001f600 and other characters outside ASCII appear too.
+"""
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+          "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+def make_tiny_llama(dirpath) -> str:
+    """A 2-layer LlamaForCausalLM (GQA, tied embeddings) with a byte-level BPE chat tokenizer; deterministic."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(dirpath)
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(CORPUS.splitlines(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    config = LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def make_tiny_bert(dirpath) -> str:
+    """A 2-layer BertModel with a WordPiece tokenizer, as sentence-transformers would load it; deterministic."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = Path(dirpath)
+    path.mkdir(parents=True, exist_ok=True)
+    words = sorted({w.strip(".,;:?!").lower() for w in CORPUS.split()} - {""})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,;:?!", *words]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=128)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = BertModel(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
