@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import random
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import Job, log, percentile  # noqa: E402
+import options
+from bench_models import load_tokenizer, model_source
+from kernel_clients import Job, kernel, run_clients
+from report import fmt, log, machine_line, print_table
+from timings import Timing, error_notes, percentile, summarize
+from workload import make_requests, prompt_of_length
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.parser(__doc__)
+    p = options.parser(__doc__)
     p.add_argument("--heavy-requests", type=int, help="requests the heavy process submits at once (default 64)")
     p.add_argument("--heavy-prompt-tokens", type=int, nargs=2, metavar=("MIN", "MAX"),
                    help="heavy prompt lengths in tokens (default 20 400; 20 120 with --quick)")
@@ -48,40 +49,40 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    common.exit_cleanly_on_sigterm()
+    options.exit_cleanly_on_sigterm()
     args.heavy_requests = args.heavy_requests or 64
     args.heavy_prompt_tokens = args.heavy_prompt_tokens or ([20, 120] if args.quick else [20, 400])
     args.heavy_max_tokens = args.heavy_max_tokens or ([16, 32] if args.quick else [64, 128])
     args.heavy_timeout = args.heavy_timeout or (60.0 if args.quick else 900.0)
     args.light_delay = args.light_delay if args.light_delay is not None else (0.0 if args.quick else 2.0)
-    with common.model_source(args) as (model, device):
-        tok = common.load_tokenizer(model)
-        heavy = common.make_requests(tok, args.heavy_requests, tuple(args.heavy_prompt_tokens),
-                                     tuple(args.heavy_max_tokens), args.seed)
+    with model_source(args) as (model, device):
+        tok = load_tokenizer(model)
+        heavy = make_requests(tok, args.heavy_requests, tuple(args.heavy_prompt_tokens),
+                              tuple(args.heavy_max_tokens), args.seed)
         rng = random.Random(args.seed + 1)
         light = []
         for i in range(args.light_requests):
-            text, _ = common.prompt_of_length(tok, rng, args.light_prompt_tokens)
+            text, _ = prompt_of_length(tok, rng, args.light_prompt_tokens)
             light.append(Job(10_000 + i, text, args.light_max_tokens, i * args.light_interval, args.light_timeout))
         header = (f"model {model} on {device} ({args.dtype}); heavy: {len(heavy)} requests at once, prompts "
                   f"{args.heavy_prompt_tokens[0]}-{args.heavy_prompt_tokens[1]} tokens, max_tokens "
                   f"{args.heavy_max_tokens[0]}-{args.heavy_max_tokens[1]}; light: {len(light)} requests every "
                   f"{args.light_interval}s, {args.light_prompt_tokens}-token prompts, max_tokens {args.light_max_tokens}")
         log(header)
-        log(common.machine_line())
-        with common.kernel(model, device, args.kv_cache, args.dtype) as k:
-            common.run_clients(k.socket, model, [[Job(-1, light[0].prompt, 2)]], "warm-up")
+        log(machine_line())
+        with kernel(model, device, args.kv_cache, args.dtype) as k:
+            run_clients(k.socket, model, [[Job(-1, light[0].prompt, 2)]], "warm-up")
             log("light process alone")
-            (alone,), _ = common.run_clients(k.socket, model, [light], "light alone", names=["light"])
+            (alone,) = run_clients(k.socket, model, [light], "light alone", names=["light"]).groups
             log("heavy and light together")
             late = [Job(j.idx, j.prompt, j.max_tokens, j.at + args.light_delay, j.timeout) for j in light]
             heavy_jobs = [Job(r.idx, r.prompt, r.max_tokens, 0.0, args.heavy_timeout) for r in heavy]
-            (loaded, heavy_t), start = common.run_clients(k.socket, model, [late, heavy_jobs], "light + heavy",
-                                                          names=["light", "heavy"])
+            together = run_clients(k.socket, model, [late, heavy_jobs], "light + heavy", names=["light", "heavy"])
+            loaded, heavy_t = together.groups
 
-    light_alone = common.summarize("light, kernel idle", alone)
-    light_loaded = common.summarize("light, heavy running", loaded)
-    heavy_sum = common.summarize("heavy", heavy_t)
+    light_alone = summarize("light, kernel idle", alone)
+    light_loaded = summarize("light, heavy running", loaded)
+    heavy_sum = summarize("heavy", heavy_t)
     window = (min(t.submitted for t in loaded), max(t.end for t in loaded))
     in_window = sum(_tokens_between(t, *window) for t in heavy_t)
     light_busy = window[1] - window[0]
@@ -89,36 +90,36 @@ def main(argv=None) -> int:
 
     rows = []
     for s in (light_alone, light_loaded):
-        rows.append([s.method, s.requests, s.errors, common.fmt(percentile(s.ttft, 50), "ms", 0),
-                     common.fmt(percentile(s.ttft, 95), "ms", 0), common.fmt(max(s.ttft, default=None), "ms", 0),
-                     common.fmt(percentile(s.itl, 50), "ms", 1), common.fmt(percentile(s.itl, 95), "ms", 1)])
+        rows.append([s.method, s.requests, s.errors, fmt(percentile(s.ttft, 50), "ms", 0),
+                     fmt(percentile(s.ttft, 95), "ms", 0), fmt(max(s.ttft, default=None), "ms", 0),
+                     fmt(percentile(s.itl, 50), "ms", 1), fmt(percentile(s.itl, 95), "ms", 1)])
     p50 = _ratio(percentile(light_loaded.ttft, 50), percentile(light_alone.ttft, 50))
     p95 = _ratio(percentile(light_loaded.ttft, 95), percentile(light_alone.ttft, 95))
     rows.append(["ratio (heavy running / idle)", "", "", p50, p95, "", "", ""])
-    notes = (common.error_notes("light, kernel idle", alone) + common.error_notes("light, heavy running", loaded)
-             + common.error_notes("heavy", heavy_t))
-    common.print_table(f"fairness: {header}",
-                       ["light process", "requests", "errors", "TTFT p50 ms", "TTFT p95 ms", "TTFT max ms",
-                        "ITL p50 ms", "ITL p95 ms"], rows,
-                       ["TTFT of the requests that succeeded; light requests are sent on a fixed schedule "
-                        "whether or not the previous one has finished"] + notes)
-    common.print_table("the heavy process", ["heavy process", "requests", "errors", "out tokens", "wall s",
-                                             "out tok/s", "TTFT p50 ms", "TTFT p95 ms"],
-                       [["whole run", heavy_sum.requests, heavy_sum.errors, heavy_sum.tokens, common.fmt(heavy_sum.wall_s),
-                         common.fmt(heavy_sum.tok_s), common.fmt(percentile(heavy_sum.ttft, 50), "ms", 0),
-                         common.fmt(percentile(heavy_sum.ttft, 95), "ms", 0)],
-                        ["while the light one ran", "", "", f"~{in_window:.0f}", common.fmt(light_busy),
-                         common.fmt(in_window / light_busy if light_busy > 0 else None), "", ""]],
-                       [f"the light process ran from {window[0] - start:.1f}s to {window[1] - start:.1f}s after the "
-                        f"heavy burst; {still_running} heavy requests were still running when it finished"
-                        + ("" if still_running else " (the heavy load had ended: raise --heavy-requests)"),
-                        "tokens in the window: pieces of streamed text that arrived in it, scaled by each request's "
-                        "tokens per piece (the stream carries text, not token counts)",
-                        f"after the runs: {common.machine_line()}"])
+    notes = (error_notes("light, kernel idle", alone) + error_notes("light, heavy running", loaded)
+             + error_notes("heavy", heavy_t))
+    print_table(f"fairness: {header}",
+                ["light process", "requests", "errors", "TTFT p50 ms", "TTFT p95 ms", "TTFT max ms",
+                 "ITL p50 ms", "ITL p95 ms"], rows,
+                ["TTFT of the requests that succeeded; light requests are sent on a fixed schedule "
+                 "whether or not the previous one has finished"] + notes)
+    print_table("the heavy process", ["heavy process", "requests", "errors", "out tokens", "wall s",
+                                      "out tok/s", "TTFT p50 ms", "TTFT p95 ms"],
+                [["whole run", heavy_sum.requests, heavy_sum.errors, heavy_sum.tokens, fmt(heavy_sum.wall_s),
+                  fmt(heavy_sum.tok_s), fmt(percentile(heavy_sum.ttft, 50), "ms", 0),
+                  fmt(percentile(heavy_sum.ttft, 95), "ms", 0)],
+                 ["while the light one ran", "", "", f"~{in_window:.0f}", fmt(light_busy),
+                  fmt(in_window / light_busy if light_busy > 0 else None), "", ""]],
+                [f"the light process ran from {window[0] - together.start:.1f}s to {window[1] - together.start:.1f}s "
+                 f"after the heavy burst; {still_running} heavy requests were still running when it finished"
+                 + ("" if still_running else " (the heavy load had ended: raise --heavy-requests)"),
+                 "tokens in the window: pieces of streamed text that arrived in it, scaled by each request's "
+                 "tokens per piece (the stream carries text, not token counts)",
+                 f"after the runs: {machine_line()}"])
     return 0
 
 
-def _tokens_between(t: common.Timing, a: float, b: float) -> float:
+def _tokens_between(t: Timing, a: float, b: float) -> float:
     """A request's completion tokens that arrived in [a, b]: its pieces of text there, scaled to its token count."""
     if t.error or not t.pieces:
         return 0.0

@@ -23,14 +23,17 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import log, percentile  # noqa: E402
+import options
+from bench_models import load_model, load_tokenizer, model_source
+from in_process import default_kv_bytes, run_engine
+from kernel_clients import kernel, run_through_kernel
+from report import log, machine_line, print_table, throughput_table
+from timings import percentile
+from workload import BenchRequest, make_requests
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.parser(__doc__)
+    p = options.parser(__doc__)
     p.add_argument("--pings", type=int, help="timed round trips per row (default 5000; 1000 with --quick)")
     p.add_argument("--warmup", type=int, default=500, help="untimed round trips before each row (default 500)")
     p.add_argument("--requests", type=int, help="requests in the generation comparison (default 64; 16 with --quick)")
@@ -125,13 +128,13 @@ def ping_row(name: str, times: list[float], reference: list[float] | None) -> li
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    common.exit_cleanly_on_sigterm()
+    options.exit_cleanly_on_sigterm()
     args.pings = args.pings or (1000 if args.quick else 5000)
     args.requests = args.requests or (16 if args.quick else 64)
     args.clients = args.clients or (4 if args.quick else 16)
     args.prompt_tokens = args.prompt_tokens or ([20, 120] if args.quick else [20, 200])
     args.max_tokens = args.max_tokens or ([8, 32] if args.quick else [16, 64])
-    log(common.machine_line())
+    log(machine_line())
 
     ctx = mp.get_context("spawn")
     tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-echo-"))
@@ -142,9 +145,9 @@ def main(argv=None) -> int:
     try:
         if not ready.wait(60):
             raise RuntimeError("the echo server did not start")
-        with common.model_source(args) as (model, device):
-            tok = None if args.skip_generation else common.load_tokenizer(model)
-            with common.kernel(model, device, args.kv_cache, args.dtype) as k:
+        with model_source(args) as (model, device):
+            tok = None if args.skip_generation else load_tokenizer(model)
+            with kernel(model, device, args.kv_cache, args.dtype) as k:
                 log(f"{args.pings} round trips per row, after {args.warmup} warm-up")
                 rows = []
                 echo_times = raw_round_trips(echo_url, args.pings, args.warmup)
@@ -156,26 +159,26 @@ def main(argv=None) -> int:
                 rows.append(ping_row("kernel ping via AsyncClient",
                                      async_client_round_trips(k.socket, args.pings, args.warmup), echo_times))
                 extra = (percentile(kernel_times, 50) - percentile(echo_times, 50)) * 1e6
-                common.print_table("syscall round trip (ipc, same machine)",
-                                   ["server / client", "round trips", "p50 us", "p99 us", "mean us", "calls/s",
-                                    "p50 vs echo"], rows,
-                                   [f"the kernel's own work per ping (p50 difference from the echo server): {extra:.0f} us",
-                                    "echo: the frame comes back unchanged; kernel: decoded, checked against the "
-                                    "syscall table, dispatched, answered with a new frame"])
+                print_table("syscall round trip (ipc, same machine)",
+                            ["server / client", "round trips", "p50 us", "p99 us", "mean us", "calls/s",
+                             "p50 vs echo"], rows,
+                            [f"the kernel's own work per ping (p50 difference from the echo server): {extra:.0f} us",
+                             "echo: the frame comes back unchanged; kernel: decoded, checked against the "
+                             "syscall table, dispatched, answered with a new frame"])
                 if args.skip_generation:
                     return 0
-                reqs = common.make_requests(tok, args.requests, tuple(args.prompt_tokens), tuple(args.max_tokens),
-                                            args.seed)
+                reqs = make_requests(tok, args.requests, tuple(args.prompt_tokens), tuple(args.max_tokens),
+                                     args.seed)
                 log(f"generation: {len(reqs)} requests through the kernel from {args.clients} client processes")
-                common.run_through_kernel(k, model, [common.BenchRequest(-1, reqs[0].prompt, reqs[0].prompt_ids, 2)], 1)
-                through = common.run_through_kernel(k, model, reqs, args.clients)
+                run_through_kernel(k, model, [BenchRequest(-1, reqs[0].prompt, reqs[0].prompt_ids, 2)], 1)
+                through = run_through_kernel(k, model, reqs, args.clients)
             log("generation: the same requests, Engine in this process")
-            lm = common.load_model(model, device, args.dtype)
-            kv = common.default_kv_bytes(device, args.kv_cache)
-            common.run_engine(lm, reqs[:1], kv)   # warm-up
-            inproc, prof = common.run_engine(lm, reqs, kv)
+            lm = load_model(model, device, args.dtype)
+            kv = default_kv_bytes(device, args.kv_cache)
+            run_engine(lm, reqs[:1], kv)   # warm-up
+            inproc, prof = run_engine(lm, reqs, kv)
             ratio = through.tok_s / max(inproc.tok_s, 1e-9)
-            common.throughput_table(
+            throughput_table(
                 f"generation through the kernel vs in-process: {model} on {device} ({args.dtype}), {len(reqs)} requests, prompts "
                 f"{args.prompt_tokens[0]}-{args.prompt_tokens[1]} tokens, max_tokens {args.max_tokens[0]}-"
                 f"{args.max_tokens[1]}, greedy", [through, inproc], through,
@@ -184,7 +187,7 @@ def main(argv=None) -> int:
                  f"in-process: {prof.steps} steps, {100 * prof.forward_s / max(prof.step_s, 1e-9):.0f}% of stepping "
                  f"time in the model's forward, {prof.preemptions} preemptions",
                  through.cpu_line, inproc.cpu_line,
-                 f"after the runs: {common.machine_line()}"])
+                 f"after the runs: {machine_line()}"])
     finally:
         echo.kill()
         echo.join()

@@ -16,18 +16,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: E402
-from common import log  # noqa: E402
+import options
+from bench_models import load_model, model_source
+from cpu_meter import metered
+from hf_baselines import run_hf_continuous, run_hf_sequential, run_hf_static
+from in_process import default_kv_bytes, run_engine
+from kernel_clients import kernel, run_through_kernel
+from report import log, machine_line, throughput_table
+from workload import BenchRequest, make_requests
 
 METHODS = ("kernel", "engine", "cb", "static", "hf")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = common.parser(__doc__)
+    p = options.parser(__doc__)
     p.add_argument("--clients", type=int, help="client processes (default 16; 4 with --quick)")
     p.add_argument("--requests", type=int, help="requests in all, dealt round-robin to the clients and all sent at "
                                                 "once (default 64; 16 with --quick; 256 with --gpu)")
@@ -63,33 +66,33 @@ def defaults(args) -> None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    common.exit_cleanly_on_sigterm()
+    options.exit_cleanly_on_sigterm()
     defaults(args)
-    with common.model_source(args) as (model, device):
+    with model_source(args) as (model, device):
         log(f"loading {model} on {device} in this process")
-        lm = common.load_model(model, device, args.dtype)
-        reqs = common.make_requests(lm.tokenizer, args.requests, tuple(args.prompt_tokens), tuple(args.max_tokens),
-                                    args.seed, lm.context_length)
-        kv = common.default_kv_bytes(device, args.kv_cache)
+        lm = load_model(model, device, args.dtype)
+        reqs = make_requests(lm.tokenizer, args.requests, tuple(args.prompt_tokens), tuple(args.max_tokens),
+                             args.seed, lm.context_length)
+        kv = default_kv_bytes(device, args.kv_cache)
         prompt_tokens = sum(len(r.prompt_ids) for r in reqs)
         header = (f"model {lm.name} on {device} ({lm.dtype}); {len(reqs)} requests, prompts "
                   f"{min(len(r.prompt_ids) for r in reqs)}-{max(len(r.prompt_ids) for r in reqs)} tokens "
                   f"({prompt_tokens} in all), max_tokens {args.max_tokens[0]}-{args.max_tokens[1]} "
                   f"({sum(r.max_tokens for r in reqs)} at most), greedy, seed {args.seed}")
         log(header)
-        log(common.machine_line())
+        log(machine_line())
         rows, notes = [], []
 
         if "kernel" in args.methods:
-            with common.kernel(model, device, args.kv_cache, args.dtype) as k:
-                warm = [common.BenchRequest(-1, reqs[0].prompt, reqs[0].prompt_ids, 2)]
-                common.run_through_kernel(k, model, warm, 1)
-                rows.append(common.run_through_kernel(k, model, reqs, args.clients))
+            with kernel(model, device, args.kv_cache, args.dtype) as k:
+                warm = [BenchRequest(-1, reqs[0].prompt, reqs[0].prompt_ids, 2)]
+                run_through_kernel(k, model, warm, 1)
+                rows.append(run_through_kernel(k, model, reqs, args.clients))
             log(f"kernel: {rows[-1].tok_s:.1f} tok/s")
 
         if "engine" in args.methods:
-            common.run_engine(lm, reqs[:1], kv)    # warm-up
-            summary, prof = common.run_engine(lm, reqs, kv)
+            run_engine(lm, reqs[:1], kv)    # warm-up
+            summary, prof = run_engine(lm, reqs, kv)
             rows.append(summary)
             notes.append(f"engine in-process: {prof.steps} steps, {prof.step_s:.1f}s stepping of which "
                          f"{prof.forward_s:.1f}s ({100 * prof.forward_s / max(prof.step_s, 1e-9):.0f}%) in the "
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
         if "cb" in args.methods:
             subset = reqs[:args.cb_requests]
             try:
-                summary = common.metered(common.run_hf_continuous, lm, subset)
+                summary = metered(run_hf_continuous, lm, subset)
                 if len(subset) < len(reqs):
                     summary.note = f"first {len(subset)} requests"
                 rows.append(summary)
@@ -112,14 +115,14 @@ def main(argv=None) -> int:
 
         subset = reqs[:args.baseline_requests]
         if "static" in args.methods:
-            common.run_hf_static(lm, subset[:1], 1)   # warm-up
-            summary = common.metered(common.run_hf_static, lm, subset, args.static_batch)
+            run_hf_static(lm, subset[:1], 1)   # warm-up
+            summary = metered(run_hf_static, lm, subset, args.static_batch)
             summary.note = f"first {len(subset)} requests" if len(subset) < len(reqs) else ""
             rows.append(summary)
             log(f"hf static batches: {summary.tok_s:.1f} tok/s")
 
         if "hf" in args.methods:
-            summary = common.metered(common.run_hf_sequential, lm, subset)
+            summary = metered(run_hf_sequential, lm, subset)
             summary.note = f"first {len(subset)} requests" if len(subset) < len(reqs) else ""
             rows.append(summary)
             log(f"hf generate one at a time: {summary.tok_s:.1f} tok/s")
@@ -139,9 +142,9 @@ def main(argv=None) -> int:
             "ITL: gaps between successive pieces of streamed text (one per token, rarely more).",
             "out tokens: completion tokens produced (usage for the kernel; EOS counts; nothing past a request's "
             "max_tokens for static batches, whose batch runs to its longest max_tokens).",
-            f"after the runs: {common.machine_line()}",
+            f"after the runs: {machine_line()}",
         ]
-        common.throughput_table(f"throughput: {header}", rows, reference, notes)
+        throughput_table(f"throughput: {header}", rows, reference, notes)
     return 0
 
 

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from llmos.kernel.memstore import MemoryStore, RegionVectors
-from llmos.userland import Client, KernelUnavailable
+from llmos.kernel.memstore import MemoryStore
+from llmos.userland.testing import KernelProcess
 
 OWNER, REGION, MODEL, DIM = "bench", "big", "minilm-l6-v2", 384
 REAL = [f"Order {i} of a {c} {t} was shipped to {city}." for i, (c, t, city) in enumerate(
@@ -56,22 +55,6 @@ def fill(state: Path, n: int) -> None:
         store.close()
 
 
-def boot(tmp: Path) -> tuple[subprocess.Popen, str]:
-    socket = f"ipc://{tmp}/k.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "llmos.kernel", "--socket", socket, "--state-dir", str(tmp / "state"),
-                             "--device", "cpu", "--no-model"], stdout=subprocess.DEVNULL,
-                            stderr=open(tmp / "kernel.log", "wb"), env=dict(os.environ, LLMOS_NO_SERVICES="1"))
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            Client(socket=socket, name="wait", timeout=10).close()
-            return proc, socket
-        except KernelUnavailable:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit(f"the kernel did not start; see {tmp}/kernel.log")
-            time.sleep(0.2)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--entries", type=int, default=100_000)
@@ -82,31 +65,27 @@ def main() -> int:
         t = time.monotonic()
         fill(tmp / "state", args.entries)
         print(f"filled {args.entries} entries in {time.monotonic() - t:.1f}s", file=sys.stderr)
-        kernel, socket = boot(tmp)
-        try:
-            with Client(socket=socket, name=OWNER, timeout=None) as c:
-                for i, text in enumerate(REAL):
-                    c.memwrite(REGION, f"real{i:03d}", text, embed=True)
-                queries = [REAL[i % len(REAL)] for i in range(args.queries)]
-                c.embed("warm up")
+        with KernelProcess(tmp, state_dir=tmp / "state", env={"LLMOS_NO_SERVICES": "1"}) as kernel, \
+                kernel.client(OWNER, timeout=None) as c:
+            for i, text in enumerate(REAL):
+                c.memwrite(REGION, f"real{i:03d}", text, embed=True)
+            queries = [REAL[i % len(REAL)] for i in range(args.queries)]
+            c.embed("warm up")
+            t = time.perf_counter()
+            first = c.memsearch(REGION, queries[0], k=5)
+            first_s = time.perf_counter() - t
+            total, embed_only = [], []
+            correct = 0
+            for i, q in enumerate(queries):
                 t = time.perf_counter()
-                first = c.memsearch(REGION, queries[0], k=5)
-                first_s = time.perf_counter() - t
-                total, embed_only = [], []
-                correct = 0
-                for i, q in enumerate(queries):
-                    t = time.perf_counter()
-                    r = c.memsearch(REGION, q, k=5)
-                    total.append(time.perf_counter() - t)
-                    correct += r["results"][0]["key"] == f"real{i % len(REAL):03d}"
-                    t = time.perf_counter()
-                    c.embed(q)
-                    embed_only.append(time.perf_counter() - t)
-                searched = first["searched"]
-                qvecs = np.asarray(c.embed(queries[:50])["vectors"], dtype=np.float32)
-        finally:
-            kernel.terminate()
-            kernel.wait(60)
+                r = c.memsearch(REGION, q, k=5)
+                total.append(time.perf_counter() - t)
+                correct += r["results"][0]["key"] == f"real{i % len(REAL):03d}"
+                t = time.perf_counter()
+                c.embed(q)
+                embed_only.append(time.perf_counter() - t)
+            searched = first["searched"]
+            qvecs = np.asarray(c.embed(queries[:50])["vectors"], dtype=np.float32)
         store = MemoryStore(tmp / "state" / "memory.sqlite3")
         index = store._pool.submit(store._index, REGION, MODEL).result()
         store.close()
