@@ -1,0 +1,39 @@
+"""Syscall failures as exceptions: one class per errno name, all of them LLMOSError.
+
+Errors stay errno replies on the wire; they become exceptions here, at the client's boundary,
+so a program catches `ERRORS["ENOMEM"]` for one errno or `LLMOSError` for all.
+"""
+
+from __future__ import annotations
+
+from llmos.specs.protocol import ERRNOS
+
+
+class LLMOSError(Exception):
+    """A syscall failed; `errno` is the kernel's errno name (EINVAL, ENOMEM, ...)."""
+
+    errno = "EIO"
+
+    def __init__(self, errno: str, message: str):
+        super().__init__(f"{errno}: {message}")
+        self.errno = errno
+        self.message = message
+
+
+class KernelUnavailable(LLMOSError, ConnectionError):
+    """No kernel answers on the socket, or the connection to it was lost."""
+
+    def __init__(self, message: str):
+        super().__init__("EIO", message)
+
+
+# ERRORS["ENOMEM"] is the class raised for ENOMEM; catch LLMOSError for all.
+ERRORS: dict[str, type[LLMOSError]] = {
+    name: type(name, (LLMOSError,), {"errno": name, "__doc__": why}) for name, why in ERRNOS.items()
+}
+
+
+def raise_error(error: dict) -> None:
+    """Raise the exception for an error reply's {errno, message}."""
+    errno = error.get("errno", "EIO")
+    raise ERRORS.get(errno, LLMOSError)(errno, error.get("message", ""))
