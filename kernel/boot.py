@@ -10,7 +10,8 @@ from pathlib import Path
 
 from llmos.specs.protocol import runtime_dir
 
-from . import logs
+from . import logs, statedir
+from .auth import AuthError
 from .config import Settings
 from .kernel import Kernel
 from .transport import ipc_path
@@ -63,15 +64,29 @@ async def run_kernel(settings: Settings) -> None:
 
 
 def boot(settings: Settings) -> int:
+    os.umask(0o077)      # every file the kernel (and its children) makes is its owner's alone
+    repaired = statedir.prepare(settings.state_dir)
     logs.configure(settings.state_dir, settings.log_level)
     log = logs.get("llmos.boot")
+    for line in repaired:
+        log.warning("state_dir.repaired", what=line)
     try:
         fd = take_lock(settings.socket)
     except AlreadyRunning as exc:
         log.error("boot.refused", reason=str(exc))
         return 1
     try:
+        state_fd = statedir.take_lock(settings.state_dir, settings.socket)
+    except statedir.StateDirBusy as exc:
+        release_lock(fd)
+        log.error("boot.refused", reason=str(exc))
+        return 1
+    try:
         asyncio.run(run_kernel(settings))
+    except AuthError as exc:
+        log.error("boot.refused", reason=str(exc))
+        return 1
     finally:
+        release_lock(state_fd)
         release_lock(fd)
     return 0

@@ -34,12 +34,13 @@ BEFORE_HELLO = frozenset({"hello", "ping", "sysinfo"})   # what a connection may
 class CallContext:
     """Who made a call and how to answer it."""
 
-    __slots__ = ("routing", "client_id", "proc")
+    __slots__ = ("routing", "client_id", "proc", "principal")
 
-    def __init__(self, routing: list[bytes], client_id: int, proc: Process | None):
+    def __init__(self, routing: list[bytes], client_id: int, proc: Process | None, principal: str):
         self.routing = routing
         self.client_id = client_id
         self.proc = proc
+        self.principal = principal     # as the transport proved it
 
 
 class Dispatcher:
@@ -50,13 +51,13 @@ class Dispatcher:
     async def serve(self) -> None:
         while True:
             try:
-                parts = await self.k.transport.recv()
+                routing, frame, principal = await self.k.transport.recv()
             except zmq.ZMQError:
                 return
-            if len(parts) >= 2:
-                self.on_frame(parts[:-1], parts[-1])
+            if routing:
+                self.on_frame(routing, frame, principal)
 
-    def on_frame(self, routing: list[bytes], frame: bytes) -> None:
+    def on_frame(self, routing: list[bytes], frame: bytes, principal: str) -> None:
         """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
         client_id = None
         try:
@@ -78,6 +79,8 @@ class Dispatcher:
                 raise SyscallError("ENOSYS", f"no syscall '{call[:64]}'; see specs/syscalls.md for the list")
             args = spec.validate(msg.get("args"))
             proc = self.k.procs.by_identity(routing[0])
+            if proc is not None and proc.principal != principal:
+                proc = None        # a routing id reused by someone else: not their process
             if proc is not None:
                 proc.last_seen = time.monotonic()
             elif call not in BEFORE_HELLO:
@@ -90,7 +93,7 @@ class Dispatcher:
         except SyscallError as exc:
             self.k.transport.send(routing, reply_error(client_id, exc.errno, exc.message))
             return
-        ctx = CallContext(routing, client_id, proc)
+        ctx = CallContext(routing, client_id, proc, principal)
         if asyncio.iscoroutinefunction(handler):
             self.k.spawn(self._run_async(handler, ctx, args), call)
         else:

@@ -20,6 +20,8 @@ import zmq.asyncio
 from llmos.specs.protocol import ABI_VERSION, NOTICE_ID, pack, runtime_dir
 
 from . import logs
+from .audit import AuditLog
+from .auth import PrincipalAuthenticator
 from .config import Settings
 from .devices import Devices, resolve_devices
 from .devmem import DeviceMemory
@@ -27,6 +29,7 @@ from .dispatch import Dispatcher
 from .errors import ecanceled
 from .memstore import MemoryStore
 from .models import ModelTable
+from .principals import PrincipalTable
 from .process import Process, ProcessTable
 from .requests import RequestTable
 from .services import ServiceManager
@@ -50,6 +53,9 @@ class Kernel:
         self.ctx = zmq.asyncio.Context()
         self.service_token = secrets.token_urlsafe(24)    # given to the service host alone, at its start
         self.services = ServiceManager(self)
+        self.principals = PrincipalTable(settings.state_dir, settings.grantable_caps, settings.default_caps)
+        self.audit: AuditLog | None = None
+        self.authenticator: PrincipalAuthenticator | None = None
         self.transport: Transport | None = None
         self.supervisor: Supervisor | None = None
         self.memstore: MemoryStore | None = None
@@ -61,8 +67,14 @@ class Kernel:
     async def start(self) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
+        self.principals.load()
+        self.audit = AuditLog(s.state_dir)
         self.memstore = MemoryStore(s.state_dir / "memory.sqlite3")
-        self.transport = Transport(self.ctx, s.socket, self._unreachable)
+        if s.socket.startswith("tcp://"):   # the ZAP handler answers before the socket is bound
+            self.authenticator = PrincipalAuthenticator(self.ctx, self.principals, self._refused)
+            self.authenticator.start()
+        self.transport = Transport(self.ctx, s.socket, self.principals, self._unreachable)
+        self.audit.record("boot", socket=s.socket, pid=os.getpid(), users=len(self.principals.users()))
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
                                      self.devices.on_message, self.devices.on_down, self.devices.on_up, dtype=s.dtype)
@@ -99,6 +111,11 @@ class Kernel:
             self.transport.close()
         if self.memstore:
             self.memstore.close()
+        if self.authenticator:
+            self.authenticator.stop()
+        if self.audit:
+            self.audit.record("shutdown", reason=why)
+            self.audit.close()
         self.ctx.term()
         log.info("kernel.stopped")
 
@@ -110,6 +127,11 @@ class Kernel:
         return task
 
     # -- processes -------------------------------------------------------------------------------
+
+    def _refused(self, public_key: str) -> None:
+        """The transport turned a connection away: its key is no principal's."""
+        self.audit.record("auth_failed", public_key=public_key)
+        log.warning("auth.refused", public_key=public_key)
 
     def _unreachable(self, identity: bytes, why: str) -> None:
         proc = self.procs.by_identity(identity)

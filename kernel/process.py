@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -13,9 +14,10 @@ if TYPE_CHECKING:
 @dataclass
 class Process:
     pid: int
-    name: str
+    name: str                        # the program's name for itself: a label, not an identity
     identity: bytes                  # the ZeroMQ routing id of its connection
     caps: frozenset[str]
+    principal: str = "operator"      # who the transport proved is at the other end
     started: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     requests: dict[int, "Request"] = field(default_factory=dict)   # by the client's frame id
@@ -30,10 +32,13 @@ class Process:
 
     def describe(self) -> dict:
         return {
-            "pid": self.pid, "name": self.name, "age_s": round(time.monotonic() - self.started, 3),
+            "pid": self.pid, "name": self.name, "principal": self.principal, "age_s": round(time.monotonic() - self.started, 3),
             "requests": len(self.requests), "tokens": self.tokens, "reserved_bytes": self.reserved_bytes,
             "models": sorted(self.models), "caps": sorted(self.caps),
         }
+
+
+MAX_CEILINGS = 4096    # connections remembered after exit; the oldest are forgotten first
 
 
 class ProcessTable:
@@ -42,10 +47,22 @@ class ProcessTable:
     def __init__(self) -> None:
         self._by_pid: dict[int, Process] = {}
         self._by_identity: dict[bytes, Process] = {}
+        self._ceilings: OrderedDict[bytes, frozenset[str]] = OrderedDict()   # connection -> caps after exit
         self._next_pid = 1
 
-    def register(self, identity: bytes, name: str, caps: frozenset[str]) -> Process:
-        proc = Process(self._next_pid, name, identity, caps)
+    def ceiling(self, identity: bytes) -> frozenset[str] | None:
+        """The most a process on this connection may hold, once one on it exited; None before."""
+        return self._ceilings.get(identity)
+
+    def lower_ceiling(self, identity: bytes, caps: frozenset[str]) -> None:
+        held = self._ceilings.get(identity)
+        self._ceilings[identity] = caps if held is None else held & caps
+        self._ceilings.move_to_end(identity)
+        while len(self._ceilings) > MAX_CEILINGS:
+            self._ceilings.popitem(last=False)
+
+    def register(self, identity: bytes, name: str, caps: frozenset[str], principal: str) -> Process:
+        proc = Process(self._next_pid, name, identity, caps, principal)
         self._next_pid += 1
         self._by_pid[proc.pid] = proc
         self._by_identity[identity] = proc

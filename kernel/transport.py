@@ -7,17 +7,18 @@ so the kernel can cut it off. Nobody waits on a slow or dead client, driver or s
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import Callable
 
 import zmq
 import zmq.asyncio
 
+from llmos.specs.keys import private_umask
 from llmos.specs.protocol import MAX_FRAME_BYTES
 
 from . import logs
+from .auth import principal_of, secure
+from .principals import PrincipalTable
 
 log = logs.get("llmos.transport")
 
@@ -27,20 +28,27 @@ SEND_HWM = 10_000  # frames queued to one client before it counts as not reading
 class Router:
     """A bound ROUTER: `await recv()` on the loop, `send()` that raises at once instead of waiting."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, url: str, **options: int):
+    def __init__(self, ctx: zmq.asyncio.Context, url: str, before_bind=None, **options: int):
         self.url = url
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         for name, value in options.items():
             self.sock.setsockopt(getattr(zmq, name), value)
-        self.sock.bind(url)
+        if before_bind is not None:
+            before_bind(self.sock)
+        with private_umask():      # an ipc socket file is born 0600: no window before a chmod
+            self.sock.bind(url)
         # zmq.asyncio reports send errors through futures; a synchronous shadow of the same
         # socket raises them at once, which is what a non-blocking send needs.
         self._send_sock = zmq.Socket.shadow(self.sock.underlying)
 
     async def recv(self) -> list[bytes]:
         return await self.sock.recv_multipart(copy=True)
+
+    async def recv_frames(self) -> list[zmq.Frame]:
+        """A message as zmq Frames, which carry the transport's properties (User-Id)."""
+        return await self.sock.recv_multipart(copy=False)
 
     def send(self, frames: list[bytes]) -> None:
         """Queue a message without waiting; raises zmq.Again (peer not reading) or zmq.ZMQError."""
@@ -56,22 +64,21 @@ class Router:
 class Transport:
     """The kernel's socket for clients: reports the ones it cannot reach instead of blocking on them."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, url: str, on_unreachable: Callable[[bytes, str], None]):
+    def __init__(self, ctx: zmq.asyncio.Context, url: str, principals: PrincipalTable,
+                 on_unreachable: Callable[[bytes, str], None]):
         self.url = url
         self.on_unreachable = on_unreachable
         self.ipc_path = ipc_path(url)
-        if self.ipc_path:
-            self.ipc_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            if self.ipc_path.exists():
-                self.ipc_path.unlink()   # stale: the boot lock proved no kernel owns it
-        self.router = Router(ctx, url, MAXMSGSIZE=MAX_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
-        self._ipc_inode = None
-        if self.ipc_path:
-            os.chmod(self.ipc_path, stat.S_IRUSR | stat.S_IWUSR)  # only this user's programs
-            self._ipc_inode = self.ipc_path.stat().st_ino
+        if self.ipc_path and self.ipc_path.exists():
+            self.ipc_path.unlink()   # stale: the boot lock proved no kernel owns it
+        self.router = Router(ctx, url, before_bind=lambda sock: secure(sock, url, principals),
+                             MAXMSGSIZE=MAX_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
+        self._ipc_inode = self.ipc_path.stat().st_ino if self.ipc_path else None
 
-    async def recv(self) -> list[bytes]:
-        return await self.router.recv()
+    async def recv(self) -> tuple[list[bytes], bytes, str]:
+        """The next request: its routing frames, its frame, and the principal the transport proved."""
+        parts = await self.router.recv_frames()
+        return [p.bytes for p in parts[:-1]], parts[-1].bytes, principal_of(parts[-1], self.url)
 
     def send(self, routing: list[bytes], frame: bytes) -> bool:
         """Queue a frame for a client without waiting; False if it could not be delivered."""

@@ -17,26 +17,26 @@ async def sys_memwrite(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     if len(value) > k.settings.max_value_bytes:
         raise enomem(f"memwrite: value of {len(value)} bytes is over the limit of {k.settings.max_value_bytes}")
     if not args["embed"]:
-        return await k.memstore.write(ctx.proc.name, args["region"], args["key"], value)
+        return await k.memstore.write(ctx.proc.principal, args["region"], args["key"], value)
     if not isinstance(value, str):
         raise einval("memwrite: embed=true needs a str value (only text has an embedding)")
-    await k.memstore.check_access(ctx.proc.name, args["region"], must_exist=False)
+    await k.memstore.check_access(ctx.proc.principal, args["region"], must_exist=False)
     vector = (await embed_texts(k, ctx, [value], args["model"]))["vectors"][0]
-    return await k.memstore.write(ctx.proc.name, args["region"], args["key"], value, vector, args["model"])
+    return await k.memstore.write(ctx.proc.principal, args["region"], args["key"], value, vector, args["model"])
 
 
 async def sys_memsearch(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    await k.memstore.check_access(ctx.proc.name, args["region"], must_exist=True)
+    await k.memstore.check_access(ctx.proc.principal, args["region"], must_exist=True)
     query = (await embed_texts(k, ctx, [args["query"]], args["model"]))["vectors"][0]
-    return await k.memstore.search(ctx.proc.name, args["region"], query, args["model"], args["k"])
+    return await k.memstore.search(ctx.proc.principal, args["region"], query, args["model"], args["k"])
 
 
 async def sys_memread(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return await k.memstore.read(ctx.proc.name, args["region"], args["key"], args["prefix"])
+    return await k.memstore.read(ctx.proc.principal, args["region"], args["key"], args["prefix"])
 
 
 async def sys_memdel(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return await k.memstore.delete(ctx.proc.name, args["region"], args["key"])
+    return await k.memstore.delete(ctx.proc.principal, args["region"], args["key"])
 
 
 HANDLERS = {"memwrite": sys_memwrite, "memread": sys_memread, "memdel": sys_memdel, "memsearch": sys_memsearch}

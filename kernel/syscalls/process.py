@@ -21,28 +21,39 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     name = args["name"].strip()
     if not name:
         raise einval("hello: 'name' must not be empty")
+    principal = k.principals.get(ctx.principal)
+    if principal is None:
+        raise eperm("hello: this connection's key belongs to no user (removed, or rotated); ask the operator")
+    token = args["service_token"]
+    if token is not None:
+        if not secrets.compare_digest(token, k.service_token):
+            k.audit.record("denied", call="hello", principal=ctx.principal, why="wrong service_token")
+            raise eperm("hello: wrong service_token (only the kernel's own service host has one)")
+        principal = k.principals.services
+    lowered = k.procs.ceiling(ctx.routing[0])
+    ceiling = principal.caps if lowered is None else principal.caps & lowered
     wanted = args["caps"]
     if wanted is None:
-        caps = frozenset(k.settings.default_caps)
+        caps = frozenset(k.settings.default_caps) & ceiling
     else:
         if not all(isinstance(c, str) for c in wanted):
             raise einval("hello: 'caps' must be a list of strings")
-        denied = sorted(set(wanted) - set(k.settings.grantable_caps))
+        denied = sorted(set(wanted) - ceiling)
         if denied:
-            raise eperm(f"capabilities not grantable here: {', '.join(denied)}; "
-                        f"grantable: {', '.join(k.settings.grantable_caps)}")
+            k.audit.record("denied", call="hello", principal=principal.name, program=name, caps=denied)
+            raise eperm(f"capabilities not yours to hold: {', '.join(denied)}; "
+                        f"this connection may hold: {', '.join(sorted(ceiling)) or 'none'}")
         caps = frozenset(wanted)
-    token = args["service_token"]
-    if token is not None and not secrets.compare_digest(token, k.service_token):
-        raise eperm("hello: wrong service_token (only the kernel's own service host has one)")
-    proc = k.procs.register(ctx.routing[0], name, caps)
+    proc = k.procs.register(ctx.routing[0], name, caps, principal.name)
     proc.serves_calls = token is not None
-    return {"pid": proc.pid, "name": name, "caps": sorted(caps), "abi": ABI_VERSION, "kernel": KERNEL_VERSION,
-            "heartbeat_s": k.settings.heartbeat_s, "max_frame": MAX_FRAME_BYTES,
+    k.audit.record("hello", pid=proc.pid, principal=principal.name, program=name, caps=sorted(caps))
+    return {"pid": proc.pid, "name": name, "principal": principal.name, "caps": sorted(caps), "abi": ABI_VERSION,
+            "kernel": KERNEL_VERSION, "heartbeat_s": k.settings.heartbeat_s, "max_frame": MAX_FRAME_BYTES,
             "default_model": k.settings.default_model}
 
 
 def sys_exit(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    k.procs.lower_ceiling(ctx.routing[0], ctx.proc.caps)    # a later hello here cannot regain what it dropped
     k.reap(ctx.proc, "exited")
     return {"pid": ctx.proc.pid}
 
@@ -52,13 +63,19 @@ def sys_ping(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 def sys_ps(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return {"processes": [p.describe() for p in k.procs]}
+    """Every process to an admin; to anyone else, the processes of its own principal."""
+    everyone = "admin" in ctx.proc.caps
+    return {"processes": [p.describe() for p in k.procs if everyone or p.principal == ctx.proc.principal]}
 
 
 def sys_kill(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     target = k.procs.get(args["pid"])
     if target is None:
         raise enoent(f"no process with pid {args['pid']}")
+    if target.serves_calls:
+        raise eperm(f"process {target.pid} is the kernel's service host; restart it with svc_reload")
+    k.audit.record("kill", by=ctx.proc.pid, principal=ctx.proc.principal, pid=target.pid,
+                   target_principal=target.principal)
     k.reap(target, f"killed by process {ctx.proc.pid}")
     return {"pid": target.pid}
 
