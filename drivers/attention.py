@@ -1,18 +1,24 @@
-"""Attention over the paged KV cache: one query token per sequence, all sequences at once.
+"""Attention over the paged KV cache, for a whole step laid out by batch.py.
 
-`paged_decode_attention` is the decode half of the runner's attention. On CUDA with Triton it
-is one kernel launch for the whole batch (a program per (sequence, KV head) walks that
-sequence's block table with an online softmax, the query heads of the GQA group together); it
-launches with no host sync, so it can be captured in a CUDA graph. Elsewhere it gathers the
+`step_attention` attends each sequence's new tokens over its cached keys and values: prefills
+through SDPA (packed groups with a causal flag; continued ones through a mask), decodes through
+`paged_decode_attention`, one query token per sequence and all sequences at once. On CUDA with
+Triton that is one kernel launch for the whole batch (a program per (sequence, KV head) walks
+that sequence's block table with an online softmax, the query heads of the GQA group together);
+it launches with no host sync, so it can be captured in a CUDA graph. Elsewhere it gathers the
 blocks and calls SDPA, which is exact and fine for CPU-sized work.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .batch import StepBatch
 
 try:
     import triton
@@ -38,6 +44,45 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     if uses_kernel(q.device):
         return _kernel_attention(q, k_cache, v_cache, tables, lengths, scale)
     return _sdpa_attention(q, k_cache, v_cache, tables, lengths, scale)
+
+
+def step_attention(q, k, v, k_cache, v_cache, batch: StepBatch, scale: float, tables: torch.Tensor) -> torch.Tensor:
+    """Causal attention of each sequence's new queries over its cached keys and values.
+
+    q [T, H, D]; k, v [T, Hkv, D] (already written to the cache); caches
+    [blocks, block_size, Hkv, D]; tables: BlockTables.data. Returns [T, H, D]. Decodes go
+    through `paged_decode_attention`: with the Triton kernel (CUDA) in one call, else in one
+    call per group of like length.
+    """
+    n = batch.num_decodes
+    if n == q.shape[0] and batch.decode_groups is None:
+        return paged_decode_attention(q, k_cache, v_cache, batch.decode_tables, batch.decode_lengths, scale)
+    out = torch.empty_like(q) if batch.decode_groups is None else torch.zeros_like(q)   # padding rows: no group
+    if batch.decode_groups is not None:
+        for group in batch.decode_groups:
+            o = paged_decode_attention(q.index_select(0, group.index), k_cache, v_cache,
+                                       batch.decode_tables[group.index, :group.width],
+                                       batch.decode_lengths.index_select(0, group.index), scale)
+            out.index_copy_(0, group.index, o)
+    elif n:
+        out[:n] = paged_decode_attention(q[:n], k_cache, v_cache, batch.decode_tables, batch.decode_lengths, scale)
+    for pack in batch.packed:
+        groups, longest = pack.shape
+        def padded(x):
+            return x.index_select(0, pack.gather).view(groups, longest, *x.shape[1:]).transpose(1, 2)
+        o = F.scaled_dot_product_attention(padded(q), padded(k), padded(v), is_causal=True, scale=scale,
+                                           enable_gqa=True)
+        out.index_copy_(0, pack.dest, o.transpose(1, 2).reshape(-1, *q.shape[1:]).index_select(0, pack.src))
+    for span in batch.continued:
+        context = span.mask.shape[1]
+        blocks = tables[span.row, :-(-context // k_cache.shape[1])].long()
+        ks = k_cache.index_select(0, blocks).flatten(0, 1)[:context]
+        vs = v_cache.index_select(0, blocks).flatten(0, 1)[:context]
+        qs = q[span.q_start:span.q_end].transpose(0, 1)[None]
+        o = F.scaled_dot_product_attention(qs, ks.transpose(0, 1)[None], vs.transpose(0, 1)[None],
+                                           attn_mask=span.mask, scale=scale, enable_gqa=True)
+        out[span.q_start:span.q_end] = o[0].transpose(0, 1)
+    return out
 
 
 def _sdpa_attention(q, k_cache, v_cache, tables, lengths, scale) -> torch.Tensor:

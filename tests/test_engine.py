@@ -5,16 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llmos.specs import registry
+from llmos.drivers.batch import BlockTables, length_groups, pack_groups
+from llmos.drivers.blocks import BLOCK_SIZE, BlockAllocator
 from llmos.drivers.cuda_graphs import batch_sizes, padded_size
 from llmos.drivers.embedding import embed
-from llmos.drivers.engine import Engine, GenRequest, TextStream
-from llmos.drivers.kvcache import BLOCK_SIZE, BlockAllocator, KVLayout
+from llmos.drivers.engine import Engine, GenRequest, PromptTooLong
+from llmos.drivers.hf_runner import HFRunner
+from llmos.drivers.kvcache import KVLayout
 from llmos.drivers.loader import LoadedModel, encode_prompt, load
-from llmos.drivers.runner import BlockTables, Chunk, HFRunner, PagedRunner, _pack_groups, length_groups, run_to_end
+from llmos.drivers.runner import PagedRunner
 from llmos.drivers.sampling import sample
-
-from tiny import make_tiny_bert, make_tiny_llama
+from llmos.drivers.sequence import Chunk
+from llmos.drivers.slices import run_to_end
+from llmos.specs import registry
+from llmos.userland.testing import make_tiny_bert, make_tiny_llama
 
 BIG_KV = 1 << 22   # bytes; holds thousands of tiny-model tokens
 
@@ -67,7 +71,7 @@ def collect(out: dict, events) -> None:
         r = out.setdefault(e.rid, {"tokens": [], "text": "", "finish": None, "usage": None})
         r["tokens"] += e.token_ids
         r["text"] += e.delta
-        r["finish"], r["usage"] = e.finish, e.usage
+        r["finish"], r["usage"], r["errno"], r["message"] = e.finish, e.usage, e.errno, e.message
 
 
 def hf_greedy(lm, prompt_ids, max_tokens=24) -> list[int]:
@@ -157,7 +161,7 @@ def test_block_tables_send_only_new_blocks_and_reuse_rows_of_released_sequences(
 
 def test_prefills_are_packed_with_at_most_double_padding():
     spans = [(0, 100), (100, 60), (160, 55), (215, 10), (225, 8)]
-    groups = _pack_groups(spans)
+    groups = pack_groups(spans)
     assert sorted(s for g in groups for s in g) == sorted(spans)
     for g in groups:
         assert len(g) * max(n for _, n in g) <= 2 * sum(n for _, n in g)
@@ -199,7 +203,8 @@ def test_token_ids_only_engine_gives_the_same_tokens_and_no_text(lm):
 
 def test_token_ids_only_engine_refuses_stop_strings(lm):
     out = run(Engine(lm, BIG_KV, decode_text=False), [request(0, ids(lm, PROMPTS[1]), stop=["x"])])
-    assert out[0]["finish"] == "error" and "decode_text" in out[0]["text"]
+    assert out[0]["finish"] == "error" and out[0]["errno"] == "EINVAL"
+    assert "decode_text" in out[0]["message"] and out[0]["text"] == ""
 
 
 # --- requests come and go ----------------------------------------------------------------------
@@ -290,6 +295,19 @@ def test_cancel_frees_kv_at_once_and_reports_cancelled(lm):
     assert not engine.cancel(7)
 
 
+def test_fail_all_ends_every_request_with_eio_and_frees_the_cache(lm):
+    engine = Engine(lm, BIG_KV, max_seqs=2)
+    for rid in (1, 2, 3):
+        engine.add(request(rid, ids(lm, PROMPTS[3]), max_tokens=100))
+    engine.step()                                  # 1 and 2 run, 3 waits
+    engine.cancel(1)
+    events = engine.fail_all("engine failure: boom")
+    assert [(e.rid, e.finish, e.errno) for e in events] == [(1, "cancelled", None), (2, "error", "EIO"),
+                                                          (3, "error", "EIO")]
+    assert all(e.message == "engine failure: boom" and e.delta == "" for e in events[1:])
+    assert engine.stats()["kv_used_bytes"] == 0 and not engine.has_work()
+
+
 def test_max_tokens_finishes_with_length_and_usage(lm):
     out = run(Engine(lm, BIG_KV), [request(0, ids(lm, PROMPTS[1]), max_tokens=5)])
     assert out[0]["finish"] == "length"
@@ -305,20 +323,6 @@ def test_stop_string_ends_generation_and_is_not_emitted(lm):
     out = run(Engine(lm, BIG_KV), [request(0, prompt, max_tokens=40, stop=[stop, "never appears"])])[0]
     assert out["finish"] == "stop"
     assert out["text"] == full[:full.index(stop)]
-
-
-def test_text_never_splits_a_multibyte_character(lm):
-    text = "Café naïve 日本語 😀 über"
-    stream = TextStream(lm.tokenizer, [], stop=[])
-    deltas = [stream.push(t)[0] for t in lm.tokenizer(text).input_ids]
-    assert "".join(deltas) + stream.flush() == text
-    assert not any("\ufffd" in d for d in deltas)
-
-
-def test_text_that_may_begin_a_stop_string_is_held_back(lm):
-    stream = TextStream(lm.tokenizer, [], stop=["capital of Italy"])
-    shown = "".join(stream.push(t)[0] for t in lm.tokenizer("Rome is the capital of").input_ids)
-    assert shown == "Rome is the "
 
 
 # --- sampling ----------------------------------------------------------------------------------
@@ -388,8 +392,8 @@ def test_admission_under_a_small_kv_budget_queues_instead_of_failing(lm):
 
 def test_prompt_that_can_never_fit_the_kv_budget_fails_with_error(lm):
     out = run(Engine(lm, kv_blocks(lm, 2)), [request(0, list(range(5, 45)))])
-    assert out[0]["finish"] == "error" and out[0]["usage"] is None
-    assert "KV cache" in out[0]["text"]
+    assert out[0]["finish"] == "error" and out[0]["errno"] == "ENOMEM" and out[0]["usage"] is None
+    assert "KV cache" in out[0]["message"] and out[0]["text"] == ""
 
 
 def test_a_sequence_that_fills_the_whole_kv_cache_ends_with_length(lm):
@@ -405,9 +409,20 @@ def test_higher_priority_is_admitted_first(lm):
     assert [e.rid for e in events_until_idle(engine) if e.finish] == [1, 0]
 
 
-def test_prompt_longer_than_the_context_fails_with_error(lm):
-    out = run(Engine(lm, BIG_KV), [request(0, [5] * (lm.context_length + 1))])
-    assert out[0]["finish"] == "error" and "context" in out[0]["text"]
+def test_a_prompt_that_fills_the_context_is_refused_at_once(lm):
+    engine = Engine(lm, BIG_KV)
+    with pytest.raises(PromptTooLong) as refused:
+        engine.add(request(0, [5] * lm.context_length))
+    assert refused.value.errno == "EINVAL"
+    assert str(refused.value) == f"the prompt is {lm.context_length} tokens; model '{lm.name}' takes at most " \
+                                 f"{lm.context_length - 1}"
+    assert not engine.has_work()
+
+
+def test_max_tokens_is_cut_to_the_context_the_prompt_leaves(lm):
+    prompt = [5] * (lm.context_length - 3)
+    out = run(Engine(lm, BIG_KV), [request(0, prompt, max_tokens=100, ignore_eos=True)])[0]
+    assert out["finish"] == "length" and out["usage"]["completion_tokens"] == 3
 
 
 def test_a_long_prefill_does_not_delay_running_decodes(lm):
