@@ -219,7 +219,7 @@ class Engine:
         return StepEvent(seq.id, delta, len(new), finish, usage, new, **error)
 
     def _refusal(self, req: GenRequest) -> tuple[str, str] | None:
-        """(errno, message) if this engine cannot take the request."""
+        """(errno, message) if this engine cannot take the request; the kernel checked the ranges."""
         n = len(req.prompt_ids)
         if n == 0:
             return "EINVAL", "empty prompt: give at least one token"
@@ -227,8 +227,6 @@ class Engine:
             return "ENOMEM", (f"prompt of {n} tokens cannot fit in this driver's KV cache "
                               f"({self.blocks.num_blocks * self.blocks.block_size} tokens, "
                               f"{self.kv_budget_bytes} bytes); shorten the prompt or give the driver a larger KV budget")
-        if req.temperature < 0 or not 0 < req.top_p <= 1 or req.top_k < 0:
-            return "EINVAL", "sampling parameters out of range: need temperature >= 0, 0 < top_p <= 1, top_k >= 0"
         if req.stop and not self.decode_text:
             return "EINVAL", "stop strings need text: this engine emits token ids only (decode_text=False)"
         return None

@@ -38,7 +38,8 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
            seeds: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Next token per row of logits [B, V]; the other arguments are [B] tensors.
 
-    top_k 0 and top_p 1 disable those filters; positions count generated tokens from 0.
+    top_k 0 and top_p 1 disable those filters, top_p 0 keeps only the most likely token;
+    positions count generated tokens from 0.
     """
     tokens = logits.argmax(-1)
     hot = (temperature > 0).nonzero().squeeze(1)

@@ -353,6 +353,20 @@ def test_sampler_is_greedy_at_temperature_zero_and_with_top_k_one():
                               positions), argmax)
 
 
+def test_sampler_keeps_only_the_most_likely_token_at_top_p_zero():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    positions = torch.zeros(4, dtype=torch.long)
+    got = sample(logits, torch.full((4,), 5.0), torch.zeros(4), torch.zeros(4, dtype=torch.long), torch.arange(4),
+                 positions)
+    assert torch.equal(got, logits.argmax(-1))
+
+
+def test_a_request_with_top_p_zero_generates_the_greedy_tokens(lm):
+    prompt = ids(lm, PROMPTS[2])
+    out = run(Engine(lm, BIG_KV), [request(0, prompt, temperature=1.0, top_p=0.0, seed=3)])[0]
+    assert out["finish"] != "error" and out["tokens"] == hf_greedy(lm, prompt)
+
+
 # --- KV budget: queueing, preemption, rejection --------------------------------------------------
 
 
