@@ -16,7 +16,6 @@ import torch
 from llmos.specs.registry import ModelSpec
 
 MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
-CHAT_ROLES = ("system", "user", "assistant", "tool")
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -52,30 +51,19 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None) -> Load
 
 
 def encode_prompt(lm: LoadedModel, prompt: str | None, messages: list[dict] | None) -> list[int]:
-    """Token ids for a plain prompt, or for chat messages through the model's chat template."""
+    """Token ids for a plain prompt, or for chat messages through the model's chat template.
+
+    The kernel has checked the arguments against the syscall table (exactly one of the two;
+    messages of role and content); what only the model can say is whether it has a template.
+    """
     tok = lm.tokenizer
-    if (prompt is None) == (messages is None):
-        raise ValueError("give either a prompt or chat messages, not both or neither")
-    if prompt is not None:
+    if messages is None:
         return tok(prompt).input_ids
-    _check_messages(messages)
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"model '{lm.name}' has no chat template: send a plain prompt instead of messages")
     text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     # The template already wrote any BOS it wants; don't let the tokenizer add another.
     return tok(text, add_special_tokens=False).input_ids
-
-
-def _check_messages(messages) -> None:
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list of {role, content} maps")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or set(m) != {"role", "content"}:
-            raise ValueError(f"messages[{i}] must be a map with exactly the keys 'role' and 'content'")
-        if m["role"] not in CHAT_ROLES:
-            raise ValueError(f"messages[{i}].role is {m['role']!r}; use one of {', '.join(CHAT_ROLES)}")
-        if not isinstance(m["content"], str):
-            raise ValueError(f"messages[{i}].content must be a string")
 
 
 def auto_dtype(device: str) -> str:
@@ -84,7 +72,7 @@ def auto_dtype(device: str) -> str:
     On such CPUs bf16 decodes about 2.5x faster than fp32 for the default model and still
     answers correctly; elsewhere bf16 is emulated and slower.
     """
-    if device.startswith("cuda"):
+    if torch.device(device).type == "cuda":
         return "bfloat16"
     try:
         flags = Path("/proc/cpuinfo").read_text()
