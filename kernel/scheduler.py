@@ -1,10 +1,13 @@
-"""Fair admission to a device: weighted fair queuing by tokens served, not by requests.
+"""Fair admission to a device: fair queuing by tokens served, not by requests.
 
-Policy only: no sockets, no torch, a clock passed in. Each process has a virtual time that
-grows with the tokens served to it; the next request admitted to the device belongs to the
+Policy only: no sockets, no torch, no clock (deadlines are the kernel's timers; here a
+deadline only orders a process's own requests). Each process has a virtual time that grows
+with the tokens served to it; the next request admitted to the device belongs to the
 backlogged process with the least virtual time, so a process that floods the queue gets its
-share and no more. Within one process, higher priority first, then earlier deadline, then
-arrival. A process may hold at most `max_running_per_process` requests in the device's batch.
+share and no more. A process that was idle rejoins at the least virtual time of those still
+busy, so idling earns no credit. Within one process, higher priority first, then earlier
+deadline, then arrival. A process may hold at most `max_running_per_process` requests in the
+device's batch.
 
 Admission order alone cannot help a request that arrives while a long engine step runs, so
 the scheduler also says which admitted requests may cut into a running step (`may_cut_in`):
@@ -16,9 +19,8 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import time
 from collections import defaultdict
-from typing import Callable, Protocol
+from typing import Protocol
 
 
 class Schedulable(Protocol):
@@ -29,20 +31,15 @@ class Schedulable(Protocol):
 
 
 class FairScheduler:
-    def __init__(self, max_running_per_process: int = 16, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, max_running_per_process: int = 16):
         self.max_running_per_process = max_running_per_process
-        self.clock = clock
         self._queues: dict[int, list] = defaultdict(list)   # pid -> heap of (key, tiebreak, request)
-        self._vtime: dict[int, float] = defaultdict(float)  # pid -> tokens served / weight
-        self._weight: dict[int, float] = defaultdict(lambda: 1.0)
+        self._vtime: dict[int, int] = defaultdict(int)      # pid -> virtual time, in tokens
         self._running: dict[int, int] = defaultdict(int)
         self._tiebreak = itertools.count()
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._queues.values())
-
-    def set_weight(self, pid: int, weight: float) -> None:
-        self._weight[pid] = max(weight, 1e-6)
 
     def enqueue(self, req: Schedulable) -> None:
         if not self._queues[req.share] and not self._running[req.share]:
@@ -88,27 +85,13 @@ class FairScheduler:
         self._running[req.share] = max(0, self._running[req.share] - 1)
 
     def charge(self, pid: int, tokens: int) -> None:
-        self._vtime[pid] += tokens / self._weight[pid]
-
-    def expired(self) -> list[Schedulable]:
-        """Queued requests whose deadline has passed, removed from the queue."""
-        now = self.clock()
-        out = []
-        for queue in self._queues.values():
-            late = [e for e in queue if e[2].deadline is not None and e[2].deadline <= now]
-            if late:
-                for e in late:
-                    queue.remove(e)
-                    out.append(e[2])
-                heapq.heapify(queue)
-        return out
+        self._vtime[pid] += tokens
 
     def forget(self, pid: int) -> list[Schedulable]:
         """Drop a process (reaped): returns its queued requests."""
         queue = self._queues.pop(pid, [])
         self._vtime.pop(pid, None)
         self._running.pop(pid, None)
-        self._weight.pop(pid, None)
         return [e[2] for e in queue]
 
     def _rejoin(self, pid: int) -> None:
@@ -120,6 +103,6 @@ class FairScheduler:
                   if p != pid and (self._queues.get(p) or self._running.get(p))]
         if not active:
             for p in self._vtime:
-                self._vtime[p] = 0.0
+                self._vtime[p] = 0
             return
         self._vtime[pid] = max(self._vtime[pid], min(active))

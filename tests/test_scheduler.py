@@ -1,4 +1,4 @@
-"""The fair scheduler's policy, on a fake clock: shares by tokens served, caps, priorities, deadlines."""
+"""The fair scheduler's policy: shares by tokens served, idling earns no credit, caps, priorities."""
 
 from dataclasses import dataclass
 
@@ -15,14 +15,6 @@ class Req:
     @property
     def share(self) -> int:
         return self.pid
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
 
 
 def run_to_completion(sched, req, tokens):
@@ -92,29 +84,36 @@ def test_within_a_process_priority_then_deadline_then_arrival():
     assert [sched.pop_next() for _ in range(4)] == [high, early, urgent, low]
 
 
+def admission_order(sched, pops: int, tokens: int = 100) -> list[int]:
+    """The pids of the next `pops` requests admitted, each served `tokens` and finished."""
+    order = []
+    for _ in range(pops):
+        req = sched.pop_next()
+        order.append(req.pid)
+        run_to_completion(sched, req, tokens)
+    return order
+
+
 def test_an_idle_process_earns_no_credit_while_others_run():
     sched = FairScheduler()
-    sched.enqueue(Req(pid=1, seq=0))
-    run_to_completion(sched, sched.pop_next(), 10)
-    sched.enqueue(Req(pid=2, seq=1))               # keeps pid 2 active while pid 1 idles
+    sched.enqueue(Req(pid=2, seq=0))
     busy = sched.pop_next()
-    for _ in range(5):
-        sched.charge(2, 1000)
-    sched.enqueue(Req(pid=1, seq=2))               # pid 1 rejoins at the active minimum
-    sched.enqueue(Req(pid=2, seq=3))
-    assert sched.pop_next().pid == 1
+    sched.charge(2, 5000)                          # pid 2 is served alone while pid 1 idles
+    for i in range(3):
+        sched.enqueue(Req(pid=1, seq=10 + i))      # pid 1 rejoins at pid 2's virtual time...
+        sched.enqueue(Req(pid=2, seq=20 + i))
+    assert admission_order(sched, 4) == [1, 2, 1, 2]   # ...so it shares, not catches up 5000 tokens
     sched.finished(busy)
 
 
-def test_expired_requests_leave_the_queue_on_the_fake_clock():
-    clock = Clock()
-    sched = FairScheduler(clock=clock)
-    late, fine = Req(1, deadline=1.0, seq=0), Req(1, deadline=10.0, seq=1)
-    sched.enqueue(late)
-    sched.enqueue(fine)
-    clock.now = 2.0
-    assert sched.expired() == [late]
-    assert len(sched) == 1 and sched.pop_next() is fine
+def test_when_the_device_falls_idle_past_service_is_forgotten():
+    sched = FairScheduler()
+    sched.enqueue(Req(pid=1, seq=0))
+    run_to_completion(sched, sched.pop_next(), 5000)   # then nobody runs or waits
+    for i in range(3):
+        sched.enqueue(Req(pid=2, seq=10 + i))
+        sched.enqueue(Req(pid=1, seq=20 + i))
+    assert sorted(admission_order(sched, 4)) == [1, 1, 2, 2]   # pid 1's 5000 tokens count no more
 
 
 def test_a_reaped_process_is_forgotten_with_its_queue():
@@ -125,5 +124,12 @@ def test_a_reaped_process_is_forgotten_with_its_queue():
     assert sched.forget(7) == reqs and len(sched) == 0 and sched.pop_next() is None
 
 
-def test_an_empty_scheduler_is_still_a_scheduler():
-    assert FairScheduler() is not None and len(FairScheduler()) == 0
+def test_len_counts_the_queued_requests_of_every_process_not_the_admitted_ones():
+    sched = FairScheduler()
+    assert len(sched) == 0 and sched.pop_next() is None
+    for i in range(3):
+        sched.enqueue(Req(pid=1 + i % 2, seq=i))
+    assert len(sched) == 3
+    admitted = sched.pop_next()
+    assert len(sched) == 2
+    assert sched.remove(admitted) is False and len(sched) == 2   # admitted: no longer in the queue
