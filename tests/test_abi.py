@@ -2,11 +2,12 @@
 
 import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from llmos.kernel.syscalls import HANDLERS
-from llmos.specs import ERRNOS, SYSCALLS, ArgError
+from llmos.specs import ABI_VERSION, SYSCALLS, ArgError, abi
 from llmos.specs.abi import render_markdown
 from llmos.userland import AsyncClient
 
@@ -33,9 +34,24 @@ def test_every_syscall_has_a_client_method_taking_its_arguments(name):
     assert params == wanted, f"AsyncClient.{name} takes {sorted(params)}, the table says {sorted(wanted)}"
 
 
-def test_every_errno_in_the_table_is_a_known_errno():
-    for call in SYSCALLS.values():
-        assert set(call.errors) <= set(ERRNOS), call.name
+def load_broken_table(monkeypatch, breakage) -> dict:
+    """abi.py's own loader, run on syscalls.toml as parsed and then broken by `breakage`."""
+    table = abi.tomllib.loads((SPECS / "syscalls.toml").read_text())
+    breakage(table)
+    monkeypatch.setattr(abi, "tomllib", SimpleNamespace(loads=lambda text: table))
+    return abi._load()
+
+
+def test_a_table_listing_an_errno_protocol_py_does_not_know_is_refused(monkeypatch):
+    def typo(table):
+        table["syscalls"]["infer"]["errors"]["ETIMEOUT"] = "a misspelt ETIMEDOUT"
+    with pytest.raises(RuntimeError, match="infer lists unknown errno ETIMEOUT"):
+        load_broken_table(monkeypatch, typo)
+
+
+def test_a_table_of_another_abi_version_is_refused(monkeypatch):
+    with pytest.raises(RuntimeError, match=f"ABI {ABI_VERSION + 1}, protocol.py says {ABI_VERSION}"):
+        load_broken_table(monkeypatch, lambda table: table.update(version=ABI_VERSION + 1))
 
 
 def test_every_syscall_is_documented_in_abi_md_or_the_reference():
