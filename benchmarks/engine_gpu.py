@@ -108,7 +108,7 @@ def generate(engine, ps: list[list[int]], new: list[int] | int) -> tuple[dict[in
     while engine.has_work():
         for e in engine.step():
             if e.finish == "error":
-                raise RuntimeError(e.delta)
+                raise RuntimeError(f"{e.errno}: {e.message}")
             out[e.rid] += e.token_ids
         steps += 1
     return out, steps

@@ -1,7 +1,7 @@
 """The driver's Engine stepped in this process: the same work as through the kernel, minus the kernel.
 
-Built as drivers/host.py builds it, with the budget the kernel would give it, so the ratio of the
-two runs is what the process boundary, the sockets, the fair scheduler and the clients cost.
+Built as drivers/torch_driver.py builds it, with the budget the kernel would give it, so the ratio
+of the two runs is what the process boundary, the sockets, the fair scheduler and the clients cost.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from workload import BenchRequest
 
 
 def default_kv_bytes(device: str, kv_cache: str | None) -> int:
-    """The budget the kernel would give the driver's engine (kernel.DEFAULT_KV_BYTES unless --kv-cache)."""
+    """The budget the kernel would give the driver's engine (its DEFAULT_KV_BYTES unless --kv-cache)."""
     from llmos.kernel.config import parse_bytes
-    from llmos.kernel.kernel import DEFAULT_KV_BYTES
+    from llmos.kernel.models import DEFAULT_KV_BYTES
+    from llmos.specs.channel import device_kind
     if kv_cache:
         return parse_bytes(kv_cache, "--kv-cache")
-    return DEFAULT_KV_BYTES["cpu" if device == "cpu" else "cuda"]
+    return DEFAULT_KV_BYTES[device_kind(device)]
 
 
 @dataclass
@@ -36,9 +37,10 @@ class EngineProfile:
 
 
 def run_engine(lm, requests: list[BenchRequest], kv_bytes: int) -> tuple[Summary, EngineProfile]:
-    """The driver's Engine, built as drivers/host.py builds it, stepped in this process on all requests at once."""
-    from llmos.drivers.engine import Engine, GenRequest
-    from llmos.drivers.host import ENGINE_SIZES
+    """The driver's Engine, built as drivers/torch_driver.py builds it, stepped in this process on all requests."""
+    from llmos.drivers.engine import Engine
+    from llmos.drivers.sequence import GenRequest
+    from llmos.drivers.torch_driver import ENGINE_SIZES
 
     engine = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[lm.device.type])
     prof = EngineProfile()
@@ -79,7 +81,7 @@ def run_engine(lm, requests: list[BenchRequest], kv_bytes: int) -> tuple[Summary
                     tm.end = now
                     tm.first = tm.first or now
                     if ev.finish == "error":
-                        tm.error = ev.delta
+                        tm.error = f"{ev.errno}: {ev.message}"
     meter.stop()
     prof.preemptions = engine.num_preemptions
     summary = summarize("engine in-process", list(timings.values()), note="same Engine, no kernel")
