@@ -228,7 +228,7 @@ class ServiceHost:
         if entry is None:
             raise ServiceError("ENOENT", f"service '{service.name}' has no task '{msg['task']}'; "
                                          f"it has {', '.join(service.tasks)}")
-        args = entry.validate(msg.get("args") or {})
+        args = entry.schema.validate(msg.get("args") or {})
         ctx = TaskContext(self, msg["cid"], service.name, msg.get("caller") or {}, bool(msg.get("stream")),
                           msg.get("deadline"))
         fn = entry.task.fn

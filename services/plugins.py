@@ -1,7 +1,8 @@
 """Finding plugins, calling their registration hooks, and the table of services they build.
 
-Runs once, at the service host's start (pluggy belongs at start-up, not on the hot path).
-Built-ins register through the same hook as third-party plugins. A plugin that fails to import,
+Runs once, at start-up (pluggy belongs there, not on the hot path): in the service host, which
+builds its table of services, and in the `llmos` command, which adds plugins' subcommands.
+Built-ins register through the same hooks as third-party plugins. A plugin that fails to import,
 to validate, or to register is recorded in `Catalog.failed` with its error and skipped.
 
 Which plugins load, from the environment the kernel gives the host:
@@ -19,20 +20,16 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import pluggy
 
-from llmos.specs.abi import Arg, ArgError, Syscall
+from llmos.specs.abi import SchemaError, Syscall, compile_args
 
 from . import hookspecs
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT, Task
 
 BUILTINS = ("summarize", "classify", "translate", "redact", "moderate", "kb", "support")
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
-_SCHEMA_KEYS = {"type", "default", "nullable", "doc", "min", "max", "max_len", "choices"}
-_TYPES = {"str", "int", "float", "bool", "bytes", "list", "map", "any", "null"}
-_REQUIRED = Arg("x", ("any",)).default   # the sentinel Arg uses for "no default"
 
 
 class RegistrationError(ValueError):
@@ -41,22 +38,13 @@ class RegistrationError(ValueError):
 
 @dataclass
 class TaskEntry:
-    """A registered task with its schema compiled into the syscall table's validator."""
+    """A registered task with its args compiled by the syscall table's compiler: `schema.validate`
+    checks a call's args and fills defaults, or raises ArgError naming the argument."""
 
     service: str
     name: str
     task: Task
     schema: Syscall
-    choices: dict[str, list] = field(default_factory=dict)
-
-    def validate(self, args: Any) -> dict:
-        """Args checked and defaults filled, or ArgError naming the argument."""
-        out = self.schema.validate(args)
-        for name, allowed in self.choices.items():
-            if out.get(name) is not None and out[name] not in allowed:
-                raise ArgError(f"{self.schema.name}: argument '{name}' must be one of "
-                               f"{', '.join(map(str, allowed))}, got {out[name]!r}")
-        return out
 
     def describe(self) -> dict:
         args = {}
@@ -67,8 +55,8 @@ class TaskEntry:
             for key in ("min", "max", "max_len"):
                 if getattr(a, key) is not None:
                     spec[key] = getattr(a, key)
-            if a.name in self.choices:
-                spec["choices"] = list(self.choices[a.name])
+            if a.choices is not None:
+                spec["choices"] = list(a.choices)
             args[a.name] = spec
         return {"name": self.name, "description": self.task.description, "stream": self.task.stream, "args": args}
 
@@ -101,33 +89,17 @@ def plugin_manager() -> pluggy.PluginManager:
 
 
 def compile_task(service: str, name: str, task: Task) -> TaskEntry:
-    """Turn a Task's args schema into a validator; RegistrationError if the schema is malformed."""
+    """Compile a Task's args into a validator; RegistrationError if the task or its schema is malformed."""
     if not isinstance(task, Task):
         raise RegistrationError(f"service '{service}': task '{name}' must be a llmos.services.Task, "
                                 f"got {type(task).__name__}")
     if not callable(task.fn):
         raise RegistrationError(f"service '{service}': task '{name}' has no callable fn")
-    args, choices = {}, {}
-    for arg_name, spec in (task.args or {}).items():
-        where = f"service '{service}' task '{name}' argument '{arg_name}'"
-        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
-            raise RegistrationError(f"{where}: the schema must be a map with a 'type', e.g. {{'type': 'str'}}")
-        unknown = set(spec) - _SCHEMA_KEYS
-        if unknown:
-            raise RegistrationError(f"{where}: unknown schema key(s) {', '.join(sorted(unknown))}; "
-                                    f"use {', '.join(sorted(_SCHEMA_KEYS))}")
-        types = tuple(spec["type"].split("|"))
-        if not set(types) <= _TYPES:
-            raise RegistrationError(f"{where}: unknown type in '{spec['type']}'; use {', '.join(sorted(_TYPES))}")
-        default = None if spec.get("nullable") else spec.get("default", _REQUIRED)
-        if spec.get("nullable") and "null" not in types:
-            types += ("null",)
-        args[arg_name] = Arg(arg_name, types, default, spec.get("doc", ""), spec.get("min"), spec.get("max"),
-                             spec.get("max_len"))
-        if "choices" in spec:
-            choices[arg_name] = list(spec["choices"])
-    schema = Syscall(f"{service}.{name}", "", task.description, "", {}, task.stream, args)
-    return TaskEntry(service, name, task, schema, choices)
+    try:
+        args = compile_args(f"service '{service}' task '{name}'", task.args or {})
+    except SchemaError as exc:
+        raise RegistrationError(str(exc)) from None
+    return TaskEntry(service, name, task, Syscall(f"{service}.{name}", "", task.description, "", {}, task.stream, args))
 
 
 def build_catalog(pm: pluggy.PluginManager, failed: list[dict] | None = None) -> Catalog:
@@ -171,8 +143,10 @@ def _names(value: str | None) -> set[str] | None:
     return {n.strip() for n in value.split(",") if n.strip()}
 
 
-def load(env: dict[str, str] | None = None) -> Catalog:
-    """Find, import and register every plugin the environment allows; never raises for a bad plugin."""
+def discover(env: dict[str, str] | None = None) -> tuple[pluggy.PluginManager, list[dict]]:
+    """A plugin manager holding every plugin the environment allows (built-ins first), and the
+    plugins that failed to import or validate: the service host builds its services from it, the
+    `llmos` command its plugin subcommands. Never raises for a bad plugin."""
     env = dict(os.environ if env is None else env)
     for path in reversed([p for p in env.get("LLMOS_SERVICES_PATH", "").split(os.pathsep) if p]):
         if path not in sys.path:
@@ -208,8 +182,13 @@ def load(env: dict[str, str] | None = None) -> Catalog:
     for module in sorted(_names(env.get("LLMOS_PLUGIN_MODULES")) or ()):
         if module not in deny:
             add(module, lambda module=module: importlib.import_module(module))
-    catalog = build_catalog(pm, failed)
-    for name in list(catalog.services):
-        if name in deny:
-            del catalog.services[name]
+    return pm, failed
+
+
+def load(env: dict[str, str] | None = None) -> Catalog:
+    """The services of every plugin the environment allows, less the denied service names."""
+    env = dict(os.environ if env is None else env)
+    catalog = build_catalog(*discover(env))
+    for name in _names(env.get("LLMOS_PLUGINS_DENY")) or ():
+        catalog.services.pop(name, None)
     return catalog

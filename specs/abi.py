@@ -1,7 +1,9 @@
 """The syscall table (syscalls.toml) as Python: argument validation and the rendered reference.
 
-The kernel validates with `validate`, the client library builds its methods from `SYSCALLS`,
-and `render_markdown` writes specs/syscalls.md, so the three read one source and cannot drift.
+The kernel validates with `validate`, `render_markdown` writes specs/syscalls.md, and a test
+holds the client library's methods to `SYSCALLS`, so the three read one source and cannot drift.
+`compile_args` is the one compiler of argument declarations: the table's, and the `args` of
+every service plugin's tasks, which are checked by the same validator as a syscall's.
 """
 
 from __future__ import annotations
@@ -30,11 +32,17 @@ _PY_TYPES = {
     "list": (list, tuple),
     "map": (dict,),
 }
+TYPES = tuple(_PY_TYPES) + ("any", "null")
+SCHEMA_KEYS = ("type", "default", "nullable", "required", "doc", "min", "max", "max_len", "choices")
 _REQUIRED = object()
 
 
 class ArgError(ValueError):
     """Arguments that do not match the syscall's declaration (answered with EINVAL)."""
+
+
+class SchemaError(ValueError):
+    """A malformed argument declaration (in syscalls.toml or a plugin's Task.args); says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,13 @@ class Arg:
     min: float | None = None
     max: float | None = None
     max_len: int | None = None
+    choices: tuple | None = None
+    # the Python classes `types` accept, worked out once: check() runs on every syscall
+    _classes: tuple | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        classes = None if "any" in self.types else tuple(c for t in self.types if t != "null" for c in _PY_TYPES[t])
+        object.__setattr__(self, "_classes", classes)
 
     @property
     def required(self) -> bool:
@@ -56,8 +71,9 @@ class Arg:
             if "null" in self.types:
                 return None
             raise ArgError(f"{syscall}: argument '{self.name}' must not be nil")
-        if not any(_is_type(value, t) for t in self.types if t != "null"):
-            wanted = " or ".join(t for t in self.types if t != "null")
+        classes = self._classes
+        if classes is not None and (not isinstance(value, classes) or (value.__class__ is bool and bool not in classes)):
+            wanted = " or ".join(t for t in self.types if t != "null")     # msgpack keeps bools apart from ints
             raise ArgError(f"{syscall}: argument '{self.name}' must be {wanted}, got {type(value).__name__}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ArgError(f"{syscall}: argument '{self.name}' must be finite")
@@ -70,17 +86,43 @@ class Arg:
                 value = float(value)
         if self.max_len is not None and isinstance(value, (str, bytes)) and len(value) > self.max_len:
             raise ArgError(f"{syscall}: argument '{self.name}' is longer than {self.max_len}")
+        if self.choices is not None and value not in self.choices:
+            raise ArgError(f"{syscall}: argument '{self.name}' must be one of "
+                           f"{', '.join(map(str, self.choices))}, got {value!r}")
         if isinstance(value, tuple):
             value = list(value)
         return value
 
 
-def _is_type(value: Any, name: str) -> bool:
-    if name == "any":
-        return True
-    if name in ("int", "float") and isinstance(value, bool):
-        return False  # msgpack keeps bools apart from ints; so do we
-    return isinstance(value, _PY_TYPES[name])
+def compile_args(where: str, schema: Any) -> dict[str, Arg]:
+    """Argument declarations, `{name: {type, default or nullable or required, doc, min, max,
+    max_len, choices}}`, compiled into Args; SchemaError naming `where` and the argument if one
+    is malformed."""
+    if not isinstance(schema, dict):
+        raise SchemaError(f"{where}: args must be a map of argument name -> schema, got {type(schema).__name__}")
+    return {name: _compile_arg(f"{where} argument '{name}'", name, spec) for name, spec in schema.items()}
+
+
+def _compile_arg(where: str, name: str, spec: Any) -> Arg:
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        raise SchemaError(f"{where}: the schema must be a map with a 'type', e.g. {{'type': 'str'}}")
+    unknown = set(spec) - set(SCHEMA_KEYS)
+    if unknown:
+        raise SchemaError(f"{where}: unknown schema key(s) {', '.join(sorted(unknown))}; "
+                          f"use {', '.join(sorted(SCHEMA_KEYS))}")
+    types = tuple(spec["type"].split("|"))
+    if not set(types) <= set(TYPES):
+        raise SchemaError(f"{where}: unknown type in '{spec['type']}'; use {', '.join(sorted(TYPES))}")
+    if spec.get("required") and ("default" in spec or spec.get("nullable")):
+        raise SchemaError(f"{where}: 'required' and a default contradict each other; keep one")
+    choices = spec.get("choices")
+    if choices is not None and (not isinstance(choices, (list, tuple)) or not choices):
+        raise SchemaError(f"{where}: 'choices' must be a non-empty list of the allowed values")
+    default = None if spec.get("nullable") else spec.get("default", _REQUIRED)
+    if spec.get("nullable") and "null" not in types:
+        types += ("null",)
+    return Arg(name, types, default, spec.get("doc", ""), spec.get("min"), spec.get("max"), spec.get("max_len"),
+               None if choices is None else tuple(choices))
 
 
 @dataclass(frozen=True)
@@ -99,9 +141,9 @@ class Syscall:
             args = {}
         if not isinstance(args, dict):
             raise ArgError(f"{self.name}: 'args' must be a map, got {type(args).__name__}")
-        unknown = sorted(set(args) - set(self.args))
-        if unknown:
-            raise ArgError(f"{self.name}: unknown argument(s) {', '.join(map(str, unknown))}; "
+        if args.keys() - self.args.keys():
+            unknown = sorted(map(str, args.keys() - self.args.keys()))
+            raise ArgError(f"{self.name}: unknown argument(s) {', '.join(unknown)}; "
                            f"it takes {', '.join(self.args) or 'none'}")
         out = {}
         for name, arg in self.args.items():
@@ -121,13 +163,7 @@ def _load() -> dict[str, Syscall]:
         raise RuntimeError(f"syscalls.toml is ABI {table['version']}, protocol.py says {ABI_VERSION}")
     calls = {}
     for name, spec in table["syscalls"].items():
-        args = {}
-        for arg_name, a in spec.get("args", {}).items():
-            types = tuple(a["type"].split("|"))
-            default = None if a.get("nullable") else a.get("default", _REQUIRED)
-            if a.get("nullable") and "null" not in types:
-                types += ("null",)
-            args[arg_name] = Arg(arg_name, types, default, a.get("doc", ""), a.get("min"), a.get("max"), a.get("max_len"))
+        args = compile_args(f"syscalls.toml: {name}", spec.get("args", {}))
         for errno in spec["errors"]:
             if errno not in ERRNOS:
                 raise RuntimeError(f"syscalls.toml: {name} lists unknown errno {errno}")
@@ -168,6 +204,8 @@ def render_markdown() -> str:
                     limits.append(f"<= {a.max}")
                 if a.max_len is not None:
                     limits.append(f"length <= {a.max_len}")
+                if a.choices is not None:
+                    limits.append("one of " + ", ".join(f"`{c!r}`" for c in a.choices))
                 out.append(f"| `{a.name}` | {' or '.join(a.types).replace('null', 'nil')} | {default} | "
                            f"{', '.join(limits)} | {a.doc} |")
         else:

@@ -19,6 +19,7 @@ import pytest
 
 from harness import KernelProcess, errno_of, wait_until
 from llmos.services import Task, hookimpl, plugins
+from llmos.specs import ArgError
 from llmos.userland import LLMOSError
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -74,13 +75,13 @@ def test_a_registered_plugin_becomes_a_service_with_its_schema():
         catalog = plugins.build_catalog(pm)
         entry = catalog.services["fake"]
         assert entry.plugin == "fake-plugin" and entry.description == "A fake."
-        task = entry.tasks["hello"]
-        assert task.validate({"who": "bob"}) == {"who": "bob", "tone": "warm"}
+        schema = entry.tasks["hello"].schema
+        assert schema.validate({"who": "bob"}) == {"who": "bob", "tone": "warm"}
         described = entry.describe()["tasks"][0]["args"]
         assert described["who"]["required"] and described["tone"]["choices"] == ["warm", "dry"]
         for bad in ({}, {"who": 3}, {"who": "x" * 11}, {"who": "a", "tone": "hot"}, {"who": "a", "extra": 1}):
-            with pytest.raises(plugins.ArgError):
-                task.validate(bad)
+            with pytest.raises(ArgError):
+                schema.validate(bad)
     finally:
         pm.unregister(name="fake-plugin")
 
