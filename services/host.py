@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import json
+import logging
 import os
 import signal
 import sys
 import time
-import traceback
 from typing import Any
 
+import structlog
 import zmq
 import zmq.asyncio
 
@@ -40,9 +40,20 @@ from .hookspecs import ServiceError
 HOST_ID = b"services"
 PROGRAM_NAME = "llmos-services"
 
+log = structlog.get_logger("llmos.services")
 
-def log(event: str, **fields) -> None:
-    print(json.dumps({"event": event, "host_pid": os.getpid(), **fields}), file=sys.stderr, flush=True)
+
+def configure_logging() -> None:
+    """JSON lines on stderr, which the host shares with the kernel (so they land where the kernel's
+    own output goes), keyed as the kernel's are: event, level, timestamp; plus the host's pid."""
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso", utc=True), structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    structlog.contextvars.bind_contextvars(host_pid=os.getpid())
 
 
 class TaskContext:
@@ -147,8 +158,8 @@ class ServiceHost:
         writer = asyncio.create_task(self._writer())
         watch = asyncio.create_task(self._watch_parent(os.getppid()))
         self.send({"op": "hello", "pid": os.getpid(), "catalog": self.catalog.describe()})
-        log("services.up", services=sorted(self.catalog.services), failed=self.catalog.failed,
-            start_s=round(time.monotonic() - started, 3))
+        log.info("services.up", services=sorted(self.catalog.services), failed=self.catalog.failed,
+                 start_s=round(time.monotonic() - started, 3))
         reader = asyncio.create_task(self._read_loop())
         try:
             await self.stopping.wait()
@@ -212,8 +223,7 @@ class ServiceHost:
             self.send({"op": "error", "cid": cid, "errno": exc.errno,
                        "message": f"{msg['service']}.{msg['task']}: {exc.message}"})
         except Exception as exc:
-            log("services.task_failed", service=msg.get("service"), task=msg.get("task"),
-                error=f"{exc.__class__.__name__}: {exc}", trace=traceback.format_exc(limit=8))
+            log.exception("services.task_failed", service=msg.get("service"), task=msg.get("task"))
             self.send({"op": "error", "cid": cid, "errno": "EIO",
                        "message": f"{msg['service']}.{msg['task']} failed: {exc.__class__.__name__}: {exc}"})
         else:
@@ -255,12 +265,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", required=True, help="the kernel's socket, for the host's own syscalls")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the kernel's to handle
+    configure_logging()
     loop = asyncio.new_event_loop()     # not asyncio.run: it would wait for a plain task stuck on a thread
     code = 0
     try:
         loop.run_until_complete(ServiceHost(args.channel, args.kernel).run())
-    except Exception as exc:
-        log("services.failed", error=f"{exc.__class__.__name__}: {exc}", trace=traceback.format_exc(limit=8))
+    except Exception:
+        log.exception("services.failed")
         code = 1
     sys.stderr.flush()
     os._exit(code)
