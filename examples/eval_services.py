@@ -2,6 +2,7 @@
 
     python examples/eval_services.py                 # boots a private kernel on the real models
     python examples/eval_services.py --socket URL    # or uses a running kernel
+    python examples/eval_services.py --only redact   # one part; redact needs no kernel
 
 Reports, as a table:
 - sentiment accuracy on tests/data/sentiment.jsonl (60 support messages, 20 per class): the
@@ -11,7 +12,11 @@ Reports, as a table:
   whole documents embedded as one entry each (baseline) against the kb service's chunks;
 - answer correctness (the expected fact string is in the answer): the model answering freely
   from the best chunk (baseline) against kb.ask's extracted quote, and kb.ask with rephrase;
-- "I don't know" on the unanswerable questions.
+- "I don't know" on the unanswerable questions;
+- redact precision and recall on tests/data/redact.jsonl (79 support messages: 78 labeled spans,
+  and lures such as order numbers, dates and bad checksums): a finding counts when its type and
+  span are exactly the label's. It runs the service's code in this process: redact uses no
+  model, so it needs no kernel.
 """
 
 from __future__ import annotations
@@ -19,17 +24,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from llmos.services.builtin.redact import TYPES, find_pii
+from llmos.services.nlp import EMBED_MODEL
 from llmos.userland import Client, KernelUnavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
 LABELS = ("positive", "negative", "neutral")
+PARTS = ("sentiment", "kb", "redact")
 
 
 def boot(tmp: str) -> tuple[subprocess.Popen, str]:
@@ -130,28 +139,58 @@ def eval_kb(c: Client) -> list[tuple[str, str]]:
             ("'I don't know' on answerable questions (false)", f"{false_dont_know}/{n}")]
 
 
+def eval_redact() -> list[tuple[str, str]]:
+    cases = [json.loads(line) for line in (DATA / "redact.jsonl").read_text().splitlines() if line.strip()]
+    right, found, labeled = dict.fromkeys(TYPES, 0), dict.fromkeys(TYPES, 0), dict.fromkeys(TYPES, 0)
+    for case in cases:
+        text = case["text"]
+        gold = {(kind, m.start(), m.end()) for kind, value in case["pii"]        # every whole occurrence
+                for m in re.finditer(rf"(?<!\w){re.escape(value)}(?!\w)", text)}
+        predicted = {(f.type, f.start, f.end) for f in find_pii(text)}
+        for kind, _, _ in gold:
+            labeled[kind] += 1
+        for kind, _, _ in predicted:
+            found[kind] += 1
+        for kind, _, _ in gold & predicted:
+            right[kind] += 1
+
+    def row(name: str, r: int, f: int, g: int) -> tuple[str, str]:
+        return (f"redact {name}: precision, recall",
+                f"{r / f if f else 1:.1%} ({r}/{f}), {r / g if g else 1:.1%} ({r}/{g})")
+
+    rows = [row("all types", sum(right.values()), sum(found.values()), sum(labeled.values()))]
+    return rows + [row(kind, right[kind], found[kind], labeled[kind]) for kind in TYPES]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--socket", help="use this running kernel instead of booting one")
+    p.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
     args = p.parse_args()
+    parts = args.only or PARTS
     tmp = None
     kernel = None
     socket = args.socket
-    if socket is None:
+    if socket is None and {"sentiment", "kb"} & set(parts):
         tmp = tempfile.TemporaryDirectory(prefix="llmos-eval-")
         print("booting a kernel on the real models...", file=sys.stderr)
         kernel, socket = boot(tmp.name)
     try:
-        with Client(socket=socket, name=f"eval-services-{os.getpid()}", timeout=None) as c:
-            started = time.monotonic()
-            rows = eval_sentiment(c) + eval_kb(c)
-            elapsed = time.monotonic() - started
+        started = time.monotonic()
+        rows, model = [], None
+        if socket is not None:
+            with Client(socket=socket, name=f"eval-services-{os.getpid()}", timeout=None) as c:
+                model = c.info.get("default_model")
+                rows += eval_sentiment(c) if "sentiment" in parts else []
+                rows += eval_kb(c) if "kb" in parts else []
+        rows += eval_redact() if "redact" in parts else []
+        elapsed = time.monotonic() - started
         width = max(len(r[0]) for r in rows)
         print(f"\n{'measure'.ljust(width)}  value")
         print(f"{'-' * width}  -----")
         for name, value in rows:
             print(f"{name.ljust(width)}  {value}")
-        print(f"\n({elapsed:.0f}s; model {c.info.get('default_model')}, embeddings minilm-l6-v2)")
+        print(f"\n({elapsed:.0f}s; model {model}, embeddings {EMBED_MODEL})")
     finally:
         if kernel is not None:
             kernel.terminate()

@@ -1,7 +1,8 @@
 """Text plumbing the built-in services share: sentences, chunks, embeddings, similarity.
 
-Nothing here loads a model: embeddings come from the kernel's `embed` syscall (MiniLM by
-default), so this module is plain Python and numpy.
+Nothing here loads a model: embeddings come from the kernel's `embed` syscall (the registry's
+DEFAULT_EMBED_MODEL, MiniLM, unless LLMOS_SERVICES_EMBED_MODEL names another), so this module
+is plain Python and numpy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EMBED_MODEL = os.environ.get("LLMOS_SERVICES_EMBED_MODEL", "minilm-l6-v2")
+from llmos.specs.registry import DEFAULT_EMBED_MODEL
+
+EMBED_MODEL = os.environ.get("LLMOS_SERVICES_EMBED_MODEL", DEFAULT_EMBED_MODEL)
 EMBED_BATCH = 256                  # texts per embed syscall (the kernel takes up to 1024)
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "no",

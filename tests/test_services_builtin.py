@@ -91,6 +91,19 @@ def test_redact_replaces_checked_patterns_with_typed_placeholders(tc):
     assert errno_of(tc.svc_call, "redact", "text", {"text": "x", "types": ["DNA"]}) == "EINVAL"
 
 
+def test_redact_reads_national_phone_numbers_in_the_regions_asked_for(tc):
+    text = "Appelez le 01 42 68 53 00."
+    assert tc.svc_call("redact", "text", {"text": text})["findings"] == []          # not a US or UK number
+    assert tc.svc_call("redact", "text", {"text": text, "regions": ["FR"]})["text"] == "Appelez le [PHONE_1]."
+    assert errno_of(tc.svc_call, "redact", "text", {"text": "x", "regions": ["XX"]}) == "EINVAL"
+
+
+def test_redact_takes_bare_digits_for_a_phone_only_after_a_cue_and_then_everywhere(tc):
+    assert tc.svc_call("redact", "text", {"text": "Order 2125550199 shipped."})["findings"] == []
+    r = tc.svc_call("redact", "text", {"text": "Order 2125550199 shipped; call me on 2125550199."})
+    assert r["text"] == "Order [PHONE_1] shipped; call me on [PHONE_1]."
+
+
 def test_moderate_reports_every_category_with_reasons(tc):
     r = tc.svc_call("moderate", "text", {"text": "Click here to claim your free prize!!! www.a.example www.b.example",
                                          "threshold": 1.0})   # the tiny BERT finds everything alike

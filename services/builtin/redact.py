@@ -1,11 +1,13 @@
 """redact: replace personal data with typed placeholders ([EMAIL_1], [CARD_1], [NAME_2]...).
 
-Deterministic detectors do the exact work: emails, phone numbers, payment cards (Luhn
-checked), IBANs (mod-97 checked), US social security numbers and IP addresses. Names are
-found by a heuristic (titles, cue phrases such as "my name is", greetings and sign-offs, and
-a list of common first names followed by a capitalized surname): a 135M-parameter model
-tags names less reliably than that, and a redactor must not invent or skip spans at random.
-The same value always gets the same placeholder, so a redacted text still reads coherently.
+Deterministic detectors do the exact work: emails, phone numbers (Google's libphonenumber
+rules, through `phonenumbers`), payment cards (Luhn), IBANs (the ISO 13616 registry's length
+and format per country, then mod-97), US social security numbers (the SSA's rules) and IP
+addresses; the checks come from python-stdnum. Names are found by a heuristic (titles, cue
+phrases such as "my name is", greetings and sign-offs, and a list of common first names followed
+by a capitalized surname): a 135M-parameter model tags names less reliably than that, and a
+redactor must not invent or skip spans at random. The same value always gets the same
+placeholder, so a redacted text still reads coherently.
 """
 
 from __future__ import annotations
@@ -13,29 +15,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llmos.services import Task, hookimpl
+import phonenumbers
+from stdnum import iban, luhn
+from stdnum.us import ssn
+
+from llmos.services import ServiceError, Task, hookimpl
 
 TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "NAME")
+# Numbers written without a country code are read in these countries' national formats: the
+# two that English text uses most, which cannot be confused (a NANP number never starts with 0,
+# a British one always does). Numbers written with + are found whatever this says.
+PHONE_REGIONS = ("US", "GB")
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b")
-_SSN = re.compile(r"(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
 _IP = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1?\d?\d)\.){3}(?:25[0-5]|2[0-4]\d|1?\d?\d)(?!\d|\.\d)")
-_PHONE = re.compile(r"""(?<![\w+])(?:
-        \+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}     # +44 20 7946 0958, +1-202-555-0143
-      | \(\d{2,4}\)[ .-]?\d{3,4}[ .-]?\d{3,4}                                # (555) 123-4567
-      | \d{3}[.-]\d{3}[.-]\d{4}                                             # 555-123-4567
-      | 0\d{2,4}[ ]\d{3,4}[ ]?\d{3,4}                                       # 020 7946 0958, 07700 900123
-    )(?![\w-])""", re.X)
-_PHONE_CUE = re.compile(r"(?:phone|call|tel|mobile|cell|number|whatsapp|sms|text me)\D{0,15}$", re.I)
-_BARE_DIGITS = re.compile(r"(?<![\w+])\d{10,11}(?!\w)")
-
-# IBAN lengths by country (ISO 13616), for the countries most often seen; others: mod-97 alone.
-_IBAN_LEN = {"AD": 24, "AT": 20, "BE": 16, "BG": 22, "CH": 21, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "EE": 20,
-             "ES": 24, "FI": 18, "FR": 27, "GB": 22, "GR": 27, "HR": 21, "HU": 28, "IE": 22, "IS": 26, "IT": 27,
-             "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MT": 31, "NL": 18, "NO": 15, "PL": 28, "PT": 25,
-             "RO": 24, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "TR": 26}
+# Words that say a phone number follows (see phone_spans).
+_PHONE_CUE = re.compile(r"(?:phone|call|tel|mobile|cell|whatsapp|sms|text me|ring me|(?:my|his|her|your|our) number)"
+                        r"\D{0,15}$", re.I)
 
 _TITLE = r"(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?"
 _CAP = r"[A-Z][a-z]+(?:[-'][A-Z]?[a-z]+)?"
@@ -68,6 +67,7 @@ victor victoria vincent wang wei william yuki yusuf zoe
 # Capitalized words that follow the cues above but are not names.
 _NOT_NAMES = frozenset("""
 i the a an this that there here it we you they he she my our your his her their team support customer service
+mr mrs ms miss mx dr prof mme mlle herr frau
 all everyone everybody sir madam guys folks again so very just not sure sorry happy glad good great fine okay ok
 afraid writing calling contacting looking trying having going still also really please thanks hello hi dear
 monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
@@ -83,27 +83,30 @@ class Finding:
     value: str
 
 
-def luhn_ok(digits: str) -> bool:
-    total, double = 0, False
-    for ch in reversed(digits):
-        d = int(ch)
-        if double:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-        double = not double
-    return total % 10 == 0
-
-
 def iban_ok(candidate: str) -> bool:
-    iban = candidate.replace(" ", "").upper()
-    expected = _IBAN_LEN.get(iban[:2])
-    if expected is not None and len(iban) != expected:
-        return False
-    if not 15 <= len(iban) <= 34:
-        return False
-    rearranged = iban[4:] + iban[:4]
-    number = "".join(str(int(ch, 36)) for ch in rearranged)
-    return int(number) % 97 == 1
+    """The registry's format for the country and the mod-97 checksum; not each country's own
+    extra rules, which need bank lists that go stale (a real Belgian IBAN of a bank stdnum does
+    not know would be missed)."""
+    return iban.is_valid(candidate, check_country=False)
+
+
+def phone_spans(text: str, regions: tuple[str, ...] = PHONE_REGIONS):
+    """(start, end) of each phone number, national ones read in `regions`.
+
+    A number the matcher calls valid (an assigned range, formatted as the country writes it)
+    counts unless it is a bare run of digits, as likely an order number. A cue word before a
+    number ("call", "mobile"...) is enough for one that is merely possible: texts and tests use
+    ranges kept unassigned for fiction (07700 900xxx), while possible numbers without a cue
+    include prices, dates and the tails of account numbers.
+    """
+    cued = lambda start: _PHONE_CUE.search(text[max(0, start - 30):start])
+    for region in regions:
+        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.VALID):
+            if not m.raw_string.isdigit() or cued(m.start):
+                yield m.start, m.end
+        for m in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE):
+            if cued(m.start):
+                yield m.start, m.end
 
 
 def _is_name(candidate: str) -> bool:
@@ -111,7 +114,7 @@ def _is_name(candidate: str) -> bool:
     return bool(parts) and all(p.lower().strip("'") not in _NOT_NAMES for p in parts)
 
 
-def find_pii(text: str, types: tuple[str, ...] = TYPES) -> list[Finding]:
+def find_pii(text: str, types: tuple[str, ...] = TYPES, regions: tuple[str, ...] = PHONE_REGIONS) -> list[Finding]:
     """Every finding, non-overlapping, in text order (earlier detectors win overlaps)."""
     found: list[Finding] = []
 
@@ -126,23 +129,20 @@ def find_pii(text: str, types: tuple[str, ...] = TYPES) -> list[Finding]:
         # the regex is greedy over spaces: try shorter tails until the checksum fits
         while value and not iban_ok(value):
             value = value[:-1].rstrip()
-        if value and len(value.replace(" ", "")) >= 15:
+        if value:
             add("IBAN", m.start(), m.start() + len(value))
     for m in _CARD.finditer(text):
         digits = re.sub(r"\D", "", m.group(0))
-        if 13 <= len(digits) <= 19 and luhn_ok(digits) and len(set(digits)) > 1:
+        if 13 <= len(digits) <= 19 and luhn.is_valid(digits) and len(set(digits)) > 1:
             add("CARD", m.start(), m.end())
     for m in _SSN.finditer(text):
-        add("SSN", m.start(), m.end())
+        if ssn.is_valid(m.group(0)):
+            add("SSN", m.start(), m.end())
     for m in _IP.finditer(text):
         add("IP", m.start(), m.end())
-    for m in _PHONE.finditer(text):
-        digits = re.sub(r"\D", "", m.group(0))
-        if 8 <= len(digits) <= 15:
-            add("PHONE", m.start(), m.end())
-    for m in _BARE_DIGITS.finditer(text):
-        if _PHONE_CUE.search(text[max(0, m.start() - 30):m.start()]):
-            add("PHONE", m.start(), m.end())
+    if "PHONE" in types:
+        for start, end in phone_spans(text, regions):
+            add("PHONE", start, end)
     for pattern in (_NAME_AFTER_TITLE, _SIGNOFF, _NAME_AFTER_CUE):
         for m in pattern.finditer(text):
             if _is_name(m.group(1)):
@@ -154,16 +154,20 @@ def find_pii(text: str, types: tuple[str, ...] = TYPES) -> list[Finding]:
     for m in re.finditer(rf"(?<=[a-z,;:] )({_CAP})\b", text):
         if m.group(1).lower() in FIRST_NAMES:
             add("NAME", m.start(1), m.end(1))
-    # a name found once is redacted everywhere it appears
-    for name in {f.value for f in found if f.type == "NAME"}:
-        for part in [name] + [p for p in name.split() if p.lower() in FIRST_NAMES or len(name.split()) == 1]:
-            for m in re.finditer(rf"\b{re.escape(part)}\b", text):
-                add("NAME", m.start(), m.end())
+    # a value found once is redacted everywhere it appears, and so is a found name's first name alone
+    for kind, value in dict.fromkeys((f.type, f.value) for f in found):
+        parts = [value]
+        if kind == "NAME":
+            parts += [p for p in value.split() if p.lower() in FIRST_NAMES or len(value.split()) == 1]
+        for part in parts:
+            for m in re.finditer(rf"(?<!\w){re.escape(part)}(?!\w)", text):
+                add(kind, m.start(), m.end())
     return sorted(found, key=lambda f: f.start)
 
 
-def redact_text(text: str, types: tuple[str, ...] = TYPES) -> tuple[str, list[dict]]:
-    findings = find_pii(text, types)
+def redact_text(text: str, types: tuple[str, ...] = TYPES,
+                regions: tuple[str, ...] = PHONE_REGIONS) -> tuple[str, list[dict]]:
+    findings = find_pii(text, types, regions)
     numbers: dict[tuple[str, str], str] = {}
     counters: dict[str, int] = {}
     out, pos, report = [], 0, []
@@ -181,13 +185,17 @@ def redact_text(text: str, types: tuple[str, ...] = TYPES) -> tuple[str, list[di
     return "".join(out), report
 
 
-async def redact(ctx, text: str, types: list | None = None) -> dict:
+async def redact(ctx, text: str, types: list | None = None, regions: list | None = None) -> dict:
     wanted = tuple(t.upper() for t in types) if types else TYPES
     unknown = set(wanted) - set(TYPES)
     if unknown:
-        from llmos.services import ServiceError
         raise ServiceError("EINVAL", f"redact: unknown type(s) {', '.join(sorted(unknown))}; known: {', '.join(TYPES)}")
-    redacted, findings = redact_text(text, wanted)
+    countries = tuple(str(r).upper() for r in regions) if regions else PHONE_REGIONS
+    unknown = set(countries) - phonenumbers.SUPPORTED_REGIONS
+    if unknown:
+        raise ServiceError("EINVAL", f"redact: unknown region(s) {', '.join(sorted(unknown))}; "
+                                     f"use ISO 3166 country codes such as US, GB, FR")
+    redacted, findings = redact_text(text, wanted, countries)
     counts: dict[str, int] = {}
     for f in findings:
         counts[f["type"]] = counts.get(f["type"], 0) + 1
@@ -202,5 +210,9 @@ def register_services(register):
                              "in the original text.",
                      args={"text": {"type": "str", "max_len": 4 << 20, "doc": "the text to redact"},
                            "types": {"type": "list|null", "nullable": True,
-                                     "doc": f"only these types (default all): {', '.join(TYPES)}"}}),
-    }, description="Find personal data by checked patterns (Luhn, mod-97) and a names heuristic, and replace it.")
+                                     "doc": f"only these types (default all): {', '.join(TYPES)}"},
+                           "regions": {"type": "list|null", "nullable": True,
+                                       "doc": "countries whose national phone formats to read (default "
+                                              f"{', '.join(PHONE_REGIONS)}); numbers with + are found anyway"}}),
+    }, description="Find personal data by checked patterns (phone rules, Luhn, IBAN, SSN) and a names heuristic, "
+                   "and replace it.")
