@@ -74,23 +74,22 @@ class TorchDriver(Driver):
             self.torch.cuda.empty_cache()
 
     def submit(self, msg: channel.Submit) -> TokenEvent | None:
-        from .engine import GenRequest
+        from .engine import PromptTooLong
         from .loader import encode_prompt
+        from .sequence import GenRequest
 
         engine = self.engines.get(msg.model)
         if engine is None:
             return TokenEvent.failed(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
         try:
             ids = encode_prompt(engine.lm, msg.prompt, msg.messages)
-        except ValueError as exc:
+            engine.add(GenRequest(rid=msg.rid, prompt_ids=ids, max_tokens=msg.max_tokens,
+                                  temperature=msg.temperature, top_p=msg.top_p, top_k=msg.top_k, stop=msg.stop,
+                                  seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in))
+        except PromptTooLong as exc:
+            return TokenEvent.failed(msg.rid, exc.errno, str(exc))
+        except ValueError as exc:      # the chat template refused the messages
             return TokenEvent.failed(msg.rid, "EINVAL", str(exc))
-        ctx = engine.lm.context_length
-        if len(ids) >= ctx:
-            return TokenEvent.failed(msg.rid, "EINVAL",
-                                     f"the prompt is {len(ids)} tokens; model '{msg.model}' takes at most {ctx - 1}")
-        engine.add(GenRequest(rid=msg.rid, prompt_ids=ids, max_tokens=min(msg.max_tokens, ctx - len(ids)),
-                              temperature=msg.temperature, top_p=msg.top_p, top_k=msg.top_k, stop=msg.stop,
-                              seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in))
         self.owner[msg.rid] = msg.model
         return None
 
@@ -118,7 +117,7 @@ class TorchDriver(Driver):
         pause(events), if given, is called between slices of each step with the events of
         any cut-in (often none): the moment to send them and to take in new submissions.
         """
-        from .runner import run_to_end
+        from .slices import run_to_end
 
         out: list[TokenEvent] = []
         for name, engine in list(self.engines.items()):
@@ -129,10 +128,7 @@ class TorchDriver(Driver):
                                     lambda cut_in: (pause or out.extend)(self._token_events(cut_in)))
             except Exception as exc:  # an engine bug fails its requests, not the driver
                 traceback.print_exc()
-                events = []
-                for rid in [r for r, m in self.owner.items() if m == name]:
-                    engine.cancel(rid)
-                    out.append(TokenEvent.failed(rid, "EIO", f"engine failure: {exc}"))
+                events = engine.fail_all(f"engine failure: {exc.__class__.__name__}: {exc}")
             out += self._token_events(events)
         return out
 
@@ -147,8 +143,7 @@ class TorchDriver(Driver):
             if ev.finish == "cancelled":
                 continue
             if ev.finish == "error":
-                errno = "ENOMEM" if "KV" in ev.delta or "kv" in ev.delta else "EIO"
-                out.append(TokenEvent.failed(ev.rid, errno, ev.delta, ev.tokens))
+                out.append(TokenEvent.failed(ev.rid, ev.errno, ev.message, ev.tokens))
             else:
                 out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage))
         return out
