@@ -46,10 +46,10 @@ def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool
 class KernelProcess:
     """`python -m llmos.kernel` in a subprocess, owned by whoever started it.
 
-    workdir holds the kernel's socket, its console log and (unless state_dir is given) its
-    state; without one, a temporary directory is made and removed by stop(). The kernel's
-    runtime directory (driver and service sockets, the boot lock) is always a private
-    temporary one, so a killed kernel leaves nothing in the user's.
+    workdir holds the kernel's console log and (unless state_dir is given) its state; without
+    one, a temporary directory is made. The sockets (the kernel's, its drivers' and service
+    host's) and the boot lock live in a private (0700) temporary runtime directory, short enough
+    for an ipc path, so a killed kernel leaves nothing in the user's. stop() removes what it made.
     """
 
     def __init__(self, workdir: Path | str | None = None, model: str | None = None, extra: list[str] | None = None,
@@ -58,8 +58,9 @@ class KernelProcess:
         if workdir is None:
             workdir = self._temp_dir("llmos-kernel-")
         self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.socket = f"ipc://{self.workdir}/k.sock"
+        self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runtime_dir = self._temp_dir("llmos-run-")
+        self.socket = f"ipc://{self.runtime_dir}/kernel.sock"
         self.state_dir = Path(state_dir or self.workdir / "state")
         self.log = self.workdir / "kernel.out"
         self.model = model
@@ -78,8 +79,7 @@ class KernelProcess:
         If it does not get there within `timeout`, everything is stopped and removed, and the
         error carries the end of the kernel's log.
         """
-        runtime = self._temp_dir("llmos-run-")   # short: an ipc path must fit in about 100 bytes
-        env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), **self.env}
+        env = {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir), **self.env}
         args = [sys.executable, "-m", "llmos.kernel", "--socket", self.socket, "--state-dir", str(self.state_dir),
                 "--device", "cpu", *(["--model", self.model] if self.model else ["--no-model"]), *self.extra]
         with open(self.log, "ab") as out:
@@ -151,7 +151,6 @@ class KernelProcess:
                     self.proc.kill()
                     self.proc.wait()
             code = self.proc.returncode
-        Path(self.socket[len("ipc://"):]).unlink(missing_ok=True)   # left behind by a killed kernel
         while self._owned:
             shutil.rmtree(self._owned.pop(), ignore_errors=True)
         return code
