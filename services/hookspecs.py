@@ -30,6 +30,22 @@ unions like "str|null"), ``default`` or ``nullable = true`` (else required), ``d
 Raise ServiceError(errno, message) to answer with an errno (EINVAL, ENOENT...); any other
 exception answers EIO with its message. Services run in the service host, a process of its own:
 a plugin that crashes or hangs it costs only the calls in flight.
+
+A plugin can also add subcommands to the `llmos` command, written with click; `connect(name)`
+gives a client of the kernel the command line points at:
+
+    import click
+    from llmos.userland.cli import connect
+
+    @click.command("shout", help="Repeat a text in capitals.")      # `llmos shout TEXT`
+    @click.argument("text")
+    def shout_command(text):
+        with connect("llmos-shout") as c:
+            click.echo(c.svc_call("echo", "shout", {"text": text})["text"])
+
+    @hookimpl
+    def register_commands(register):
+        register(shout_command)
 """
 
 from __future__ import annotations
@@ -68,3 +84,8 @@ class ServiceError(Exception):
 @hookspec
 def register_services(register):
     """Register services: call register(name, {task_name: Task, ...}, description="") once per service."""
+
+
+@hookspec
+def register_commands(register):
+    """Register `llmos` subcommands: call register(command) with a click.Command, once per command."""

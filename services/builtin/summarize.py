@@ -14,10 +14,12 @@ content words come from the text, else the extract is returned (and `fallback` s
 
 from __future__ import annotations
 
+import click
 import numpy as np
 
 from llmos.services import Task, hookimpl
 from llmos.services import nlp
+from llmos.userland.cli import connect, echo_stream
 
 STYLES = ("one_line", "bullets", "paragraph")
 DEFAULT_COUNT = {"one_line": 1, "bullets": 5, "paragraph": 4}
@@ -124,3 +126,21 @@ def register_services(register):
                                            "doc": "size of a map step"}},
                      stream=True),
     }, description="Summaries of any length of text: extractive by default, optionally rewritten by the model.")
+
+
+@click.command("summarize", help="summarize a text file, or - for stdin (map-reduce; any length)")
+@click.argument("file", type=click.File(encoding="utf-8"))
+@click.option("--style", type=click.Choice(STYLES), default="paragraph", show_default=True)
+@click.option("--sentences", type=int, default=None, help="how many sentences or bullets")
+@click.option("--mode", type=click.Choice(["extractive", "abstractive"]), default="extractive", show_default=True)
+def summarize_command(file, style: str, sentences: int | None, mode: str) -> None:
+    args = {"text": file.read(), "style": style, "sentences": sentences, "mode": mode}
+    with connect("llmos-summarize") as c:
+        result = echo_stream(c.svc_stream("summarize", "text", args))
+    if result.get("fallback"):
+        click.echo("[the model's rewrite strayed from the text; this is the extract]", err=True)
+
+
+@hookimpl
+def register_commands(register):
+    register(summarize_command)

@@ -20,10 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import time
+import uuid
+
+import click
 
 from llmos.services import ServiceError, Task, hookimpl
+from llmos.userland.cli import connect, typed_lines
 from llmos.userland.client import LLMOSError
 
 from . import classify, kb
@@ -182,3 +187,28 @@ def register_services(register):
         "resolve": Task(resolve, "Hand a conversation back from the human to the assistant.", args={"conversation": _CONV}),
         "end": Task(end, "Forget a conversation.", args={"conversation": _CONV}),
     }, description="A customer-support agent: multi-turn, grounded in a kb, hands off to a human when it cannot help.")
+
+
+@click.command("support", help="a customer-support chat over a folder of documents")
+@click.option("--kb", "folder", required=True, help="folder of .md/.txt documents to answer from (ingested first)")
+@click.option("--name", default=None, help="knowledge base name (default: the folder's name)")
+@click.option("--conversation", default=None, help="conversation id to continue (default: a new one)")
+def support_command(folder: str, name: str | None, conversation: str | None) -> None:
+    folder = os.path.abspath(folder)
+    kb_name = name or "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in os.path.basename(folder))[:64]
+    conversation = conversation or uuid.uuid4().hex[:12]
+    with connect("llmos-support") as c:
+        r = c.svc_call("kb", "ingest", {"kb": kb_name, "path": folder})
+        click.echo(f"knowledge base '{kb_name}': {len(r['documents'])} documents, {r['chunks']} chunks"
+                   + (f" ({len(r['skipped'])} files skipped)" if r["skipped"] else ""), err=True)
+        click.echo(f"conversation {conversation}: type your question; empty line or Ctrl-D to quit", err=True)
+        for line in typed_lines("you> "):
+            r = c.svc_call("support", "chat", {"conversation": conversation, "message": line, "kb": kb_name})
+            click.echo(f"agent> {r['reply']}")
+            if r["handoff"]:
+                click.echo(f"[handed off to a human: {r['handoff_reason']}]", err=True)
+
+
+@hookimpl
+def register_commands(register):
+    register(support_command)

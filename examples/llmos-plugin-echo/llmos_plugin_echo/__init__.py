@@ -1,10 +1,14 @@
-"""An example llmos service plugin: the `echo` service.
+"""An example llmos service plugin: the `echo` service, and an `llmos echo` command that calls it.
 
-Registered through the entry-point group "llmos.services" (see pyproject.toml); the service
-host imports this module and calls register_services with its register callback.
+Registered through the entry-point group "llmos.services" (see pyproject.toml): the service
+host imports this module and calls register_services with its register callback; the `llmos`
+command imports it too and calls register_commands.
 """
 
+import click
+
 from llmos.services import ServiceError, Task, hookimpl
+from llmos.userland.cli import connect, echo_stream
 
 
 def say(ctx, text: str, times: int = 1) -> dict:
@@ -41,3 +45,20 @@ def register_services(register):
                             "reply": {"type": "bool", "default": False, "doc": "also ask the default model"}},
                       stream=True),
     }, description="Echo text back: the example plugin (examples/llmos-plugin-echo).")
+
+
+@click.command("echo", help="Echo TEXT through the echo service; --shout streams it back in capitals.")
+@click.argument("text")
+@click.option("--times", type=int, default=1, show_default=True)
+@click.option("--shout", is_flag=True)
+def echo_command(text: str, times: int, shout: bool) -> None:
+    with connect("llmos-echo") as c:         # a client of the kernel `llmos --socket` points at
+        if shout:
+            echo_stream(c.svc_stream("echo", "shout", {"text": text}))
+        else:
+            click.echo(c.svc_call("echo", "say", {"text": text, "times": times})["text"])
+
+
+@hookimpl
+def register_commands(register):
+    register(echo_command)

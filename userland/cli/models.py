@@ -1,0 +1,57 @@
+"""`llmos devices`, `models`, `load` and `unload`: device memory and the models in it."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from .common import connect, size, table
+
+
+@click.command(help="list devices and their memory")
+def devices() -> None:
+    with connect("llmos-devices") as c:
+        rows = c.devices()
+    for r in rows:
+        for key in ("total_bytes", "used_bytes", "free_bytes", "models_bytes", "reserved_bytes"):
+            r[key] = size(r[key])
+    click.echo(table(rows, [("name", "DEVICE"), ("driver", "DRIVER"), ("total_bytes", "TOTAL"), ("used_bytes", "USED"),
+                            ("free_bytes", "FREE"), ("models_bytes", "MODELS"), ("reserved_bytes", "RESERVED"),
+                            ("running", "RUNNING"), ("queued", "QUEUED")]))
+
+
+@click.command(help="list loaded and available models")
+def models() -> None:
+    with connect("llmos-models") as c:
+        info = c.models()
+    loaded = info["loaded"]
+    for r in loaded:
+        r["size"] = size(r["bytes"])
+    click.echo(table(loaded, [("name", "MODEL"), ("kind", "KIND"), ("device", "DEVICE"), ("state", "STATE"),
+                              ("size", "SIZE"), ("refs", "REFS"), ("in_use", "IN USE"), ("load_s", "LOAD S")]))
+    names = {r["name"] for r in loaded}
+    others = [a for a in info["available"] if a["name"] not in names]
+    if others:
+        click.echo("\navailable:")
+        click.echo(table(others, [("name", "MODEL"), ("kind", "KIND"), ("source", "SOURCE")]))
+
+
+@click.command(help="load a model")
+@click.argument("model")
+@click.option("--device", default="auto", show_default=True, help="a device from `llmos devices`, or auto")
+def load(model: str, device: str) -> None:
+    with connect("llmos-load") as c:
+        started = time.monotonic()
+        r = c.load_model(model, device=device)
+        waited = time.monotonic() - started
+    how = "already loaded" if r["already_loaded"] else f"loaded in {r['load_s']:.1f}s"
+    click.echo(f"{r['name']} on {r['device']}: {size(r['bytes'])}, {how} (waited {waited:.1f}s)")
+
+
+@click.command(help="unload a model nobody else uses")
+@click.argument("model")
+def unload(model: str) -> None:
+    with connect("llmos-unload") as c:
+        r = c.unload_model(model, evict=True)
+    click.echo(f"{r['name']}: unloaded")
