@@ -44,6 +44,7 @@ class SyscallMethod:
         self.stream = stream
         args = [a for a in syscall.args.values() if a.name != "stream"]
         self.params = tuple(a.name for a in args)
+        self.param_names = frozenset(self.params)
         self.required = frozenset(a.name for a in args if a.required)
         self.waits_on_model = syscall.name in WAITS_ON_MODEL
         self.waits_on_model_when = WAITS_ON_MODEL_WHEN.get(syscall.name)
@@ -57,19 +58,22 @@ class SyscallMethod:
 
     def bind(self, args: tuple, kwargs: dict) -> dict:
         """The arguments of one call by name, only those given: the kernel fills in the table's defaults."""
-        if len(args) > len(self.params):
-            raise TypeError(f"{self.name}() takes {len(self.params)} arguments but {len(args)} were given")
-        bound = dict(zip(self.params, args))
-        for key, value in kwargs.items():
-            if key not in self.params:
-                raise TypeError(f"{self.name}() got an unexpected keyword argument '{key}'; "
-                                f"it takes {', '.join(self.params) or 'none'}")
-            if key in bound:
-                raise TypeError(f"{self.name}() got multiple values for argument '{key}'")
-            bound[key] = value
-        missing = self.required - bound.keys()
-        if missing:
-            raise TypeError(f"{self.name}() missing required argument(s): {', '.join(sorted(missing))}")
+        bound = kwargs       # a dict of the call's own, made by **kwargs
+        if args:
+            if len(args) > len(self.params):
+                raise TypeError(f"{self.name}() takes {len(self.params)} arguments but {len(args)} were given")
+            bound = dict(zip(self.params, args))
+            twice = bound.keys() & kwargs.keys()
+            if twice:
+                raise TypeError(f"{self.name}() got multiple values for argument '{min(twice)}'")
+            bound.update(kwargs)
+        if not bound.keys() <= self.param_names:
+            unknown = min(bound.keys() - self.param_names)
+            raise TypeError(f"{self.name}() got an unexpected keyword argument '{unknown}'; "
+                            f"it takes {', '.join(self.params) or 'none'}")
+        if not self.required <= bound.keys():
+            missing = ", ".join(sorted(self.required - bound.keys()))
+            raise TypeError(f"{self.name}() missing required argument(s): {missing}")
         return bound
 
     def timeout(self, bound: dict, default: float | None) -> float | None:
