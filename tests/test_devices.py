@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from harness import errno_of, raised
+from harness import errno_of, raised, wait_until
 
 
 @pytest.fixture
@@ -31,6 +31,29 @@ def fake_huge_model(path) -> str:
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     return str(path)
 
+
+def deep_copy_of(tiny: str, path, layers: int) -> str:
+    """`tiny` with its first decoder layer repeated `layers` times: the driver builds and fills
+    the layers one by one for seconds, where a short infer on `tiny` takes a fraction of that."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    shutil.copytree(tiny, path)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    first = "model.layers.0."
+    weights = {name: t for name, t in tensors.items() if not name.startswith("model.layers.")}
+    for i in range(layers):
+        weights.update({f"model.layers.{i}.{name[len(first):]}": t.clone()
+                        for name, t in tensors.items() if name.startswith(first)})
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return str(path)
+
+
+def loaded_row(c, name: str) -> dict:
+    return next((m for m in c.models()["loaded"] if m["name"] == name), {})
 
 
 def test_a_model_that_can_never_fit_fails_at_once_and_evicts_nothing(small_device, tmp_path, tiny_llama):
@@ -80,21 +103,23 @@ def test_evicting_a_model_someone_else_uses_is_ebusy(small_device, tmp_path, tin
         assert a.unload_model(second, evict=True)["unloaded"] is True
 
 
-def test_loading_one_model_does_not_hold_up_requests_to_another(fresh_kernel, tmp_path, tiny_llama):
+def test_a_loaded_model_answers_while_another_model_is_still_loading(fresh_kernel, tmp_path, tiny_llama):
     k = fresh_kernel()
-    slow = copy_model(tiny_llama, tmp_path / "slow")
-    done = {}
+    deep = deep_copy_of(tiny_llama, tmp_path / "deep", layers=500)
+    load = {}
 
-    def load():
+    def load_deep():
         with k.client("loader") as c:
-            done["load"] = c.load_model(slow)
+            load.update(c.load_model(deep))
 
     with k.client("user") as c:
-        t = threading.Thread(target=load)
-        t.start()
-        answers = 0
-        while t.is_alive() and answers < 50:
-            c.infer(prompt="still here?", max_tokens=2)   # served while the other model loads
-            answers += 1
-        t.join(120)
-    assert done["load"]["name"] == slow and answers >= 1
+        loader = threading.Thread(target=load_deep)
+        loader.start()
+        try:
+            # Charged on the device (bytes > 0) means the driver has been sent the load.
+            assert wait_until(lambda: loaded_row(c, deep).get("bytes", 0) > 0, timeout=60)
+            assert c.infer(prompt="still here?", max_tokens=2)["usage"]["completion_tokens"] >= 1
+            assert loaded_row(c, deep)["state"] == "loading"    # answered before that load ended
+        finally:
+            loader.join(120)
+        assert load["name"] == deep and loaded_row(c, deep)["state"] == "ready"
