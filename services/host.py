@@ -3,10 +3,10 @@
 The kernel starts it, pings it and restarts it when it dies or hangs, as it does drivers. It
 is two things at once:
 
-- a child of the kernel on a private channel (a DEALER whose routing id is "services"):
-  kernel -> host `call {cid, service, task, args, stream, deadline, caller}`, `cancel {cid}`,
-  `ping {t}`, `shutdown`; host -> kernel `hello {pid, catalog}`, `delta {cid, delta}`,
-  `result {cid, result}`, `error {cid, errno, message}`, `pong {t}`;
+- a child of the kernel on a private channel (a DEALER whose routing id is "services"), whose
+  messages are specs/channel.py's ServiceMessages: the kernel sends Call, CancelCall, HostPing
+  and HostShutdown; the host answers HostHello, then CallDelta, CallResult or CallError for each
+  call, and HostPong;
 - an ordinary userland process of the kernel (program name "llmos-services"): every task's
   own work (infer, embed, memwrite, memsearch...) goes through syscalls on the kernel's socket,
   so a service can do nothing that a program could not.
@@ -30,8 +30,10 @@ import structlog
 import zmq
 import zmq.asyncio
 
+from llmos.specs import channel
 from llmos.specs.abi import ArgError
-from llmos.specs.protocol import ERRNOS, SERVICE_TOKEN_ENV, pack, unpack
+from llmos.specs.channel import ChannelError, ServiceMessage
+from llmos.specs.protocol import SERVICE_TOKEN_ENV
 from llmos.userland.client import AsyncClient, LLMOSError
 
 from . import plugins
@@ -85,7 +87,7 @@ class TaskContext:
             return
         self.emitted.append(delta)
         if self.stream:
-            msg = {"op": "delta", "cid": self._cid, "delta": delta}
+            msg = channel.CallDelta(self._cid, delta)
             if _on_loop(self._loop):
                 self._host.send(msg)
             else:
@@ -137,13 +139,13 @@ class ServiceHost:
         self.stopping = asyncio.Event()
         self.say_goodbye = False      # exit cleanly from the kernel (a reload); at kernel shutdown nobody listens
 
-    def send(self, msg: dict) -> None:
+    def send(self, msg: ServiceMessage) -> None:
         self.outbox.put_nowait(msg)
 
     async def _writer(self) -> None:
         while True:
             msg = await self.outbox.get()
-            await self.sock.send(pack(msg))
+            await self.sock.send(channel.encode(msg))
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -157,7 +159,7 @@ class ServiceHost:
         self.sock.connect(self.channel)
         writer = asyncio.create_task(self._writer())
         watch = asyncio.create_task(self._watch_parent(os.getppid()))
-        self.send({"op": "hello", "pid": os.getpid(), "catalog": self.catalog.describe()})
+        self.send(channel.HostHello(os.getpid(), self.catalog.describe()))
         log.info("services.up", services=sorted(self.catalog.services), failed=self.catalog.failed,
                  start_s=round(time.monotonic() - started, 3))
         reader = asyncio.create_task(self._read_loop())
@@ -188,59 +190,53 @@ class ServiceHost:
     async def _read_loop(self) -> None:
         while True:
             try:
-                msg = unpack(await self.sock.recv())
-            except ValueError:
+                msg = channel.decode(await self.sock.recv(), ServiceMessage)
+            except ChannelError:
                 continue
-            op = msg.get("op")
-            if op == "call":
-                cid = msg["cid"]
-                task = asyncio.create_task(self._call(msg), name=f"call-{cid}")
-                self.calls[cid] = task
-                task.add_done_callback(lambda _t, cid=cid: self.calls.pop(cid, None))
-            elif op == "cancel":
-                task = self.calls.get(msg.get("cid"))
+            if isinstance(msg, channel.Call):
+                task = asyncio.create_task(self._call(msg), name=f"call-{msg.cid}")
+                self.calls[msg.cid] = task
+                task.add_done_callback(lambda _t, cid=msg.cid: self.calls.pop(cid, None))
+            elif isinstance(msg, channel.CancelCall):
+                task = self.calls.get(msg.cid)
                 if task is not None:
                     task.cancel()
-            elif op == "ping":
-                self.send({"op": "pong", "t": msg.get("t")})
-            elif op == "shutdown":
-                self.say_goodbye = bool(msg.get("reload"))
+            elif isinstance(msg, channel.HostPing):
+                self.send(channel.HostPong(msg.t))
+            elif isinstance(msg, channel.HostShutdown):
+                self.say_goodbye = msg.reload
                 self.stopping.set()
                 return
 
-    async def _call(self, msg: dict) -> None:
-        cid = msg["cid"]
+    async def _call(self, msg: channel.Call) -> None:
         try:
             result = await self._run_task(msg)
         except asyncio.CancelledError:
             return     # the kernel already answered the caller (deadline, cancel, reaped, shutdown)
-        except ServiceError as exc:
-            errno = exc.errno if exc.errno in ERRNOS else "EIO"
-            self.send({"op": "error", "cid": cid, "errno": errno, "message": exc.message})
+        except ServiceError as exc:     # CallError makes an errno the ABI does not know EIO
+            self.send(channel.CallError(msg.cid, exc.errno, exc.message))
         except ArgError as exc:
-            self.send({"op": "error", "cid": cid, "errno": "EINVAL", "message": str(exc)})
+            self.send(channel.CallError(msg.cid, "EINVAL", str(exc)))
         except LLMOSError as exc:   # one of the task's own syscalls failed: pass its errno on
-            self.send({"op": "error", "cid": cid, "errno": exc.errno,
-                       "message": f"{msg['service']}.{msg['task']}: {exc.message}"})
+            self.send(channel.CallError(msg.cid, exc.errno, f"{msg.service}.{msg.task}: {exc.message}"))
         except Exception as exc:
-            log.exception("services.task_failed", service=msg.get("service"), task=msg.get("task"))
-            self.send({"op": "error", "cid": cid, "errno": "EIO",
-                       "message": f"{msg['service']}.{msg['task']} failed: {exc.__class__.__name__}: {exc}"})
+            log.exception("services.task_failed", service=msg.service, task=msg.task)
+            self.send(channel.CallError(msg.cid, "EIO",
+                                        f"{msg.service}.{msg.task} failed: {exc.__class__.__name__}: {exc}"))
         else:
-            self.send({"op": "result", "cid": cid, "result": result})
+            self.send(channel.CallResult(msg.cid, result))
 
-    async def _run_task(self, msg: dict) -> dict:
-        service = self.catalog.services.get(msg["service"])
+    async def _run_task(self, msg: channel.Call) -> dict:
+        service = self.catalog.services.get(msg.service)
         if service is None:
-            raise ServiceError("ENOENT", f"no service '{msg['service']}'; this host offers "
+            raise ServiceError("ENOENT", f"no service '{msg.service}'; this host offers "
                                          f"{', '.join(sorted(self.catalog.services)) or 'none'} (see svc_list)")
-        entry = service.tasks.get(msg["task"])
+        entry = service.tasks.get(msg.task)
         if entry is None:
-            raise ServiceError("ENOENT", f"service '{service.name}' has no task '{msg['task']}'; "
+            raise ServiceError("ENOENT", f"service '{service.name}' has no task '{msg.task}'; "
                                          f"it has {', '.join(service.tasks)}")
-        args = entry.schema.validate(msg.get("args") or {})
-        ctx = TaskContext(self, msg["cid"], service.name, msg.get("caller") or {}, bool(msg.get("stream")),
-                          msg.get("deadline"))
+        args = entry.schema.validate(msg.args or {})
+        ctx = TaskContext(self, msg.cid, service.name, msg.caller or {}, bool(msg.stream), msg.deadline)
         fn = entry.task.fn
         if inspect.iscoroutinefunction(fn):
             result = await fn(ctx, **args)

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +38,9 @@ def host_up(client) -> dict:
     assert wait_until(lambda: client.svc_list()["host"]["state"] == "up", timeout=30)
     return client.svc_list()
 
+
+def in_flight(client) -> int:
+    return client.svc_list()["host"]["in_flight"]
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +187,7 @@ def test_a_task_can_answer_with_its_own_errno(client):
 
 @pytest.mark.parametrize("task", ["hang", "hang_sync"])
 def test_a_task_that_hangs_hits_the_deadline(client, task):
-    started = time.monotonic()
     assert errno_of(client.svc_call, "misbehave", task, deadline=0.5) == "ETIMEDOUT"
-    assert time.monotonic() - started < 5
     assert client.svc_call("misbehave", "add", {"a": 5})["sum"] == 5
 
 
@@ -198,14 +198,13 @@ def test_streaming_sends_deltas_then_the_result_whose_text_is_their_concatenatio
     assert stream.result == {"n": 4, "text": "0 1 2 3 "}
 
 
-def test_a_call_can_be_cancelled(client):
-    stream = client.svc_stream("misbehave", "hang")
-    time.sleep(0.2)
+def test_cancelling_a_call_ends_its_task_in_the_host(client, tmp_path):
+    marker = tmp_path / "hang-ended"
+    stream = client.svc_stream("misbehave", "hang", {"marker": str(marker)})
+    assert next(iter(stream)) == "waiting"           # the task is running in the host
     stream.cancel()
-    with pytest.raises(LLMOSError) as info:
-        list(stream)
-    assert info.value.errno == "ECANCELED"
-    assert wait_until(lambda: client.svc_list()["host"]["in_flight"] == 0, timeout=5)
+    assert errno_of(list, stream) == "ECANCELED"
+    assert wait_until(marker.exists, timeout=10)
 
 
 def test_tasks_reach_the_kernel_through_syscalls_in_a_region_private_to_the_caller(client):
@@ -262,9 +261,7 @@ def test_a_plugin_that_kills_its_host_fails_only_the_calls_in_flight(own_kernel)
             c.svc_call("misbehave", "crash")
         assert info.value.errno == "EIO" and "service host" in info.value.message
         assert other.infer(prompt="still here", max_tokens=3)["usage"]["completion_tokens"] >= 1
-        started = time.monotonic()
         listing = host_up(c)
-        assert time.monotonic() - started < 10
         assert listing["host"]["os_pid"] != pid and listing["host"]["restarts"] == 1
         assert c.svc_call("misbehave", "add", {"a": 1, "b": 1})["sum"] == 2
 
@@ -283,14 +280,12 @@ def test_killing_the_service_host_mid_call_gives_eio_and_it_comes_back(own_kerne
 
         caller = threading.Thread(target=call)
         caller.start()
-        assert wait_until(lambda: other.svc_list()["host"]["in_flight"] == 1, timeout=10)
+        assert wait_until(lambda: in_flight(other) == 1, timeout=10)
         os.kill(pid, signal.SIGKILL)
-        caller.join(10)
+        caller.join(30)
         assert outcome == {"errno": "EIO"}
         assert other.ping()["pong"]
-        started = time.monotonic()
         assert host_up(other)["host"]["os_pid"] != pid
-        assert time.monotonic() - started < 10
         assert c.svc_call("misbehave", "slow", {"seconds": 0})["slept"] == 0
 
 
@@ -298,9 +293,10 @@ def test_svc_reload_waits_for_calls_in_flight_and_restarts_the_host(own_kernel):
     k = own_kernel()
     with k.client("caller") as c, k.client("operator", caps=["admin", "svc"]) as admin:
         pid = host_up(c)["host"]["os_pid"]
-        stream = c.svc_stream("misbehave", "slow", {"seconds": 0.5})
-        reloaded = admin.svc_reload(drain=10)
-        assert list(stream) == [] and stream.result == {"slept": 0.5}
+        stream = c.svc_stream("misbehave", "slow", {"seconds": 3.0})
+        assert wait_until(lambda: in_flight(admin) == 1, timeout=10)     # reloading while it runs
+        reloaded = admin.svc_reload(drain=30)
+        assert list(stream) == [] and stream.result == {"slept": 3.0}
         assert reloaded["os_pid"] != pid and reloaded["services"] >= len(BUILTINS) + 1
         assert c.svc_call("misbehave", "add", {"a": 3})["sum"] == 3
 

@@ -3,6 +3,7 @@
 import asyncio
 import os
 import time
+from pathlib import Path
 
 from llmos.services import ServiceError, Task, hookimpl
 
@@ -15,8 +16,13 @@ async def refuse(ctx, why: str):
     raise ServiceError("EINVAL", why)
 
 
-async def hang(ctx):
-    await asyncio.sleep(3600)
+async def hang(ctx, marker: str | None = None):
+    ctx.emit("waiting")                 # a streaming caller knows the task is running
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        if marker:
+            Path(marker).touch()        # the test sees that the host ended the task
 
 
 def hang_sync(ctx):
@@ -59,7 +65,8 @@ def register_services(register):
     register("misbehave", {
         "boom": Task(boom, "Raise an exception.", args={"message": {"type": "str", "default": "the plugin broke"}}),
         "refuse": Task(refuse, "Raise ServiceError(EINVAL).", args={"why": {"type": "str"}}),
-        "hang": Task(hang, "Never return (async)."),
+        "hang": Task(hang, "Never return (async); touch the file `marker` when ended.",
+                     args={"marker": {"type": "str|null", "nullable": True}}, stream=True),
         "hang_sync": Task(hang_sync, "Never return (blocking, on a thread)."),
         "crash": Task(crash, "Kill the service host with os._exit."),
         "slow": Task(slow, "Sleep, then answer.", args={"seconds": {"type": "float", "default": 1.0, "min": 0}}),
