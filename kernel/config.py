@@ -18,7 +18,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from llmos.specs.registry import DEFAULT_MODEL
-from llmos.specs.protocol import default_socket
+from llmos.specs.protocol import default_socket, runtime_dir
 
 DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")
 GRANTABLE_CAPS = DEFAULT_CAPS + ("admin",)
@@ -61,6 +61,15 @@ class Settings:
     log_level: str = "info"
     dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
     config_file: Path | None = None
+
+    @property
+    def operator_socket(self) -> str:
+        """Where the operator (and the service host) connect: the socket itself if it is ipc, else
+        a private ipc socket beside the tcp one, so a tcp kernel still has a local console."""
+        if not self.socket.startswith("tcp://"):
+            return self.socket
+        port = self.socket.rsplit(":", 1)[-1]
+        return f"ipc://{runtime_dir()}/operator-{port}.sock"
 
     def models_to_load(self) -> list[str]:
         if self.preload is not None:

@@ -25,6 +25,7 @@ from .process import Process
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .requests import Request
+    from .transport import Transport
 
 log = logs.get("llmos.dispatch")
 
@@ -34,13 +35,19 @@ BEFORE_HELLO = frozenset({"hello", "ping", "sysinfo"})   # what a connection may
 class CallContext:
     """Who made a call and how to answer it."""
 
-    __slots__ = ("routing", "client_id", "proc", "principal")
+    __slots__ = ("transport", "routing", "client_id", "proc", "principal")
 
-    def __init__(self, routing: list[bytes], client_id: int, proc: Process | None, principal: str):
+    def __init__(self, transport: "Transport", routing: list[bytes], client_id: int, proc: Process | None,
+                 principal: str):
+        self.transport = transport     # the socket it came in on, and goes back out of
         self.routing = routing
         self.client_id = client_id
         self.proc = proc
         self.principal = principal     # as the transport proved it
+
+    @property
+    def connection(self) -> bytes:
+        return self.transport.connection(self.routing[0])
 
 
 class Dispatcher:
@@ -48,16 +55,16 @@ class Dispatcher:
         self.k = kernel
         self.handlers = handlers
 
-    async def serve(self) -> None:
+    async def serve(self, transport: "Transport") -> None:
         while True:
             try:
-                routing, frame, principal = await self.k.transport.recv()
+                routing, frame, principal = await transport.recv()
             except zmq.ZMQError:
                 return
             if routing:
-                self.on_frame(routing, frame, principal)
+                self.on_frame(transport, routing, frame, principal)
 
-    def on_frame(self, routing: list[bytes], frame: bytes, principal: str) -> None:
+    def on_frame(self, transport: "Transport", routing: list[bytes], frame: bytes, principal: str) -> None:
         """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
         client_id = None
         try:
@@ -78,8 +85,8 @@ class Dispatcher:
             if spec is None or handler is None:
                 raise SyscallError("ENOSYS", f"no syscall '{call[:64]}'; see specs/syscalls.md for the list")
             args = spec.validate(msg.get("args"))
-            proc = self.k.procs.by_identity(routing[0])
-            if proc is not None and proc.principal != principal:
+            proc = self.k.procs.by_identity(transport.connection(routing[0]))
+            if proc is not None and proc.authenticated_as != principal:
                 proc = None        # a routing id reused by someone else: not their process
             if proc is not None:
                 proc.last_seen = time.monotonic()
@@ -88,12 +95,12 @@ class Dispatcher:
             if spec.cap and spec.cap not in proc.caps:
                 raise eperm(f"'{call}' needs the '{spec.cap}' capability, which this process does not hold")
         except (FrameError, ArgError) as exc:
-            self.k.transport.send(routing, reply_error(client_id, "EINVAL", str(exc)))
+            transport.send(routing, reply_error(client_id, "EINVAL", str(exc)))
             return
         except SyscallError as exc:
-            self.k.transport.send(routing, reply_error(client_id, exc.errno, exc.message))
+            transport.send(routing, reply_error(client_id, exc.errno, exc.message))
             return
-        ctx = CallContext(routing, client_id, proc, principal)
+        ctx = CallContext(transport, routing, client_id, proc, principal)
         if asyncio.iscoroutinefunction(handler):
             self.k.spawn(self._run_async(handler, ctx, args), call)
         else:
@@ -103,27 +110,27 @@ class Dispatcher:
         try:
             result = handler(self.k, ctx, args)
         except SyscallError as exc:
-            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
         except Exception as exc:  # a kernel bug must cost one reply, never the kernel
             log.exception("syscall.crashed", client_id=ctx.client_id)
-            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
         else:
-            self.k.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
+            ctx.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
 
     async def _run_async(self, handler, ctx: CallContext, args: dict) -> None:
         try:
             result = await handler(self.k, ctx, args)
         except SyscallError as exc:
-            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
         except asyncio.CancelledError:
-            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, "ECANCELED", "kernel shutting down"))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "ECANCELED", "kernel shutting down"))
             raise
         except Exception as exc:
             log.exception("syscall.crashed", client_id=ctx.client_id)
-            self.k.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
         else:
-            self.k.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
+            ctx.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
 
     def send_more(self, req: "Request", result: dict) -> None:
         """One streamed part of a request's answer; its final reply comes when it ends."""
-        self.k.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))
+        req.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))

@@ -56,7 +56,7 @@ class Kernel:
         self.principals = PrincipalTable(settings.state_dir, settings.grantable_caps, settings.default_caps)
         self.audit: AuditLog | None = None
         self.authenticator: PrincipalAuthenticator | None = None
-        self.transport: Transport | None = None
+        self.transports: list[Transport] = []     # the clients' socket, then the operator's if that is tcp
         self.supervisor: Supervisor | None = None
         self.memstore: MemoryStore | None = None
         self.stopping = asyncio.Event()
@@ -73,17 +73,19 @@ class Kernel:
         if s.socket.startswith("tcp://"):   # the ZAP handler answers before the socket is bound
             self.authenticator = PrincipalAuthenticator(self.ctx, self.principals, self._refused)
             self.authenticator.start()
-        self.transport = Transport(self.ctx, s.socket, self.principals, self._unreachable)
+        for url in dict.fromkeys([s.socket, s.operator_socket]):
+            self.transports.append(Transport(self.ctx, url, self.principals, self._unreachable, len(self.transports)))
         self.audit.record("boot", socket=s.socket, pid=os.getpid(), users=len(self.principals.users()))
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
                                      self.devices.on_message, self.devices.on_down, self.devices.on_up, dtype=s.dtype)
         await self.supervisor.start(self.devices.names)
-        self.spawn(self.dispatch.serve(), "serve")
+        for transport in self.transports:
+            self.spawn(self.dispatch.serve(transport), f"serve-{transport.url}")
         await self.services.start()
         self.spawn(self._probe_loop(), "probe")
-        log.info("kernel.listening", socket=s.socket, devices=self.devices.names, state_dir=str(s.state_dir),
-                 abi=ABI_VERSION)
+        log.info("kernel.listening", socket=s.socket, operator_socket=s.operator_socket, devices=self.devices.names,
+                 state_dir=str(s.state_dir), abi=ABI_VERSION)
         for name in s.models_to_load():
             self.spawn(self._preload(name), f"preload-{name}")
 
@@ -107,8 +109,8 @@ class Kernel:
         if self.supervisor:
             await self.supervisor.close()
         await self.services.close()
-        if self.transport:
-            self.transport.close()
+        for transport in self.transports:
+            transport.close()
         if self.memstore:
             self.memstore.close()
         if self.authenticator:
@@ -159,4 +161,4 @@ class Kernel:
             now = time.monotonic()
             for proc in self.procs:
                 if now - proc.last_seen >= period:
-                    self.transport.send([proc.identity], notice)
+                    proc.transport.send([proc.identity[1:]], notice)

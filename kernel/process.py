@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .requests import Request
@@ -15,9 +15,11 @@ if TYPE_CHECKING:
 class Process:
     pid: int
     name: str                        # the program's name for itself: a label, not an identity
-    identity: bytes                  # the ZeroMQ routing id of its connection
+    identity: bytes                  # its connection (Transport.connection: socket index + routing id)
     caps: frozenset[str]
-    principal: str = "operator"      # who the transport proved is at the other end
+    principal: str = "operator"      # whose rights and namespace it has
+    authenticated_as: str = "operator"   # who the transport proved is at the other end
+    transport: Any = None            # the socket it is reached through
     started: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
     requests: dict[int, "Request"] = field(default_factory=dict)   # by the client's frame id
@@ -61,8 +63,9 @@ class ProcessTable:
         while len(self._ceilings) > MAX_CEILINGS:
             self._ceilings.popitem(last=False)
 
-    def register(self, identity: bytes, name: str, caps: frozenset[str], principal: str) -> Process:
-        proc = Process(self._next_pid, name, identity, caps, principal)
+    def register(self, identity: bytes, name: str, caps: frozenset[str], principal: str, authenticated_as: str,
+                 transport: Any) -> Process:
+        proc = Process(self._next_pid, name, identity, caps, principal, authenticated_as, transport)
         self._next_pid += 1
         self._by_pid[proc.pid] = proc
         self._by_identity[identity] = proc

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .dispatch import CallContext
     from .kernel import Kernel
     from .models import ModelEntry
+    from .transport import Transport
 
 
 class RequestState(enum.Enum):
@@ -41,6 +42,7 @@ class RequestState(enum.Enum):
 class Request:
     rid: int                      # kernel-wide id, used on the driver and service channels
     pid: int
+    transport: "Transport"        # the socket its caller is on
     envelope: list[bytes]         # routing frames to echo in replies
     client_id: int                # the id of the client's request frame
     call: str                     # "infer" | "embed" | "svc_call"
@@ -90,7 +92,7 @@ class RequestTable:
         if ctx.client_id in proc.requests:
             raise einval(f"request id {ctx.client_id} is already in flight; use a new id per request")
         loop = asyncio.get_running_loop()
-        req = Request(next(self._rids), proc.pid, ctx.routing, ctx.client_id, call,
+        req = Request(next(self._rids), proc.pid, ctx.transport, ctx.routing, ctx.client_id, call,
                       entry.name if entry else "", entry.device if entry else device, payload, loop.create_future(),
                       stream, priority, None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq),
                       share=proc.pid if share is None else share)

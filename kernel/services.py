@@ -105,7 +105,7 @@ class ServiceManager:
             log.info("services.disabled", env=DISABLE_ENV)
             return
         endpoint = f"ipc://{runtime_dir()}/services-{os.getpid()}.sock"
-        self.supervisor = ServiceSupervisor(self.k.ctx, endpoint, _local_url(self.k.settings.socket),
+        self.supervisor = ServiceSupervisor(self.k.ctx, endpoint, self.k.settings.operator_socket,
                                             self.k.service_token, self._message, self._down, self._up)
         await self.supervisor.start([HOST_ID])
 
@@ -261,10 +261,3 @@ class ServiceManager:
         if self._next_up is not None and not self._next_up.done():
             self._next_up.set_result(None)
 
-
-def _local_url(url: str) -> str:
-    """Where the host, on this machine, reaches a kernel bound to `url` (a wildcard bind is not an address)."""
-    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
-        if url.startswith(wildcard):
-            return "tcp://127.0.0.1:" + url[len(wildcard):]
-    return url

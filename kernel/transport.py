@@ -65,8 +65,9 @@ class Transport:
     """The kernel's socket for clients: reports the ones it cannot reach instead of blocking on them."""
 
     def __init__(self, ctx: zmq.asyncio.Context, url: str, principals: PrincipalTable,
-                 on_unreachable: Callable[[bytes, str], None]):
+                 on_unreachable: Callable[[bytes, str], None], index: int = 0):
         self.url = url
+        self.index = index              # routing ids are per socket: a connection's id starts with this
         self.on_unreachable = on_unreachable
         self.ipc_path = ipc_path(url)
         if self.ipc_path and self.ipc_path.exists():
@@ -80,16 +81,21 @@ class Transport:
         parts = await self.router.recv_frames()
         return [p.bytes for p in parts[:-1]], parts[-1].bytes, principal_of(parts[-1], self.url)
 
+    def connection(self, routing_id: bytes) -> bytes:
+        """A connection's kernel-wide id: this socket's index, then the peer's routing id on it
+        (ZeroMQ numbers its peers per socket, so two sockets' peers may share a routing id)."""
+        return bytes([self.index]) + routing_id
+
     def send(self, routing: list[bytes], frame: bytes) -> bool:
         """Queue a frame for a client without waiting; False if it could not be delivered."""
         try:
             self.router.send(routing + [frame])
             return True
         except zmq.Again:
-            self.on_unreachable(routing[0], "not reading: its receive queue is full")
+            self.on_unreachable(self.connection(routing[0]), "not reading: its receive queue is full")
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
-                self.on_unreachable(routing[0], "disconnected")
+                self.on_unreachable(self.connection(routing[0]), "disconnected")
             else:
                 log.warning("transport.send_failed", error=str(exc))
         return False

@@ -30,7 +30,7 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
             k.audit.record("denied", call="hello", principal=ctx.principal, why="wrong service_token")
             raise eperm("hello: wrong service_token (only the kernel's own service host has one)")
         principal = k.principals.services
-    lowered = k.procs.ceiling(ctx.routing[0])
+    lowered = k.procs.ceiling(ctx.connection)
     ceiling = principal.caps if lowered is None else principal.caps & lowered
     wanted = args["caps"]
     if wanted is None:
@@ -44,7 +44,7 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
             raise eperm(f"capabilities not yours to hold: {', '.join(denied)}; "
                         f"this connection may hold: {', '.join(sorted(ceiling)) or 'none'}")
         caps = frozenset(wanted)
-    proc = k.procs.register(ctx.routing[0], name, caps, principal.name)
+    proc = k.procs.register(ctx.connection, name, caps, principal.name, ctx.principal, ctx.transport)
     proc.serves_calls = token is not None
     k.audit.record("hello", pid=proc.pid, principal=principal.name, program=name, caps=sorted(caps))
     return {"pid": proc.pid, "name": name, "principal": principal.name, "caps": sorted(caps), "abi": ABI_VERSION,
@@ -53,7 +53,7 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 def sys_exit(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    k.procs.lower_ceiling(ctx.routing[0], ctx.proc.caps)    # a later hello here cannot regain what it dropped
+    k.procs.lower_ceiling(ctx.connection, ctx.proc.caps)    # a later hello here cannot regain what it dropped
     k.reap(ctx.proc, "exited")
     return {"pid": ctx.proc.pid}
 
