@@ -28,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from llmos.kernel.memstore import MemoryStore
+from llmos.kernel.memstore import MemoryStore, _named
+from llmos.kernel.principals import OPERATOR
 from llmos.userland.testing import KernelProcess
 
-OWNER, REGION, MODEL, DIM = "bench", "big", "minilm-l6-v2", 384
+# The region belongs to the operator: the principal of whoever connects on the kernel's private socket.
+OWNER, REGION, MODEL, DIM = OPERATOR, "big", "minilm-l6-v2", 384
 REAL = [f"Order {i} of a {c} {t} was shipped to {city}." for i, (c, t, city) in enumerate(
     (c, t, city) for c in ("red", "blue", "green", "black", "white")
     for t in ("chair", "lamp", "kettle", "desk") for city in ("Leeds", "Bristol", "Oslo", "Lima", "Osaka"))]
@@ -66,7 +68,7 @@ def main() -> int:
         fill(tmp / "state", args.entries)
         print(f"filled {args.entries} entries in {time.monotonic() - t:.1f}s", file=sys.stderr)
         with KernelProcess(tmp, state_dir=tmp / "state", env={"LLMOS_NO_SERVICES": "1"}) as kernel, \
-                kernel.client(OWNER, timeout=None) as c:
+                kernel.client("bench", timeout=None) as c:
             for i, text in enumerate(REAL):
                 c.memwrite(REGION, f"real{i:03d}", text, embed=True)
             queries = [REAL[i % len(REAL)] for i in range(args.queries)]
@@ -87,7 +89,7 @@ def main() -> int:
             searched = first["searched"]
             qvecs = np.asarray(c.embed(queries[:50])["vectors"], dtype=np.float32)
         store = MemoryStore(tmp / "state" / "memory.sqlite3")
-        index = store._pool.submit(store._index, REGION, MODEL).result()
+        index = store._pool.submit(store._index, _named(OWNER, REGION), MODEL).result()
         store.close()
         numpy_s = []
         for q in qvecs:
