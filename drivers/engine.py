@@ -181,14 +181,18 @@ class Engine:
         self.scheduler.computed(plan)
         sampled = plan.sampled()
         if sampled:
-            tokens = sample_rows(logits, [s.req.temperature for s in sampled], [s.req.top_p for s in sampled],
-                                 [s.req.top_k for s in sampled], [s.seed for s in sampled],
-                                 [s.num_generated for s in sampled])
-            for seq, token in zip(sampled, tokens):
+            for seq, token in zip(sampled, self._sample(sampled, logits)):
                 event = self._append(seq, token)
                 if event is not None:
                     events.append(event)
         return events
+
+    @staticmethod
+    def _sample(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        if all(s.req.temperature <= 0 for s in seqs):
+            return logits.argmax(-1).tolist()   # what sample() gives, without building its parameter columns
+        return sample_rows(logits, [s.req.temperature for s in seqs], [s.req.top_p for s in seqs],
+                           [s.req.top_k for s in seqs], [s.seed for s in seqs], [s.num_generated for s in seqs])
 
     def _append(self, seq: Sequence, token: int) -> StepEvent | None:
         """Add a sampled token; the event to send, if there is news."""

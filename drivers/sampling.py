@@ -75,9 +75,6 @@ def _filter(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.
 def sample_rows(logits: torch.Tensor, temperature: list[float], top_p: list[float], top_k: list[int],
                 seeds: list[int], positions: list[int]) -> list[int]:
     """sample() with its parameters as lists, one item per row of logits: what the engine holds."""
-    if all(t <= 0 for t in temperature):
-        return logits.argmax(-1).tolist()   # what sample() gives, without building its parameter columns
-
     def column(values, dtype):
         return torch.tensor(values, dtype=dtype, device=logits.device)
     return sample(logits, column(temperature, torch.float32), column(top_p, torch.float32),
