@@ -56,6 +56,8 @@ class Settings:
     max_running_per_process: int = 16       # requests of one process in a device's batch at once
     reserve_quota_bytes: int | None = None  # per process; None: no quota beyond the device
     max_value_bytes: int = 16 << 20
+    quotas: dict[str, int] = field(default_factory=dict)          # [quotas]: defaults for every user
+    operator_quotas: dict[str, int] = field(default_factory=dict) # [quotas.operator]: none unless given
     default_caps: tuple[str, ...] = DEFAULT_CAPS
     grantable_caps: tuple[str, ...] = GRANTABLE_CAPS
     log_level: str = "info"
@@ -126,11 +128,24 @@ def _apply_file(s: Settings, path: Path) -> None:
         s.reserve_quota_bytes = parse_bytes(limits["reserve_quota"], "[limits] reserve_quota")
     if "max_value" in limits:
         s.max_value_bytes = parse_bytes(limits["max_value"], "[limits] max_value")
+    for key, value in data.get("quotas", {}).items():
+        if key == "operator" and isinstance(value, dict):
+            s.operator_quotas = {k: _quota(path, f"operator.{k}", v) for k, v in value.items()}
+        else:
+            s.quotas[key] = _quota(path, key, value)
     caps = data.get("caps", {})
     if "default" in caps:
         s.default_caps = tuple(caps["default"])
     if "grantable" in caps:
         s.grantable_caps = tuple(caps["grantable"])
+
+
+def _quota(path: Path, key: str, value: Any) -> int:
+    from .quotas import QUOTA_NAMES
+
+    if key.split(".")[-1] not in QUOTA_NAMES:
+        raise ConfigError(f"config file {path}: unknown quota '{key}'; known: {', '.join(QUOTA_NAMES)}")
+    return parse_bytes(value, f"[quotas] {key}") if key.endswith("bytes") else int(value)
 
 
 def _apply_env(s: Settings, env: dict[str, str]) -> None:

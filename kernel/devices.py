@@ -139,6 +139,7 @@ class Devices:
                 proc = k.procs.get(req.share)
                 if proc is not None:
                     proc.tokens += ev.tokens
+                    k.quotas.charge_tokens(proc.principal, ev.tokens)
                 sched.charge(req.share, ev.tokens)
             if ev.delta:
                 req.text.append(ev.delta)

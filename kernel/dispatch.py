@@ -98,7 +98,7 @@ class Dispatcher:
             transport.send(routing, reply_error(client_id, "EINVAL", str(exc)))
             return
         except SyscallError as exc:
-            transport.send(routing, reply_error(client_id, exc.errno, exc.message))
+            transport.send(routing, reply_error(client_id, exc.errno, exc.message, exc.retry_after))
             return
         ctx = CallContext(transport, routing, client_id, proc, principal)
         if asyncio.iscoroutinefunction(handler):
@@ -110,7 +110,7 @@ class Dispatcher:
         try:
             result = handler(self.k, ctx, args)
         except SyscallError as exc:
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message, exc.retry_after))
         except Exception as exc:  # a kernel bug must cost one reply, never the kernel
             log.exception("syscall.crashed", client_id=ctx.client_id)
             ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
@@ -121,7 +121,7 @@ class Dispatcher:
         try:
             result = await handler(self.k, ctx, args)
         except SyscallError as exc:
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message))
+            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message, exc.retry_after))
         except asyncio.CancelledError:
             ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "ECANCELED", "kernel shutting down"))
             raise

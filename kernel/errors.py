@@ -8,11 +8,12 @@ from llmos.specs.protocol import ERRNOS
 class SyscallError(Exception):
     """A failure the caller should see, as an errno name and a message that says how to fix it."""
 
-    def __init__(self, errno: str, message: str):
+    def __init__(self, errno: str, message: str, retry_after: float | None = None):
         assert errno in ERRNOS, errno
         super().__init__(message)
         self.errno = errno
         self.message = message
+        self.retry_after = retry_after   # seconds, for a rate limit's EAGAIN
 
     def __repr__(self) -> str:
         return f"SyscallError({self.errno}, {self.message!r})"
@@ -48,3 +49,7 @@ def eagain(message: str) -> SyscallError:
 
 def eperm(message: str) -> SyscallError:
     return SyscallError("EPERM", message)
+
+
+def edquot(message: str) -> SyscallError:
+    return SyscallError("EDQUOT", message)

@@ -31,6 +31,7 @@ from .memstore import MemoryStore
 from .models import ModelTable
 from .principals import PrincipalTable
 from .process import Process, ProcessTable
+from .quotas import Quotas
 from .requests import RequestTable
 from .services import ServiceManager
 from .supervisor import Supervisor
@@ -54,6 +55,7 @@ class Kernel:
         self.service_token = secrets.token_urlsafe(24)    # given to the service host alone, at its start
         self.services = ServiceManager(self)
         self.principals = PrincipalTable(settings.state_dir, settings.grantable_caps, settings.default_caps)
+        self.quotas = Quotas(settings, self.principals)
         self.audit: AuditLog | None = None
         self.authenticator: PrincipalAuthenticator | None = None
         self.transports: list[Transport] = []     # the clients' socket, then the operator's if that is tcp

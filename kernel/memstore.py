@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SyscallError, enoent
+from . import memusage
+from .errors import SyscallError, edquot, enoent
 from .vectors import RegionVectors
 
 _SCHEMA = """
@@ -73,7 +74,10 @@ class MemoryStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA foreign_keys=ON")
-        db.executescript(_SCHEMA)
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:   # so that memdel gives the space back
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            db.execute("VACUUM")
+        db.executescript(_SCHEMA + memusage.SCHEMA)
         self._db = db
 
     async def _run(self, fn, *args):
@@ -91,13 +95,15 @@ class MemoryStore:
     # -- the syscalls' bodies; each checks ownership inside its transaction ----------------------
 
     async def write(self, owner: str, region: str, key: str, value: str | bytes,
-                    vector: list[float] | None = None, model: str | None = None) -> dict:
-        return await self.write_many(owner, region, [(key, value, vector)], model)
+                    vector: list[float] | None = None, model: str | None = None,
+                    limits: tuple[int | None, int | None] = (None, None)) -> dict:
+        return await self.write_many(owner, region, [(key, value, vector)], model, limits)
 
     async def write_many(self, owner: str, region: str, items: list[tuple[str, str | bytes, list[float] | None]],
-                         model: str | None = None) -> dict:
-        """Several entries in one transaction; the last one's {region, key, bytes, version}."""
-        return _shown(await self._run(self._write_many, owner, _named(owner, region), items, model), region)
+                         model: str | None = None, limits: tuple[int | None, int | None] = (None, None)) -> dict:
+        """Several entries in one transaction; the last one's {region, key, bytes, version}.
+        limits: the owner's (bytes, keys) quota; EDQUOT, and nothing written, past either."""
+        return _shown(await self._run(self._write_many, owner, _named(owner, region), items, model, limits), region)
 
     async def read(self, owner: str, region: str, key: str | None, prefix: str = "") -> dict:
         return _shown(await self._run(self._read, owner, _named(owner, region), key, prefix), region)
@@ -125,18 +131,22 @@ class MemoryStore:
         elif row[0] != owner:     # only a namespace mix-up could get here: still, say nothing of it
             raise enoent(f"no memory region '{region}'")
 
-    def _write_many(self, owner: str, region: str, items: list, model: str | None) -> dict:
+    def _write_many(self, owner: str, region: str, items: list, model: str | None, limits: tuple) -> dict:
         db = self._db
         now = time.time()
         out = None
         db.execute("BEGIN IMMEDIATE")
         try:
             self._check_owner(region, owner, create=True)
+            grown_bytes = grown_keys = 0
             for key, value, vector in items:
                 is_text = isinstance(value, str)
                 blob = value.encode() if is_text else bytes(value)
-                row = db.execute("SELECT version FROM entries WHERE region = ? AND key = ?", (region, key)).fetchone()
+                row = db.execute("SELECT version, length(value) FROM entries WHERE region = ? AND key = ?",
+                                 (region, key)).fetchone()
                 version = (row[0] + 1) if row else 1
+                grown_bytes += len(blob) - (row[1] if row else 0)
+                grown_keys += 0 if row else 1
                 db.execute("INSERT OR REPLACE INTO entries (region, key, value, is_text, version, updated) "
                            "VALUES (?, ?, ?, ?, ?, ?)", (region, key, blob, int(is_text), version, now))
                 if vector is None:
@@ -145,6 +155,7 @@ class MemoryStore:
                     db.execute("INSERT OR REPLACE INTO vectors (region, key, model, vector) VALUES (?, ?, ?, ?)",
                                (region, key, model, np.asarray(vector, dtype=np.float32).tobytes()))
                 out = {"region": region, "key": key, "bytes": len(blob), "version": version}
+            _check_quota(owner, memusage.add(db, owner, grown_bytes, grown_keys), limits)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -181,6 +192,10 @@ class MemoryStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             self._check_owner(region, owner, create=False)
+            where, params = ("region = ?", (region,)) if key is None else ("region = ? AND key = ?", (region, key))
+            count, nbytes = db.execute(f"SELECT COUNT(*), COALESCE(SUM(length(value)), 0) FROM entries WHERE {where}",
+                                       params).fetchone()
+            memusage.add(db, owner, -nbytes, -count)
             if key is None:
                 deleted = db.execute("DELETE FROM entries WHERE region = ?", (region,)).rowcount
                 db.execute("DELETE FROM vectors WHERE region = ?", (region,))
@@ -191,6 +206,7 @@ class MemoryStore:
                     raise enoent(f"no key '{key}' in memory region '{region}'")
                 db.execute("DELETE FROM vectors WHERE region = ? AND key = ?", (region, key))
             db.execute("COMMIT")
+            db.execute("PRAGMA incremental_vacuum").fetchall()    # the freed pages go back to the file system
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -257,3 +273,13 @@ def _shown(result: dict, region: str) -> dict:
     if isinstance(result, dict) and "region" in result:
         result["region"] = region
     return result
+
+
+def _check_quota(owner: str, usage: tuple[int, int], limits: tuple[int | None, int | None]) -> None:
+    (nbytes, keys), (max_bytes, max_keys) = usage, limits
+    if max_bytes is not None and nbytes > max_bytes:
+        raise edquot(f"memwrite: user '{owner}' would hold {nbytes} bytes of memory, its quota is {max_bytes}; "
+                     f"memdel some, or ask the operator for more")
+    if max_keys is not None and keys > max_keys:
+        raise edquot(f"memwrite: user '{owner}' would hold {keys} keys, its quota is {max_keys}; "
+                     f"memdel some, or ask the operator for more")

@@ -55,6 +55,7 @@ class Request:
     deadline: float | None = None  # monotonic seconds
     seq: int = 0                  # arrival order, for FIFO among equals
     share: int = 0                # pid it is scheduled and accounted as: pid, or the caller a service serves
+    principal: str = ""           # whose quota of requests in flight it counts against
     state: RequestState = RequestState.QUEUED
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0
@@ -91,6 +92,8 @@ class RequestTable:
                          f"(limit {limit}); wait for some to finish")
         if ctx.client_id in proc.requests:
             raise einval(f"request id {ctx.client_id} is already in flight; use a new id per request")
+        quotas = self.k.quotas
+        quotas.check(proc.principal, "requests", quotas.requests[proc.principal], what=call)
         loop = asyncio.get_running_loop()
         req = Request(next(self._rids), proc.pid, ctx.transport, ctx.routing, ctx.client_id, call,
                       entry.name if entry else "", entry.device if entry else device, payload, loop.create_future(),
@@ -98,6 +101,8 @@ class RequestTable:
                       share=proc.pid if share is None else share)
         proc.requests[ctx.client_id] = req
         self._by_rid[req.rid] = req
+        quotas.requests[proc.principal] += 1
+        req.principal = proc.principal
         if entry is not None:
             entry.in_use += 1
             entry.last_used = time.monotonic()
@@ -131,6 +136,9 @@ class RequestTable:
             req.timer.cancel()
         k = self.k
         was, req.state = req.state, RequestState.DONE
+        k.quotas.requests[req.principal] -= 1
+        if not k.quotas.requests[req.principal]:
+            del k.quotas.requests[req.principal]
         if was is RequestState.QUEUED:
             k.devices.dequeue(req)
         elif was is RequestState.RUNNING:

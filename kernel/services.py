@@ -147,7 +147,7 @@ class ServiceManager:
         sent = self.supervisor.send(HOST_ID, channel.Call(
             cid=req.rid, service=args["service"], task=args["task"], args=args["args"] or {}, stream=args["stream"],
             deadline=None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
-            caller={"pid": proc.pid, "name": proc.name}))
+            caller={"pid": proc.pid, "name": proc.name, "principal": proc.principal}))
         if not sent:
             self.k.requests.end(req, eio("the service host went away before the call reached it; retry"))
         return await req.future

@@ -229,7 +229,7 @@ class Call(ServiceMessage, op="call"):
     args: dict
     stream: bool
     deadline: float | None        # seconds left, or None
-    caller: dict                  # {pid, name}
+    caller: dict                  # {pid, name, principal}: name is its label, principal its namespace
 
 
 @dataclass

@@ -29,7 +29,8 @@ ERRNOS = {
     "EACCES": "the resource belongs to another program",
     "ENOMEM": "does not fit in device memory or exceeds a quota",
     "EBUSY": "in use",
-    "EAGAIN": "too many requests in flight; retry later",
+    "EAGAIN": "too many requests in flight, or a rate limit; retry later (after `retry_after` seconds if given)",
+    "EDQUOT": "a quota of the caller's principal is used up (processes, requests, reserved bytes, memory)",
     "ETIMEDOUT": "the deadline passed",
     "ECANCELED": "cancelled, reaped, or the kernel is shutting down",
     "ENOSYS": "no such syscall",
@@ -60,8 +61,11 @@ def reply_ok(req_id: int, result: Any, more: bool = False) -> bytes:
     return pack(msg)
 
 
-def reply_error(req_id: int, errno: str, message: str) -> bytes:
-    return pack({"id": req_id, "ok": False, "error": {"errno": errno, "message": message}})
+def reply_error(req_id: int, errno: str, message: str, retry_after: float | None = None) -> bytes:
+    error = {"errno": errno, "message": message}
+    if retry_after is not None:
+        error["retry_after"] = round(retry_after, 3)
+    return pack({"id": req_id, "ok": False, "error": error})
 
 
 def runtime_dir() -> str:

@@ -14,10 +14,11 @@ class LLMOSError(Exception):
 
     errno = "EIO"
 
-    def __init__(self, errno: str, message: str):
+    def __init__(self, errno: str, message: str, retry_after: float | None = None):
         super().__init__(f"{errno}: {message}")
         self.errno = errno
         self.message = message
+        self.retry_after = retry_after     # seconds to wait before retrying, with some EAGAINs
 
 
 class KernelUnavailable(LLMOSError, ConnectionError):
@@ -36,4 +37,4 @@ ERRORS: dict[str, type[LLMOSError]] = {
 def raise_error(error: dict) -> None:
     """Raise the exception for an error reply's {errno, message}."""
     errno = error.get("errno", "EIO")
-    raise ERRORS.get(errno, LLMOSError)(errno, error.get("message", ""))
+    raise ERRORS.get(errno, LLMOSError)(errno, error.get("message", ""), error.get("retry_after"))

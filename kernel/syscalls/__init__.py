@@ -9,7 +9,7 @@ disk. Handlers take the Kernel as their first argument and import it only as a t
 
 from __future__ import annotations
 
-from . import devices, inference, memory, models, process, services
+from . import devices, inference, memory, models, process, services, users
 
 HANDLERS = {**process.HANDLERS, **devices.HANDLERS, **models.HANDLERS, **inference.HANDLERS, **memory.HANDLERS,
-            **services.HANDLERS}
+            **services.HANDLERS, **users.HANDLERS}

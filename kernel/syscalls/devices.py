@@ -35,6 +35,9 @@ def sys_alloc_gpu(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     if acct is None:
         raise eagain(f"the driver for {device} is still starting; retry in a few seconds")
     nbytes = args["bytes"]
+    principal = ctx.proc.principal
+    k.quotas.check(principal, "reserve_bytes", sum(p.reserved_bytes for p in k.procs if p.principal == principal),
+                   nbytes, what="alloc_gpu")
     quota = k.settings.reserve_quota_bytes
     if quota is not None and ctx.proc.reserved_bytes + nbytes > quota:
         raise enomem(f"reserving {nbytes} bytes would take process {ctx.proc.pid} past its quota of {quota} bytes "

@@ -58,6 +58,8 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     messages = checked_messages(args["messages"]) if args["messages"] is not None else None
     stop = checked_stops(args["stop"])
     share = caller_served(k, ctx, args["for_call"])
+    payer = k.procs.get(share) if share is not None else ctx.proc
+    k.quotas.check_token_rate(payer.principal if payer else ctx.proc.principal)
     entry = await model_for(k, ctx, args["model"], "generate")
     payload = {"prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],

@@ -16,13 +16,15 @@ async def sys_memwrite(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     value = args["value"]
     if len(value) > k.settings.max_value_bytes:
         raise enomem(f"memwrite: value of {len(value)} bytes is over the limit of {k.settings.max_value_bytes}")
+    owner = ctx.proc.principal
+    limits = (k.quotas.limit(owner, "mem_bytes"), k.quotas.limit(owner, "mem_keys"))
     if not args["embed"]:
-        return await k.memstore.write(ctx.proc.principal, args["region"], args["key"], value)
+        return await k.memstore.write(owner, args["region"], args["key"], value, limits=limits)
     if not isinstance(value, str):
         raise einval("memwrite: embed=true needs a str value (only text has an embedding)")
     await k.memstore.check_access(ctx.proc.principal, args["region"], must_exist=False)
     vector = (await embed_texts(k, ctx, [value], args["model"]))["vectors"][0]
-    return await k.memstore.write(ctx.proc.principal, args["region"], args["key"], value, vector, args["model"])
+    return await k.memstore.write(owner, args["region"], args["key"], value, vector, args["model"], limits)
 
 
 async def sys_memsearch(k: "Kernel", ctx: "CallContext", args: dict) -> dict:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from llmos.specs.protocol import ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
 
 from ..errors import ebusy, einval, enoent, eperm
+from ..principals import SERVICES
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -44,6 +45,8 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
             raise eperm(f"capabilities not yours to hold: {', '.join(denied)}; "
                         f"this connection may hold: {', '.join(sorted(ceiling)) or 'none'}")
         caps = frozenset(wanted)
+    k.quotas.check(principal.name, "processes", sum(1 for p in k.procs if p.principal == principal.name),
+                   what="hello")
     proc = k.procs.register(ctx.connection, name, caps, principal.name, ctx.principal, ctx.transport)
     proc.serves_calls = token is not None
     k.audit.record("hello", pid=proc.pid, principal=principal.name, program=name, caps=sorted(caps))
@@ -63,9 +66,10 @@ def sys_ping(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 def sys_ps(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    """Every process to an admin; to anyone else, the processes of its own principal."""
+    """Every process to an admin; to anyone else, its own principal's and the kernel's service host."""
     everyone = "admin" in ctx.proc.caps
-    return {"processes": [p.describe() for p in k.procs if everyone or p.principal == ctx.proc.principal]}
+    return {"processes": [p.describe() for p in k.procs
+                          if everyone or p.principal in (ctx.proc.principal, SERVICES)]}
 
 
 def sys_kill(k: "Kernel", ctx: "CallContext", args: dict) -> dict:

@@ -1,0 +1,75 @@
+"""User syscalls (admin): user_add, user_list, user_remove, user_rotate.
+
+Each is an admin act, so each goes to the audit log; a removed or rotated user's processes are
+reaped at once, since the key that proved them is no longer a principal's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import einval
+from ..principals import PrincipalError
+from ..quotas import QUOTA_NAMES
+
+if TYPE_CHECKING:
+    from ..dispatch import CallContext
+    from ..kernel import Kernel
+
+
+def _checked_quotas(quotas: dict | None) -> dict[str, int]:
+    quotas = quotas or {}
+    for key, value in quotas.items():
+        if key not in QUOTA_NAMES:
+            raise einval(f"user_add: unknown quota '{str(key)[:32]}'; known: {', '.join(QUOTA_NAMES)}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise einval(f"user_add: quota '{key}' must be a non-negative integer")
+    return dict(quotas)
+
+
+def _reap_all(k: "Kernel", name: str, why: str) -> int:
+    procs = [p for p in k.procs if p.authenticated_as == name]
+    for proc in procs:
+        k.reap(proc, why)
+    return len(procs)
+
+
+def sys_user_add(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    caps = args["caps"]
+    if caps is not None and not all(isinstance(c, str) for c in caps):
+        raise einval("user_add: 'caps' must be a list of strings")
+    try:
+        principal, path = k.principals.add(args["name"], caps, _checked_quotas(args["quotas"]), k.settings.socket)
+    except PrincipalError as exc:
+        raise einval(f"user_add: {exc}") from None
+    k.audit.record("user_add", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name,
+                   caps=sorted(principal.caps), quotas=principal.quotas)
+    return {**principal.describe(), "key_file": str(path)}
+
+
+def sys_user_list(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    return {"users": [p.describe() for p in k.principals.users()]}
+
+
+def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    try:
+        principal = k.principals.remove(args["name"])
+    except PrincipalError as exc:
+        raise einval(f"user_remove: {exc}") from None
+    reaped = _reap_all(k, principal.name, "its user was removed")
+    k.audit.record("user_remove", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped)
+    return {"name": principal.name, "reaped": reaped}
+
+
+def sys_user_rotate(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    try:
+        principal, path = k.principals.rotate(args["name"], k.settings.socket)
+    except PrincipalError as exc:
+        raise einval(f"user_rotate: {exc}") from None
+    reaped = _reap_all(k, principal.name, "its user's key was rotated")
+    k.audit.record("user_rotate", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped)
+    return {**principal.describe(), "key_file": str(path)}
+
+
+HANDLERS = {"user_add": sys_user_add, "user_list": sys_user_list, "user_remove": sys_user_remove,
+            "user_rotate": sys_user_rotate}
