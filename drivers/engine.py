@@ -46,14 +46,18 @@ class PromptTooLong(ValueError):
 
 @dataclass
 class StepEvent:
+    """What one request did in a step. An error event (finish "error") says why in errno and
+    message: ENOMEM, the KV cache can never hold the prompt; EINVAL, a prompt this engine cannot
+    take (empty, or stop strings without text); EIO, the engine failed (fail_all)."""
+
     rid: int
     delta: str                # new generated text; a possible start of a stop string is held back
     tokens: int               # tokens generated since this request's previous event
     finish: str | None        # "stop" | "length" | "cancelled" | "error"; None while running
-    usage: dict | None        # {"prompt_tokens", "completion_tokens"} on the final event
+    usage: dict | None        # {"prompt_tokens", "completion_tokens"} on the final event, unless an error
     token_ids: list[int] = field(default_factory=list)  # the `tokens` new token ids
-    errno: str | None = None  # with finish "error": ENOMEM (the KV cache can never hold the prompt),
-    message: str | None = None  # EINVAL (a prompt this engine cannot take), EIO (fail_all)
+    errno: str | None = None
+    message: str | None = None
 
 
 class Engine:
@@ -216,11 +220,12 @@ class Engine:
         return self._event(seq, delta, reason)
 
     @staticmethod
-    def _event(seq: Sequence, delta: str, finish: str | None, **error) -> StepEvent:
+    def _event(seq: Sequence, delta: str, finish: str | None, errno: str | None = None,
+               message: str | None = None) -> StepEvent:
         new = seq.tokens[len(seq.tokens) - seq.unreported:]
         seq.unreported = 0
         usage = seq.usage() if finish and finish != "error" else None
-        return StepEvent(seq.id, delta, len(new), finish, usage, new, **error)
+        return StepEvent(seq.id, delta, len(new), finish, usage, new, errno, message)
 
     def _refusal(self, req: GenRequest) -> tuple[str, str] | None:
         """(errno, message) if this engine cannot take the request; the kernel checked the ranges."""
