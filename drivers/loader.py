@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from llmos.specs.channel import device_kind
 from llmos.specs.registry import ModelSpec
 
 MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
@@ -72,7 +73,7 @@ def auto_dtype(device: str) -> str:
     On such CPUs bf16 decodes about 2.5x faster than fp32 for the default model and still
     answers correctly; elsewhere bf16 is emulated and slower.
     """
-    if torch.device(device).type == "cuda":
+    if device_kind(device) == "cuda":
         return "bfloat16"
     try:
         flags = Path("/proc/cpuinfo").read_text()
