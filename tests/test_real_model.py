@@ -8,6 +8,8 @@ import msgpack
 import pytest
 import zmq
 
+from harness import wait_until
+
 pytestmark = pytest.mark.real_model
 
 
@@ -26,8 +28,12 @@ def test_llmos_run_streams_an_answer_and_ps_sees_it(real_kernel):
                                 "What is the capital of France?"], env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
         seen = set()
-        while run.poll() is None and "llmos-run" not in seen:
-            seen = {p["name"] for p in c.ps()}
+
+        def shown_or_done() -> bool:
+            seen.update(p["name"] for p in c.ps())
+            return "llmos-run" in seen or run.poll() is not None
+
+        wait_until(shown_or_done, timeout=120)
         out, err = run.communicate(timeout=120)
     assert run.returncode == 0, err
     assert "Paris" in out and "tokens/s" in err
