@@ -103,16 +103,15 @@ def test_evicting_a_model_someone_else_uses_is_ebusy(small_device, tmp_path, tin
         assert a.unload_model(second, evict=True)["unloaded"] is True
 
 
-def test_a_loaded_model_answers_while_another_model_is_still_loading(fresh_kernel, tmp_path, tiny_llama):
-    k = fresh_kernel()
+def test_a_loaded_model_answers_while_another_model_is_still_loading(kernel, tmp_path, tiny_llama):
     deep = deep_copy_of(tiny_llama, tmp_path / "deep", layers=500)
     load = {}
 
     def load_deep():
-        with k.client("loader") as c:
+        with kernel.client("loader") as c:
             load.update(c.load_model(deep))
 
-    with k.client("user") as c:
+    with kernel.client("user") as c:
         loader = threading.Thread(target=load_deep)
         loader.start()
         try:
@@ -123,3 +122,4 @@ def test_a_loaded_model_answers_while_another_model_is_still_loading(fresh_kerne
         finally:
             loader.join(120)
         assert load["name"] == deep and loaded_row(c, deep)["state"] == "ready"
+        c.unload_model(deep, evict=True)     # the shared kernel's memory as it was
