@@ -117,12 +117,16 @@ class DriverLoop:
                     self.send(channel.Events(events))
 
 
-def serve(connect: str, device: str, dtype: str = "auto") -> None:
+def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = None) -> None:
+    """parent: the kernel's pid, given by the kernel itself; a driver whose kernel died before it
+    could ask would otherwise take init for its parent and serve nobody forever."""
     from .torch_driver import TorchDriver
 
     # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = os.getppid()
+    parent = parent or os.getppid()
+    if os.getppid() != parent:
+        return
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, device.encode())
@@ -143,9 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--connect", required=True)
     p.add_argument("--device", required=True)
     p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16, or auto")
+    p.add_argument("--parent", type=int, help="the kernel's pid: the driver ends when it is gone")
     args = p.parse_args(argv)
     try:
-        serve(args.connect, args.device, args.dtype)
+        serve(args.connect, args.device, args.dtype, args.parent)
     except KeyboardInterrupt:
         pass
 

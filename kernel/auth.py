@@ -43,7 +43,7 @@ class PrincipalAuthenticator(AsyncioAuthenticator):
 
     def start(self) -> None:
         super().start()
-        self.configure_curve_callback("*", credentials_provider=self)
+        self.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
 
     def callback(self, domain: str, z85_key: bytes) -> bool:
         """The credentials check: is this key a principal's?"""

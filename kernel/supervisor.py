@@ -88,7 +88,7 @@ class Supervisor:
 
     def _command(self, drv: DriverHandle) -> list[str]:
         return [sys.executable, "-m", "llmos.drivers.host", "--connect", self.endpoint, "--device", drv.device,
-                "--dtype", self.dtype]
+                "--dtype", self.dtype, "--parent", str(os.getpid())]
 
     def _exit_reason(self, drv: DriverHandle, code: int) -> str:
         return f"driver process for {drv.device} exited with code {code}"

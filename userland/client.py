@@ -61,11 +61,11 @@ class Client:
     """Synchronous client: the AsyncClient's methods, run on a private event-loop thread."""
 
     def __init__(self, socket: str | None = None, name: str | None = None, caps: list[str] | None = None,
-                 timeout: float | None = 60.0):
+                 timeout: float | None = 60.0, key: str | None = None):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="llmos-client")
         self._thread.start()
-        self._async = AsyncClient(socket, name, caps, timeout)
+        self._async = AsyncClient(socket, name, caps, timeout, key=key)
         try:
             self._run(self._async.connect())
         except BaseException:

@@ -15,6 +15,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from llmos.specs.keys import KERNEL_KEY_META, SOCKET_META, read_key_file
 from llmos.specs.protocol import ABI_VERSION, MAX_FRAME_BYTES, NOTICE_ID, FrameError, default_socket, pack, unpack
 
 from .errors import KernelUnavailable, LLMOSError, raise_error
@@ -59,8 +60,11 @@ class Connection:
     """The socket and its reader; AsyncClient adds one method per syscall on top."""
 
     def __init__(self, socket: str | None = None, name: str | None = None, caps: list[str] | None = None,
-                 timeout: float | None = 60.0, service_token: str | None = None):
-        self.socket_url = socket or default_socket()
+                 timeout: float | None = 60.0, service_token: str | None = None, key: str | None = None):
+        self.key_file = key or os.environ.get("LLMOS_KEY") or None
+        self._curve = _read_key(self.key_file) if self.key_file else None
+        self.socket_url = socket or os.environ.get("LLMOS_SOCKET") or \
+            (self._curve or {}).get(SOCKET_META) or default_socket()
         self.name = name or f"client-{os.getpid()}"
         self.caps = caps
         self.service_token = service_token   # the kernel's service host only
@@ -79,12 +83,15 @@ class Connection:
         if self.socket_url.startswith("ipc://") and not os.path.exists(self.socket_url[6:]):
             raise KernelUnavailable(f"no kernel socket at {self.socket_url}: start one with `llmos boot` "
                                     f"(or set LLMOS_SOCKET to where it listens)")
+        curve = self._curve_keys() if self.socket_url.startswith("tcp://") else None
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self._sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)      # ZMTP pings: notice a kernel that vanished
         self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        if curve is not None:
+            self._sock.curve_secretkey, self._sock.curve_publickey, self._sock.curve_serverkey = curve
         self._sock.connect(self.socket_url)
         self._reader = asyncio.create_task(self._read_loop())
         try:
@@ -100,6 +107,18 @@ class Connection:
             raise
         self.pid = self.info["pid"]
         return self
+
+    def _curve_keys(self) -> tuple[bytes, bytes, bytes]:
+        """(secret, public, kernel's public) from this principal's key file (key=, LLMOS_KEY): a tcp
+        kernel admits nothing else."""
+        if self._curve is None:
+            raise KernelUnavailable(f"{self.socket_url} is a tcp socket: the kernel admits only users with a key; "
+                                    f"pass key=PATH (or --key, or set LLMOS_KEY) with the file `llmos user add` made")
+        server = self._curve.get(KERNEL_KEY_META)
+        if not server or "secret-key" not in self._curve:
+            raise KernelUnavailable(f"{self.key_file} is not a user's key file (it needs secret-key and "
+                                    f"{KERNEL_KEY_META}); use the file `llmos user add` wrote")
+        return self._curve["secret-key"].encode(), self._curve["public-key"].encode(), server.encode()
 
     async def close(self) -> None:
         """Say exit (the kernel reaps what this process still had) and close the socket."""
@@ -183,3 +202,10 @@ class Connection:
         queue: asyncio.Queue = asyncio.Queue()
         req_id = await self._send(call, dict(args, stream=True), queue)
         return Stream(self, req_id, queue)
+
+
+def _read_key(path: str) -> dict[str, str]:
+    try:
+        return read_key_file(path)
+    except (OSError, ValueError) as exc:
+        raise KernelUnavailable(f"cannot use the key file {path}: {exc}") from None

@@ -53,7 +53,7 @@ class KernelProcess:
     """
 
     def __init__(self, workdir: Path | str | None = None, model: str | None = None, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None, state_dir: Path | str | None = None):
+                 env: dict[str, str] | None = None, state_dir: Path | str | None = None, tcp: bool = False):
         self._owned: list[Path] = []    # temporary directories stop() removes
         if workdir is None:
             workdir = self._temp_dir("llmos-kernel-")
@@ -61,6 +61,11 @@ class KernelProcess:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.runtime_dir = self._temp_dir("llmos-run-")
         self.socket = f"ipc://{self.runtime_dir}/kernel.sock"
+        self.operator_socket = self.socket     # the operator's console: the socket itself, or beside a tcp one
+        if tcp:    # CurveZMQ on loopback; the harness and the operator use the private ipc console
+            port = free_tcp_port()
+            self.socket = f"tcp://127.0.0.1:{port}"
+            self.operator_socket = f"ipc://{self.runtime_dir}/llmos/operator-{port}.sock"
         self.state_dir = Path(state_dir or self.workdir / "state")
         self.log = self.workdir / "kernel.out"
         self.model = model
@@ -111,7 +116,7 @@ class KernelProcess:
                 code = None if self.proc is None else self.proc.returncode
                 raise RuntimeError(f"the kernel is not running (exit code {code}); its log is {self.log}")
             try:
-                return Client(socket=self.socket, name=name, **kw)
+                return Client(socket=self.socket if "key" in kw else self.operator_socket, name=name, **kw)
             except KernelUnavailable:
                 if time.monotonic() > deadline:
                     raise
@@ -225,3 +230,12 @@ def make_tiny_bert(dirpath) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def free_tcp_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
