@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 log = logs.get("llmos.dispatch")
 
-BEFORE_HELLO = frozenset({"hello", "ping", "sysinfo"})   # what a connection may call before it is a process
-
 
 class CallContext:
     """Who made a call and how to answer it."""
@@ -90,7 +88,7 @@ class Dispatcher:
                 proc = None        # a routing id reused by someone else: not their process
             if proc is not None:
                 proc.last_seen = time.monotonic()
-            elif call not in BEFORE_HELLO:
+            elif not spec.before_hello:
                 raise eperm(f"'{call}' needs a process: call hello first")
             if spec.cap and spec.cap not in proc.caps:
                 raise eperm(f"'{call}' needs the '{spec.cap}' capability, which this process does not hold")

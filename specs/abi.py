@@ -134,6 +134,7 @@ class Syscall:
     errors: dict[str, str]
     stream: bool
     args: dict[str, Arg] = field(default_factory=dict)
+    before_hello: bool = False    # callable on a connection that is not a process yet
 
     def validate(self, args: Any) -> dict[str, Any]:
         """Check `args` against the declaration; return them with defaults filled in."""
@@ -168,7 +169,7 @@ def _load() -> dict[str, Syscall]:
             if errno not in ERRNOS:
                 raise RuntimeError(f"syscalls.toml: {name} lists unknown errno {errno}")
         calls[name] = Syscall(name, spec["cap"], spec["doc"], spec["result"], dict(spec["errors"]),
-                              bool(spec.get("stream", False)), args)
+                              bool(spec.get("stream", False)), args, bool(spec.get("before_hello", False)))
     return calls
 
 
@@ -185,11 +186,12 @@ def render_markdown() -> str:
         "",
         "Every syscall can also answer: " + ", ".join(f"`{e}`" for e in COMMON_ERRORS) + ".",
         "",
-        "| syscall | capability | streams |",
-        "|---|---|---|",
+        "| syscall | capability | streams | before hello |",
+        "|---|---|---|---|",
     ]
     for s in SYSCALLS.values():
-        out.append(f"| [`{s.name}`](#{s.name}) | {s.cap or '(none)'} | {'yes' if s.stream else ''} |")
+        out.append(f"| [`{s.name}`](#{s.name}) | {s.cap or '(none)'} | {'yes' if s.stream else ''} | "
+                   f"{'yes' if s.before_hello else ''} |")
     for s in SYSCALLS.values():
         out += ["", f"## {s.name}", "", s.doc, "", f"- capability: `{s.cap}`" if s.cap else "- capability: none"]
         out.append(f"- result: `{s.result}`")
