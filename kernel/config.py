@@ -60,6 +60,9 @@ class Settings:
     operator_quotas: dict[str, int] = field(default_factory=dict) # [quotas.operator]: none unless given
     default_caps: tuple[str, ...] = DEFAULT_CAPS
     grantable_caps: tuple[str, ...] = GRANTABLE_CAPS
+    service_read_dirs: list[str] = field(default_factory=list)  # [services] read_dirs: where kb.ingest may read
+    load_timeout_s: float = 600.0           # [limits] load_timeout_s: a model load past it fails with ETIMEDOUT
+    memory_encrypt: bool = False            # [memory] encrypt: memory values AES-GCM encrypted at rest
     log_level: str = "info"
     dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
     config_file: Path | None = None
@@ -126,6 +129,8 @@ def _apply_file(s: Settings, path: Path) -> None:
             setattr(s, key, limits[key])
     if "reserve_quota" in limits:
         s.reserve_quota_bytes = parse_bytes(limits["reserve_quota"], "[limits] reserve_quota")
+    if "load_timeout_s" in limits:
+        s.load_timeout_s = float(limits["load_timeout_s"])
     if "max_value" in limits:
         s.max_value_bytes = parse_bytes(limits["max_value"], "[limits] max_value")
     for key, value in data.get("quotas", {}).items():
@@ -133,6 +138,15 @@ def _apply_file(s: Settings, path: Path) -> None:
             s.operator_quotas = {k: _quota(path, f"operator.{k}", v) for k, v in value.items()}
         else:
             s.quotas[key] = _quota(path, key, value)
+    read_dirs = data.get("services", {}).get("read_dirs", [])
+    if not isinstance(read_dirs, list) or not all(isinstance(d, str) and os.path.isabs(os.path.expanduser(d))
+                                                  for d in read_dirs):
+        raise ConfigError(f"config file {path}: [services] read_dirs must be a list of absolute folder paths")
+    s.service_read_dirs = [os.path.expanduser(d) for d in read_dirs]
+    encrypt = data.get("memory", {}).get("encrypt", False)
+    if not isinstance(encrypt, bool):
+        raise ConfigError(f"config file {path}: [memory] encrypt must be true or false")
+    s.memory_encrypt = encrypt
     caps = data.get("caps", {})
     if "default" in caps:
         s.default_caps = tuple(caps["default"])

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from llmos.specs import channel
 from llmos.specs.channel import Message, ServiceMessage
-from llmos.specs.protocol import SERVICE_TOKEN_ENV, runtime_dir
+from llmos.specs.protocol import runtime_dir
 
 from . import logs
 from .errors import SyscallError, eagain, ecanceled, eio, enoent
@@ -40,15 +40,23 @@ DISABLE_ENV = "LLMOS_NO_SERVICES"
 
 
 class ServiceSupervisor(Supervisor):
-    """The driver supervisor, spawning the service host instead of a driver."""
+    """The driver supervisor, spawning the service host instead of a driver.
+
+    The host proves itself to the kernel with a token it reads from an inherited pipe at start
+    (and closes): not from its environment, which any process of the same uid can read in
+    /proc/PID/environ. Only the host gets the pipe; drivers inherit nothing."""
 
     role = "services"
     speaks = ServiceMessage
     hello = channel.HostHello
 
-    def __init__(self, ctx, endpoint: str, kernel_socket: str, service_token: str, on_message, on_down, on_up):
-        super().__init__(ctx, endpoint, on_message, on_down, on_up, child_env={SERVICE_TOKEN_ENV: service_token})
+    def __init__(self, ctx, endpoint: str, kernel_socket: str, service_token: str, read_dirs: list[str],
+                 on_message, on_down, on_up):
+        super().__init__(ctx, endpoint, on_message, on_down, on_up)
         self.kernel_socket = kernel_socket
+        self.service_token = service_token
+        self.read_dirs = list(read_dirs)
+        self._token_fd: int | None = None      # the pipe's read end, while a host is being spawned
         self.reloading = False      # the next exit is a restart asked for by svc_reload, not a crash
         self.restarts = 0
 
@@ -59,7 +67,27 @@ class ServiceSupervisor(Supervisor):
         return channel.HostShutdown()
 
     def _command(self, drv: DriverHandle) -> list[str]:
-        return [sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket]
+        dirs = [arg for d in self.read_dirs for arg in ("--read-dir", d)]
+        return [sys.executable, "-m", "llmos.services.host", "--channel", self.endpoint, "--kernel", self.kernel_socket,
+                "--token-fd", str(self._token_fd), *dirs]
+
+    def _inherited_fds(self, drv: DriverHandle) -> tuple[int, ...]:
+        return (self._token_fd,)
+
+    async def _spawn(self, drv: DriverHandle) -> None:
+        """Spawn the host with the token waiting in a pipe: written and closed before the child
+        exists (a token fits the pipe's buffer, so nothing blocks), the read end closed here after."""
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, self.service_token.encode())
+        finally:
+            os.close(write_end)
+        self._token_fd = read_end
+        try:
+            await super()._spawn(drv)
+        finally:
+            self._token_fd = None
+            os.close(read_end)
 
     def _exit_reason(self, drv: DriverHandle, code: int) -> str:
         return f"the service host exited with code {code} (a plugin crashed it, or it was killed)"
@@ -106,7 +134,8 @@ class ServiceManager:
             return
         endpoint = f"ipc://{runtime_dir()}/services-{os.getpid()}.sock"
         self.supervisor = ServiceSupervisor(self.k.ctx, endpoint, self.k.settings.operator_socket,
-                                            self.k.service_token, self._message, self._down, self._up)
+                                            self.k.service_token, self.k.settings.service_read_dirs,
+                                            self._message, self._down, self._up)
         await self.supervisor.start([HOST_ID])
 
     def begin_close(self) -> None:

@@ -93,13 +93,17 @@ class Supervisor:
     def _exit_reason(self, drv: DriverHandle, code: int) -> str:
         return f"driver process for {drv.device} exited with code {code}"
 
+    def _inherited_fds(self, drv: DriverHandle) -> tuple[int, ...]:
+        """File descriptors the child inherits (none for a driver; the service host's token pipe)."""
+        return ()
+
     async def _spawn(self, drv: DriverHandle) -> None:
         drv.up.clear()
         drv.hello = None
         drv.started = drv.last_heard = time.monotonic()
         drv.proc = await asyncio.create_subprocess_exec(
             *self._command(drv), env=dict(os.environ, **self.child_env), stdin=asyncio.subprocess.DEVNULL,
-            start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
+            pass_fds=self._inherited_fds(drv), start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
         log.info(f"{self.role}.spawned", device=drv.device, os_pid=drv.proc.pid)
         asyncio.create_task(self._wait_exit(drv, drv.proc))
 

@@ -11,7 +11,11 @@ is two things at once:
   own work (infer, embed, memwrite, memsearch...) goes through syscalls on the kernel's socket,
   so a service can do nothing that a program could not.
 
-    python -m llmos.services.host --channel ipc://... --kernel ipc://...
+    python -m llmos.services.host --channel ipc://... --kernel ipc://... --token-fd N [--read-dir DIR ...]
+
+It proves to the kernel that it is the kernel's own host with a token it reads from the pipe
+`--token-fd` at start and closes at once: never from its environment or its command line, which
+other processes of the same uid can read in /proc.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ import zmq.asyncio
 from llmos.specs import channel
 from llmos.specs.abi import ArgError
 from llmos.specs.channel import ChannelError, ServiceMessage
-from llmos.specs.protocol import SERVICE_TOKEN_ENV
 from llmos.userland.client import AsyncClient, LLMOSError
 
 from . import plugins
+from .files import AllowedFiles
 from .hookspecs import ServiceError
 
 HOST_ID = b"services"
@@ -72,6 +76,7 @@ class TaskContext:
         self.caller = caller
         self.stream = stream
         self.emitted: list[str] = []
+        self.files = AllowedFiles(host.read_dirs, caller)   # the only way a task should read a file
 
     @property
     def deadline(self) -> float | None:
@@ -127,9 +132,12 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 
 
 class ServiceHost:
-    def __init__(self, channel: str, kernel_socket: str):
+    def __init__(self, channel: str, kernel_socket: str, service_token: str | None = None,
+                 read_dirs: list[str] | None = None):
         self.channel = channel
         self.kernel_socket = kernel_socket
+        self.service_token = service_token
+        self.read_dirs = list(read_dirs or [])
         self.catalog = plugins.Catalog()
         self.client: AsyncClient | None = None
         self.ctx = zmq.asyncio.Context()
@@ -151,7 +159,7 @@ class ServiceHost:
         started = time.monotonic()
         self.catalog = plugins.load()
         self.client = AsyncClient(self.kernel_socket, name=PROGRAM_NAME, timeout=None,
-                                  service_token=os.environ.get(SERVICE_TOKEN_ENV))
+                                  service_token=self.service_token)
         await self.client.connect()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.IDENTITY, HOST_ID)
@@ -255,17 +263,31 @@ class ServiceHost:
         return result
 
 
+def read_token(fd: int) -> str:
+    """The kernel's token from the inherited pipe, which is closed after (the kernel wrote it whole)."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="llmos-services", description=__doc__.splitlines()[0])
     p.add_argument("--channel", required=True, help="the kernel's private service channel")
     p.add_argument("--kernel", required=True, help="the kernel's socket, for the host's own syscalls")
+    p.add_argument("--token-fd", type=int, default=None, help="an inherited pipe holding the kernel's token")
+    p.add_argument("--read-dir", action="append", default=[], help="a folder tasks may read files under")
     args = p.parse_args(argv)
+    token = read_token(args.token_fd) if args.token_fd is not None else None
     signal.signal(signal.SIGINT, signal.SIG_IGN)    # Ctrl-C is the kernel's to handle
     configure_logging()
     loop = asyncio.new_event_loop()     # not asyncio.run: it would wait for a plain task stuck on a thread
     code = 0
     try:
-        loop.run_until_complete(ServiceHost(args.channel, args.kernel).run())
+        loop.run_until_complete(ServiceHost(args.channel, args.kernel, token, args.read_dir).run())
     except Exception:
         log.exception("services.failed")
         code = 1

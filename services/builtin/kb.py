@@ -49,27 +49,21 @@ def split_key(key: str) -> tuple[str, int]:
     return source, int(idx) if idx.isdigit() else 0
 
 
-def _documents(path: str) -> tuple[list[tuple[str, str]], list[dict]]:
-    """(source, text) for a file, or for every text file under a folder; plus what was skipped and why."""
-    root = Path(os.path.expanduser(path))
-    if not root.exists():
-        raise ServiceError("ENOENT", f"kb.ingest: no file or folder '{path}' on the service host's machine")
+def read_documents(folder: str) -> list[dict]:
+    """The text documents under a folder as kb.ingest_texts takes them ({name, text}), read with the
+    rights of whoever calls this: for a client (the CLI) that sends text instead of a path."""
+    root = Path(os.path.expanduser(folder))
     files = [root] if root.is_file() else sorted(
         p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    docs, skipped = [], []
+    docs = []
     for f in files[:MAX_FILES]:
-        source = f.name if root.is_file() else f.relative_to(root).as_posix()
-        if f.suffix.lower() not in TEXT_SUFFIXES:
-            skipped.append({"source": source, "why": f"not a text document ({', '.join(sorted(TEXT_SUFFIXES))})"})
-            continue
-        if f.stat().st_size > MAX_FILE_BYTES:
-            skipped.append({"source": source, "why": f"larger than {MAX_FILE_BYTES >> 20} MiB"})
-            continue
-        try:
-            docs.append((source, f.read_text(encoding="utf-8")))
-        except UnicodeDecodeError:
-            skipped.append({"source": source, "why": "not UTF-8 text"})
-    return docs, skipped
+        if f.suffix.lower() in TEXT_SUFFIXES and f.stat().st_size <= MAX_FILE_BYTES:
+            try:
+                docs.append({"name": f.name if root.is_file() else f.relative_to(root).as_posix(),
+                             "text": f.read_text(encoding="utf-8")})
+            except UnicodeDecodeError:
+                continue
+    return docs
 
 
 async def ingest(ctx, kb: str, text: str | None = None, path: str | None = None, source: str | None = None,
@@ -80,8 +74,24 @@ async def ingest(ctx, kb: str, text: str | None = None, path: str | None = None,
     if text is not None:
         docs = [(source or f"text-{hashlib.sha1(text.encode()).hexdigest()[:8]}", text)]
         skipped = []
-    else:
-        docs, skipped = await asyncio.to_thread(_documents, path)
+    else:      # only under the operator's [services] read_dirs (services/files.py)
+        found, skipped = await asyncio.to_thread(ctx.files.collect, path, TEXT_SUFFIXES, "kb.ingest")
+        docs = [(d.source, d.text) for d in found]
+    return await _store(ctx, kb, region, docs, skipped, chunk_chars, overlap)
+
+
+async def ingest_texts(ctx, kb: str, docs: list, chunk_chars: int = 700, overlap: int = 1) -> dict:
+    region = region_for(ctx, kb)
+    well_formed = all(isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("text"), str)
+                      and 0 < len(d["name"]) <= 512 for d in docs)
+    if len(docs) > MAX_FILES or not well_formed:
+        raise ServiceError("EINVAL", f"kb.ingest_texts: 'docs' must be a list of at most {MAX_FILES} "
+                                      f"{{name: 1-512 chars, text: str}}")
+    return await _store(ctx, kb, region, [(d["name"], d["text"]) for d in docs], [], chunk_chars, overlap)
+
+
+async def _store(ctx, kb: str, region: str, docs: list[tuple[str, str]], skipped: list[dict],
+                 chunk_chars: int, overlap: int) -> dict:
     k = ctx.kernel
     existing = set()
     try:
@@ -219,7 +229,8 @@ _KB = {"type": "str", "max_len": 64, "doc": "the knowledge base's name (private 
 def register_services(register):
     register("kb", {
         "ingest": Task(ingest, "Add documents: text, or a file or folder path on the service host's machine "
-                               "(.md .txt .rst). Chunked by headings and paragraphs with overlap, embedded, stored. "
+                               "(.md .txt .rst) under a folder the operator allows ([services] read_dirs; "
+                               "default: none, EACCES). Chunked by headings and paragraphs with overlap, embedded, stored. "
                                "Ingesting a source again replaces it.",
                        args={"kb": _KB, "text": {"type": "str|null", "nullable": True, "max_len": 16 << 20},
                              "path": {"type": "str|null", "nullable": True, "max_len": 4096},
@@ -228,6 +239,12 @@ def register_services(register):
                              "chunk_chars": {"type": "int", "default": 700, "min": 100, "max": 4000},
                              "overlap": {"type": "int", "default": 1, "min": 0, "max": 5,
                                          "doc": "sentences or paragraphs repeated at the start of the next chunk"}}),
+        "ingest_texts": Task(ingest_texts, "Add documents the caller read itself: [{name, text}], chunked and "
+                                           "stored as ingest does (how `llmos support --kb DIR` sends a folder).",
+                             args={"kb": _KB, "docs": {"type": "list", "doc": f"documents: [{{name, text}}, ...], "
+                                                                             f"at most {MAX_FILES}"},
+                                   "chunk_chars": {"type": "int", "default": 700, "min": 100, "max": 4000},
+                                   "overlap": {"type": "int", "default": 1, "min": 0, "max": 5}}),
         "ask": Task(ask, "Answer a question from the knowledge base by quoting the most relevant sentence, with "
                          "citations (chunk ids and source files); says it does not know when nothing matches.",
                     args={"kb": _KB, "question": {"type": "str", "max_len": 4096},

@@ -198,7 +198,8 @@ def support_command(folder: str, name: str | None, conversation: str | None) -> 
     kb_name = name or "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in os.path.basename(folder))[:64]
     conversation = conversation or uuid.uuid4().hex[:12]
     with connect("llmos-support") as c:
-        r = c.svc_call("kb", "ingest", {"kb": kb_name, "path": folder})
+        docs = kb.read_documents(folder)      # read here, with the caller's rights, not the service host's
+        r = c.svc_call("kb", "ingest_texts", {"kb": kb_name, "docs": docs})
         click.echo(f"knowledge base '{kb_name}': {len(r['documents'])} documents, {r['chunks']} chunks"
                    + (f" ({len(r['skipped'])} files skipped)" if r["skipped"] else ""), err=True)
         click.echo(f"conversation {conversation}: type your question; empty line or Ctrl-D to quit", err=True)
