@@ -13,14 +13,16 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Callable
 
+import msgpack
 import zmq
 
 from llmos.specs import SYSCALLS, ArgError
-from llmos.specs.protocol import ABI_VERSION, FrameError, reply_error, reply_ok, unpack
+from llmos.specs.protocol import ABI_VERSION, MAX_FRAME_BYTES, FrameError, reply_error, reply_ok, unpack
 
 from . import logs
 from .errors import SyscallError, eperm
 from .process import Process
+from .transport import BulkReplyBudget
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -52,20 +54,27 @@ class Dispatcher:
     def __init__(self, kernel: "Kernel", handlers: dict[str, Callable]):
         self.k = kernel
         self.handlers = handlers
+        self.bulk_replies = BulkReplyBudget()
 
     async def serve(self, transport: "Transport") -> None:
         while True:
             try:
-                routing, frame, principal = await transport.recv()
+                routing, frames, principal = await transport.recv()
             except zmq.ZMQError:
                 return
-            if routing:
-                self.on_frame(transport, routing, frame, principal)
+            if len(frames) != 1:
+                transport.send(routing, reply_error(None, "EINVAL", f"a request is one frame, not {len(frames)}"))
+            else:
+                self.on_frame(transport, routing, frames[0], principal)
 
     def on_frame(self, transport: "Transport", routing: list[bytes], frame: bytes, principal: str) -> None:
         """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
         client_id = None
         try:
+            if len(frame) > MAX_FRAME_BYTES:
+                client_id = peek_id(frame)
+                raise FrameError(f"a frame of {len(frame)} bytes is over max_frame ({MAX_FRAME_BYTES} bytes; "
+                                 f"see hello's max_frame)")
             msg = unpack(frame)
             if not isinstance(msg, dict):
                 raise FrameError("a request must be a msgpack map")
@@ -113,7 +122,7 @@ class Dispatcher:
             log.exception("syscall.crashed", client_id=ctx.client_id)
             ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
         else:
-            ctx.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
+            self._reply_ok(ctx, result)
 
     async def _run_async(self, handler, ctx: CallContext, args: dict) -> None:
         try:
@@ -127,8 +136,32 @@ class Dispatcher:
             log.exception("syscall.crashed", client_id=ctx.client_id)
             ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
         else:
-            ctx.transport.send(ctx.routing, reply_ok(ctx.client_id, result))
+            self._reply_ok(ctx, result)
+
+    def _reply_ok(self, ctx: CallContext, result) -> None:
+        """The result, unless its principal's budget for large replies is spent (EAGAIN, retry_after)."""
+        frame = reply_ok(ctx.client_id, result)
+        wait = self.bulk_replies.charge(ctx.principal, len(frame))
+        if wait is not None:
+            frame = reply_error(ctx.client_id, "EAGAIN", f"a reply of {len(frame)} bytes is over this principal's "
+                                "budget for large replies not yet read; read them, then retry", retry_after=wait)
+        ctx.transport.send(ctx.routing, frame)
 
     def send_more(self, req: "Request", result: dict) -> None:
         """One streamed part of a request's answer; its final reply comes when it ends."""
         req.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))
+
+
+def peek_id(frame: bytes) -> int | None:
+    """The request id of a frame too large to decode, found by skipping over the other values."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, max_buffer_size=len(frame))
+    unpacker.feed(frame)
+    try:
+        for _ in range(min(unpacker.read_map_header(), 8)):
+            if unpacker.unpack() == "id":
+                found = unpacker.unpack()
+                return found if isinstance(found, int) and not isinstance(found, bool) and found > 0 else None
+            unpacker.skip()
+    except Exception:  # not a map, or cut short: no id to answer
+        pass
+    return None

@@ -7,6 +7,8 @@ so the kernel can cut it off. Nobody waits on a slow or dead client, driver or s
 
 from __future__ import annotations
 
+import time
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Callable
 
@@ -14,15 +16,14 @@ import zmq
 import zmq.asyncio
 
 from llmos.specs.keys import private_umask
-from llmos.specs.protocol import MAX_FRAME_BYTES
+from llmos.specs.protocol import (BULK_REPLY_BUDGET, BULK_REPLY_BYTES, BULK_REPLY_WINDOW_S, MAX_WIRE_FRAME_BYTES,
+                                  SEND_HWM)
 
 from . import logs
 from .auth import principal_of, secure
 from .principals import PrincipalTable
 
 log = logs.get("llmos.transport")
-
-SEND_HWM = 10_000  # frames queued to one client before it counts as not reading
 
 
 class Router:
@@ -73,13 +74,15 @@ class Transport:
         if self.ipc_path and self.ipc_path.exists():
             self.ipc_path.unlink()   # stale: the boot lock proved no kernel owns it
         self.router = Router(ctx, url, before_bind=lambda sock: secure(sock, url, principals),
-                             MAXMSGSIZE=MAX_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
+                             MAXMSGSIZE=MAX_WIRE_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
         self._ipc_inode = self.ipc_path.stat().st_ino if self.ipc_path else None
 
-    async def recv(self) -> tuple[list[bytes], bytes, str]:
-        """The next request: its routing frames, its frame, and the principal the transport proved."""
+    async def recv(self) -> tuple[list[bytes], list[bytes], str]:
+        """The next message: its routing id, its frames after it, and the principal the transport proved.
+
+        A request is one frame; the dispatcher answers any other count EINVAL, to the routing id alone."""
         parts = await self.router.recv_frames()
-        return [p.bytes for p in parts[:-1]], parts[-1].bytes, principal_of(parts[-1], self.url)
+        return [parts[0].bytes], [p.bytes for p in parts[1:]], principal_of(parts[-1], self.url)
 
     def connection(self, routing_id: bytes) -> bytes:
         """A connection's kernel-wide id: this socket's index, then the peer's routing id on it
@@ -111,3 +114,43 @@ class Transport:
 
 def ipc_path(url: str) -> Path | None:
     return Path(url[len("ipc://"):]) if url.startswith("ipc://") else None
+
+
+class BulkReplyBudget:
+    """Bytes of large replies a principal was sent lately, so that one that never reads cannot make
+    the kernel queue without end.
+
+    ZeroMQ bounds a peer's queue in frames (SNDHWM), not bytes, and a ROUTER cannot tell how much
+    of it a peer has read. So replies of BULK_REPLY_BYTES or more are charged to their principal
+    (every connection of it together): at most BULK_REPLY_BUDGET bytes in any BULK_REPLY_WINDOW_S.
+    """
+
+    def __init__(self, budget: int = BULK_REPLY_BUDGET, window_s: float = BULK_REPLY_WINDOW_S,
+                 clock: Callable[[], float] = time.monotonic):
+        self.budget = budget
+        self.window_s = window_s
+        self.clock = clock
+        self._sent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)   # principal -> (when, bytes)
+        self._total: dict[str, int] = defaultdict(int)
+
+    def charge(self, principal: str, nbytes: int) -> float | None:
+        """Charge a reply of nbytes; None if it may go, else seconds until it would fit."""
+        if nbytes < BULK_REPLY_BYTES:
+            return None
+        now = self.clock()
+        sent = self._sent[principal]
+        while sent and sent[0][0] <= now - self.window_s:
+            self._total[principal] -= sent.popleft()[1]
+        if self._total[principal] + nbytes > self.budget:
+            if not sent:                     # larger than a whole window's budget: never fits
+                return self.window_s
+            freed, wait = self._total[principal] + nbytes - self.budget, self.window_s
+            for when, size in sent:
+                freed -= size
+                if freed <= 0:
+                    wait = when + self.window_s - now
+                    break
+            return max(wait, 0.001)
+        sent.append((now, nbytes))
+        self._total[principal] += nbytes
+        return None

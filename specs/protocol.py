@@ -16,8 +16,20 @@ import msgpack
 ABI_VERSION = 1
 KERNEL_VERSION = "0.1.0"
 
-# A frame larger than this is dropped by ZeroMQ itself (ZMQ_MAXMSGSIZE) before we see it.
-MAX_FRAME_BYTES = 64 * 1024 * 1024
+# Bounds on what one connection can make the kernel hold (specs/ABI.md, "Security model").
+# A request frame over MAX_FRAME_BYTES (`max_frame` in hello) is answered EINVAL and the
+# connection kept; one over MAX_WIRE_FRAME_BYTES is cut off by ZeroMQ itself (ZMQ_MAXMSGSIZE)
+# while it arrives, which costs the sender its connection. A value (16 MiB) fits well inside.
+MAX_FRAME_BYTES = 32 * 1024 * 1024
+MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + 8 * 1024 * 1024
+# Replies of at least BULK_REPLY_BYTES count against their principal's budget of
+# BULK_REPLY_BUDGET bytes per BULK_REPLY_WINDOW_S seconds (all its connections together);
+# past it the reply is EAGAIN with retry_after, so a client that never reads cannot make
+# the kernel queue more than the budget for it. Smaller replies are bounded by SEND_HWM frames.
+BULK_REPLY_BYTES = 64 * 1024
+BULK_REPLY_BUDGET = 256 * 1024 * 1024
+BULK_REPLY_WINDOW_S = 10.0
+SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
 NOTICE_ID = 0
 SERVICE_TOKEN_ENV = "LLMOS_SERVICE_TOKEN"   # the kernel hands its service host the hello service_token here
 
