@@ -138,6 +138,7 @@ class MemoryStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             self._check_owner(region, owner, create=True)
+            memusage.used(db, owner)      # counted before these writes change what it would count
             grown_bytes = grown_keys = 0
             for key, value, vector in items:
                 is_text = isinstance(value, str)
