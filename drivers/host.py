@@ -132,14 +132,28 @@ def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = N
     sock.setsockopt(zmq.IDENTITY, device.encode())
     sock.setsockopt(zmq.LINGER, 2000)
     sock.connect(connect)
-    driver = TorchDriver(device, dtype)
-    loop = DriverLoop(sock, driver)
-    loop.send(driver.hello())
     try:
+        try:
+            driver = TorchDriver(device, dtype)
+            hello = driver.hello()
+        except Exception as exc:   # the device cannot work: say why once, rather than crash in a loop
+            traceback.print_exc()
+            sock.send(channel.encode(channel.DriverFailed(device, f"{exc.__class__.__name__}: {exc}")))
+            _wait_for_kernel(sock, parent)
+            return
+        loop = DriverLoop(sock, driver)
+        loop.send(hello)
         loop.run(parent)
     finally:
         sock.close()
         ctx.term()
+
+
+def _wait_for_kernel(sock: zmq.Socket, parent: int) -> None:
+    """After DriverFailed: stay until the kernel answers (it stops us), so it reads the reason
+    before it sees the exit, which it would count as a crash."""
+    while os.getppid() == parent and not sock.poll(1000):
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,6 +26,16 @@ ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens"
                 "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
 
 
+def check_cuda_device(torch, device: str) -> None:
+    """Refuse a CUDA device this torch cannot use, in words an operator can act on."""
+    if not torch.cuda.is_available():
+        why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU"
+        raise RuntimeError(f"no device {device}: torch {torch.__version__} {why}; boot with --device cpu")
+    index = torch.device(device).index or 0
+    if index >= torch.cuda.device_count():
+        raise RuntimeError(f"no device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+
+
 class TorchDriver(Driver):
     def __init__(self, device: str, dtype: str = "auto"):
         import torch
@@ -34,6 +44,8 @@ class TorchDriver(Driver):
 
         self.device = device
         self.kind = device_kind(device)
+        if self.kind == "cuda":
+            check_cuda_device(torch, device)
         self.dtype = auto_dtype(device) if dtype == "auto" else dtype
         self.torch = torch
         self.engines: dict = {}          # model -> Engine (generate models)

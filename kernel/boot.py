@@ -8,6 +8,7 @@ import os
 import signal
 from pathlib import Path
 
+from llmos.specs import registry
 from llmos.specs.protocol import runtime_dir
 
 from . import logs, statedir
@@ -51,7 +52,8 @@ def release_lock(fd: int) -> None:
     os.close(fd)
 
 
-async def run_kernel(settings: Settings) -> None:
+async def run_kernel(settings: Settings) -> str | None:
+    """Serve until told to stop; why boot failed, if it did."""
     kernel = Kernel(settings)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -60,7 +62,18 @@ async def run_kernel(settings: Settings) -> None:
     try:
         await kernel.stopping.wait()
     finally:
-        await kernel.shutdown()
+        await kernel.shutdown(kernel.boot_failure or "kernel shutting down")
+    return kernel.boot_failure
+
+
+def unknown_boot_models(settings: Settings) -> str | None:
+    """Refuse a boot model the registry cannot find before anything starts (it lists the known names)."""
+    for name in settings.models_to_load():
+        try:
+            registry.resolve(name, settings.models)
+        except registry.ModelNotFound as exc:
+            return str(exc)
+    return None
 
 
 def boot(settings: Settings) -> int:
@@ -70,6 +83,10 @@ def boot(settings: Settings) -> int:
     log = logs.get("llmos.boot")
     for line in repaired:
         log.warning("state_dir.repaired", what=line)
+    unknown = unknown_boot_models(settings)
+    if unknown:
+        log.error("boot.refused", reason=unknown)
+        return 1
     try:
         fd = take_lock(settings.socket)
     except AlreadyRunning as exc:
@@ -82,11 +99,11 @@ def boot(settings: Settings) -> int:
         log.error("boot.refused", reason=str(exc))
         return 1
     try:
-        asyncio.run(run_kernel(settings))
+        failure = asyncio.run(run_kernel(settings))
     except AuthError as exc:
         log.error("boot.refused", reason=str(exc))
         return 1
     finally:
         release_lock(state_fd)
         release_lock(fd)
-    return 0
+    return 1 if failure else 0

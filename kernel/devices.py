@@ -5,6 +5,7 @@ requests running at its driver, as wide as the driver's engine batches (it says 
 Hello). `pump` moves requests from the scheduler into that window whenever a slot frees up.
 Driver messages arrive typed (specs/channel.py): token events fan out to the clients that
 stream them and are charged to the process they count against; results and errors end requests.
+A device whose driver is given up (`down`) fails what waits on it and every new request with EIO.
 """
 
 from __future__ import annotations
@@ -50,18 +51,33 @@ class Devices:
         return self.k.supervisor.drivers[device]
 
     async def wait_driver(self, device: str) -> DriverHandle:
+        """The device's driver once it is up; EIO at once if it is down, or if it is not up in time."""
         drv = self.driver(device)
         if drv.state != "up" or not drv.up.is_set():
+            waits = [asyncio.ensure_future(drv.up.wait()), asyncio.ensure_future(drv.gone.wait())]
             try:
-                await asyncio.wait_for(drv.up.wait(), DRIVER_UP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                raise eio(f"the driver for {device} is not up (state: {drv.state})") from None
+                await asyncio.wait(waits, timeout=DRIVER_UP_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            if drv.state == "down":
+                raise self.down_error(drv)
+            if not drv.up.is_set():
+                raise eio(f"the driver for {device} is not up (state: {drv.state})")
         return drv
+
+    @staticmethod
+    def down_error(drv: DriverHandle) -> SyscallError:
+        return eio(f"device {drv.device} is down: {drv.failure}")
 
     # -- admission -------------------------------------------------------------------------------
 
     def submit(self, req: Request) -> None:
         """Queue a generation for fair admission to its device's batch."""
+        drv = self.driver(req.device)
+        if drv.state == "down":
+            self.k.requests.end(req, self.down_error(drv))
+            return
         self.schedulers[req.device].enqueue(req)
         self.pump(req.device)
 
@@ -159,6 +175,22 @@ class Devices:
         for req in self.k.requests.at_driver(drv.device):
             self.k.requests.end(req, eio(f"{why}; the driver is being restarted, retry the request"))
         self.k.models.driver_down(drv.device)
+
+    async def on_failed(self, drv: DriverHandle, why: str) -> None:
+        """The driver is given up. One that never came up fails the boot (the operator asked for
+        that device); otherwise what waits on it ends with EIO, and so will whatever comes later."""
+        if not drv.ever_up:
+            self.k.fail_boot(f"device {drv.device} cannot be used: {why}")
+        error = self.down_error(drv)
+        for req in list(self.k.requests):     # queued or at the driver
+            if req.device == drv.device:
+                self.k.requests.end(req, error)
+        for entry in self.k.models.on_device(drv.device):
+            if drv.device in self.k.memory.devices:
+                self.k.models.evict(entry, f"device {drv.device} is down")
+            if not entry.loaded.done():
+                entry.loaded.set_exception(error)
+                entry.loaded.exception()   # mark retrieved: nobody may be waiting
 
     async def on_up(self, drv: DriverHandle) -> None:
         device = drv.device

@@ -62,6 +62,7 @@ class Kernel:
         self.supervisor: Supervisor | None = None
         self.memstore: MemoryStore | None = None
         self.stopping = asyncio.Event()
+        self.boot_failure: str | None = None    # why boot failed: `llmos boot` then exits non-zero
         self._tasks: set[asyncio.Task] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -80,7 +81,8 @@ class Kernel:
         self.audit.record("boot", socket=s.socket, pid=os.getpid(), users=len(self.principals.users()))
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
-                                     self.devices.on_message, self.devices.on_down, self.devices.on_up, dtype=s.dtype)
+                                     self.devices.on_message, self.devices.on_down, self.devices.on_up, dtype=s.dtype,
+                                     on_failed=self.devices.on_failed)
         await self.supervisor.start(self.devices.names)
         for transport in self.transports:
             self.spawn(self.dispatch.serve(transport), f"serve-{transport.url}")
@@ -92,11 +94,19 @@ class Kernel:
             self.spawn(self._preload(name), f"preload-{name}")
 
     async def _preload(self, name: str) -> None:
+        """The operator asked for this model at boot: a kernel that cannot load it does not run."""
         try:
             entry = await self.models.ensure(name, "auto", None)
             entry.pinned = True
         except Exception as exc:
-            log.error("model.preload_failed", model=name, error=str(exc))
+            self.fail_boot(f"the boot model '{name}' could not be loaded: {exc}")
+
+    def fail_boot(self, why: str) -> None:
+        """Stop the kernel because what the operator asked for at boot cannot work; the first reason wins."""
+        if self.boot_failure is None:
+            self.boot_failure = why
+            log.error("boot.failed", reason=why)
+        self.stopping.set()
 
     async def shutdown(self, why: str = "kernel shutting down") -> None:
         log.info("kernel.stopping", reason=why)

@@ -4,6 +4,10 @@ A driver talks to the kernel over a private ROUTER socket (its routing id is its
 The watchdog pings each driver every period; no answer within two periods (after a start-up
 grace window) or a process exit counts as a crash: the kernel fails that driver's requests
 with EIO, and the driver is restarted at once the first time, then with capped back-off.
+
+A child that can never work is given up (state `down`) instead of restarted for ever: one that
+says so before it was ever up (DriverFailed: no such CUDA device), or one that crashed
+CRASH_LIMIT times within CRASH_WINDOW_S. The kernel then fails what waits on it, at once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -30,6 +35,7 @@ log = logs.get("llmos.supervisor")
 PING_PERIOD_S = 5.0         # one engine step or a GIL-heavy load can hold a driver for seconds
 START_GRACE_S = 120.0      # importing torch and transformers is slow on a cold disk
 MAX_BACKOFF_S = 30.0
+CRASH_LIMIT, CRASH_WINDOW_S = 5, 60.0    # this many crashes within the window: the child is down
 
 
 @dataclass
@@ -41,7 +47,11 @@ class DriverHandle:
     started: float = 0.0
     last_heard: float = 0.0
     crashes: int = 0
+    crash_times: deque = field(default_factory=lambda: deque(maxlen=CRASH_LIMIT))
+    ever_up: bool = False               # it said hello once: a failure to start again is a crash
+    failure: str | None = None          # why it is down
     up: asyncio.Event = field(default_factory=asyncio.Event)
+    gone: asyncio.Event = field(default_factory=asyncio.Event)   # set when it is down for good
 
 
 class Supervisor:
@@ -59,11 +69,15 @@ class Supervisor:
                  on_message: Callable[[DriverHandle, Message], None],
                  on_down: Callable[[DriverHandle, str], Awaitable[None]],
                  on_up: Callable[[DriverHandle], Awaitable[None]],
-                 child_env: dict[str, str] | None = None, dtype: str = "auto"):
+                 child_env: dict[str, str] | None = None, dtype: str = "auto",
+                 on_failed: Callable[[DriverHandle, str], Awaitable[None]] | None = None):
+        """on_failed: called when a child is given up (down for good); without it, children are
+        restarted however often they crash."""
         self.endpoint = endpoint
         self.on_message = on_message
         self.on_down = on_down
         self.on_up = on_up
+        self.on_failed = on_failed
         self.child_env = child_env or {}
         self.dtype = dtype
         self.drivers: dict[str, DriverHandle] = {}
@@ -119,10 +133,16 @@ class Supervisor:
         drv.state = "restarting"
         drv.up.clear()
         drv.crashes += 1
+        now = time.monotonic()
+        drv.crash_times.append(now)
         log.error(f"{self.role}.crashed", device=drv.device, reason=why, crashes=drv.crashes)
         if drv.proc and drv.proc.returncode is None:
             drv.proc.kill()
         await self.on_down(drv, why)
+        if (self.on_failed is not None and len(drv.crash_times) == CRASH_LIMIT
+                and now - drv.crash_times[0] <= CRASH_WINDOW_S):
+            await self._give_up(drv, f"{why}; it crashed {CRASH_LIMIT} times in {now - drv.crash_times[0]:.0f} s")
+            return
         delay = 0.0 if drv.crashes == 1 else min(MAX_BACKOFF_S, 2.0 ** (drv.crashes - 2))
         await asyncio.sleep(delay)
         if not self._closing:
@@ -146,9 +166,13 @@ class Supervisor:
                 log.error(f"{self.role}.bad_message", device=drv.device, error=str(exc))
                 continue
             drv.last_heard = time.monotonic()
+            if isinstance(msg, channel.DriverFailed):
+                asyncio.create_task(self._failed_to_start(drv, msg.message))
+                continue
             if isinstance(msg, self.hello):
                 drv.hello = msg
                 drv.state = "up"
+                drv.ever_up = True
                 log.info(f"{self.role}.up", device=drv.device, os_pid=drv.proc.pid if drv.proc else None)
                 asyncio.create_task(self._announce_up(drv))
                 continue
@@ -156,6 +180,24 @@ class Supervisor:
                 self.on_message(drv, msg)
             except Exception:
                 log.exception(f"{self.role}.message_failed", device=drv.device, op=msg.op)
+
+    async def _failed_to_start(self, drv: DriverHandle, why: str) -> None:
+        """The child says it cannot serve. Before it was ever up nothing will change that (the
+        device is missing); after, it may be passing, so it counts as a crash."""
+        if drv.ever_up or self.on_failed is None:
+            await self._crashed(drv, why)
+        else:
+            await self._give_up(drv, why)
+
+    async def _give_up(self, drv: DriverHandle, why: str) -> None:
+        drv.state = "down"
+        drv.failure = why
+        drv.up.clear()
+        drv.gone.set()
+        log.error(f"{self.role}.down", device=drv.device, reason=why)
+        if drv.proc and drv.proc.returncode is None:
+            drv.proc.kill()
+        await self.on_failed(drv, why)
 
     async def _announce_up(self, drv: DriverHandle) -> None:
         """Let the kernel account for the device before anyone waiting on it resumes."""

@@ -145,6 +145,14 @@ class Hello(DriverMessage, op="hello"):
 
 
 @dataclass
+class DriverFailed(DriverMessage, op="driver_failed"):
+    """A driver that cannot serve its device (no such CUDA device, a broken torch) says why,
+    instead of crashing: the kernel then stops restarting it."""
+    device: str
+    message: str
+
+
+@dataclass
 class Loaded(DriverMessage, op="loaded"):
     model: str
     bytes: int
