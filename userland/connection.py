@@ -3,6 +3,15 @@
 Every request frame carries an id; one reader task routes each reply to whoever waits on that id:
 a future for a plain call, a queue for a stream (several frames with more=true, then the last).
 When the connection is lost every waiter gets KernelUnavailable, so nobody hangs.
+
+A SIGKILLed kernel closes nothing a DEALER notices (it just reconnects, forever), so the client
+watches for silence instead: the kernel sends a heartbeat notice (id 0) to every quiet client each
+`heartbeat_s` (from hello), and any inbound frame counts as life. While calls are in flight and
+nothing has come for SILENT_BEATS heartbeats (at least MIN_SILENCE_S), they all end with
+KernelUnavailable and the connection counts as lost until the kernel is heard from again.
+
+A request is checked before it is sent: one the kernel would drop (over hello's `max_frame`) or
+one msgpack cannot carry (a str holding undecodable bytes) fails at once with EINVAL.
 """
 
 from __future__ import annotations
@@ -18,9 +27,11 @@ import zmq.asyncio
 from llmos.specs.keys import KERNEL_KEY_META, SOCKET_META, read_key_file
 from llmos.specs.protocol import ABI_VERSION, MAX_FRAME_BYTES, NOTICE_ID, FrameError, default_socket, pack, unpack
 
-from .errors import KernelUnavailable, LLMOSError, raise_error
+from .errors import ERRORS, KernelUnavailable, LLMOSError, raise_error
 
 CONNECT_TIMEOUT_S = 10.0
+SILENT_BEATS = 3         # heartbeats missed before the kernel counts as gone
+MIN_SILENCE_S = 3.0      # ... but never less than this: a busy kernel's loop may pause a moment
 
 
 class Stream:
@@ -32,6 +43,7 @@ class Stream:
         self.id = req_id
         self._queue = queue
         self.result: dict | None = None
+        self._error: BaseException | None = None     # how it ended, if it failed
 
     def __aiter__(self):
         return self
@@ -39,12 +51,19 @@ class Stream:
     async def __anext__(self) -> str:
         if self.result is not None:
             raise StopAsyncIteration
+        if self._error is not None:
+            raise self._error
         msg = await self._queue.get()
         if isinstance(msg, BaseException):
+            self._error = msg
             raise msg
         if not msg.get("ok"):
             self.connection._pending.pop(self.id, None)
-            raise_error(msg.get("error", {}))
+            try:
+                raise_error(msg.get("error", {}))
+            except LLMOSError as exc:
+                self._error = exc
+                raise
         if msg.get("more"):
             return msg["result"].get("delta", "")
         self.connection._pending.pop(self.id, None)
@@ -76,7 +95,12 @@ class Connection:
         self._ctx: zmq.asyncio.Context | None = None
         self._sock = None
         self._reader: asyncio.Task | None = None
-        self._lost: str | None = None
+        self._watchdog: asyncio.Task | None = None
+        self._lost: str | None = None      # why the connection is unusable; None while it works
+        self._silent = False               # lost only because the kernel went quiet: a frame revives it
+        self._last_heard = 0.0             # loop time of the last inbound frame (or of a wait's start)
+        self.max_frame = MAX_FRAME_BYTES
+        self.silence_limit = MIN_SILENCE_S
 
     async def connect(self):
         """Open the socket and say hello: the kernel answers with this process's pid and caps."""
@@ -106,6 +130,9 @@ class Connection:
             await self._teardown()
             raise
         self.pid = self.info["pid"]
+        self.max_frame = self.info.get("max_frame") or MAX_FRAME_BYTES
+        self.silence_limit = max(SILENT_BEATS * float(self.info.get("heartbeat_s") or 1.0), MIN_SILENCE_S)
+        self._watchdog = asyncio.create_task(self._watch())
         return self
 
     def _curve_keys(self) -> tuple[bytes, bytes, bytes]:
@@ -132,12 +159,13 @@ class Connection:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except (asyncio.CancelledError, Exception):
-                pass
+        for task in (self._watchdog, self._reader):
+            if task:
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
         self._sock.close(0)
         self._ctx.term()
         self._sock = None
@@ -149,10 +177,15 @@ class Connection:
         await self.close()
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
+                frame = await self._sock.recv()
+                self._last_heard = loop.time()
+                if self._silent:        # the kernel was only quiet, not gone
+                    self._lost, self._silent = None, False
                 try:
-                    msg = unpack(await self._sock.recv())
+                    msg = unpack(frame)
                 except FrameError:
                     continue
                 rid = msg.get("id") if isinstance(msg, dict) else None
@@ -168,22 +201,62 @@ class Connection:
         except (asyncio.CancelledError, zmq.ZMQError):
             pass
         finally:
-            self._lost = self._lost or "connection closed"
-            for waiter in self._pending.values():
-                err = KernelUnavailable(f"connection to the kernel at {self.socket_url} closed")
-                if isinstance(waiter, asyncio.Queue):
-                    waiter.put_nowait(err)
-                elif not waiter.done():
-                    waiter.set_exception(err)
+            self._silent = False
+            self._fail_all(self._lost or "connection closed",
+                           f"connection to the kernel at {self.socket_url} closed")
+
+    async def _watch(self) -> None:
+        """End every call in flight once the kernel has been silent for silence_limit seconds."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.silence_limit / 4)
+            quiet = loop.time() - self._last_heard
+            if self._pending and quiet > self.silence_limit:
+                self._silent = True
+                self._fail_all("the kernel went silent",
+                               f"the kernel at {self.socket_url} stopped answering: nothing heard for "
+                               f"{quiet:.1f}s (it sends a heartbeat every {self.info.get('heartbeat_s')}s); "
+                               f"is it still running?")
+
+    def _fail_all(self, why: str, message: str) -> None:
+        """Mark the connection lost and end every waiter with KernelUnavailable(message)."""
+        self._lost = why
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            err = KernelUnavailable(message)
+            if isinstance(waiter, asyncio.Queue):
+                waiter.put_nowait(err)
+            elif not waiter.done():
+                waiter.set_exception(err)
 
     async def _send(self, call: str, args: dict, waiter: asyncio.Future | asyncio.Queue) -> int:
         """Send a request frame whose replies go to waiter; its id."""
         if self._sock is None:
             raise KernelUnavailable("not connected: use `async with AsyncClient()` or await connect()")
+        if self._lost is not None:
+            raise KernelUnavailable(f"the connection to the kernel at {self.socket_url} is lost "
+                                    f"({self._lost}); connect again")
         req_id = next(self._ids)
+        frame = self._encode(call, req_id, args)
+        if not self._pending:        # a wait starts now: silence is counted from here
+            self._last_heard = asyncio.get_running_loop().time()
         self._pending[req_id] = waiter
-        await self._sock.send(pack({"v": ABI_VERSION, "id": req_id, "call": call, "args": args}))
+        await self._sock.send(frame)
         return req_id
+
+    def _encode(self, call: str, req_id: int, args: dict) -> bytes:
+        """The request frame, or EINVAL now for one the kernel could never read."""
+        try:
+            frame = pack({"v": ABI_VERSION, "id": req_id, "call": call, "args": args})
+        except UnicodeEncodeError:
+            raise ERRORS["EINVAL"]("EINVAL", f"{call}: a string argument is not valid UTF-8 (it holds undecodable "
+                                             f"bytes); decode it with errors='replace', or send bytes") from None
+        except (TypeError, ValueError) as exc:
+            raise ERRORS["EINVAL"]("EINVAL", f"{call}: an argument cannot be sent: {exc}") from None
+        if len(frame) > self.max_frame:
+            raise ERRORS["EINVAL"]("EINVAL", f"{call}: the request is {len(frame)} bytes, over the kernel's frame "
+                                             f"limit of {self.max_frame} bytes (hello's max_frame); nothing was sent")
+        return frame
 
     async def _call(self, call: str, args: dict, timeout: float | None) -> Any:
         """One request, one reply: its result, or the errno raised as an exception."""
