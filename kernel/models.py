@@ -5,6 +5,12 @@ request is using it and the operator did not pin it (boot-time models are pinned
 are what the kernel evicts, least recently used first, to make room for a load or a reservation.
 A load is admitted against the device's memory account before the driver is asked for it, so
 the driver never runs out of memory half-way through loading.
+
+A model name that is not a config or registry name is a filesystem path: only a principal
+holding `admin` (or the kernel's own service host, for its operator-set embedding model) may
+name one, and it is resolved and sized on a worker thread (registry refuses FIFOs, devices and
+oversized files) so the kernel's loop never waits on a disk. A load that takes longer than
+`load_timeout_s` fails with ETIMEDOUT and gives its memory charge back.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from llmos.specs.channel import device_kind
 from llmos.specs.registry import ModelSpec
 
 from . import logs
-from .errors import SyscallError, eio, enoent, enomem
+from .errors import SyscallError, eio, einval, enoent, enomem, eperm
+from .principals import SERVICES
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -33,7 +40,7 @@ DEFAULT_KV_BYTES = {"cpu": 512 << 20, "cuda": 8 << 30}   # KV-cache pool of a ge
 @dataclass(eq=False)
 class ModelEntry:
     name: str
-    spec: ModelSpec
+    spec: ModelSpec | None          # None while the name is being resolved
     device: str
     kind: str
     state: str = "loading"          # loading | ready
@@ -99,6 +106,8 @@ class ModelTable:
 
     async def ensure(self, name: str, device: str, proc: "Process | None") -> ModelEntry:
         """Load `name` (or reuse the loaded copy) and give `proc` a reference to it."""
+        if registry.is_path(name, self.k.settings.models):
+            self._check_may_name_path(name, proc)
         entry = self._by_name.get(name)
         if entry is None:
             entry = await self._load(name, device)
@@ -110,16 +119,31 @@ class ModelTable:
         entry.last_used = time.monotonic()
         return entry
 
+    def _check_may_name_path(self, name: str, proc: "Process | None") -> None:
+        if proc is None:
+            return         # the operator's own boot-time list
+        principal = self.k.principals.get(proc.principal)
+        if principal is not None and ("admin" in principal.caps or principal.name == SERVICES):
+            self.k.audit.record("load_path", pid=proc.pid, principal=proc.principal, model=name[:4096])
+            return
+        self.k.audit.record("denied", call="load", pid=proc.pid, principal=proc.principal, model=name[:200])
+        raise eperm("only the operator (admin) may load a model from a path; use a registry or config name "
+                    "(see `models`), or ask the operator to add it to the config's [models]")
+
     async def _load(self, name: str, wanted_device: str) -> ModelEntry:
         k = self.k
-        try:
-            spec = registry.resolve(name, k.settings.models)
-        except registry.ModelNotFound as exc:
-            raise enoent(str(exc)) from None
         device = k.devices.pick(wanted_device)
-        entry = ModelEntry(name, spec, device, spec.kind)
+        entry = ModelEntry(name, None, device, "")
         self._by_name[name] = entry     # visible at once, so a second load of it waits instead of racing
-        try:
+        sent = False
+
+        async def load() -> None:
+            nonlocal sent
+            try:
+                spec = await asyncio.to_thread(registry.resolve, name, k.settings.models)
+            except registry.ModelNotFound as exc:
+                raise enoent(str(exc)) from None
+            entry.spec, entry.kind = spec, spec.kind
             drv = await k.devices.wait_driver(device)
             dtype_bytes = 4 if drv.hello.dtype == "float32" else 2
             weights = await asyncio.to_thread(registry.estimate_bytes, spec, dtype_bytes)
@@ -129,13 +153,24 @@ class ModelTable:
             entry.weight_bytes, entry.kv_bytes = weights, kv
             k.memory.charge_model(device, name, entry.bytes)
             log.info("model.loading", model=name, device=device, source=spec.source, estimate_bytes=entry.bytes)
-            k.supervisor.send(device, entry.load_message())
+            sent = k.supervisor.send(device, entry.load_message())
             await asyncio.shield(entry.loaded)
+
+        try:
+            try:
+                await asyncio.wait_for(load(), k.settings.load_timeout_s)
+            except registry.BadModelPath as exc:
+                raise einval(str(exc)) from None
+            except asyncio.TimeoutError:
+                raise SyscallError("ETIMEDOUT", f"loading {name[:200]} took over {k.settings.load_timeout_s:g}s "
+                                                f"(load_timeout_s); its memory is released") from None
             return entry
         except BaseException as exc:
             if self._by_name.get(name) is entry:
                 del self._by_name[name]
                 k.memory.release_model(device, name)
+                if sent:       # the driver may still be loading it: it drops it
+                    k.supervisor.send(device, channel.Unload(name))
             if not entry.loaded.done():
                 entry.loaded.set_exception(exc if isinstance(exc, SyscallError) else eio(f"load of {name} failed: {exc}"))
                 entry.loaded.exception()  # mark retrieved

@@ -5,6 +5,11 @@ the other: the kernel admits a load against device memory before any driver touc
 the driver finds the files from the ModelSpec the kernel sends. Names resolve in this order: the operator's config
 (`[models.NAME]` with `path` and optional `gguf_file`), the packaged models, then a path to a
 transformers folder or a .gguf file.
+
+A path comes from a client, so nothing here opens a file before os.stat says it is a regular
+file (a FIFO would block the reader for ever, a device file could be anything) of a sane size
+(a 2 GB sparse config.json once stalled the kernel): those are BadModelPath, EINVAL to the client.
+The kernel calls resolve and estimate_bytes on a worker thread, never on its loop.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,11 +29,52 @@ PACKAGED = {
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBED_MODEL = "minilm-l6-v2"
 
+MAX_PATH_CHARS = 4096            # PATH_MAX
+MAX_COMPONENT_CHARS = 255       # NAME_MAX: longer is "File name too long" from the OS
+MAX_CONFIG_BYTES = 1 << 20      # config.json, modules.json
+MAX_HEADER_BYTES = 100 << 20    # a safetensors header (JSON: names, shapes, offsets)
+
 _EMBED_ARCHS = ("BertModel", "BertForMaskedLM", "XLMRobertaModel", "RobertaModel", "MPNetModel", "NomicBertModel")
 
 
 class ModelNotFound(LookupError):
     """No registry entry, package or path by that name."""
+
+
+class BadModelPath(ValueError):
+    """A path that cannot be a model: too long, not a regular file or folder, a file too large."""
+
+
+def is_path(name: str, configured: dict[str, dict] | None = None) -> bool:
+    """True when `name` would be read from the filesystem: not a config or packaged registry name."""
+    return name not in (configured or {}) and name not in PACKAGED
+
+
+def check_path_name(name: str) -> None:
+    """BadModelPath for a name no filesystem can hold (the OS would say "File name too long")."""
+    too_long = len(name) > MAX_PATH_CHARS or any(len(part) > MAX_COMPONENT_CHARS for part in name.split("/"))
+    if too_long or "\0" in name:
+        raise BadModelPath(f"a model path must be at most {MAX_PATH_CHARS} characters, "
+                           f"{MAX_COMPONENT_CHARS} per component, with no NUL")
+
+
+def _mode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BadModelPath(f"'{str(path)[:200]}': {exc.strerror}") from None
+
+
+def _regular(path: Path, max_bytes: int | None = None) -> int:
+    """The size of a regular file, checked before anything opens it."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise BadModelPath(f"'{str(path)[:200]}' is not a regular file (a FIFO, device or socket is never a model)")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise BadModelPath(f"'{str(path)[:200]}' is {st.st_size} bytes, over the {max_bytes} allowed")
+    return st.st_size
 
 
 @dataclass(frozen=True)
@@ -61,8 +108,12 @@ def resolve(name: str, configured: dict[str, dict] | None = None) -> ModelSpec:
         if inner.endswith(".gguf"):
             return ModelSpec(name, kind, str(root), inner, f"package:{package}")
         return ModelSpec(name, kind, str(root / inner), None, f"package:{package}")
+    check_path_name(name)
     path = Path(os.path.expanduser(name))
-    if path.exists():
+    mode = _mode(path)
+    if mode is not None:
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise BadModelPath(f"'{name[:200]}' is neither a regular file nor a folder")
         return _from_path(name, path, "path", None)
     known = ", ".join(sorted(set(PACKAGED) | set(configured)))
     raise ModelNotFound(f"unknown model '{name}': not a registry name ({known}) and no such path")
@@ -74,10 +125,14 @@ def _from_path(name: str, path: Path, source: str, gguf_file: str | None) -> Mod
     if gguf_file:
         return ModelSpec(name, "generate", str(path), gguf_file, source)
     config = path / "config.json"
-    if not config.is_file():
+    if _mode(config) is None:
         raise ModelNotFound(f"'{path}' is neither a .gguf file nor a transformers folder (no config.json)")
-    archs = json.loads(config.read_text()).get("architectures") or []
-    kind = "embed" if any(a in _EMBED_ARCHS for a in archs) or (path / "modules.json").exists() else "generate"
+    _regular(config, MAX_CONFIG_BYTES)
+    try:
+        archs = json.loads(config.read_bytes()).get("architectures") or []
+    except (ValueError, AttributeError):
+        raise BadModelPath(f"'{config}' is not a JSON map") from None
+    kind = "embed" if any(a in _EMBED_ARCHS for a in archs) or _mode(path / "modules.json") is not None else "generate"
     return ModelSpec(name, kind, str(path), None, source)
 
 
@@ -96,19 +151,24 @@ def available(configured: dict[str, dict] | None = None) -> list[dict]:
 def estimate_bytes(spec: ModelSpec, dtype_bytes: int = 4) -> int:
     """Memory the loaded weights will take, from file metadata alone (no weights read)."""
     if spec.gguf_file:
-        return _gguf_params(Path(spec.path) / spec.gguf_file) * dtype_bytes
+        gguf = Path(spec.path) / spec.gguf_file
+        _regular(gguf)
+        return _gguf_params(gguf) * dtype_bytes
     folder = Path(spec.path)
     total = 0
     for f in folder.glob("*.safetensors"):
         total += _safetensors_params(f) * dtype_bytes
     if total == 0:
-        total = sum(f.stat().st_size for f in folder.glob("*.bin")) // 4 * dtype_bytes
+        total = sum(_regular(f) for f in folder.glob("*.bin")) // 4 * dtype_bytes
     return total
 
 
 def _safetensors_params(path: Path) -> int:
+    size = _regular(path)
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
+        if header_len > min(MAX_HEADER_BYTES, size - 8):
+            raise BadModelPath(f"'{path}' has a header of {header_len} bytes: not a safetensors file")
         header = json.loads(f.read(header_len))
     count = 0
     for key, meta in header.items():
