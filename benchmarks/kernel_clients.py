@@ -23,13 +23,15 @@ from workload import BenchRequest
 
 
 @contextlib.contextmanager
-def kernel(model: str, device: str, kv_cache: str | None = None, dtype: str | None = None, timeout: float = 300.0):
-    """A real kernel (llmos.userland.testing's KernelProcess) with the model loaded; stopped and removed after."""
+def kernel(model: str, device: str, kv_cache: str | None = None, dtype: str | None = None, timeout: float = 300.0,
+           tcp: bool = False):
+    """A real kernel (llmos.userland.testing's KernelProcess) with the model loaded; stopped and removed after.
+    With tcp, its socket is CurveZMQ on loopback and operator_socket the private ipc one."""
     from llmos.userland.testing import KernelProcess
 
     extra = (["--device", device] + (["--kv-cache", kv_cache] if kv_cache else [])
              + (["--dtype", dtype] if dtype else []))
-    k = KernelProcess(model=model, extra=extra)
+    k = KernelProcess(model=model, extra=extra, tcp=tcp)
     try:
         started = time.monotonic()
         log(f"booting kernel on {device} with {model}")
@@ -186,15 +188,17 @@ def split_jobs(requests: list[BenchRequest], n_groups: int) -> list[list[Job]]:
     return groups
 
 
-def run_through_kernel(k, model: str, requests: list[BenchRequest], n_clients: int) -> Summary:
-    """The requests from n_clients client processes; the Summary's cpu_line says where the cores went."""
+def run_through_kernel(k, model: str, requests: list[BenchRequest], n_clients: int, socket: str | None = None,
+                       label: str = "llmos kernel") -> Summary:
+    """The requests from n_clients client processes (on k.socket unless told); the Summary's cpu_line says
+    where the cores went."""
     meter = CpuMeter(k.proc.pid)
-    run = run_clients(k.socket, model, split_jobs(requests, n_clients), "kernel", on_start=meter.start,
+    run = run_clients(socket or k.socket, model, split_jobs(requests, n_clients), "kernel", on_start=meter.start,
                       on_done=meter.stop)
     timings = [t for g in run.groups for t in g]
-    for line in error_notes("llmos kernel", timings):
+    for line in error_notes(label, timings):
         log(line)
-    summary = summarize("llmos kernel", timings, note=f"{len(run.groups)} client processes")
+    summary = summarize(label, timings, note=f"{len(run.groups)} client processes")
     summary.cpu_line = "through the kernel: " + meter.line(run.client_cpu)
     summary.others = meter.others(run.client_cpu)
     return summary

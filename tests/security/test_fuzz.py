@@ -22,8 +22,9 @@ FUZZ_CAPS = ["mem", "ps", "devices", "models"]
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**64 - 1),
                     st.floats(allow_nan=True), st.text(max_size=40), st.binary(max_size=40))
+map_keys = st.text(max_size=8) | st.integers(0, 9)     # int keys: the decoder takes str keys only
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                       st.dictionaries(st.text(max_size=8) | st.integers(0, 9), inner, max_size=4)),
+                                                       st.dictionaries(map_keys, inner, max_size=4)),
                       max_leaves=12)
 call_names = st.one_of(st.sampled_from(sorted(SYSCALLS)), st.text(max_size=20), values)
 
