@@ -30,7 +30,7 @@ from .detokenizer import TextStream
 from .kvcache import KVLayout
 from .loader import LoadedModel
 from .runner import make_runner
-from .sampling import sample_rows
+from .sampling import penalize_repeats, sample_rows
 from .scheduler import Plan, Scheduler
 from .sequence import GenRequest, Sequence
 from .slices import run_to_end
@@ -193,6 +193,8 @@ class Engine:
 
     @staticmethod
     def _sample(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+        if any(s.req.repetition_penalty != 1.0 for s in seqs):
+            logits = penalize_repeats(logits, [s.req.repetition_penalty for s in seqs], [s.tokens for s in seqs])
         if all(s.req.temperature <= 0 for s in seqs):
             return logits.argmax(-1).tolist()   # what sample() gives, without building its parameter columns
         return sample_rows(logits, [s.req.temperature for s in seqs], [s.req.top_p for s in seqs],

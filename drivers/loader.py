@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from llmos.specs.channel import device_kind
 from llmos.specs.registry import ModelSpec
+
+from .sampling import SamplingDefaults
 
 MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -32,6 +34,7 @@ class LoadedModel:
     context_length: int       # most tokens (prompt + generated, or one embedded text) per sequence
     bytes: int                # parameters + buffers on the device
     eos_token_ids: list[int]
+    sampling: SamplingDefaults = field(default_factory=SamplingDefaults)   # for what a request leaves out
 
 
 def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None) -> LoadedModel:
@@ -48,7 +51,8 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None) -> Load
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True, **files)
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return LoadedModel(spec.name, spec.kind, model, tokenizer, dev, torch_dtype,
-                       _context_length(spec, model, tokenizer), size, _eos_ids(model, tokenizer))
+                       _context_length(spec, model, tokenizer), size, _eos_ids(model, tokenizer),
+                       SamplingDefaults.of(getattr(model, "generation_config", None)))
 
 
 def encode_prompt(lm: LoadedModel, prompt: str | None, messages: list[dict] | None) -> list[int]:

@@ -5,9 +5,13 @@ token in the generated text, vocabulary index), computed with integer ops. So a 
 depend only on its own logits and seed: not on which other requests share the batch, not on
 whether it was preempted and recomputed, and not on the device (the noise is the same integers
 on CPU and CUDA). Temperature 0 is greedy.
+
+A request that leaves a sampling parameter out gets its model's default (SamplingDefaults).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -21,6 +25,46 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     x = ((x >> 16) ^ x) * _MIX & _MASK32
     x = ((x >> 16) ^ x) * _MIX & _MASK32
     return (x >> 16) ^ x
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a request that leaves a parameter out gets: what the model's generation_config sets,
+    else these. A small model at temperature 0.7 with no nucleus wanders off into other
+    languages; a nucleus of 0.9 within the top 50 keeps it on topic. No repetition penalty unless
+    the model asks for one: a caller cannot turn off what it cannot see."""
+
+    temperature: float = 0.6
+    top_p: float = 0.9
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def of(cls, generation_config) -> "SamplingDefaults":
+        """The defaults a model's generation_config sets (do_sample false: greedy), the rest ours."""
+        found = generation_config.to_diff_dict() if generation_config is not None else {}
+        values = {}
+        for f in fields(cls):
+            value = found.get(f.name)
+            values[f.name] = getattr(cls, f.name) if value is None else type(getattr(cls, f.name))(value)
+        if found.get("do_sample") is False:
+            values["temperature"] = 0.0
+        return cls(**values)
+
+
+def penalize_repeats(logits: torch.Tensor, penalty: list[float], seen: list[list[int]]) -> torch.Tensor:
+    """transformers' repetition penalty: a token already in row i's sequence (prompt or generated)
+    has its logit divided by penalty[i] if positive and multiplied if negative, so it is less
+    likely to come again. A penalty of 1 leaves the row as it is."""
+    rows = [i for i, p in enumerate(penalty) if p != 1.0]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    for i in rows:
+        ids = torch.tensor(sorted(set(seen[i])), dtype=torch.long, device=logits.device)
+        x = logits[i, ids]
+        logits[i, ids] = torch.where(x > 0, x / penalty[i], x * penalty[i])
+    return logits
 
 
 def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ class GenRequest:
     priority: int = 0
     ignore_eos: bool = False   # run to max_tokens even past EOS (benchmarks)
     cut_in: bool = False       # may be prefilled between the slices of a running step (engine.py)
+    repetition_penalty: float = 1.0   # 1: off; drivers/sampling.penalize_repeats
 
 
 @dataclass

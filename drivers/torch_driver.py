@@ -26,6 +26,10 @@ ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens"
                 "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
 
 
+def _given(value, default):
+    return default if value is None else value
+
+
 def check_cuda_device(torch, device: str) -> None:
     """Refuse a CUDA device this torch cannot use, in words an operator can act on."""
     if not torch.cuda.is_available():
@@ -93,10 +97,13 @@ class TorchDriver(Driver):
         engine = self.engines.get(msg.model)
         if engine is None:
             return TokenEvent.failed(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
+        model = engine.lm.sampling      # for what the caller left out (None)
         try:
             ids = encode_prompt(engine.lm, msg.prompt, msg.messages)
             engine.add(GenRequest(rid=msg.rid, prompt_ids=ids, max_tokens=msg.max_tokens,
-                                  temperature=msg.temperature, top_p=msg.top_p, top_k=msg.top_k, stop=msg.stop,
+                                  temperature=_given(msg.temperature, model.temperature),
+                                  top_p=_given(msg.top_p, model.top_p), top_k=_given(msg.top_k, model.top_k),
+                                  repetition_penalty=model.repetition_penalty, stop=msg.stop,
                                   seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in))
         except PromptTooLong as exc:
             return TokenEvent.failed(msg.rid, exc.errno, str(exc))

@@ -98,9 +98,9 @@ class Submit(DriverMessage, op="submit"):
     prompt: str | None
     messages: list[dict] | None
     max_tokens: int
-    temperature: float
-    top_p: float
-    top_k: int
+    temperature: float | None     # None: the model's default (drivers/sampling.SamplingDefaults)
+    top_p: float | None
+    top_k: int | None
     stop: list[str]
     seed: int | None
     priority: int = 0
