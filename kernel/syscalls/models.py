@@ -18,10 +18,17 @@ def sys_models(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 async def sys_load_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    already = args["name"] in k.models
-    entry = await k.models.ensure(args["name"], args["device"], ctx.proc)
+    """A device this kernel lacks is ENOENT whether or not the model is loaded; one copy serves
+    everyone, so asking for it on another device than its copy's is EBUSY, naming where it is."""
+    name, wanted = args["name"], args["device"]
+    device = k.devices.pick(wanted)
+    loaded = k.models.get(name)
+    if loaded is not None and wanted != "auto" and loaded.device != device:
+        raise ebusy(f"model '{name}' is loaded on {loaded.device} (one copy serves every process); ask for it "
+                    f"there or on auto, or unload it (unload_model evict=true) to load it on {device}")
+    entry = await k.models.ensure(name, wanted, ctx.proc)
     return {"name": entry.name, "device": entry.device, "bytes": entry.bytes, "load_s": round(entry.load_s, 3),
-            "already_loaded": already}
+            "already_loaded": loaded is not None}
 
 
 def sys_unload_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
