@@ -26,7 +26,8 @@ import msgpack
 import psutil
 import zmq
 
-from llmos.specs.protocol import BULK_REPLY_BUDGET, BULK_REPLY_WINDOW_S, MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES
+from llmos.specs.protocol import (MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES, UNREAD_BYTES_PER_CONNECTION,
+                                  UNREAD_BYTES_PER_PRINCIPAL)
 from llmos.userland.testing import KernelProcess, wait_until
 from report import log, print_table
 
@@ -173,8 +174,9 @@ def main(argv=None) -> int:
     print_table("kernel RSS under each attack (MiB; after = once the attacker closed)",
                 ["attack", "before", "peak", "growth", "after", "what happened"], rows,
                 [f"bounds: max_frame {MAX_FRAME_BYTES // MiB} MiB (EINVAL above), wire limit "
-                 f"{MAX_WIRE_FRAME_BYTES // MiB} MiB (connection cut above), large replies "
-                 f"{BULK_REPLY_BUDGET // MiB} MiB per {BULK_REPLY_WINDOW_S:.0f} s per principal (EAGAIN above)"])
+                 f"{MAX_WIRE_FRAME_BYTES // MiB} MiB (connection cut above), unread replies "
+                 f"{UNREAD_BYTES_PER_CONNECTION // MiB} MiB per connection, {UNREAD_BYTES_PER_PRINCIPAL // MiB} MiB "
+                 f"per principal (EAGAIN above)"])
     return 0
 
 

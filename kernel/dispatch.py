@@ -17,12 +17,13 @@ import msgpack
 import zmq
 
 from llmos.specs import SYSCALLS, ArgError
-from llmos.specs.protocol import ABI_VERSION, MAX_FRAME_BYTES, FrameError, reply_error, reply_ok, unpack
+from llmos.specs.protocol import (ABI_VERSION, MAX_FRAME_BYTES, UNREAD_RETRY_AFTER_S, FrameError, reply_error, reply_ok,
+                                  unpack)
 
 from . import logs
 from .errors import SyscallError, eperm
 from .process import Process
-from .transport import BulkReplyBudget
+from .transport import UnreadReplies
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -35,15 +36,16 @@ log = logs.get("llmos.dispatch")
 class CallContext:
     """Who made a call and how to answer it."""
 
-    __slots__ = ("transport", "routing", "client_id", "proc", "principal")
+    __slots__ = ("transport", "routing", "client_id", "proc", "principal", "fd")
 
     def __init__(self, transport: "Transport", routing: list[bytes], client_id: int, proc: Process | None,
-                 principal: str):
+                 principal: str, fd: int | None = None):
         self.transport = transport     # the socket it came in on, and goes back out of
         self.routing = routing
         self.client_id = client_id
         self.proc = proc
         self.principal = principal     # as the transport proved it
+        self.fd = fd                   # the OS socket of its connection, to see whether it reads
 
     @property
     def connection(self) -> bytes:
@@ -54,20 +56,21 @@ class Dispatcher:
     def __init__(self, kernel: "Kernel", handlers: dict[str, Callable]):
         self.k = kernel
         self.handlers = handlers
-        self.bulk_replies = BulkReplyBudget()
+        self.unread = UnreadReplies()
 
     async def serve(self, transport: "Transport") -> None:
         while True:
             try:
-                routing, frames, principal = await transport.recv()
+                routing, frames, principal, fd = await transport.recv()
             except zmq.ZMQError:
                 return
             if len(frames) != 1:
                 transport.send(routing, reply_error(None, "EINVAL", f"a request is one frame, not {len(frames)}"))
             else:
-                self.on_frame(transport, routing, frames[0], principal)
+                self.on_frame(transport, routing, frames[0], principal, fd)
 
-    def on_frame(self, transport: "Transport", routing: list[bytes], frame: bytes, principal: str) -> None:
+    def on_frame(self, transport: "Transport", routing: list[bytes], frame: bytes, principal: str,
+                 fd: int | None = None) -> None:
         """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
         client_id = None
         try:
@@ -107,7 +110,7 @@ class Dispatcher:
         except SyscallError as exc:
             transport.send(routing, reply_error(client_id, exc.errno, exc.message, exc.retry_after))
             return
-        ctx = CallContext(transport, routing, client_id, proc, principal)
+        ctx = CallContext(transport, routing, client_id, proc, principal, fd)
         if asyncio.iscoroutinefunction(handler):
             self.k.spawn(self._run_async(handler, ctx, args), call)
         else:
@@ -139,12 +142,12 @@ class Dispatcher:
             self._reply_ok(ctx, result)
 
     def _reply_ok(self, ctx: CallContext, result) -> None:
-        """The result, unless its principal's budget for large replies is spent (EAGAIN, retry_after)."""
+        """The result, unless the client has too much unread already (EAGAIN, retry_after)."""
         frame = reply_ok(ctx.client_id, result)
-        wait = self.bulk_replies.charge(ctx.principal, len(frame))
-        if wait is not None:
-            frame = reply_error(ctx.client_id, "EAGAIN", f"a reply of {len(frame)} bytes is over this principal's "
-                                "budget for large replies not yet read; read them, then retry", retry_after=wait)
+        if not self.unread.charge(ctx.principal, ctx.connection, ctx.fd, len(frame)):
+            frame = reply_error(ctx.client_id, "EAGAIN", f"a reply of {len(frame)} bytes would pass the bytes this "
+                                "connection or principal may leave unread; read the replies, then retry",
+                                retry_after=UNREAD_RETRY_AFTER_S)
         ctx.transport.send(ctx.routing, frame)
 
     def send_more(self, req: "Request", result: dict) -> None:

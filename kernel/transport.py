@@ -7,8 +7,9 @@ so the kernel can cut it off. Nobody waits on a slow or dead client, driver or s
 
 from __future__ import annotations
 
-import time
-from collections import defaultdict, deque
+import fcntl
+import struct
+import termios
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +17,8 @@ import zmq
 import zmq.asyncio
 
 from llmos.specs.keys import private_umask
-from llmos.specs.protocol import (BULK_REPLY_BUDGET, BULK_REPLY_BYTES, BULK_REPLY_WINDOW_S, MAX_WIRE_FRAME_BYTES,
-                                  SEND_HWM)
+from llmos.specs.protocol import (BULK_REPLY_BYTES, MAX_WIRE_FRAME_BYTES, SEND_HWM, UNREAD_BYTES_PER_CONNECTION,
+                                  UNREAD_BYTES_PER_PRINCIPAL)
 
 from . import logs
 from .auth import principal_of, secure
@@ -77,12 +78,17 @@ class Transport:
                              MAXMSGSIZE=MAX_WIRE_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
         self._ipc_inode = self.ipc_path.stat().st_ino if self.ipc_path else None
 
-    async def recv(self) -> tuple[list[bytes], list[bytes], str]:
-        """The next message: its routing id, its frames after it, and the principal the transport proved.
+    async def recv(self) -> tuple[list[bytes], list[bytes], str, int | None]:
+        """The next message: its routing id, its frames after it, the principal the transport proved,
+        and the OS socket it came in on (to see later whether the peer reads what it is sent).
 
         A request is one frame; the dispatcher answers any other count EINVAL, to the routing id alone."""
         parts = await self.router.recv_frames()
-        return [parts[0].bytes], [p.bytes for p in parts[1:]], principal_of(parts[-1], self.url)
+        try:
+            fd = parts[-1].get(zmq.SRCFD)
+        except zmq.ZMQError:
+            fd = None
+        return [parts[0].bytes], [p.bytes for p in parts[1:]], principal_of(parts[-1], self.url), fd
 
     def connection(self, routing_id: bytes) -> bytes:
         """A connection's kernel-wide id: this socket's index, then the peer's routing id on it
@@ -116,41 +122,46 @@ def ipc_path(url: str) -> Path | None:
     return Path(url[len("ipc://"):]) if url.startswith("ipc://") else None
 
 
-class BulkReplyBudget:
-    """Bytes of large replies a principal was sent lately, so that one that never reads cannot make
-    the kernel queue without end.
+class UnreadReplies:
+    """Bytes of large replies each connection may not have read yet, so that one that never reads
+    cannot make the kernel queue without end.
 
-    ZeroMQ bounds a peer's queue in frames (SNDHWM), not bytes, and a ROUTER cannot tell how much
-    of it a peer has read. So replies of BULK_REPLY_BYTES or more are charged to their principal
-    (every connection of it together): at most BULK_REPLY_BUDGET bytes in any BULK_REPLY_WINDOW_S.
+    ZeroMQ bounds a peer's queue in frames (SNDHWM), not bytes, and a ROUTER cannot say how much of
+    it a peer has read. The OS can: a connection whose socket has nothing left to send (TIOCOUTQ 0)
+    has been sent everything queued for it, since ZeroMQ's I/O thread moves a queue to the socket
+    as fast as the socket takes it. So each large reply is counted against its connection and its
+    principal until that connection's socket is seen empty.
     """
 
-    def __init__(self, budget: int = BULK_REPLY_BUDGET, window_s: float = BULK_REPLY_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic):
-        self.budget = budget
-        self.window_s = window_s
-        self.clock = clock
-        self._sent: dict[str, deque[tuple[float, int]]] = defaultdict(deque)   # principal -> (when, bytes)
-        self._total: dict[str, int] = defaultdict(int)
+    def __init__(self, per_connection: int = UNREAD_BYTES_PER_CONNECTION,
+                 per_principal: int = UNREAD_BYTES_PER_PRINCIPAL, unsent=None):
+        self.per_connection = per_connection
+        self.per_principal = per_principal
+        self.unsent = unsent or unsent_bytes
+        self._unread: dict[str, dict[bytes, list]] = {}      # principal -> connection -> [fd, bytes]
 
-    def charge(self, principal: str, nbytes: int) -> float | None:
-        """Charge a reply of nbytes; None if it may go, else seconds until it would fit."""
-        if nbytes < BULK_REPLY_BYTES:
-            return None
-        now = self.clock()
-        sent = self._sent[principal]
-        while sent and sent[0][0] <= now - self.window_s:
-            self._total[principal] -= sent.popleft()[1]
-        if self._total[principal] + nbytes > self.budget:
-            if not sent:                     # larger than a whole window's budget: never fits
-                return self.window_s
-            freed, wait = self._total[principal] + nbytes - self.budget, self.window_s
-            for when, size in sent:
-                freed -= size
-                if freed <= 0:
-                    wait = when + self.window_s - now
-                    break
-            return max(wait, 0.001)
-        sent.append((now, nbytes))
-        self._total[principal] += nbytes
-        return None
+    def charge(self, principal: str, connection: bytes, fd: int | None, nbytes: int) -> bool:
+        """Count a reply of nbytes; False (and nothing counted) if it would pass a bound."""
+        if nbytes < BULK_REPLY_BYTES or fd is None:
+            return True
+        conns = self._unread.setdefault(principal, {})
+        for conn, (conn_fd, _) in list(conns.items()):
+            if self.unsent(conn_fd) == 0:
+                del conns[conn]          # all of it left: read, or the connection is gone
+        entry = conns.get(connection) or [fd, 0]
+        if entry[1] + nbytes > self.per_connection or \
+                sum(e[1] for e in conns.values()) + nbytes > self.per_principal:
+            if not conns:
+                del self._unread[principal]
+            return False
+        entry[0], entry[1] = fd, entry[1] + nbytes
+        conns[connection] = entry
+        return True
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes an OS socket still holds to send (TIOCOUTQ); 0 for a closed one."""
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0

@@ -22,13 +22,15 @@ KERNEL_VERSION = "0.1.0"
 # while it arrives, which costs the sender its connection. A value (16 MiB) fits well inside.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + 8 * 1024 * 1024
-# Replies of at least BULK_REPLY_BYTES count against their principal's budget of
-# BULK_REPLY_BUDGET bytes per BULK_REPLY_WINDOW_S seconds (all its connections together);
-# past it the reply is EAGAIN with retry_after, so a client that never reads cannot make
-# the kernel queue more than the budget for it. Smaller replies are bounded by SEND_HWM frames.
-BULK_REPLY_BYTES = 64 * 1024
-BULK_REPLY_BUDGET = 256 * 1024 * 1024
-BULK_REPLY_WINDOW_S = 10.0
+# Replies of at least BULK_REPLY_BYTES are counted as unread until the connection's socket has
+# sent everything it held (its OS send queue is empty). A reply that would take a connection's
+# unread bytes past UNREAD_BYTES_PER_CONNECTION, or its principal's (all its connections) past
+# UNREAD_BYTES_PER_PRINCIPAL, is answered EAGAIN with retry_after instead: a client that never
+# reads cannot make the kernel hold more for it. Smaller replies are bounded by SEND_HWM frames.
+BULK_REPLY_BYTES = 4 * 1024
+UNREAD_BYTES_PER_CONNECTION = 64 * 1024 * 1024
+UNREAD_BYTES_PER_PRINCIPAL = 256 * 1024 * 1024
+UNREAD_RETRY_AFTER_S = 0.5
 SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
 NOTICE_ID = 0
 SERVICE_TOKEN_ENV = "LLMOS_SERVICE_TOKEN"   # the kernel hands its service host the hello service_token here

@@ -1,7 +1,7 @@
 """Bounded memory per connection: what one client can make the kernel hold, and what it gets past it.
 
-The bounds live in specs/protocol.py (MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES, BULK_REPLY_*,
-SEND_HWM). Each test reaches one of them on a kernel of its own (no model, no services).
+The bounds live in specs/protocol.py (MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES, BULK_REPLY_BYTES,
+UNREAD_BYTES_PER_*, SEND_HWM). Each test reaches one of them on a kernel of its own (no model, no services).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import psutil
 import pytest
 import zmq
 
-from llmos.kernel.transport import BulkReplyBudget
+from llmos.kernel.transport import UnreadReplies
 from llmos.specs.protocol import BULK_REPLY_BYTES, MAX_FRAME_BYTES
 from llmos.userland.testing import KernelProcess, wait_until
 
@@ -70,21 +70,41 @@ def test_a_multipart_request_is_einval_to_its_sender(raw):
     assert ask(raw, frame(2, "ping"))["ok"]
 
 
-def test_large_replies_past_the_budget_wait_for_the_window():
-    now = [0.0]
-    budget = BulkReplyBudget(budget=3 * BULK_REPLY_BYTES, window_s=2.0, clock=lambda: now[0])
-    assert all(budget.charge("alice", BULK_REPLY_BYTES) is None for _ in range(3))
-    assert budget.charge("alice", BULK_REPLY_BYTES) == pytest.approx(2.0)
-    assert budget.charge("bob", BULK_REPLY_BYTES) is None      # each principal has its own
-    now[0] = 1.5
-    assert budget.charge("alice", BULK_REPLY_BYTES) == pytest.approx(0.5)
-    now[0] = 2.0
-    assert budget.charge("alice", BULK_REPLY_BYTES) is None    # the first ones left the window
+class FakeSockets:
+    """What each OS socket still holds to send, as the test says."""
+
+    def __init__(self):
+        self.unsent: dict[int, int] = {}
+
+    def __call__(self, fd: int) -> int:
+        return self.unsent.get(fd, 0)
 
 
-def test_small_replies_are_not_charged():
-    budget = BulkReplyBudget(budget=BULK_REPLY_BYTES, window_s=60.0, clock=lambda: 0.0)
-    assert all(budget.charge("alice", BULK_REPLY_BYTES - 1) is None for _ in range(1000))
+def test_a_large_reply_counts_as_unread_until_its_socket_has_sent_everything():
+    sockets = FakeSockets()
+    unread = UnreadReplies(per_connection=3 * BULK_REPLY_BYTES, per_principal=10 * BULK_REPLY_BYTES, unsent=sockets)
+    sockets.unsent[5] = 1                                      # the peer does not read
+    assert all(unread.charge("alice", b"c1", 5, BULK_REPLY_BYTES) for _ in range(3))
+    assert not unread.charge("alice", b"c1", 5, BULK_REPLY_BYTES)
+    sockets.unsent[5] = 0                                      # now it has
+    assert unread.charge("alice", b"c1", 5, BULK_REPLY_BYTES)
+
+
+def test_a_principal_s_connections_share_one_bound_and_others_have_their_own():
+    sockets = FakeSockets()
+    sockets.unsent.update({1: 1, 2: 1, 3: 1, 4: 1})             # nobody reads
+    unread = UnreadReplies(per_connection=2 * BULK_REPLY_BYTES, per_principal=3 * BULK_REPLY_BYTES, unsent=sockets)
+    assert unread.charge("alice", b"c1", 1, 2 * BULK_REPLY_BYTES)
+    assert unread.charge("alice", b"c2", 2, BULK_REPLY_BYTES)
+    assert not unread.charge("alice", b"c3", 3, BULK_REPLY_BYTES)   # a new connection does not help
+    assert unread.charge("bob", b"c4", 4, 2 * BULK_REPLY_BYTES)
+
+
+def test_small_replies_are_not_counted():
+    sockets = FakeSockets()
+    sockets.unsent[1] = 1
+    unread = UnreadReplies(per_connection=BULK_REPLY_BYTES, per_principal=BULK_REPLY_BYTES, unsent=sockets)
+    assert all(unread.charge("alice", b"c1", 1, BULK_REPLY_BYTES - 1) for _ in range(1000))
 
 
 class PeakRss:
@@ -115,7 +135,7 @@ def kernel_idle(pid: int) -> bool:
     return sum(proc.cpu_times()[:2]) - before < 0.02
 
 
-def test_a_client_that_never_reads_cannot_grow_the_kernel_past_its_bulk_budget(bare_kernel):
+def test_a_client_that_never_reads_cannot_grow_the_kernel_past_its_unread_bound(bare_kernel):
     """Finding 6: 200 memreads of a 16 MiB value, none read, grew the kernel by 2.5 GB."""
     with bare_kernel.client("filler", caps=["mem"]) as c:
         c.memwrite("big", "v", b"v" * VALUE_BYTES)
@@ -141,4 +161,4 @@ def test_a_client_that_never_reads_cannot_grow_the_kernel_past_its_bulk_budget(b
             sock.close(0)
             ctx.term()
     assert growth < RSS_GROWTH_LIMIT, f"the kernel grew by {growth >> 20} MiB; {errnos.count('ok')} replies were ok"
-    assert set(errnos) == {"ok", "EAGAIN"}     # past the budget: EAGAIN, not a queued 16 MiB
+    assert set(errnos) == {"ok", "EAGAIN"}     # past the bound: EAGAIN, not one more queued 16 MiB
