@@ -28,6 +28,7 @@ from .devmem import DeviceMemory
 from .dispatch import Dispatcher
 from .errors import ecanceled
 from .memstore import MemoryStore
+from .sealing import ValueSeal
 from .models import ModelTable
 from .principals import PrincipalTable
 from .process import Process, ProcessTable
@@ -72,7 +73,8 @@ class Kernel:
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.principals.load()
         self.audit = AuditLog(s.state_dir)
-        self.memstore = MemoryStore(s.state_dir / "memory.sqlite3")
+        seal = ValueSeal.from_key_file(s.state_dir / "keys" / "memory.key") if s.memory_encrypt else None
+        self.memstore = MemoryStore(s.state_dir / "memory.sqlite3", seal=seal)
         if s.socket.startswith("tcp://"):   # the ZAP handler answers before the socket is bound
             self.authenticator = PrincipalAuthenticator(self.ctx, self.principals, self._refused)
             self.authenticator.start()

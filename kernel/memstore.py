@@ -15,6 +15,9 @@ float32 matrix, loaded lazily from the table and kept in step with every write a
 numpy's BLAS product was measured against faiss (faiss.knn, IndexFlatIP) for exact search on
 100k x 384: 8 ms against 24 ms per query on a 2-core CPU, so numpy it is
 (examples/bench_memsearch.py).
+
+With `[memory] encrypt = true` each value is stored AES-GCM sealed (sealing.py; the row's
+`sealed` column says so), so the file alone gives none of them away.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from . import memusage
-from .errors import SyscallError, edquot, enoent
+from .errors import SyscallError, edquot, eio, enoent
+from .sealing import ValueSeal
 from .vectors import RegionVectors
 
 _SCHEMA = """
@@ -60,8 +64,9 @@ MAX_INDEX_BYTES = 2 << 30      # matrices kept in memory, all regions together; 
 
 
 class MemoryStore:
-    def __init__(self, path: Path, max_index_bytes: int = MAX_INDEX_BYTES):
+    def __init__(self, path: Path, max_index_bytes: int = MAX_INDEX_BYTES, seal: ValueSeal | None = None):
         self.path = path
+        self.seal = seal           # None: values stored as given
         self.max_index_bytes = max_index_bytes
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="memstore")
         self._db: sqlite3.Connection | None = None
@@ -78,6 +83,8 @@ class MemoryStore:
             db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("VACUUM")
         db.executescript(_SCHEMA + memusage.SCHEMA)
+        if "sealed" not in {row[1] for row in db.execute("PRAGMA table_info(entries)")}:
+            db.execute("ALTER TABLE entries ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0")
         self._db = db
 
     async def _run(self, fn, *args):
@@ -142,20 +149,22 @@ class MemoryStore:
             grown_bytes = grown_keys = 0
             for key, value, vector in items:
                 is_text = isinstance(value, str)
-                blob = value.encode() if is_text else bytes(value)
+                plain = value.encode() if is_text else bytes(value)
+                blob = self.seal.seal(region, key, plain) if self.seal else plain
                 row = db.execute("SELECT version, length(value) FROM entries WHERE region = ? AND key = ?",
                                  (region, key)).fetchone()
                 version = (row[0] + 1) if row else 1
                 grown_bytes += len(blob) - (row[1] if row else 0)
                 grown_keys += 0 if row else 1
-                db.execute("INSERT OR REPLACE INTO entries (region, key, value, is_text, version, updated) "
-                           "VALUES (?, ?, ?, ?, ?, ?)", (region, key, blob, int(is_text), version, now))
+                db.execute("INSERT OR REPLACE INTO entries (region, key, value, is_text, version, updated, sealed) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (region, key, blob, int(is_text), version, now, int(self.seal is not None)))
                 if vector is None:
                     db.execute("DELETE FROM vectors WHERE region = ? AND key = ?", (region, key))
                 else:
                     db.execute("INSERT OR REPLACE INTO vectors (region, key, model, vector) VALUES (?, ?, ?, ?)",
                                (region, key, model, np.asarray(vector, dtype=np.float32).tobytes()))
-                out = {"region": region, "key": key, "bytes": len(blob), "version": version}
+                out = {"region": region, "key": key, "bytes": len(plain), "version": version}
             _check_quota(owner, memusage.add(db, owner, grown_bytes, grown_keys), limits)
             db.execute("COMMIT")
         except BaseException:
@@ -181,12 +190,21 @@ class MemoryStore:
                 "SELECT key FROM entries WHERE region = ? AND substr(key, 1, ?) = ? ORDER BY key",
                 (region, len(prefix), prefix)).fetchall()
             return {"region": region, "keys": [r[0] for r in rows]}
-        row = self._db.execute("SELECT value, is_text, version, updated FROM entries WHERE region = ? AND key = ?",
-                               (region, key)).fetchone()
+        row = self._db.execute("SELECT value, is_text, sealed, version, updated FROM entries "
+                               "WHERE region = ? AND key = ?", (region, key)).fetchone()
         if row is None:
             raise enoent(f"no key '{key}' in memory region '{region}'")
-        value = bytes(row[0]).decode() if row[1] else bytes(row[0])
-        return {"region": region, "key": key, "value": value, "version": row[2], "updated": row[3]}
+        value = self._value(region, key, *row[:3])
+        return {"region": region, "key": key, "value": value, "version": row[3], "updated": row[4]}
+
+    def _value(self, region: str, key: str, stored: bytes, is_text: int, sealed: int) -> str | bytes:
+        blob = bytes(stored)
+        if sealed:
+            if self.seal is None:
+                raise eio(f"memory value '{key}' is encrypted but this kernel runs with [memory] encrypt off; "
+                          f"turn it on (the key is STATE_DIR/keys/memory.key)")
+            blob = self.seal.open(region, key, blob)
+        return blob.decode() if is_text else blob
 
     def _delete(self, owner: str, region: str, key: str | None) -> dict:
         db = self._db
@@ -255,11 +273,11 @@ class MemoryStore:
                                          f"holds {index.dim}-dimensional vectors of '{model}'")
         results = []
         for key, score in index.search(query, k):
-            row = self._db.execute("SELECT value, is_text FROM entries WHERE region = ? AND key = ?",
+            row = self._db.execute("SELECT value, is_text, sealed FROM entries WHERE region = ? AND key = ?",
                                    (region, key)).fetchone()
             if row is None:
                 continue
-            value = bytes(row[0]).decode() if row[1] else bytes(row[0])
+            value = self._value(region, key, *row)
             results.append({"key": key, "score": round(score, 6), "value": value})
         return {"region": region, "model": model, "searched": len(index), "results": results}
 
