@@ -33,7 +33,6 @@ UNREAD_BYTES_PER_PRINCIPAL = 256 * 1024 * 1024
 UNREAD_RETRY_AFTER_S = 0.5
 SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
 NOTICE_ID = 0
-SERVICE_TOKEN_ENV = "LLMOS_SERVICE_TOKEN"   # the kernel hands its service host the hello service_token here
 
 # errno names users know, with what each means in llmos.
 ERRNOS = {
