@@ -120,7 +120,7 @@ class DriverLoop:
 def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = None) -> None:
     """parent: the kernel's pid, given by the kernel itself; a driver whose kernel died before it
     could ask would otherwise take init for its parent and serve nobody forever."""
-    from .torch_driver import TorchDriver
+    from .torch_driver import DeviceUnavailable, TorchDriver
 
     # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -137,8 +137,10 @@ def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = N
             driver = TorchDriver(device, dtype)
             hello = driver.hello()
         except Exception as exc:   # the device cannot work: say why once, rather than crash in a loop
-            traceback.print_exc()
-            sock.send(channel.encode(channel.DriverFailed(device, f"{exc.__class__.__name__}: {exc}")))
+            if not isinstance(exc, DeviceUnavailable):    # that one's message says it all; others may be bugs
+                traceback.print_exc()
+            why = str(exc) if isinstance(exc, DeviceUnavailable) else f"{exc.__class__.__name__}: {exc}"
+            sock.send(channel.encode(channel.DriverFailed(device, why)))
             _wait_for_kernel(sock, parent)
             return
         loop = DriverLoop(sock, driver)

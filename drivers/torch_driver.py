@@ -30,14 +30,18 @@ def _given(value, default):
     return default if value is None else value
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device named cannot be used by this torch: an operator's mistake, not a driver bug."""
+
+
 def check_cuda_device(torch, device: str) -> None:
     """Refuse a CUDA device this torch cannot use, in words an operator can act on."""
     if not torch.cuda.is_available():
         why = "was built without CUDA" if torch.version.cuda is None else "finds no CUDA GPU"
-        raise RuntimeError(f"no device {device}: torch {torch.__version__} {why}; boot with --device cpu")
+        raise DeviceUnavailable(f"no device {device}: torch {torch.__version__} {why}; boot with --device cpu")
     index = torch.device(device).index or 0
     if index >= torch.cuda.device_count():
-        raise RuntimeError(f"no device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+        raise DeviceUnavailable(f"no device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
 
 
 class TorchDriver(Driver):
