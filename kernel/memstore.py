@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from . import memusage
-from .errors import SyscallError, edquot, eio, enoent
-from .sealing import ValueSeal
+from .errors import SyscallError, edquot, enoent
+from .sealing import ValueSeal, stored_value
 from .vectors import RegionVectors
 
 _SCHEMA = """
@@ -194,17 +194,8 @@ class MemoryStore:
                                "WHERE region = ? AND key = ?", (region, key)).fetchone()
         if row is None:
             raise enoent(f"no key '{key}' in memory region '{region}'")
-        value = self._value(region, key, *row[:3])
+        value = stored_value(self.seal, region, key, *row[:3])
         return {"region": region, "key": key, "value": value, "version": row[3], "updated": row[4]}
-
-    def _value(self, region: str, key: str, stored: bytes, is_text: int, sealed: int) -> str | bytes:
-        blob = bytes(stored)
-        if sealed:
-            if self.seal is None:
-                raise eio(f"memory value '{key}' is encrypted but this kernel runs with [memory] encrypt off; "
-                          f"turn it on (the key is STATE_DIR/keys/memory.key)")
-            blob = self.seal.open(region, key, blob)
-        return blob.decode() if is_text else blob
 
     def _delete(self, owner: str, region: str, key: str | None) -> dict:
         db = self._db
@@ -277,7 +268,7 @@ class MemoryStore:
                                    (region, key)).fetchone()
             if row is None:
                 continue
-            value = self._value(region, key, *row)
+            value = stored_value(self.seal, region, key, *row)
             results.append({"key": key, "score": round(score, 6), "value": value})
         return {"region": region, "model": model, "searched": len(index), "results": results}
 

@@ -65,6 +65,18 @@ class ValueSeal:
                       f"with another key file") from None
 
 
+def stored_value(seal: ValueSeal | None, region: str, key: str, stored: bytes, is_text: int,
+                 sealed: int) -> str | bytes:
+    """A value as the caller wrote it, from its row (opened if it was sealed)."""
+    blob = bytes(stored)
+    if sealed:
+        if seal is None:
+            raise eio(f"memory value '{key}' is encrypted but this kernel runs with [memory] encrypt off; "
+                      f"turn it on (the key is STATE_DIR/keys/memory.key)")
+        blob = seal.open(region, key, blob)
+    return blob.decode() if is_text else blob
+
+
 def _associated(region: str, key: str) -> bytes:
     """(region, key) as one unambiguous byte string: the region's length first."""
     r = region.encode()
