@@ -33,7 +33,7 @@ def llmos(kernel, capsys):
 
     def run(*args: str, stdin: str | None = None):
         if stdin is not None:
-            sys.stdin = io.StringIO(stdin)
+            sys.stdin = io.TextIOWrapper(io.BytesIO(stdin.encode()))
         try:
             status = main(["--socket", kernel.socket, *args])
         finally:
@@ -70,10 +70,10 @@ def test_run_quiet_prints_no_stats_line(llmos):
     assert status == 0 and "tokens in" not in err
 
 
-def test_chat_answers_each_line_until_an_empty_one(llmos):
-    status, out, _ = llmos("chat", "--max-tokens", "2", stdin="hello\nand again\n\n")
+def test_chat_answers_each_line_until_quit(llmos):
+    status, out, _ = llmos("chat", "--max-tokens", "2", stdin="hello\nand again\n/quit\nnever read\n")
     assert status == 0
-    assert out.count("> ") == 3      # two lines answered, then the empty line ends the chat
+    assert out.count("> ") == 3      # two lines answered, then /quit ends the chat
 
 
 def test_mem_get_prints_what_mem_put_wrote(llmos, owner):
@@ -100,16 +100,6 @@ def test_mem_rm_deletes_the_key(llmos, owner):
     assert status == 1 and err.startswith("llmos mem: ENOENT:")
 
 
-def test_a_failed_syscall_exits_1_naming_the_command_and_the_errno(llmos):
-    status, _, err = llmos("unload", "no-such-model")
-    assert status == 1 and err.startswith("llmos unload: ENOENT:")
-
-
-def test_no_kernel_exits_3_and_says_how_to_start_one(tmp_path, capsys):
-    assert main(["--socket", f"ipc://{tmp_path}/nobody.sock", "ps"]) == 3
-    assert "llmos boot" in capsys.readouterr().err
-
-
 def test_kill_reaps_the_process(llmos, kernel):
     with kernel.client("cli-victim") as victim:
         status, out, _ = llmos("kill", str(victim.pid))
@@ -123,7 +113,8 @@ def test_svc_call_parses_json_values_and_prints_the_text(llmos, kernel):
         assert wait_until(lambda: c.svc_list()["host"]["state"] == "up", timeout=60)
     status, out, _ = llmos("svc", "call", "redact", "text", "--arg", "text=write to ann@example.com",
                            "--arg", 'types=["EMAIL"]')
-    assert status == 0 and out == "write to [EMAIL_1]\n"
+    assert status == 0 and out.splitlines()[0] == "write to [EMAIL_1]"
+    assert 'counts: {"EMAIL": 1}' in out.splitlines()      # types=["EMAIL"] arrived as a list
 
 
 def test_svc_call_with_an_arg_that_is_not_key_value_is_a_usage_error(tmp_path, capsys):

@@ -30,7 +30,9 @@ from pathlib import Path
 
 from .client import Client, KernelUnavailable
 
-__all__ = ["KernelProcess", "make_tiny_bert", "make_tiny_llama", "wait_until"]
+__all__ = ["KernelProcess", "LLMOS_COMMAND", "make_tiny_bert", "make_tiny_llama", "wait_until"]
+
+LLMOS_COMMAND = [sys.executable, "-m", "llmos.userland.cli"]     # the `llmos` command, as a subprocess runs it
 
 
 def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05) -> bool:
@@ -121,6 +123,19 @@ class KernelProcess:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def cli_env(self, **extra: str) -> dict[str, str]:
+        """The environment for a `llmos` subprocess (LLMOS_COMMAND) that talks to this kernel, as its operator."""
+        return {**os.environ, "LLMOS_SOCKET": self.operator_socket, "XDG_RUNTIME_DIR": str(self.runtime_dir), **extra}
+
+    def cli(self, *args: str, input: bytes | str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run `llmos ARGS...` against this kernel: its exit code, stdout and stderr (text)."""
+        data = input.encode() if isinstance(input, str) else input
+        r = subprocess.run([*LLMOS_COMMAND, *args], input=data, capture_output=True, timeout=timeout,
+                           env=self.cli_env(**(env or {})))
+        return subprocess.CompletedProcess(r.args, r.returncode, r.stdout.decode(errors="replace"),
+                                           r.stderr.decode(errors="replace"))
 
     def events(self, event: str) -> list[dict]:
         """The kernel's log records (structlog JSON lines) whose event is `event`, oldest first."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from llmos.services import Task, hookimpl
 from llmos.services import nlp
-from llmos.userland.cli import connect, echo_stream
+from llmos.userland.cli import connect, echo_stream, read_text
 
 STYLES = ("one_line", "bullets", "paragraph")
 DEFAULT_COUNT = {"one_line": 1, "bullets": 5, "paragraph": 4}
@@ -129,12 +129,12 @@ def register_services(register):
 
 
 @click.command("summarize", help="summarize a text file, or - for stdin (map-reduce; any length)")
-@click.argument("file", type=click.File(encoding="utf-8"))
+@click.argument("file")
 @click.option("--style", type=click.Choice(STYLES), default="paragraph", show_default=True)
 @click.option("--sentences", type=int, default=None, help="how many sentences or bullets")
 @click.option("--mode", type=click.Choice(["extractive", "abstractive"]), default="extractive", show_default=True)
-def summarize_command(file, style: str, sentences: int | None, mode: str) -> None:
-    args = {"text": file.read(), "style": style, "sentences": sentences, "mode": mode}
+def summarize_command(file: str, style: str, sentences: int | None, mode: str) -> None:
+    args = {"text": read_text(file), "style": style, "sentences": sentences, "mode": mode}
     with connect("llmos-summarize") as c:
         result = echo_stream(c.svc_stream("summarize", "text", args))
     if result.get("fallback"):

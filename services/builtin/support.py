@@ -28,7 +28,7 @@ import uuid
 import click
 
 from llmos.services import ServiceError, Task, hookimpl
-from llmos.userland.cli import connect, typed_lines
+from llmos.userland.cli import connect, fail, typed_lines
 from llmos.userland.client import LLMOSError
 
 from . import classify, kb
@@ -195,14 +195,20 @@ def register_services(register):
 @click.option("--conversation", default=None, help="conversation id to continue (default: a new one)")
 def support_command(folder: str, name: str | None, conversation: str | None) -> None:
     folder = os.path.abspath(folder)
+    if not os.path.exists(folder):
+        raise fail("ENOENT", f"{folder}: no such file or folder")
     kb_name = name or "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in os.path.basename(folder))[:64]
     conversation = conversation or uuid.uuid4().hex[:12]
+    docs = kb.read_documents(folder)      # read here, with the caller's rights, not the service host's
+    if not docs:
+        raise fail("ENOENT", f"{folder}: no document to answer from: only UTF-8 text files "
+                             f"({', '.join(sorted(kb.TEXT_SUFFIXES))}) of at most {kb.MAX_FILE_BYTES >> 20} MiB "
+                             f"are read, and it holds none")
     with connect("llmos-support") as c:
-        docs = kb.read_documents(folder)      # read here, with the caller's rights, not the service host's
         r = c.svc_call("kb", "ingest_texts", {"kb": kb_name, "docs": docs})
         click.echo(f"knowledge base '{kb_name}': {len(r['documents'])} documents, {r['chunks']} chunks"
                    + (f" ({len(r['skipped'])} files skipped)" if r["skipped"] else ""), err=True)
-        click.echo(f"conversation {conversation}: type your question; empty line or Ctrl-D to quit", err=True)
+        click.echo(f"conversation {conversation}: type your question; /quit or Ctrl-D to quit", err=True)
         for line in typed_lines("you> "):
             r = c.svc_call("support", "chat", {"conversation": conversation, "message": line, "kb": kb_name})
             click.echo(f"agent> {r['reply']}")

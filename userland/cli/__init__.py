@@ -1,9 +1,11 @@
 """The `llmos` command, a package of small modules: one per family of subcommands, each handler
 beside its options (click). Plugins add subcommands through the `register_commands` hook;
-common.py holds what their commands share with ours.
+common.py holds what their commands share with ours, exits.py how a command fails (`raise fail(ERRNO, message)`).
 """
 
 from .app import cli, main
-from .common import connect, echo_stream, size, table, typed_lines
+from .common import TEXT, connect, echo_stream, read_input, read_text, size, table, typed_lines, utf8_text
+from .exits import CommandFailed, fail
 
-__all__ = ["cli", "main", "connect", "echo_stream", "size", "table", "typed_lines"]
+__all__ = ["cli", "main", "CommandFailed", "TEXT", "connect", "echo_stream", "fail", "read_input", "read_text", "size",
+           "table", "typed_lines", "utf8_text"]

@@ -1,39 +1,28 @@
 """The `llmos` root command: its subcommands, plugin commands loaded on first need, errors as exit codes.
 
 Every subcommand except `boot` is an ordinary userland program: it connects to the kernel's
-socket as a process and makes syscalls, exactly as any other program would.
+socket as a process and makes syscalls, exactly as any other program would. How each failure is
+shown and which exit code it gets is exits.py's.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Callable
 
 import click
 
-from ..errors import KernelUnavailable, LLMOSError
+from . import exits
 from .boot import boot, demo
 from .common import OrderedGroup
-from .generate import chat, run
+from .generate import chat, embed, run
 from .memory import mem
 from .models import devices, load, models, unload
 from .plugins import add_installed_commands
 from .processes import kill, ps, sysinfo
 from .services import svc
-
-EXIT_SYSCALL_FAILED = 1
-EXIT_NO_KERNEL = 3
-EXIT_INTERRUPTED = 130
-
-
-class CommandFailed(click.ClickException):
-    """A syscall failed or no kernel answered: the message as it is, and its exit code."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file=None) -> None:
-        click.echo(self.message, err=True)
+from .statefiles import audit, logs
+from .users import user
 
 
 class Llmos(OrderedGroup):
@@ -62,25 +51,30 @@ class Llmos(OrderedGroup):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except KernelUnavailable as exc:
-            raise CommandFailed(f"llmos: {exc.message}", EXIT_NO_KERNEL) from exc
-        except LLMOSError as exc:
-            raise CommandFailed(f"llmos {ctx.invoked_subcommand}: {exc.errno}: {exc.message}",
-                                EXIT_SYSCALL_FAILED) from exc
+        except BrokenPipeError:     # before click's own handler, which would exit 1 as if it had failed
+            raise click.exceptions.Exit(exits.silence_stdout()) from None
+        except Exception as exc:
+            failed = exits.from_exception(exc)
+            if failed is None:
+                raise
+            raise failed from exc
 
 
-BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, run, chat, mem, svc, demo)
+BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, run, chat, embed, mem, svc, user,
+                     logs, audit, demo)
 
 
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:
     """The root command with the built-in subcommands; add_plugin_commands(group) adds the plugins'."""
 
-    @click.group(cls=Llmos, add_plugin_commands=add_plugin_commands,
+    @click.group(cls=Llmos, add_plugin_commands=add_plugin_commands, epilog=exits.EPILOG,
                  help="llmos: an operating system for language models.")
     @click.option("--socket", default=None,
-                  help="kernel socket URL (default: $LLMOS_SOCKET or the per-user ipc socket)")
-    def llmos(socket: str | None) -> None:
-        """The subcommands read --socket through common.connect."""
+                  help="kernel socket URL (default: $LLMOS_SOCKET, the key file's kernel, or the per-user ipc socket)")
+    @click.option("--key", default=None, envvar="LLMOS_KEY", metavar="PATH",
+                  help="your key file from `llmos user add` (default: $LLMOS_KEY); needed on a tcp socket")
+    def llmos(socket: str | None, key: str | None) -> None:
+        """The subcommands read --socket and --key through common.connect."""
 
     for command in BUILT_IN_COMMANDS:
         llmos.add_command(command)
@@ -91,12 +85,18 @@ cli = make_cli()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`llmos ARGS...`: the exit status (0, 1 a syscall failed, 2 a usage error, 3 no kernel, 130 ^C)."""
+    """`llmos ARGS...`: the exit status, one of exits.py's EXIT_* codes."""
     try:
         status = cli.main(args=argv, prog_name="llmos", standalone_mode=False)
+        sys.stdout.flush()        # a closed pipe shows here, not in the interpreter's last words
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
     except click.Abort:
-        return EXIT_INTERRUPTED
-    return status if isinstance(status, int) else 0
+        return exits.EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return exits.silence_stdout()
+    except Exception as exc:      # outside any subcommand (option parsing, plugin loading)
+        exits.internal_error(exc).show()
+        return exits.EXIT_INTERNAL
+    return status if isinstance(status, int) else exits.EXIT_OK

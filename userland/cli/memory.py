@@ -1,12 +1,17 @@
-"""`llmos mem`: a program's durable memory regions from the terminal (get, put, ls, search, rm)."""
+"""`llmos mem`: a program's durable memory regions from the terminal (get, put, ls, search, rm).
+
+A value is whatever the user gives: text stays a str, anything that is not UTF-8 (a file, a
+pipe, an argument) is stored as bytes, and `mem get` writes it back byte for byte.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
 
-from .common import OrderedGroup, connect
+from .common import TEXT, OrderedGroup, connect, read_input
 
 
 @click.group(cls=OrderedGroup, help="memory regions: get, put, search, ls, rm")
@@ -24,29 +29,46 @@ def mem_get(owner: str, region: str, key: str) -> None:
     with connect(owner) as c:
         value = c.memread(region, key)["value"]
     if isinstance(value, bytes):
+        sys.stdout.flush()
         sys.stdout.buffer.write(value)
+        sys.stdout.buffer.flush()
     else:
-        click.echo(value)
+        click.echo(value, nl=not value.endswith("\n"))
+
+
+def as_value(data: bytes) -> str | bytes:
+    """Text as a str; bytes that are not UTF-8 as they are."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data
 
 
 @mem.command("put", short_help="write a value under a key",
-             help="write VALUE under a key, - for VALUE reads stdin (a region is made on first write)")
-@click.argument("region")
-@click.argument("key")
-@click.argument("value")
-@click.option("--embed", is_flag=True, help="also store its embedding, for mem search")
+             help="write VALUE under a key; VALUE - reads stdin, --file reads a file (a region is made on first "
+                  "write). Text is stored as text, anything else as bytes.")
+@click.argument("region", type=TEXT)
+@click.argument("key", type=TEXT)
+@click.argument("value", required=False)
+@click.option("--file", "path", default=None, metavar="PATH", help="the value is this file's bytes (- for stdin)")
+@click.option("--embed", is_flag=True, help="also store its embedding, for mem search (text only)")
 @click.pass_obj
-def mem_put(owner: str, region: str, key: str, value: str, embed: bool) -> None:
+def mem_put(owner: str, region: str, key: str, value: str | None, path: str | None, embed: bool) -> None:
+    if (value is None) == (path is None):
+        raise click.UsageError("give VALUE, or - for stdin, or --file PATH (one of them)")
     if value == "-":
-        value = sys.stdin.read()
+        path = "-"
+    data = as_value(read_input(path)) if path is not None else as_value(os.fsencode(value))
     with connect(owner) as c:
-        r = c.memwrite(region, key, value, embed=embed)
-    click.echo(f"{r['region']}/{r['key']}: {r['bytes']} bytes, version {r['version']}" + (", embedded" if embed else ""))
+        r = c.memwrite(region, key, data, embed=embed)
+    kind = "bytes" if isinstance(data, bytes) else "text"
+    click.echo(f"{r['region']}/{r['key']}: {r['bytes']} bytes ({kind}), version {r['version']}"
+               + (", embedded" if embed else ""))
 
 
 @mem.command("search", help="entries closest in meaning to a query (those put with --embed)")
-@click.argument("region")
-@click.argument("query")
+@click.argument("region", type=TEXT)
+@click.argument("query", type=TEXT)
 @click.option("-k", type=int, default=5, show_default=True, help="how many")
 @click.pass_obj
 def mem_search(owner: str, region: str, query: str, k: int) -> None:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .common import OrderedGroup, connect, echo_stream, table
+from .common import OrderedGroup, connect, echo_stream, table, utf8_text
 
 
 @click.group(cls=OrderedGroup, help="services: list, call, reload")
@@ -33,7 +33,7 @@ def svc_list(program: str, as_json: bool) -> None:
         for t in service["tasks"]:
             params = " ".join(f"{n}" if a["required"] else f"[{n}]" for n, a in t["args"].items())
             rows.append({"task": f"{service['name']} {t['name']}", "args": params, "plugin": service["plugin"],
-                         "doc": t["description"][:70] + ("..." if len(t["description"]) > 70 else "")})
+                         "doc": t["description"]})
     click.echo(table(rows, [("task", "SERVICE TASK"), ("args", "ARGS"), ("plugin", "PLUGIN"), ("doc", "DESCRIPTION")]))
     for f in listing["failed"]:
         click.echo(f"failed: {f['plugin']}: {f['error']}", err=True)
@@ -43,7 +43,7 @@ def parse_args(ctx, param, items: tuple[str, ...]) -> dict:
     """--arg key=value: the value as JSON when it parses (numbers, true, lists, maps), else as a string."""
     args = {}
     for item in items:
-        key, sep, raw = item.partition("=")
+        key, sep, raw = utf8_text(item, f"--arg {item.partition('=')[0]}").partition("=")
         if not sep or not key:
             raise click.BadParameter(f"wants key=value, got '{item}'", ctx, param)
         try:
@@ -69,10 +69,20 @@ def svc_call(program: str, service: str, task: str, task_args: dict, stream: boo
             result = echo_stream(c.svc_stream(service, task, task_args, deadline=deadline))
         else:
             result = c.svc_call(service, task, task_args, deadline=deadline)
-    if as_json or not isinstance(result.get("text"), str):
+    if as_json:
         click.echo(json.dumps(result, indent=2, ensure_ascii=False, default=repr))
-    elif not stream:
+        return
+    has_text = isinstance(result.get("text"), str)
+    if has_text and not stream:
         click.echo(result["text"])
+    for line in field_lines(result, skip="text" if has_text else None):
+        click.echo(line)
+
+
+def field_lines(result: dict, skip: str | None = None) -> list[str]:
+    """Every field of a task's result as a `key: value` line (values that are not text as JSON)."""
+    return [f"{key}: {value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=repr)}"
+            for key, value in result.items() if key != skip]
 
 
 @svc.command("reload", short_help="restart the service host (needs admin)", help="restart the service host to load newly installed plugins (needs admin)")

@@ -1,0 +1,134 @@
+"""`llmos logs` and `llmos audit`: the kernel's own files in its state dir, read on this machine.
+
+They read files, not syscalls: the kernel writes its log and its audit log into its state dir
+(0700, so only the operator who booted it can read them). The state dir is --state-dir, else
+$LLMOS_STATE_DIR, else the one a running kernel names in `sysinfo`. --follow polls the file by
+its path, so it carries on into the new file when the kernel rotates the old one away.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Iterator
+
+import click
+
+from llmos.specs import auditlog
+
+from .common import connect
+from .exits import fail
+
+KERNEL_LOG = "kernel.log"     # the name kernel/logs.py writes the kernel's log under
+POLL_S = 0.25
+
+
+def state_dir_option(command):
+    return click.option("--state-dir", default=None, envvar="LLMOS_STATE_DIR", metavar="DIR",
+                        help="the kernel's state dir (default: $LLMOS_STATE_DIR, else the running kernel's)")(command)
+
+
+def find_state_dir(given: str | None) -> Path:
+    if given:
+        return Path(given)
+    with connect("llmos-statefiles") as c:
+        return Path(c.sysinfo()["state_dir"])
+
+
+def open_file(path: Path):
+    """path opened for reading bytes (a line is decoded once whole), or the one-line failure."""
+    try:
+        return open(path, "rb")
+    except OSError as exc:
+        raise fail(errno.errorcode.get(exc.errno, "EIO"), f"{path}: {exc.strerror}") from None
+
+
+def lines_of(f) -> Iterator[str]:
+    for raw in f:
+        yield raw.decode("utf-8", "replace")
+
+
+def follow(path: Path, f) -> Iterator[str]:
+    """Lines appended to path from f's position on, for ever; a new file at path (rotation) is read
+    from its start once the old one is read to its end."""
+    part = b""
+    while True:
+        part += f.readline()
+        if part.endswith(b"\n"):
+            yield part.decode("utf-8", "replace")
+            part = b""
+            continue
+        try:
+            replaced = os.stat(path).st_ino != os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            replaced = False      # between a rotation's two renames
+        if replaced:
+            f.close()
+            f = open_file(path)
+        else:
+            time.sleep(POLL_S)
+
+
+@click.command(help="the kernel's log (kernel.log in its state dir)")
+@click.option("-f", "--follow", "following", is_flag=True, help="then print lines as the kernel writes them (Ctrl-C ends)")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=None, help="only the last N lines")
+@state_dir_option
+def logs(following: bool, lines: int | None, state_dir: str | None) -> None:
+    path = find_state_dir(state_dir) / KERNEL_LOG
+    f = open_file(path)
+    text = list(lines_of(f))
+    click.echo("".join(text if lines is None else text[len(text) - lines:]), nl=False)
+    if following:
+        for line in follow(path, f):
+            click.echo(line, nl=False)
+
+
+def readable(line: str) -> str:
+    """An audit line for people: its time, its event, then its fields (not the chain's hash)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return line.rstrip("\n")
+    when = datetime.fromtimestamp(record.pop("ts", 0)).isoformat(timespec="seconds")
+    record.pop("prev", None)
+    event = record.pop("event", "?")
+    fields = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in record.items())
+    return f"{when}  {event}  {fields}".rstrip()
+
+
+@click.command(help="the audit log: who connected, what was refused, every admin act (audit.log in the state dir)")
+@click.option("-f", "--follow", "following", is_flag=True, help="then print lines as the kernel writes them (Ctrl-C ends)")
+@click.option("--verify", is_flag=True,
+              help="check the hash chain over the log and its rotated files: 'N lines, chain intact', "
+                   "or the first broken line and exit 1")
+@click.option("--json", "as_json", is_flag=True, help="print the lines as they are stored (JSON)")
+@state_dir_option
+def audit(following: bool, verify: bool, as_json: bool, state_dir: str | None) -> None:
+    directory = find_state_dir(state_dir)
+    paths = auditlog.files(directory)
+    if not paths:
+        raise fail("ENOENT", f"no {auditlog.FILE_NAME} in {directory}")
+    if verify:
+        try:
+            count, problem = auditlog.verify(paths)
+        except OSError as exc:
+            raise fail(errno.errorcode.get(exc.errno, "EIO"), f"{exc.filename}: {exc.strerror}") from None
+        if problem:
+            raise fail("EBADMSG", f"{problem} ({count} lines before it are intact)")
+        click.echo(f"{count} lines, chain intact")
+        return
+    show = (lambda line: line.rstrip("\n")) if as_json else readable
+    for path in paths[:-1]:
+        with open_file(path) as f:
+            for line in lines_of(f):
+                click.echo(show(line))
+    f = open_file(paths[-1])
+    for line in lines_of(f):
+        click.echo(show(line))
+    if following:
+        for line in follow(paths[-1], f):
+            click.echo(show(line))
