@@ -7,8 +7,8 @@ A load is admitted against the device's memory account before the driver is aske
 the driver never runs out of memory half-way through loading.
 
 A model name that is not a config or registry name is a filesystem path: only a principal
-holding `admin` (or the kernel's own service host, for its operator-set embedding model) may
-name one, and it is resolved and sized on a worker thread (registry refuses FIFOs, devices and
+holding `admin` may name one, unless the operator named it (the default model, a preloaded one,
+the services' embedding model), so that everyone may use it. It is resolved and sized on a worker thread (registry refuses FIFOs, devices and
 oversized files) so the kernel's loop never waits on a disk. A load that takes longer than
 `load_timeout_s` fails with ETIMEDOUT and gives its memory charge back.
 """
@@ -16,6 +16,7 @@ oversized files) so the kernel's loop never waits on a disk. A load that takes l
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +27,6 @@ from llmos.specs.registry import ModelSpec
 
 from . import logs
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
-from .principals import SERVICES
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -119,11 +119,16 @@ class ModelTable:
         entry.last_used = time.monotonic()
         return entry
 
+    def _named_by_operator(self, name: str) -> bool:
+        s = self.k.settings
+        return (name == s.default_model or name in s.models_to_load()
+                or name == os.environ.get(registry.SERVICES_EMBED_ENV))
+
     def _check_may_name_path(self, name: str, proc: "Process | None") -> None:
-        if proc is None:
-            return         # the operator's own boot-time list
+        if proc is None or self._named_by_operator(name):
+            return
         principal = self.k.principals.get(proc.principal)
-        if principal is not None and ("admin" in principal.caps or principal.name == SERVICES):
+        if principal is not None and "admin" in principal.caps:
             self.k.audit.record("load_path", pid=proc.pid, principal=proc.principal, model=name[:4096])
             return
         self.k.audit.record("denied", call="load", pid=proc.pid, principal=proc.principal, model=name[:200])

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmos.specs.registry import DEFAULT_EMBED_MODEL
+from llmos.specs.registry import DEFAULT_EMBED_MODEL, SERVICES_EMBED_ENV
 
-EMBED_MODEL = os.environ.get("LLMOS_SERVICES_EMBED_MODEL", DEFAULT_EMBED_MODEL)
+EMBED_MODEL = os.environ.get(SERVICES_EMBED_ENV, DEFAULT_EMBED_MODEL)
 EMBED_BATCH = 256                  # texts per embed syscall (the kernel takes up to 1024)
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "no",

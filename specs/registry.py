@@ -28,6 +28,7 @@ PACKAGED = {
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBED_MODEL = "minilm-l6-v2"
+SERVICES_EMBED_ENV = "LLMOS_SERVICES_EMBED_MODEL"   # the operator's choice of the services' embedding model
 
 MAX_PATH_CHARS = 4096            # PATH_MAX
 MAX_COMPONENT_CHARS = 255       # NAME_MAX: longer is "File name too long" from the OS

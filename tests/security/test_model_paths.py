@@ -95,3 +95,28 @@ def test_a_load_past_its_time_limit_is_etimedout_and_releases_its_memory(slow_lo
         assert outcome["errno"] == "ETIMEDOUT"
         assert c.devices()[0]["used_bytes"] == before
         assert all(m["name"] != tiny_llama for m in c.models()["loaded"])
+
+
+@pytest.fixture(scope="module")
+def model_kernel(tmp_path_factory, tiny_llama, tiny_bert):
+    """A tcp kernel the operator booted with a model named by its path, and services."""
+    k = KernelProcess(tmp_path_factory.mktemp("path-model"), model=tiny_llama, tcp=True,
+                      env={"LLMOS_SERVICES_EMBED_MODEL": tiny_bert}).start()
+    with k.client("op", caps=["admin"]) as op:
+        k.user_key = op.user_add("pathless")["key_file"]
+    yield k
+    k.stop()
+
+
+def test_a_user_may_use_the_model_the_operator_named_by_its_path(model_kernel, tiny_llama):
+    with model_kernel.client("user-app", key=model_kernel.user_key) as c:
+        assert c.infer(prompt="hello", max_tokens=2)["usage"]["completion_tokens"] >= 1
+        assert c.infer(prompt="hello", max_tokens=2, model=tiny_llama)["usage"]["completion_tokens"] >= 1
+
+
+def test_a_user_cannot_have_a_service_load_a_path_for_it(model_kernel, tmp_path):
+    with model_kernel.client("user-app", key=model_kernel.user_key) as c:
+        assert wait_until(lambda: c.svc_list()["host"]["state"] == "up", timeout=60)
+        args = {"text": "hola amigo, como estas", "source": "es", "target": "en", "best_effort": True,
+                "model": str(tmp_path)}
+        assert errno_of(c.svc_call, "translate", "text", args) == "EPERM"
