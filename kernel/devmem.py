@@ -56,7 +56,9 @@ class DeviceMemory:
         self.devices[device].models[model] = nbytes
 
     def release_model(self, device: str, model: str) -> None:
-        self.devices[device].models.pop(model, None)
+        account = self.devices.get(device)     # none yet if its driver never came up
+        if account is not None:
+            account.models.pop(model, None)
 
     def reserve(self, device: str, pid: int, nbytes: int) -> int:
         handle = self._next_handle
