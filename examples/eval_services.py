@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from llmos.services.builtin.kb import read_documents
 from llmos.services.builtin.redact import TYPES, find_pii
 from llmos.services.nlp import EMBED_MODEL
 from llmos.userland import Client, KernelUnavailable
@@ -97,7 +98,7 @@ def eval_kb(c: Client) -> list[tuple[str, str]]:
     docs = sorted(p for p in (DATA / "kb").iterdir() if p.is_file())
     for p in docs:                                       # baseline: one vector per whole document
         c.memwrite("eval-whole-docs", p.name, p.read_text(), embed=True)
-    c.svc_call("kb", "ingest", {"kb": "eval", "path": str(DATA / "kb")})
+    c.svc_call("kb", "ingest_texts", {"kb": "eval", "docs": read_documents(str(DATA / "kb"))})
     hits = {"doc1": 0, "doc3": 0, "chunk1": 0, "chunk3": 0, "chunkfact1": 0, "chunkfact3": 0}
     answers = {"free": 0, "quote": 0, "rephrase": 0}
     false_dont_know = 0

@@ -83,8 +83,9 @@ class TaskContext:
         return None if self._deadline_at is None else max(0.0, self._deadline_at - time.monotonic())
 
     def region(self, name: str) -> str:
-        """A memory region private to this service and the calling program."""
-        return f"svc/{self.service}/{self.caller.get('name', '?')}/{name}"
+        """A memory region private to this service and the calling program of the calling principal (a
+        program name is the caller's to choose, so it is scoped by the principal the kernel proved)."""
+        return f"svc/{self.service}/{self.caller.get('principal', '?')}/{self.caller.get('name', '?')}/{name}"
 
     def emit(self, delta: str) -> None:
         """Send text to a streaming caller now (thread-safe; a no-op when the caller does not stream)."""

@@ -209,7 +209,7 @@ def test_cancelling_a_call_ends_its_task_in_the_host(client, tmp_path):
 
 def test_tasks_reach_the_kernel_through_syscalls_in_a_region_private_to_the_caller(client):
     r = client.svc_call("misbehave", "remember", {"key": "k", "value": "v"})
-    assert r == {"region": f"svc/misbehave/{client.info['name']}/notes", "value": "v"}
+    assert r == {"region": f"svc/misbehave/{client.info['principal']}/{client.info['name']}/notes", "value": "v"}
 
 
 def test_generation_a_task_asks_for_counts_against_the_caller_not_the_host(client):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import KernelProcess, errno_of, raised
+from llmos.services.builtin.kb import read_documents
 
 DATA = Path(__file__).resolve().parent / "data"
 KB_DIR = DATA / "kb"
@@ -112,7 +113,7 @@ def test_moderate_reports_every_category_with_reasons(tc):
 
 
 def test_kb_ingests_lists_answers_and_drops(tc):
-    r = tc.svc_call("kb", "ingest", {"kb": "docs", "path": str(KB_DIR)})
+    r = tc.svc_call("kb", "ingest_texts", {"kb": "docs", "docs": read_documents(str(KB_DIR))})
     assert {d["source"] for d in r["documents"]} == {p.name for p in KB_DIR.iterdir()} and r["chunks"] > 20
     listed = tc.svc_call("kb", "list", {"kb": "docs"})
     assert listed["chunks"] == r["chunks"]
@@ -133,7 +134,7 @@ def test_kb_reingesting_a_source_replaces_it(tc):
 
 @pytest.mark.parametrize("args, errno", [({"kb": "x"}, "EINVAL"), ({"kb": "x", "text": "a", "path": "/tmp"}, "EINVAL"),
                                          ({"kb": "bad name!", "text": "a"}, "EINVAL"),
-                                         ({"kb": "x", "path": "/no/such/folder"}, "ENOENT")])
+                                         ({"kb": "x", "path": "/no/such/folder"}, "EACCES")])
 def test_kb_ingest_errors(tc, args, errno):
     assert errno_of(tc.svc_call, "kb", "ingest", args) == errno
 
@@ -146,7 +147,7 @@ def test_knowledge_bases_are_private_to_the_calling_program(tiny_svc):
 
 
 def test_support_keeps_the_conversation_and_hands_off_on_request(tc):
-    tc.svc_call("kb", "ingest", {"kb": "help", "path": str(KB_DIR)})
+    tc.svc_call("kb", "ingest_texts", {"kb": "help", "docs": read_documents(str(KB_DIR))})
     r = tc.svc_call("support", "chat", {"conversation": "t1", "message": "hello", "kb": "help"})
     assert not r["handoff"] and r["turn"] == 1
     r = tc.svc_call("support", "chat", {"conversation": "t1", "message": "I want to talk to a human please"})
@@ -164,7 +165,7 @@ def test_support_keeps_the_conversation_and_hands_off_on_request(tc):
 @pytest.fixture(scope="module")
 def real(real_kernel):
     with real_kernel.client("builtin-real") as c:
-        c.svc_call("kb", "ingest", {"kb": "lumora", "path": str(KB_DIR)})
+        c.svc_call("kb", "ingest_texts", {"kb": "lumora", "docs": read_documents(str(KB_DIR))})
         yield c
         c.svc_call("kb", "drop", {"kb": "lumora"})
 
