@@ -9,9 +9,11 @@ its path, so it carries on into the new file when the kernel rotates the old one
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import os
 import time
+from collections import deque
 from datetime import datetime
 from pathlib import Path
 from typing import Iterator
@@ -52,6 +54,21 @@ def lines_of(f) -> Iterator[str]:
         yield raw.decode("utf-8", "replace")
 
 
+def last(lines: Iterator[str], n: int | None) -> Iterator[str]:
+    """All the lines, or only the last n."""
+    return lines if n is None else iter(deque(lines, maxlen=n))
+
+
+def lines_option(command):
+    return click.option("-n", "--lines", type=click.IntRange(min=0), default=None,
+                        help="only the last N lines (then, with --follow, the new ones)")(command)
+
+
+def follow_option(command):
+    return click.option("-f", "--follow", "following", is_flag=True,
+                        help="then print lines as the kernel writes them (Ctrl-C ends)")(command)
+
+
 def follow(path: Path, f) -> Iterator[str]:
     """Lines appended to path from f's position on, for ever; a new file at path (rotation) is read
     from its start once the old one is read to its end."""
@@ -74,17 +91,22 @@ def follow(path: Path, f) -> Iterator[str]:
 
 
 @click.command(help="the kernel's log (kernel.log in its state dir)")
-@click.option("-f", "--follow", "following", is_flag=True, help="then print lines as the kernel writes them (Ctrl-C ends)")
-@click.option("-n", "--lines", type=click.IntRange(min=0), default=None, help="only the last N lines")
+@follow_option
+@lines_option
 @state_dir_option
 def logs(following: bool, lines: int | None, state_dir: str | None) -> None:
     path = find_state_dir(state_dir) / KERNEL_LOG
     f = open_file(path)
-    text = list(lines_of(f))
-    click.echo("".join(text if lines is None else text[len(text) - lines:]), nl=False)
+    for line in last(lines_of(f), lines):
+        click.echo(line, nl=False)
     if following:
         for line in follow(path, f):
             click.echo(line, nl=False)
+
+
+def rotated_lines(path: Path) -> Iterator[str]:
+    with open_file(path) as f:
+        yield from lines_of(f)
 
 
 def readable(line: str) -> str:
@@ -101,13 +123,14 @@ def readable(line: str) -> str:
 
 
 @click.command(help="the audit log: who connected, what was refused, every admin act (audit.log in the state dir)")
-@click.option("-f", "--follow", "following", is_flag=True, help="then print lines as the kernel writes them (Ctrl-C ends)")
+@follow_option
+@lines_option
 @click.option("--verify", is_flag=True,
               help="check the hash chain over the log and its rotated files: 'N lines, chain intact', "
                    "or the first broken line and exit 1")
 @click.option("--json", "as_json", is_flag=True, help="print the lines as they are stored (JSON)")
 @state_dir_option
-def audit(following: bool, verify: bool, as_json: bool, state_dir: str | None) -> None:
+def audit(following: bool, lines: int | None, verify: bool, as_json: bool, state_dir: str | None) -> None:
     directory = find_state_dir(state_dir)
     paths = auditlog.files(directory)
     if not paths:
@@ -122,12 +145,8 @@ def audit(following: bool, verify: bool, as_json: bool, state_dir: str | None) -
         click.echo(f"{count} lines, chain intact")
         return
     show = (lambda line: line.rstrip("\n")) if as_json else readable
-    for path in paths[:-1]:
-        with open_file(path) as f:
-            for line in lines_of(f):
-                click.echo(show(line))
     f = open_file(paths[-1])
-    for line in lines_of(f):
+    for line in last(itertools.chain(*(rotated_lines(p) for p in paths[:-1]), lines_of(f)), lines):
         click.echo(show(line))
     if following:
         for line in follow(paths[-1], f):
