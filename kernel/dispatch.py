@@ -59,6 +59,8 @@ class Dispatcher:
         self.unread = UnreadReplies()
 
     async def serve(self, transport: "Transport") -> None:
+        if transport.inbound is not None:
+            self.k.spawn(transport.inbound.run(), f"inbound-{transport.url}")
         while True:
             try:
                 routing, frames, principal, fd = await transport.recv()

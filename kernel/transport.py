@@ -7,7 +7,10 @@ so the kernel can cut it off. Nobody waits on a slow or dead client, driver or s
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import os
+import socket
 import struct
 import termios
 from pathlib import Path
@@ -17,7 +20,10 @@ import zmq
 import zmq.asyncio
 
 from llmos.specs.keys import private_umask
-from llmos.specs.protocol import (BULK_REPLY_BYTES, MAX_WIRE_FRAME_BYTES, SEND_HWM, UNREAD_BYTES_PER_CONNECTION,
+from zmq.utils.monitor import parse_monitor_message
+
+from llmos.specs.protocol import (BULK_REPLY_BYTES, INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_TOTAL,
+                                  MAX_WIRE_FRAME_BYTES, SEND_HWM, UNREAD_BYTES_PER_CONNECTION,
                                   UNREAD_BYTES_PER_PRINCIPAL)
 
 from . import logs
@@ -77,6 +83,7 @@ class Transport:
         self.router = Router(ctx, url, before_bind=lambda sock: secure(sock, url, principals),
                              MAXMSGSIZE=MAX_WIRE_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
         self._ipc_inode = self.ipc_path.stat().st_ino if self.ipc_path else None
+        self.inbound = InboundGuard(self.router.sock) if url.startswith("tcp://") else None
 
     async def recv(self) -> tuple[list[bytes], list[bytes], str, int | None]:
         """The next message: its routing id, its frames after it, the principal the transport proved,
@@ -88,6 +95,8 @@ class Transport:
             fd = parts[-1].get(zmq.SRCFD)
         except zmq.ZMQError:
             fd = None
+        if self.inbound is not None and fd is not None:
+            self.inbound.delivered(fd, parts[1:])
         return [parts[0].bytes], [p.bytes for p in parts[1:]], principal_of(parts[-1], self.url), fd
 
     def connection(self, routing_id: bytes) -> bytes:
@@ -165,3 +174,90 @@ def unsent_bytes(fd: int) -> int:
         return struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
     except OSError:
         return 0
+
+
+class InboundGuard:
+    """Cuts tcp connections that make ZeroMQ hold too many bytes it has not delivered to the kernel.
+
+    ZeroMQ keeps a frame until it has all of it (up to ZMQ_MAXMSGSIZE) and a multipart message
+    until its last part (no limit at all), and neither counts towards RCVHWM. The OS counts what
+    each tcp connection received (TCP_INFO); minus what ZeroMQ delivered from it, that is what it
+    holds. Connections come from the socket's monitor; a cut is a shutdown of the OS socket, after
+    which ZeroMQ drops the connection and what it held.
+    """
+
+    FRAME_OVERHEAD = 64            # a frame's ZMTP header and CurveZMQ box, over its body
+    HANDSHAKE_BYTES = 64 * 1024    # greeting, handshake and heartbeats, which deliver nothing
+
+    def __init__(self, sock: zmq.Socket, per_connection: int = INBOUND_HELD_PER_CONNECTION,
+                 total: int = INBOUND_HELD_TOTAL, period_s: float = 0.25):
+        self.per_connection = per_connection
+        self.total = total
+        self.period_s = period_s
+        self._monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._monitor_sync = zmq.Socket.shadow(self._monitor.underlying)
+        self._delivered: dict[int, int] = {}    # fd of each accepted connection -> bytes delivered from it
+
+    def delivered(self, fd: int, frames: list) -> None:
+        if fd in self._delivered:
+            self._delivered[fd] += sum(len(f) + self.FRAME_OVERHEAD for f in frames)
+
+    async def run(self) -> None:
+        """Every period_s: follow the connections that came and went, then check what they hold."""
+        try:
+            while True:
+                await asyncio.sleep(self.period_s)
+                self.follow_connections()
+                self.check()
+        finally:
+            self._monitor.close(0)
+
+    def follow_connections(self) -> None:
+        """Take the monitor's events so far (read without waiting, on a plain shadow of its socket)."""
+        while self._monitor_sync.poll(0):
+            event = parse_monitor_message(self._monitor_sync.recv_multipart(zmq.NOBLOCK))
+            fd = int(event["value"])
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self._delivered[fd] = 0
+            else:
+                self._delivered.pop(fd, None)
+
+    def check(self) -> list[int]:
+        """Cut whoever holds too much; the fds cut."""
+        held = {}
+        for fd, delivered in list(self._delivered.items()):
+            received = tcp_bytes_received(fd)
+            if received is None:
+                del self._delivered[fd]
+            else:
+                held[fd] = max(0, received - delivered - self.HANDSHAKE_BYTES)
+        total, cut = sum(held.values()), []
+        for fd, nbytes in sorted(held.items(), key=lambda item: -item[1]):
+            if nbytes <= self.per_connection and total <= self.total:
+                break
+            log.warning("transport.inbound_cut", fd=fd, held=nbytes, held_total=total)
+            shutdown(fd)
+            del self._delivered[fd]
+            total -= nbytes
+            cut.append(fd)
+        return cut
+
+
+def tcp_bytes_received(fd: int) -> int | None:
+    """Bytes a tcp socket has received in all (TCP_INFO's tcpi_bytes_received); None if fd is not one."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    except OSError:
+        return None
+    return struct.unpack_from("<Q", info, 128)[0] if len(info) >= 136 else None
+
+
+def shutdown(fd: int) -> None:
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass

@@ -31,6 +31,12 @@ BULK_REPLY_BYTES = 4 * 1024
 UNREAD_BYTES_PER_CONNECTION = 64 * 1024 * 1024
 UNREAD_BYTES_PER_PRINCIPAL = 256 * 1024 * 1024
 UNREAD_RETRY_AFTER_S = 0.5
+# What tcp peers have sent that ZeroMQ holds without delivering it (a frame still arriving, the
+# parts of a multipart message whose last part never comes; ZeroMQ bounds neither in bytes):
+# a connection holding more than INBOUND_HELD_PER_CONNECTION is cut, and while all of them
+# together hold more than INBOUND_HELD_TOTAL the ones holding most are cut.
+INBOUND_HELD_PER_CONNECTION = MAX_WIRE_FRAME_BYTES + 1024 * 1024
+INBOUND_HELD_TOTAL = 512 * 1024 * 1024
 SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
 NOTICE_ID = 0
 

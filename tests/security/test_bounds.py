@@ -6,18 +6,24 @@ UNREAD_BYTES_PER_*, SEND_HWM). Each test reaches one of them on a kernel of its 
 
 from __future__ import annotations
 
+import asyncio
+import select
+import socket
+import struct
 import threading
 
 import msgpack
 import psutil
 import pytest
 import zmq
+import zmq.asyncio
 
-from llmos.kernel.transport import UnreadReplies
-from llmos.specs.protocol import BULK_REPLY_BYTES, MAX_FRAME_BYTES
+from llmos.kernel.transport import InboundGuard, UnreadReplies
+from llmos.specs.protocol import BULK_REPLY_BYTES, INBOUND_HELD_PER_CONNECTION, MAX_FRAME_BYTES
 from llmos.userland.testing import KernelProcess, wait_until
 
-VALUE_BYTES = 16 << 20    # the largest value memwrite takes
+MiB = 1 << 20
+VALUE_BYTES = 16 * MiB    # the largest value memwrite takes
 RSS_GROWTH_LIMIT = 600 << 20
 
 
@@ -162,3 +168,120 @@ def test_a_client_that_never_reads_cannot_grow_the_kernel_past_its_unread_bound(
             ctx.term()
     assert growth < RSS_GROWTH_LIMIT, f"the kernel grew by {growth >> 20} MiB; {errnos.count('ok')} replies were ok"
     assert set(errnos) == {"ok", "EAGAIN"}     # past the bound: EAGAIN, not one more queued 16 MiB
+
+
+# --- what tcp peers make ZeroMQ hold before it delivers anything --------------------------------
+
+def zmtp_connect(port: int) -> socket.socket:
+    """A raw tcp connection that has done ZMTP 3.0's NULL handshake as a DEALER."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32)
+    s.recv(64)
+    body = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 6) + b"DEALER"
+    s.sendall(b"\x04" + bytes([len(body)]) + body)
+    return s
+
+
+def send_until_cut(s: socket.socket, data: bytes, times: int) -> int:
+    """How many times data went out before the kernel side cut the connection."""
+    for i in range(times):
+        try:
+            s.sendall(data)
+        except OSError:
+            return i
+    return times
+
+
+def guarded_router(scenario, **bounds):
+    """Run scenario(port, router) beside a tcp ROUTER watched by an InboundGuard whose reader
+    tells it what was delivered."""
+
+    async def main():
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.LINGER, 0)
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        guard = InboundGuard(router, period_s=0.02, **bounds)
+
+        async def read():
+            while True:
+                parts = await router.recv_multipart(copy=False)
+                guard.delivered(parts[-1].get(zmq.SRCFD), parts[1:])
+                await router.send_multipart([parts[0].bytes, b"got %d" % len(parts[-1])])
+
+        tasks = [asyncio.create_task(guard.run()), asyncio.create_task(read())]
+        try:
+            return await asyncio.to_thread(scenario, port)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            router.close(0)
+            ctx.term()
+
+    return asyncio.run(main())
+
+
+def test_a_tcp_peer_holding_an_unfinished_multipart_message_past_its_bound_is_cut():
+    part = b"\x03" + struct.pack(">Q", MiB) + b"p" * MiB        # long frame, MORE: never the last part
+
+    def attack(port):
+        with zmtp_connect(port) as s:
+            return send_until_cut(s, part, 500)
+
+    assert guarded_router(attack, per_connection=8 * MiB, total=64 * MiB) < 500
+
+
+def test_a_tcp_peer_whose_messages_are_delivered_is_not_cut_however_much_it_sends():
+    def bystander(port):
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        try:
+            for _ in range(6):
+                sock.send(b"b" * (4 * MiB))
+                assert sock.poll(10_000), "cut, or not answered"
+                assert sock.recv() == b"got %d" % (4 * MiB)
+        finally:
+            sock.close(0)
+            ctx.term()
+        return True
+
+    assert guarded_router(bystander, per_connection=8 * MiB, total=12 * MiB)
+
+
+def test_while_tcp_peers_together_hold_past_the_total_the_one_holding_most_is_cut():
+    def stall(port):
+        socks = [zmtp_connect(port) for _ in range(3)]
+        try:
+            for s, size in zip(socks, (3 * MiB, 5 * MiB, 4 * MiB)):   # frames whose last byte never comes
+                s.sendall(b"\x02" + struct.pack(">Q", size) + b"f" * (size - 1))
+            assert wait_until(lambda: any(cut(s) for s in socks), timeout=30)
+            return [cut(s) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+
+    assert guarded_router(stall, per_connection=8 * MiB, total=10 * MiB) == [False, True, False]
+
+
+def cut(s: socket.socket) -> bool:
+    """True once the other side has closed s (a read would return nothing, or fail)."""
+    while select.select([s], [], [], 0)[0]:
+        try:
+            if s.recv(1 << 16) == b"":     # what the kernel side sent before (its handshake) goes first
+                return True
+        except OSError:
+            return True
+    return False
+
+
+def test_a_curve_client_that_sends_more_than_the_inbound_bound_in_whole_requests_keeps_its_connection(
+        tcp_kernel, make_user):
+    _, key_file = make_user()
+    payload = b"p" * (8 * MiB)
+    with tcp_kernel.client("uploader", key=key_file) as c:
+        for _ in range(4 * INBOUND_HELD_PER_CONNECTION // len(payload)):   # four times what a cut would allow
+            assert c.ping(payload)["payload"] == payload
+        assert c.pid in [p["pid"] for p in c.ps()]      # still its process: the connection was never cut
