@@ -3,6 +3,11 @@
 Sends use ROUTER_MANDATORY and NOBLOCK: a peer that is gone (EHOSTUNREACH) is reported so
 the kernel can reap it; a peer that stopped reading (its pipe is full, EAGAIN) is reported
 so the kernel can cut it off. Nobody waits on a slow or dead client, driver or service host.
+
+What one client can make the kernel hold is bounded here (the limits are in specs/protocol.py):
+frames by ZMQ_MAXMSGSIZE, replies it has not read by UnreadReplies, and bytes ZeroMQ holds from
+a tcp peer without delivering them (a frame still arriving, an unfinished multipart message)
+by InboundGuard.
 """
 
 from __future__ import annotations
