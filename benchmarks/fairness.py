@@ -3,7 +3,7 @@
 A real kernel serves two client processes: a heavy one that submits many long requests at once,
 and a light one that sends a short request every 0.5 s. The light one's time to first token
 (TTFT) is measured twice in the same run: alone on the idle kernel, then while the heavy one
-runs. The kernel admits requests by weighted fair queuing over tokens served and caps how many
+runs. The kernel admits requests by fair queuing over tokens served and caps how many
 of one process's requests share the batch, so the light one should wait roughly one engine
 step, not behind the heavy one's queue.
 
