@@ -51,10 +51,13 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 def echo_stream(stream: SyncStream) -> dict:
-    """Print a stream's text as it comes, then a newline; its final result."""
+    """Print a stream's text as it comes, then a newline (none if no text came); its final result."""
+    printed = False
     for delta in stream:
         click.echo(delta, nl=False)
-    click.echo()
+        printed = printed or bool(delta)
+    if printed:
+        click.echo()
     return stream.result
 
 
