@@ -12,7 +12,7 @@ from typing import Callable
 
 import click
 
-from . import exits
+from .exits import EPILOG, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, from_exception, internal_error, silence_stdout
 from .boot import boot, demo
 from .common import OrderedGroup
 from .generate import chat, embed, run
@@ -52,9 +52,9 @@ class Llmos(OrderedGroup):
         try:
             return super().invoke(ctx)
         except BrokenPipeError:     # before click's own handler, which would exit 1 as if it had failed
-            raise click.exceptions.Exit(exits.silence_stdout()) from None
+            raise click.exceptions.Exit(silence_stdout()) from None
         except Exception as exc:
-            failed = exits.from_exception(exc)
+            failed = from_exception(exc)
             if failed is None:
                 raise
             raise failed from exc
@@ -67,7 +67,7 @@ BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, run
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:
     """The root command with the built-in subcommands; add_plugin_commands(group) adds the plugins'."""
 
-    @click.group(cls=Llmos, add_plugin_commands=add_plugin_commands, epilog=exits.EPILOG,
+    @click.group(cls=Llmos, add_plugin_commands=add_plugin_commands, epilog=EPILOG,
                  help="llmos: an operating system for language models.")
     @click.option("--socket", default=None,
                   help="kernel socket URL (default: $LLMOS_SOCKET, the key file's kernel, or the per-user ipc socket)")
@@ -93,10 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         exc.show()
         return exc.exit_code
     except click.Abort:
-        return exits.EXIT_INTERRUPTED
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return exits.silence_stdout()
+        return silence_stdout()
     except Exception as exc:      # outside any subcommand (option parsing, plugin loading)
-        exits.internal_error(exc).show()
-        return exits.EXIT_INTERNAL
-    return status if isinstance(status, int) else exits.EXIT_OK
+        internal_error(exc).show()
+        return EXIT_INTERNAL
+    return status if isinstance(status, int) else EXIT_OK
