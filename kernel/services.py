@@ -61,10 +61,10 @@ class ServiceSupervisor(Supervisor):
         self.restarts = 0
 
     def ping(self, t: float) -> Message:
-        return channel.HostPing(t)
+        return channel.Ping(t)
 
     def shutdown(self) -> Message:
-        return channel.HostShutdown()
+        return channel.Shutdown()
 
     def _command(self, drv: DriverHandle) -> list[str]:
         dirs = [arg for d in self.read_dirs for arg in ("--read-dir", d)]
@@ -174,7 +174,7 @@ class ServiceManager:
             return await req.future
         self._track(req)
         sent = self.supervisor.send(HOST_ID, channel.Call(
-            cid=req.rid, service=args["service"], task=args["task"], args=args["args"] or {}, stream=args["stream"],
+            rid=req.rid, service=args["service"], task=args["task"], args=args["args"] or {}, stream=args["stream"],
             deadline=None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
             caller={"pid": proc.pid, "name": proc.name, "principal": proc.principal}))
         if not sent:
@@ -223,7 +223,7 @@ class ServiceManager:
         """The call ended (result, error, deadline, cancel, reaping): make sure the host stops working on it."""
         failed = req.future.cancelled() or req.future.exception() is not None
         if self.calls.pop(req.rid, None) is not None and failed:
-            self.supervisor.send(HOST_ID, channel.CancelCall(req.rid))
+            self.supervisor.send(HOST_ID, channel.Cancel(req.rid))
         if not self.calls:
             self._idle.set()
 
@@ -243,7 +243,7 @@ class ServiceManager:
             old = drv.proc
             if drv.state == "up" and old is not None and old.returncode is None:
                 self.supervisor.reloading = True
-                self.supervisor.send(HOST_ID, channel.HostShutdown(reload=True))
+                self.supervisor.send(HOST_ID, channel.Shutdown(reload=True))
                 try:
                     await asyncio.wait_for(asyncio.shield(old.wait()), STOP_TIMEOUT_S)
                 except asyncio.TimeoutError:
@@ -261,19 +261,19 @@ class ServiceManager:
     # -- the host's messages ---------------------------------------------------------------------
 
     def _message(self, drv: DriverHandle, msg: ServiceMessage) -> None:
-        if isinstance(msg, channel.HostPong):
+        if isinstance(msg, channel.Pong):
             return
-        req = self.calls.get(getattr(msg, "cid", None))
+        req = self.calls.get(getattr(msg, "rid", None))
         if req is None:
             return       # finished already (deadline, cancel, reaped)
         if isinstance(msg, channel.CallDelta):
             req.text.append(msg.delta)
             if req.stream and msg.delta:
                 self.k.dispatch.send_more(req, {"delta": msg.delta})
-        elif isinstance(msg, channel.CallResult):
+        elif isinstance(msg, channel.Result):
             result = msg.result
             self.k.requests.end(req, result=result if isinstance(result, dict) else {"value": result})
-        elif isinstance(msg, channel.CallError):
+        elif isinstance(msg, channel.Error):
             self.k.requests.end(req, SyscallError(msg.errno, str(msg.message)))
         else:
             log.warning("services.unexpected_message", op=msg.op)

@@ -4,9 +4,9 @@ The kernel starts it, pings it and restarts it when it dies or hangs, as it does
 is two things at once:
 
 - a child of the kernel on a private channel (a DEALER whose routing id is "services"), whose
-  messages are specs/channel.py's ServiceMessages: the kernel sends Call, CancelCall, HostPing
-  and HostShutdown; the host answers HostHello, then CallDelta, CallResult or CallError for each
-  call, and HostPong;
+  messages are specs/channel.py's ServiceMessages: the kernel sends Call, Cancel, Ping
+  and Shutdown; the host answers HostHello, then CallDelta, Result or Error for each
+  call, and Pong;
 - an ordinary userland process of the kernel (program name "llmos-services"): every task's
   own work (infer, embed, memwrite, memsearch...) goes through syscalls on the kernel's socket,
   so a service can do nothing that a program could not.
@@ -203,16 +203,16 @@ class ServiceHost:
             except ChannelError:
                 continue
             if isinstance(msg, channel.Call):
-                task = asyncio.create_task(self._call(msg), name=f"call-{msg.cid}")
-                self.calls[msg.cid] = task
-                task.add_done_callback(lambda _t, cid=msg.cid: self.calls.pop(cid, None))
-            elif isinstance(msg, channel.CancelCall):
-                task = self.calls.get(msg.cid)
+                task = asyncio.create_task(self._call(msg), name=f"call-{msg.rid}")
+                self.calls[msg.rid] = task
+                task.add_done_callback(lambda _t, cid=msg.rid: self.calls.pop(cid, None))
+            elif isinstance(msg, channel.Cancel):
+                task = self.calls.get(msg.rid)
                 if task is not None:
                     task.cancel()
-            elif isinstance(msg, channel.HostPing):
-                self.send(channel.HostPong(msg.t))
-            elif isinstance(msg, channel.HostShutdown):
+            elif isinstance(msg, channel.Ping):
+                self.send(channel.Pong(msg.t))
+            elif isinstance(msg, channel.Shutdown):
                 self.say_goodbye = msg.reload
                 self.stopping.set()
                 return
@@ -223,17 +223,17 @@ class ServiceHost:
         except asyncio.CancelledError:
             return     # the kernel already answered the caller (deadline, cancel, reaped, shutdown)
         except ServiceError as exc:     # CallError makes an errno the ABI does not know EIO
-            self.send(channel.CallError(msg.cid, exc.errno, exc.message))
+            self.send(channel.Error(msg.rid, exc.errno, exc.message))
         except ArgError as exc:
-            self.send(channel.CallError(msg.cid, "EINVAL", str(exc)))
+            self.send(channel.Error(msg.rid, "EINVAL", str(exc)))
         except LLMOSError as exc:   # one of the task's own syscalls failed: pass its errno on
-            self.send(channel.CallError(msg.cid, exc.errno, f"{msg.service}.{msg.task}: {exc.message}"))
+            self.send(channel.Error(msg.rid, exc.errno, f"{msg.service}.{msg.task}: {exc.message}"))
         except Exception as exc:
             log.exception("services.task_failed", service=msg.service, task=msg.task)
-            self.send(channel.CallError(msg.cid, "EIO",
+            self.send(channel.Error(msg.rid, "EIO",
                                         f"{msg.service}.{msg.task} failed: {exc.__class__.__name__}: {exc}"))
         else:
-            self.send(channel.CallResult(msg.cid, result))
+            self.send(channel.Result(msg.rid, result))
 
     async def _run_task(self, msg: channel.Call) -> dict:
         service = self.catalog.services.get(msg.service)
@@ -245,7 +245,7 @@ class ServiceHost:
             raise ServiceError("ENOENT", f"service '{service.name}' has no task '{msg.task}'; "
                                          f"it has {', '.join(service.tasks)}")
         args = entry.schema.validate(msg.args or {})
-        ctx = TaskContext(self, msg.cid, service.name, msg.caller or {}, bool(msg.stream), msg.deadline)
+        ctx = TaskContext(self, msg.rid, service.name, msg.caller or {}, bool(msg.stream), msg.deadline)
         fn = entry.task.fn
         if inspect.iscoroutinefunction(fn):
             result = await fn(ctx, **args)

@@ -35,9 +35,11 @@ class Message:
         super().__init_subclass__(**kw)
         if op is None:
             cls.by_op = {}            # a channel of its own: ops are looked up within it
-        else:
-            cls.op = op
-            cls.by_op[op] = cls
+            return
+        cls.op = op
+        for base in cls.__mro__[1:]:  # a message both channels speak (ping, result...) is in both
+            if base is not Message and "by_op" in base.__dict__:
+                base.by_op[op] = cls
 
     def to_wire(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -108,7 +110,7 @@ class Submit(DriverMessage, op="submit"):
 
 
 @dataclass
-class Cancel(DriverMessage, op="cancel"):
+class Cancel(DriverMessage, ServiceMessage, op="cancel"):
     rid: int
 
 
@@ -121,13 +123,13 @@ class Embed(DriverMessage, op="embed"):
 
 
 @dataclass
-class Ping(DriverMessage, op="ping"):
+class Ping(DriverMessage, ServiceMessage, op="ping"):
     t: float = 0.0
 
 
 @dataclass
-class Shutdown(DriverMessage, op="shutdown"):
-    pass
+class Shutdown(DriverMessage, ServiceMessage, op="shutdown"):
+    reload: bool = False          # the service host: stopped to be started again by svc_reload
 
 
 # -- driver to kernel ---------------------------------------------------------------------------
@@ -205,54 +207,39 @@ class Events(DriverMessage, op="events"):
 
 
 @dataclass
-class Result(DriverMessage, op="result"):
+class Result(DriverMessage, ServiceMessage, op="result"):
     rid: int
     result: Any
 
 
 @dataclass
-class Error(DriverMessage, op="error"):
+class Error(DriverMessage, ServiceMessage, op="error"):
     rid: int
     errno: str
     message: str
 
     def __post_init__(self):
         if self.errno not in ERRNOS:
-            raise ValueError(f"unknown errno {self.errno!r}")
+            self.errno = "EIO"     # a made-up errno (a plugin's) is still a failure the caller can read
 
 
 @dataclass
-class Pong(DriverMessage, op="pong"):
+class Pong(DriverMessage, ServiceMessage, op="pong"):
     t: float = 0.0
 
 
-# -- the service host channel -------------------------------------------------------------------
+# -- the service host channel (and Cancel, Ping, Shutdown, Result, Error, Pong above) ----------
 
 @dataclass
 class Call(ServiceMessage, op="call"):
     """Kernel to host: run a task of a service for the program that made an svc_call."""
-    cid: int
+    rid: int
     service: str
     task: str
     args: dict
     stream: bool
     deadline: float | None        # seconds left, or None
     caller: dict                  # {pid, name, principal}: name is its label, principal its namespace
-
-
-@dataclass
-class CancelCall(ServiceMessage, op="cancel"):
-    cid: int
-
-
-@dataclass
-class HostPing(ServiceMessage, op="ping"):
-    t: float = 0.0
-
-
-@dataclass
-class HostShutdown(ServiceMessage, op="shutdown"):
-    reload: bool = False
 
 
 @dataclass
@@ -264,27 +251,7 @@ class HostHello(ServiceMessage, op="hello"):
 
 @dataclass
 class CallDelta(ServiceMessage, op="delta"):
-    cid: int
+    rid: int
     delta: str
 
 
-@dataclass
-class CallResult(ServiceMessage, op="result"):
-    cid: int
-    result: Any
-
-
-@dataclass
-class CallError(ServiceMessage, op="error"):
-    cid: int
-    errno: str
-    message: str
-
-    def __post_init__(self):
-        if self.errno not in ERRNOS:
-            self.errno = "EIO"     # a plugin's made-up errno is still a failure the caller can read
-
-
-@dataclass
-class HostPong(ServiceMessage, op="pong"):
-    t: float = 0.0
