@@ -128,6 +128,11 @@ def test_audit_verify_names_the_first_changed_line_and_exits_1(kernel, tmp_path)
     assert r.stderr.startswith(f"llmos audit: EBADMSG: {auditlog.FILE_NAME}:3: the chain is broken")
 
 
+def test_audit_of_a_state_dir_that_is_not_there_is_one_line_enoent(kernel, tmp_path):
+    r = kernel.cli("audit", "--state-dir", str(tmp_path / "nowhere"))
+    assert r.returncode == EXIT_FAILED
+    assert r.stderr == f"llmos audit: ENOENT: no state dir at {tmp_path / 'nowhere'} (on this machine)\n"
+
 # -- users and keys --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -210,3 +215,4 @@ def test_svc_list_prints_each_description_whole(kernel, services_up):
         longest = max((t["description"] for s in c.svc_list()["services"] for t in s["tasks"]), key=len)
     assert len(longest) > 70
     assert longest in kernel.cli("svc", "list", env=ONLY_BUILT_INS).stdout
+

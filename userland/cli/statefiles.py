@@ -35,10 +35,17 @@ def state_dir_option(command):
 
 
 def find_state_dir(given: str | None) -> Path:
+    """The state dir, checked: ENOENT if there is none, EACCES if it is another user's (it is 0700)."""
     if given:
-        return Path(given)
-    with connect("llmos-statefiles") as c:
-        return Path(c.sysinfo()["state_dir"])
+        directory = Path(given)
+    else:
+        with connect("llmos-statefiles") as c:
+            directory = Path(c.sysinfo()["state_dir"])
+    if not directory.is_dir():
+        raise fail("ENOENT", f"no state dir at {directory} (on this machine)")
+    if not os.access(directory, os.R_OK | os.X_OK):
+        raise fail("EACCES", f"{directory} is readable only by the user who booted the kernel")
+    return directory
 
 
 def open_file(path: Path):
