@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import signal
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from llmos.specs import registry
 from llmos.specs.protocol import runtime_dir
 
-from . import logs, statedir
+from . import locks, logs, statedir
 from .auth import AuthError
 from .config import Settings
 from .kernel import Kernel
@@ -34,22 +33,14 @@ def take_lock(socket: str) -> int:
     """Hold an flock for the kernel's life: a second boot on the same socket fails at once, with no race."""
     path = lock_path(socket)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
-        os.close(fd)
-        raise AlreadyRunning(f"a kernel (pid {holder}) is already serving {socket}; stop it first, "
+        return locks.hold(path, f"kernel pid {os.getpid()}")
+    except locks.Held as exc:
+        raise AlreadyRunning(f"a kernel ({exc.holder}) is already serving {socket}; stop it first, "
                              f"or boot this one with --socket on another address") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
-    return fd
 
 
-def release_lock(fd: int) -> None:
-    """Close, never unlink: unlinking would let two kernels lock two different files of one name."""
-    os.close(fd)
+release_lock = locks.release
 
 
 async def run_kernel(settings: Settings) -> str | None:

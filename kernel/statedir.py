@@ -8,12 +8,13 @@ on STATE_DIR/kernel.lock keeps a second kernel, on any socket, from writing the 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import stat
 from pathlib import Path
 
 from llmos.specs.keys import private_dir
+
+from . import locks
 
 LOCK_FILE = "kernel.lock"
 PUBLIC_FILES = {"kernel.key"}       # the kernel's public key may be readable (the folder still is not)
@@ -40,14 +41,8 @@ def prepare(state_dir: Path) -> list[str]:
 
 def take_lock(state_dir: Path, socket: str) -> int:
     """Hold the state dir for this kernel's life; StateDirBusy names the kernel that holds it."""
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 512).decode(errors="replace").strip() or "another kernel"
-        os.close(fd)
-        raise StateDirBusy(f"the state dir {state_dir} is in use by {holder}; stop that kernel, or boot this one "
-                           f"with --state-dir on another folder") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"kernel pid {os.getpid()} on {socket}".encode())
-    return fd
+        return locks.hold(state_dir / LOCK_FILE, f"kernel pid {os.getpid()} on {socket}")
+    except locks.Held as exc:
+        raise StateDirBusy(f"the state dir {state_dir} is in use by {exc.holder}; stop that kernel, or boot this "
+                           f"one with --state-dir on another folder") from None
