@@ -18,8 +18,9 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from llmos.specs.registry import DEFAULT_MODEL
-from llmos.specs.protocol import default_socket, runtime_dir
+from llmos.specs.protocol import MAX_FRAME_BYTES, default_socket, runtime_dir
 
+MAX_VALUE_CEILING = MAX_FRAME_BYTES - (1 << 20)    # room for the reply's envelope
 DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")
 GRANTABLE_CAPS = DEFAULT_CAPS + ("admin",)
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
@@ -133,6 +134,9 @@ def _apply_file(s: Settings, path: Path) -> None:
         s.load_timeout_s = float(limits["load_timeout_s"])
     if "max_value" in limits:
         s.max_value_bytes = parse_bytes(limits["max_value"], "[limits] max_value")
+        if s.max_value_bytes > MAX_VALUE_CEILING:     # a reply carrying it must still fit in a frame
+            raise ConfigError(f"config file {path}: [limits] max_value may be at most "
+                              f"{MAX_VALUE_CEILING >> 20} MiB (a frame is at most {MAX_FRAME_BYTES >> 20} MiB)")
     for key, value in data.get("quotas", {}).items():
         if key == "operator" and isinstance(value, dict):
             s.operator_quotas = {k: _quota(path, f"operator.{k}", v) for k, v in value.items()}
