@@ -84,10 +84,10 @@ class Dispatcher:
             if not isinstance(msg, dict):
                 raise FrameError("a request must be a msgpack map")
             client_id = msg.get("id")
-            if not isinstance(client_id, int) or isinstance(client_id, bool) or client_id <= 0:
+            if not isinstance(client_id, int) or isinstance(client_id, bool) or not 0 < client_id <= MAX_ID:
                 client_id = None
-                raise FrameError("'id' must be a positive integer")
-            if msg.get("v") != ABI_VERSION:
+                raise FrameError("'id' must be an integer from 1 to 2**63-1")
+            if type(msg.get("v")) is not int or msg["v"] != ABI_VERSION:   # not true, not 1.0
                 raise FrameError(f"protocol version {msg.get('v')!r} is not supported; this kernel speaks v{ABI_VERSION}")
             call = msg.get("call")
             if not isinstance(call, str):
@@ -155,6 +155,9 @@ class Dispatcher:
     def send_more(self, req: "Request", result: dict) -> None:
         """One streamed part of a request's answer; its final reply comes when it ends."""
         req.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))
+
+
+MAX_ID = (1 << 63) - 1     # request ids are positive int64s, so every client language can hold them
 
 
 def peek_id(frame: bytes) -> int | None:
