@@ -15,8 +15,10 @@ import signal
 import threading
 
 import pytest
+import zmq
 
-from llmos.userland import AsyncClient, KernelUnavailable, LLMOSError
+from llmos.specs.protocol import pack, unpack
+from llmos.userland import AsyncClient, Client, KernelUnavailable, LLMOSError
 from llmos.userland.testing import wait_until
 
 HANG = 30.0     # a call still running after this long counts as hung
@@ -100,7 +102,7 @@ async def test_async_calls_in_flight_end_with_kernel_unavailable_when_the_kernel
 def test_a_call_waiting_on_a_live_but_busy_kernel_is_ended_by_the_kernel_not_by_the_watchdog(kernel):
     """The kernel's heartbeats keep a quiet wait alive well past the watchdog's silence limit."""
     with kernel.client("patient") as c, stopped_driver(c):
-        deadline = 2 * c._async.silence_limit
+        deadline = c._async.silence_limit + 1     # past the limit, but before the kernel's own watchdog gives up on the driver
         error = outcome(lambda: c.infer(prompt="hi", max_tokens=2, deadline=deadline))
     assert isinstance(error, LLMOSError) and error.errno == "ETIMEDOUT", error
 
@@ -121,3 +123,56 @@ def test_a_string_holding_undecodable_bytes_fails_with_einval_and_the_connection
         assert info.value.errno == "EINVAL" and "not valid UTF-8" in info.value.message
         assert c.ping()["pong"] is True
         assert c._async._pending == {}      # nothing left waiting whose error nobody will read
+
+
+class BusyKernel(threading.Thread):
+    """A stand-in kernel that sends no heartbeat (it counts its client as busy) and answers only hello,
+    ping and exit, until it has answered `pings` pings: then it answers the one infer it holds."""
+
+    def __init__(self, socket: str, pings: int):
+        super().__init__(daemon=True)
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.bind(socket)
+        self.pings = pings
+        self.stopping = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        held = None
+        while not self.stopping.is_set():
+            if not self.sock.poll(50):
+                continue
+            peer, frame = self.sock.recv_multipart()
+            msg = unpack(frame)
+            if msg["call"] == "hello":
+                self.reply(peer, msg, {"pid": 1, "name": "busy", "caps": [], "heartbeat_s": 1.0})
+            elif msg["call"] == "ping":
+                self.pings -= 1
+                self.reply(peer, msg, {"pong": True})
+            elif msg["call"] == "exit":
+                self.reply(peer, msg, {"pid": 1})
+            else:
+                held = (peer, msg)
+            if held is not None and self.pings <= 0:
+                self.reply(*held, {"text": "at last"})
+                held = None
+
+    def reply(self, peer: bytes, msg: dict, result: dict) -> None:
+        self.sock.send_multipart([peer, pack({"id": msg["id"], "ok": True, "result": result})])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.join(10)
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_a_kernel_that_sends_no_heartbeat_but_answers_pings_keeps_a_long_call_alive(tmp_path):
+    """The client pings a quiet kernel before it gives up on it: a kernel that answers is alive."""
+    kernel = BusyKernel(f"ipc://{tmp_path}/busy.sock", pings=3)     # 3 pings take longer than the silence limit
+    try:
+        with Client(socket=f"ipc://{tmp_path}/busy.sock", name="patient") as c:
+            assert outcome(lambda: c.infer(prompt="hi")) == {"text": "at last"}
+    finally:
+        kernel.stop()

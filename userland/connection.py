@@ -6,9 +6,11 @@ When the connection is lost every waiter gets KernelUnavailable, so nobody hangs
 
 A SIGKILLed kernel closes nothing a DEALER notices (it just reconnects, forever), so the client
 watches for silence instead: the kernel sends a heartbeat notice (id 0) to every quiet client each
-`heartbeat_s` (from hello), and any inbound frame counts as life. While calls are in flight and
-nothing has come for SILENT_BEATS heartbeats (at least MIN_SILENCE_S), they all end with
-KernelUnavailable and the connection counts as lost until the kernel is heard from again.
+`heartbeat_s` (from hello), and any inbound frame counts as life. A client that keeps sending is
+not quiet to the kernel and may get no heartbeat, so halfway to the limit the client pings. While
+calls are in flight and nothing has come for SILENT_BEATS heartbeats (at least MIN_SILENCE_S),
+they all end with KernelUnavailable and the connection counts as lost until the kernel is heard
+from again.
 
 A request is checked before it is sent: one the kernel would drop (over hello's `max_frame`) or
 one msgpack cannot carry (a str holding undecodable bytes) fails at once with EINVAL.
@@ -96,6 +98,7 @@ class Connection:
         self._sock = None
         self._reader: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
+        self._probe: asyncio.Future | None = None    # the watchdog's ping in flight
         self._lost: str | None = None      # why the connection is unusable; None while it works
         self._silent = False               # lost only because the kernel went quiet: a frame revives it
         self._last_heard = 0.0             # loop time of the last inbound frame (or of a wait's start)
@@ -206,12 +209,22 @@ class Connection:
                            f"connection to the kernel at {self.socket_url} closed")
 
     async def _watch(self) -> None:
-        """End every call in flight once the kernel has been silent for silence_limit seconds."""
+        """End every call in flight once the kernel has been silent for silence_limit seconds; ping it
+        when it has been silent for half of that."""
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.silence_limit / 4)
             quiet = loop.time() - self._last_heard
-            if self._pending and quiet > self.silence_limit:
+            if not self._pending:
+                continue
+            if quiet > self.silence_limit / 2 and (self._probe is None or self._probe.done()):
+                self._probe = loop.create_future()
+                self._probe.add_done_callback(lambda f: f.cancelled() or f.exception())   # a sign of life, or not
+                try:
+                    await self._send("ping", {}, self._probe)
+                except LLMOSError:
+                    pass
+            if quiet > self.silence_limit:
                 self._silent = True
                 self._fail_all("the kernel went silent",
                                f"the kernel at {self.socket_url} stopped answering: nothing heard for "
