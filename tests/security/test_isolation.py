@@ -2,39 +2,37 @@
 
 from __future__ import annotations
 
-from harness import errno_of, raised, wait_until
+import pytest
+
+from harness import errno_of, raised
 from llmos.userland import Client
 
 
-def test_two_users_regions_of_one_name_are_two_regions(tcp_kernel, make_user):
-    _, alice_key = make_user()
-    _, bob_key = make_user()
-    with tcp_kernel.client("notes", key=alice_key) as alice, tcp_kernel.client("notes", key=bob_key) as bob:
-        alice.memwrite("notes", "k", "alice's secret")
-        assert errno_of(bob.memread, "notes", "k") == "ENOENT"
-        bob.memwrite("notes", "k", "bob's")
-        assert alice.memread("notes", "k")["value"] == "alice's secret"
-        assert bob.memread("notes", "k")["value"] == "bob's"
+@pytest.fixture
+def alice_and_bob(tcp_kernel, make_user):
+    """Two users' programs, both named "app": a name is a label, so it gives neither the other's rights."""
+    (alice, alice_key), (bob, bob_key) = make_user(), make_user()
+    with tcp_kernel.client("app", key=alice_key) as a, tcp_kernel.client("app", key=bob_key) as b:
+        assert (a.info["principal"], b.info["principal"]) == (alice, bob)
+        yield a, b
 
 
-def test_another_users_region_is_not_found_not_forbidden(tcp_kernel, make_user):
-    _, alice_key = make_user()
-    _, bob_key = make_user()
-    with tcp_kernel.client("a", key=alice_key) as alice, tcp_kernel.client("b", key=bob_key) as bob:
-        alice.memwrite("private", "k", "v")
-        for call in (lambda: bob.memread("private", "k"), lambda: bob.memread("private"),
-                     lambda: bob.memdel("private", "k"), lambda: bob.memread("never-made", "k")):
-            error = raised(call)
-            assert error.errno == "ENOENT" and "alice" not in error.message
+def test_two_users_regions_of_one_name_are_two_regions(alice_and_bob):
+    alice, bob = alice_and_bob
+    alice.memwrite("notes", "k", "alice's secret")
+    assert errno_of(bob.memread, "notes", "k") == "ENOENT"
+    bob.memwrite("notes", "k", "bob's")
+    assert alice.memread("notes", "k")["value"] == "alice's secret"
+    assert bob.memread("notes", "k")["value"] == "bob's"
 
 
-def test_a_program_name_is_not_an_identity(tcp_kernel, make_user):
-    alice, alice_key = make_user()
-    _, bob_key = make_user()
-    with tcp_kernel.client("same-name", key=alice_key) as a, tcp_kernel.client("same-name", key=bob_key) as b:
-        a.memwrite("r", "k", "v")
-        assert errno_of(b.memread, "r", "k") == "ENOENT"
-        assert b.info["principal"] != alice
+def test_another_users_region_is_not_found_not_forbidden(alice_and_bob):
+    alice, bob = alice_and_bob
+    alice.memwrite("private", "k", "v")
+    for call in (lambda: bob.memread("private", "k"), lambda: bob.memread("private"),
+                 lambda: bob.memdel("private", "k"), lambda: bob.memread("never-made", "k")):
+        error = raised(call)
+        assert error.errno == "ENOENT" and alice.info["principal"] not in error.message
 
 
 def test_ps_shows_a_user_only_its_own_processes(tcp_kernel, operator, make_user):
