@@ -199,7 +199,6 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def make_tiny_llama(dirpath) -> str:
     """A 2-layer LlamaForCausalLM (GQA, tied embeddings) with a byte-level BPE chat tokenizer; deterministic."""
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -218,17 +217,11 @@ def make_tiny_llama(dirpath) -> str:
                          max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.1,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+    return _save_seeded(LlamaForCausalLM, config, tokenizer, path)
 
 
 def make_tiny_bert(dirpath) -> str:
     """A 2-layer BertModel with a WordPiece tokenizer, as sentence-transformers would load it; deterministic."""
-    import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     path = Path(dirpath)
@@ -239,9 +232,16 @@ def make_tiny_bert(dirpath) -> str:
     tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), model_max_length=128)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
+    return _save_seeded(BertModel, config, tokenizer, path)
+
+
+def _save_seeded(model_class, config, tokenizer, path: Path) -> str:
+    """Weights drawn from seed 0 without touching the caller's random state, saved with the tokenizer."""
+    import torch
+
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model = BertModel(config)
+        model = model_class(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
