@@ -176,3 +176,12 @@ def test_a_kernel_that_sends_no_heartbeat_but_answers_pings_keeps_a_long_call_al
             assert outcome(lambda: c.infer(prompt="hi")) == {"text": "at last"}
     finally:
         kernel.stop()
+
+
+def test_a_finished_stream_left_unread_is_no_longer_waited_on_and_still_reads_whole(kernel):
+    """Nothing keeps the watchdog watching (and pinging) for a stream whose last frame has come."""
+    with kernel.client("unread") as c:
+        stream = c.stream(prompt="hi", max_tokens=2)
+        assert wait_until(lambda: not c._async._pending)
+        text = "".join(stream)
+        assert stream.result["text"] == text

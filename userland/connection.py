@@ -197,6 +197,8 @@ class Connection:
                 waiter = self._pending.get(rid)
                 if isinstance(waiter, asyncio.Queue):
                     waiter.put_nowait(msg)
+                    if not msg.get("more"):     # its last frame: nothing more to wait for, read or not
+                        self._pending.pop(rid, None)
                 elif waiter is not None:
                     self._pending.pop(rid, None)
                     if not waiter.done():
