@@ -53,7 +53,7 @@ async def run_kernel(settings: Settings) -> str | None:
     try:
         await kernel.stopping.wait()
     finally:
-        await kernel.shutdown(kernel.boot_failure or "kernel shutting down")
+        await kernel.shutdown(kernel.boot_failure or kernel.stop_reason)
     return kernel.boot_failure
 
 

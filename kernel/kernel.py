@@ -63,6 +63,7 @@ class Kernel:
         self.supervisor: Supervisor | None = None
         self.memstore: MemoryStore | None = None
         self.stopping = asyncio.Event()
+        self.stop_reason = "kernel shutting down"   # what cancelled requests are told; `shutdown` sets it
         self.boot_failure: str | None = None    # why boot failed: `llmos boot` then exits non-zero
         self._tasks: set[asyncio.Task] = set()
 

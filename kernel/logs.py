@@ -8,6 +8,8 @@ from pathlib import Path
 
 import structlog
 
+from llmos.specs.protocol import KERNEL_LOG
+
 
 def configure(state_dir: Path | None, level: str = "info", json_console: bool | None = None) -> None:
     """Route structlog through stdlib logging so one event reaches both the console and the file."""
@@ -30,7 +32,7 @@ def configure(state_dir: Path | None, level: str = "info", json_console: bool | 
     handlers: list[logging.Handler] = [console]
     if state_dir is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        file = logging.FileHandler(state_dir / "kernel.log")
+        file = logging.FileHandler(state_dir / KERNEL_LOG)
         file.setFormatter(structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, structlog.processors.JSONRenderer()],
             foreign_pre_chain=shared,

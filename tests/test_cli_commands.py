@@ -216,3 +216,12 @@ def test_svc_list_prints_each_description_whole(kernel, services_up):
     assert len(longest) > 70
     assert longest in kernel.cli("svc", "list", env=ONLY_BUILT_INS).stdout
 
+
+
+def test_llmos_stop_shuts_the_kernel_down_and_is_audited(fresh_kernel):
+    k = fresh_kernel(model=None, env={"LLMOS_NO_SERVICES": "1"})
+    out = k.cli("stop", "--reason", "maintenance")
+    assert out.returncode == 0 and "stopping" in out.stdout
+    assert k.proc.wait(60) == 0
+    audit = (k.state_dir / "audit.log").read_text()
+    assert '"event":"shutdown_requested"' in audit and "maintenance" in audit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from typing import TYPE_CHECKING
@@ -84,6 +85,14 @@ def sys_kill(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     return {"pid": target.pid}
 
 
+def sys_shutdown(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    """Stop after this reply goes out: the boot loop is waiting on k.stopping."""
+    k.audit.record("shutdown_requested", by=ctx.proc.principal, pid=ctx.proc.pid, reason=args["reason"])
+    k.stop_reason = f"{args['reason']} (process {ctx.proc.pid})"
+    asyncio.get_running_loop().call_soon(k.stopping.set)
+    return {"stopping": True}
+
+
 def sys_sysinfo(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     return {"kernel": KERNEL_VERSION, "abi": ABI_VERSION, "uptime_s": round(time.time() - k.started, 3),
             "socket": k.settings.socket, "state_dir": str(k.settings.state_dir), "processes": len(k.procs),
@@ -91,4 +100,4 @@ def sys_sysinfo(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 HANDLERS = {"hello": sys_hello, "exit": sys_exit, "ping": sys_ping, "ps": sys_ps, "kill": sys_kill,
-            "sysinfo": sys_sysinfo}
+            "sysinfo": sys_sysinfo, "shutdown": sys_shutdown}

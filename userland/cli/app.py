@@ -19,7 +19,7 @@ from .generate import chat, embed, run
 from .memory import mem
 from .models import devices, load, models, unload
 from .plugins import add_installed_commands
-from .processes import kill, ps, sysinfo
+from .processes import kill, ps, stop, sysinfo
 from .services import svc
 from .statefiles import audit, logs
 from .users import user
@@ -60,7 +60,7 @@ class Llmos(OrderedGroup):
             raise failed from exc
 
 
-BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, run, chat, embed, mem, svc, user,
+BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
                      logs, audit, demo)
 
 

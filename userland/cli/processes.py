@@ -32,3 +32,12 @@ def kill(pid: int) -> None:
     with connect("llmos-kill", caps=["admin"]) as c:
         c.kill(pid)
     click.echo(f"killed {pid}")
+
+
+@click.command(help="shut the kernel down (needs the admin capability); requests in flight end with ECANCELED")
+@click.option("--reason", default="shut down by an admin with `llmos stop`", show_default=True,
+              help="told to every program whose request it cancels")
+def stop(reason: str) -> None:
+    with connect("llmos-stop", caps=["admin"]) as c:
+        c.shutdown(reason=reason)
+    click.echo("the kernel is stopping")

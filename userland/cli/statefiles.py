@@ -21,11 +21,11 @@ from typing import Iterator
 import click
 
 from llmos.specs import auditlog
+from llmos.specs.protocol import KERNEL_LOG
 
 from .common import connect
 from .exits import fail
 
-KERNEL_LOG = "kernel.log"     # the name kernel/logs.py writes the kernel's log under
 POLL_S = 0.25
 
 
