@@ -204,6 +204,9 @@ class InboundGuard:
         self._delivered: dict[int, int] = {}    # fd of each accepted connection -> bytes delivered from it
 
     def delivered(self, fd: int, frames: list) -> None:
+        # The connection's ACCEPTED event is queued before any of its messages: take it first, or a
+        # new connection on a reused fd would credit the old one, and look as if it held what it sent.
+        self.follow_connections()
         if fd in self._delivered:
             self._delivered[fd] += sum(len(f) + self.FRAME_OVERHEAD for f in frames)
 

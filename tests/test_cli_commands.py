@@ -86,8 +86,9 @@ def test_logs_prints_the_running_kernels_log_from_its_state_dir(kernel):
     assert r.stdout.splitlines()[0] == first
 
 
-def test_logs_follow_prints_what_the_kernel_logs_after_it_started(kernel):
-    follower = Follower(kernel, "logs", "--follow", "-n", "0")
+@pytest.mark.parametrize("command", ["logs", "audit"])
+def test_follow_prints_what_the_kernel_writes_after_it_started(kernel, command):
+    follower = Follower(kernel, command, "--follow", "-n", "0")
     try:
         assert follower.shows_new_processes(kernel)
     finally:
@@ -99,14 +100,6 @@ def test_audit_lists_the_kernels_audit_log_readably(kernel):
     r = kernel.cli("audit")
     assert r.returncode == 0, r.stderr
     assert any(" hello " in line and f"program={name}" in line for line in r.stdout.splitlines())
-
-
-def test_audit_follow_prints_lines_as_the_kernel_writes_them(kernel):
-    follower = Follower(kernel, "audit", "--follow", "-n", "0")
-    try:
-        assert follower.shows_new_processes(kernel)
-    finally:
-        assert follower.stop() == EXIT_INTERRUPTED
 
 
 def test_audit_verify_counts_the_lines_of_an_intact_chain(kernel):

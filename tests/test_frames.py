@@ -7,18 +7,14 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from harness import dealer
 from llmos.specs.protocol import MAX_WIRE_FRAME_BYTES
 
 
 @pytest.fixture
 def raw(kernel):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(kernel.socket)
-    yield sock
-    sock.close(0)
-    ctx.term()
+    with dealer(kernel.socket) as sock:
+        yield sock
 
 
 def ask(sock, frame: bytes) -> dict:

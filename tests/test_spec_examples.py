@@ -11,6 +11,7 @@ import msgpack
 import pytest
 import zmq
 
+from harness import dealer
 from llmos.specs import SYSCALLS
 
 ABI = (Path(__file__).resolve().parents[1] / "specs" / "ABI.md").read_text()
@@ -31,24 +32,19 @@ def test_the_abi_example_client_runs_as_written(kernel):
 
 @pytest.fixture
 def raw(kernel):
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 30_000)
-    sock.connect(kernel.socket)
+    with dealer(kernel.socket) as sock:
+        sock.setsockopt(zmq.RCVTIMEO, 30_000)
+        yield lambda frame: ask(sock, frame)
 
-    def call(frame: dict) -> dict:
-        """Send a frame; the first reply to it (one with its id, or with no id: a frame the kernel
-        could not read), skipping notices and what earlier requests still stream."""
-        sock.send(msgpack.packb(frame))
-        while True:
-            reply = msgpack.unpackb(sock.recv())
-            if reply["id"] in (frame.get("id"), None):
-                return reply
 
-    yield call
-    sock.close()
-    ctx.term()
+def ask(sock, frame: dict) -> dict:
+    """Send a frame; the first reply to it (one with its id, or with no id: a frame the kernel
+    could not read), skipping notices and what earlier requests still stream."""
+    sock.send(msgpack.packb(frame))
+    while True:
+        reply = msgpack.unpackb(sock.recv())
+        if reply["id"] in (frame.get("id"), None):
+            return reply
 
 
 @pytest.mark.parametrize("v", [True, 1.0, 2, "1"])

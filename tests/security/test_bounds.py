@@ -18,6 +18,7 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from harness import dealer
 from llmos.kernel.transport import InboundGuard, UnreadReplies
 from llmos.specs.protocol import BULK_REPLY_BYTES, INBOUND_HELD_PER_CONNECTION, MAX_FRAME_BYTES
 from llmos.userland.testing import KernelProcess, wait_until
@@ -37,13 +38,8 @@ def bare_kernel(tmp_path_factory):
 @pytest.fixture
 def raw(bare_kernel):
     """A DEALER that says hello itself and reads only when the test says so."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(bare_kernel.socket)
-    yield sock
-    sock.close(0)
-    ctx.term()
+    with dealer(bare_kernel.socket) as sock:
+        yield sock
 
 
 def frame(req_id: int, call: str, **args) -> bytes:
