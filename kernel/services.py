@@ -266,7 +266,10 @@ class ServiceManager:
         req = self.calls.get(getattr(msg, "rid", None))
         if req is None:
             return       # finished already (deadline, cancel, reaped)
-        if isinstance(msg, channel.CallDelta):
+        if isinstance(msg, channel.FileRead):     # who read it is the kernel's to say, from the call
+            self.k.audit.record("file_read", principal=req.principal, pid=req.pid, service=req.payload["service"],
+                                path=msg.path, bytes=msg.bytes)
+        elif isinstance(msg, channel.CallDelta):
             req.text.append(msg.delta)
             if req.stream and msg.delta:
                 self.k.dispatch.send_more(req, {"delta": msg.delta})

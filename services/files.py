@@ -36,9 +36,10 @@ class Document:
 class AllowedFiles:
     """Reads text files under the operator's allowed folders, for one caller."""
 
-    def __init__(self, read_dirs: list[str], caller: dict | None = None):
+    def __init__(self, read_dirs: list[str], caller: dict | None = None, on_read=None):
         self.roots = [Path(d).resolve() for d in read_dirs]
         self.caller = caller or {}
+        self.on_read = on_read or (lambda path, nbytes: None)   # tells the kernel, for its audit log
 
     def _allowed(self, path: Path) -> bool:
         return any(path == root or path.is_relative_to(root) for root in self.roots)
@@ -119,4 +120,5 @@ class AllowedFiles:
             raise ServiceError("EINVAL", f"grew past {limit} bytes while being read")
         log.info("services.file_read", path=str(real), bytes=len(data), principal=self.caller.get("principal"),
                  pid=self.caller.get("pid"), program=self.caller.get("name"))
+        self.on_read(str(real), len(data))
         return data

@@ -76,7 +76,8 @@ class TaskContext:
         self.caller = caller
         self.stream = stream
         self.emitted: list[str] = []
-        self.files = AllowedFiles(host.read_dirs, caller)   # the only way a task should read a file
+        self.files = AllowedFiles(host.read_dirs, caller,   # the only way a task should read a file
+                                  on_read=lambda path, nbytes: self._send(channel.FileRead(cid, path, nbytes)))
 
     @property
     def deadline(self) -> float | None:
@@ -93,11 +94,14 @@ class TaskContext:
             return
         self.emitted.append(delta)
         if self.stream:
-            msg = channel.CallDelta(self._cid, delta)
-            if _on_loop(self._loop):
-                self._host.send(msg)
-            else:
-                self._loop.call_soon_threadsafe(self._host.send, msg)
+            self._send(channel.CallDelta(self._cid, delta))
+
+    def _send(self, msg: ServiceMessage) -> None:
+        """To the kernel, from the loop or from a plain task's worker thread."""
+        if _on_loop(self._loop):
+            self._host.send(msg)
+        else:
+            self._loop.call_soon_threadsafe(self._host.send, msg)
 
     def run(self, awaitable) -> Any:
         """From a plain (threaded) task: run a coroutine such as a kernel call on the host's loop."""

@@ -250,6 +250,14 @@ class HostHello(ServiceMessage, op="hello"):
 
 
 @dataclass
+class FileRead(ServiceMessage, op="file_read"):
+    """Host to kernel: a task of call `rid` read this file (under [services] read_dirs), for the audit log."""
+    rid: int
+    path: str
+    bytes: int
+
+
+@dataclass
 class CallDelta(ServiceMessage, op="delta"):
     rid: int
     delta: str

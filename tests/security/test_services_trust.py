@@ -66,6 +66,20 @@ def test_kb_ingest_reads_a_file_inside_an_allowed_folder(client, allowed):
     client.svc_call("kb", "drop", {"kb": "ok"})
 
 
+def test_a_file_a_service_reads_is_in_the_kernels_audit_log_with_the_callers_principal(client, svc_kernel, allowed):
+    client.svc_call("kb", "ingest", {"kb": "audited", "path": str(allowed / "inside.txt")})
+
+    def audited():
+        lines = [json.loads(line) for line in (svc_kernel.state_dir / AUDIT_FILE).read_text().splitlines()]
+        return [r for r in lines if r["event"] == "file_read" and r["pid"] == client.pid]
+
+    assert wait_until(audited, timeout=10)
+    record = audited()[0]
+    assert record["principal"] == "operator" and record["service"] == "kb"
+    assert record["path"] == str((allowed / "inside.txt").resolve())
+    client.svc_call("kb", "drop", {"kb": "audited"})
+
+
 def test_kb_ingest_refuses_a_symlink_out_of_the_allowed_folder(client, allowed):
     error = raised(client.svc_call, "kb", "ingest", {"kb": "leak", "path": str(allowed / "environ.txt")})
     assert error.errno == "EACCES" and "read_dirs" in error.message
