@@ -1,0 +1,96 @@
+"""What a task gets besides its arguments (ctx in hookspecs.py): the kernel as the caller's agent,
+who called, its private regions and files, and a way to stream text back.
+
+A task runs in the service host, which is a process of the kernel like any program; `ctx.kernel`
+passes `for_call` so a generation counts against the caller, not the host, and `ctx.files` reads
+only where the operator allows (services/files.py), telling the kernel what it read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from llmos.specs import channel
+from llmos.specs.channel import ServiceMessage
+from llmos.userland.client import AsyncClient
+
+from .files import AllowedFiles
+
+if TYPE_CHECKING:
+    from .host import ServiceHost
+
+
+class TaskContext:
+    """What a task gets besides its args: the kernel, who called, streaming (see hookspecs.py)."""
+
+    def __init__(self, host: "ServiceHost", cid: int, service: str, caller: dict, stream: bool,
+                 deadline: float | None):
+        self._host = host
+        self._cid = cid
+        self._loop = asyncio.get_running_loop()
+        self._deadline_at = None if deadline is None else time.monotonic() + deadline
+        self.kernel = ForCaller(host.client, cid) if host.client.service_token else host.client
+        self.service = service
+        self.caller = caller
+        self.stream = stream
+        self.emitted: list[str] = []
+        self.files = AllowedFiles(host.read_dirs, caller,   # the only way a task should read a file
+                                  on_read=lambda path, nbytes: self._send(channel.FileRead(cid, path, nbytes)))
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self._deadline_at is None else max(0.0, self._deadline_at - time.monotonic())
+
+    def region(self, name: str) -> str:
+        """A memory region private to this service and the calling program of the calling principal (a
+        program name is the caller's to choose, so it is scoped by the principal the kernel proved)."""
+        return f"svc/{self.service}/{self.caller.get('principal', '?')}/{self.caller.get('name', '?')}/{name}"
+
+    def emit(self, delta: str) -> None:
+        """Send text to a streaming caller now (thread-safe; a no-op when the caller does not stream)."""
+        if not delta:
+            return
+        self.emitted.append(delta)
+        if self.stream:
+            self._send(channel.CallDelta(self._cid, delta))
+
+    def _send(self, msg: ServiceMessage) -> None:
+        """To the kernel, from the loop or from a plain task's worker thread."""
+        if _on_loop(self._loop):
+            self._host.send(msg)
+        else:
+            self._loop.call_soon_threadsafe(self._host.send, msg)
+
+    def run(self, awaitable) -> Any:
+        """From a plain (threaded) task: run a coroutine such as a kernel call on the host's loop."""
+        if _on_loop(self._loop):
+            raise RuntimeError("ctx.run is for plain tasks on a worker thread; an async task awaits instead")
+        return asyncio.run_coroutine_threadsafe(awaitable, self._loop).result()
+
+
+class ForCaller:
+    """The host's kernel client as one task sees it: the generations it asks for carry the call's
+    id (`for_call`), so the fair scheduler counts them against the program that called the task,
+    not against the service host that every program's calls share."""
+
+    def __init__(self, client: AsyncClient, cid: int):
+        self._client = client
+        self._cid = cid
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    async def infer(self, *args, **kwargs) -> dict:
+        return await self._client.infer(*args, **{"for_call": self._cid, **kwargs})
+
+    async def stream(self, *args, **kwargs):
+        return await self._client.stream(*args, **{"for_call": self._cid, **kwargs})
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
