@@ -78,15 +78,14 @@ def boot(settings: Settings) -> int:
     if unknown:
         log.error("boot.refused", reason=unknown)
         return 1
+    held: list[int] = []
     try:
-        fd = take_lock(settings.socket)
-    except AlreadyRunning as exc:
-        log.error("boot.refused", reason=str(exc))
-        return 1
-    try:
-        state_fd = statedir.take_lock(settings.state_dir, settings.socket)
-    except statedir.StateDirBusy as exc:
-        release_lock(fd)
+        for socket in dict.fromkeys([settings.socket, settings.operator_socket]):
+            held.append(take_lock(socket))
+        held.append(statedir.take_lock(settings.state_dir, settings.socket))
+    except (AlreadyRunning, statedir.StateDirBusy) as exc:
+        for fd in held:
+            release_lock(fd)
         log.error("boot.refused", reason=str(exc))
         return 1
     try:
@@ -95,6 +94,6 @@ def boot(settings: Settings) -> int:
         log.error("boot.refused", reason=str(exc))
         return 1
     finally:
-        release_lock(state_fd)
-        release_lock(fd)
+        for fd in held:
+            release_lock(fd)
     return 1 if failure else 0

@@ -71,11 +71,11 @@ class Settings:
     @property
     def operator_socket(self) -> str:
         """Where the operator (and the service host) connect: the socket itself if it is ipc, else
-        a private ipc socket beside the tcp one, so a tcp kernel still has a local console."""
+        the usual private ipc socket, so on the kernel's machine `llmos ...` finds a tcp kernel's
+        console with no flags (boot locks it as it locks the tcp socket)."""
         if not self.socket.startswith("tcp://"):
             return self.socket
-        port = self.socket.rsplit(":", 1)[-1]
-        return f"ipc://{runtime_dir()}/operator-{port}.sock"
+        return f"ipc://{runtime_dir()}/kernel.sock"
 
     def models_to_load(self) -> list[str]:
         if self.preload is not None:

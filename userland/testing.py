@@ -67,7 +67,7 @@ class KernelProcess:
         if tcp:    # CurveZMQ on loopback; the harness and the operator use the private ipc console
             port = free_tcp_port()
             self.socket = f"tcp://127.0.0.1:{port}"
-            self.operator_socket = f"ipc://{self.runtime_dir}/llmos/operator-{port}.sock"
+            self.operator_socket = f"ipc://{self.runtime_dir}/llmos/kernel.sock"
         self.state_dir = Path(state_dir or self.workdir / "state")
         self.log = self.workdir / "kernel.out"
         self.model = model

@@ -6,6 +6,7 @@ reaped at once, since the key that proved them is no longer a principal's.
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from ..errors import einval
@@ -27,6 +28,14 @@ def _checked_quotas(quotas: dict | None) -> dict[str, int]:
     return dict(quotas)
 
 
+def reachable_at(url: str) -> str:
+    """The address a user's key file names: a wildcard bind is no address, this machine's name is."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if url.startswith(wildcard):
+            return f"tcp://{socket.getfqdn()}:{url[len(wildcard):]}"
+    return url
+
+
 def _reap_all(k: "Kernel", name: str, why: str) -> int:
     procs = [p for p in k.procs if p.authenticated_as == name]
     for proc in procs:
@@ -39,7 +48,7 @@ def sys_user_add(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     if caps is not None and not all(isinstance(c, str) for c in caps):
         raise einval("user_add: 'caps' must be a list of strings")
     try:
-        principal, path = k.principals.add(args["name"], caps, _checked_quotas(args["quotas"]), k.settings.socket)
+        principal, path = k.principals.add(args["name"], caps, _checked_quotas(args["quotas"]), reachable_at(k.settings.socket))
     except PrincipalError as exc:
         raise einval(f"user_add: {exc}") from None
     k.audit.record("user_add", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name,
@@ -63,7 +72,7 @@ def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 def sys_user_rotate(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     try:
-        principal, path = k.principals.rotate(args["name"], k.settings.socket)
+        principal, path = k.principals.rotate(args["name"], reachable_at(k.settings.socket))
     except PrincipalError as exc:
         raise einval(f"user_rotate: {exc}") from None
     reaped = _reap_all(k, principal.name, "its user's key was rotated")
