@@ -218,3 +218,14 @@ def test_llmos_stop_shuts_the_kernel_down_and_is_audited(fresh_kernel):
     assert k.proc.wait(60) == 0
     audit = (k.state_dir / "audit.log").read_text()
     assert '"event":"shutdown_requested"' in audit and "maintenance" in audit
+
+
+def test_run_says_which_model_it_waits_for_when_the_model_is_not_loaded(fresh_kernel, tiny_llama, tmp_path):
+    config = tmp_path / "models.toml"
+    config.write_text(f'[models.tiny]\npath = "{tiny_llama}"\n')
+    k = fresh_kernel(model=None, extra=["--config", str(config)], env={"LLMOS_NO_SERVICES": "1"})
+    out = k.cli("run", "--model", "tiny", "--max-tokens", "3", "-q", "hi")
+    assert out.returncode == 0, out.stderr
+    assert "[loading model tiny" in out.stderr
+    again = k.cli("run", "--model", "tiny", "--max-tokens", "3", "-q", "hi")
+    assert "loading model" not in again.stderr and "waiting for model" not in again.stderr

@@ -21,10 +21,11 @@ def sampling_options(command):
         click.option("--system", default=None, type=TEXT, help="a system prompt, said before the conversation"),
         click.option("--max-tokens", type=int, default=256, show_default=True,
                      help="the most tokens to write (cut to what the model's context leaves)"),
-        click.option("--temperature", type=float, default=0.2, show_default=True,
-                     help="randomness of the sampling; 0 always takes the most likely token"),
-        click.option("--top-p", type=float, default=0.95, show_default=True,
-                     help="sample only from the most likely tokens that together hold this probability"),
+        click.option("--temperature", type=float, default=None,
+                     help="randomness of the sampling; 0 always takes the most likely token (default: the model's)"),
+        click.option("--top-p", type=float, default=None,
+                     help="sample only from the most likely tokens that together hold this probability "
+                          "(default: the model's)"),
         click.option("--seed", type=int, default=None, help="same seed, same text"),
     ]
     for option in reversed(options):
@@ -34,6 +35,28 @@ def sampling_options(command):
 
 def _messages(system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
+
+
+def wait_for_model(c, model: str | None) -> None:
+    """Say so when the model is not ready yet, and how long it has been loading, instead of silence."""
+    name = model or c.info.get("default_model")
+    if name is None:
+        return
+
+    def state() -> str | None:
+        return next((m["state"] for m in c.models()["loaded"] if m["name"] == name), None)
+
+    current = state()
+    if current is None:
+        click.echo(f"[loading model {name}: the first answer waits for it]", err=True)
+        return
+    started = time.monotonic()
+    while current == "loading":
+        click.echo(f"\r[waiting for model {name} to load: {time.monotonic() - started:.0f}s]", nl=False, err=True)
+        time.sleep(0.5)
+        current = state()
+    if time.monotonic() > started + 0.5:
+        click.echo(err=True)
 
 
 def cancel_quietly(stream) -> None:
@@ -52,6 +75,7 @@ def cancel_quietly(stream) -> None:
 def run(ctx: click.Context, prompt: str, quiet: bool, system: str | None, **sampling) -> None:
     messages = _messages(system) + [{"role": "user", "content": prompt}]
     with connect("llmos-run") as c:
+        wait_for_model(c, sampling.get("model"))
         started = time.monotonic()
         first = None
         stream = c.stream(messages=messages, **sampling)
@@ -81,6 +105,7 @@ def chat(system: str | None, **sampling) -> None:
     messages = _messages(system)
     with connect("llmos-chat") as c:
         click.echo("llmos chat: /quit or Ctrl-D to quit, /reset to start over", err=True)
+        wait_for_model(c, sampling.get("model"))
         for line in typed_lines("> "):
             if line.strip() == "/reset":
                 messages = _messages(system)
