@@ -56,7 +56,7 @@ class KernelProcess:
 
     def __init__(self, workdir: Path | str | None = None, model: str | None = None, extra: list[str] | None = None,
                  env: dict[str, str] | None = None, state_dir: Path | str | None = None, tcp: bool = False):
-        self._owned: list[Path] = []    # temporary directories stop() removes
+        self._owned: list[Path] = []    # temporary directories stop() removes (start() makes them again)
         if workdir is None:
             workdir = self._temp_dir("llmos-kernel-")
         self.workdir = Path(workdir)
@@ -86,6 +86,8 @@ class KernelProcess:
         If it does not get there within `timeout`, everything is stopped and removed, and the
         error carries the end of the kernel's log.
         """
+        for path in self._owned:         # a restart after stop(): the same paths, made again
+            path.mkdir(mode=0o700, exist_ok=True)
         env = {**os.environ, "XDG_RUNTIME_DIR": str(self.runtime_dir), **self.env}
         args = [sys.executable, "-m", "llmos.kernel", "--socket", self.socket, "--state-dir", str(self.state_dir),
                 "--device", "cpu", *(["--model", self.model] if self.model else ["--no-model"]), *self.extra]
@@ -171,8 +173,8 @@ class KernelProcess:
                     self.proc.kill()
                     self.proc.wait()
             code = self.proc.returncode
-        while self._owned:
-            shutil.rmtree(self._owned.pop(), ignore_errors=True)
+        for path in self._owned:
+            shutil.rmtree(path, ignore_errors=True)
         return code
 
     def __enter__(self) -> "KernelProcess":
