@@ -27,6 +27,7 @@ OPERATOR = "operator"          # the uid that booted the kernel, on its private 
 SERVICES = "services"          # the kernel's own service host
 RESERVED = {OPERATOR, SERVICES}
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+MAX_USERS = 10_000             # the table is loaded whole and indexed in memory
 
 
 class PrincipalError(ValueError):
@@ -110,6 +111,8 @@ class PrincipalTable:
                                  f"starting with a letter, and not {' or '.join(sorted(RESERVED))}")
         if name in self._by_name:
             raise PrincipalError(f"user '{name}' exists; rotate its key or remove it first")
+        if len(self._by_name) >= MAX_USERS:
+            raise PrincipalError(f"this kernel has {MAX_USERS} users, its limit; remove some first")
         granted = frozenset(self.user_caps if caps is None else caps)
         unknown = sorted(granted - self.all_caps)
         if unknown:

@@ -53,16 +53,22 @@ class Quotas:
 
     def charge_tokens(self, principal: str, tokens: int) -> None:
         if self.limit(principal, "tokens_per_minute") is not None:
-            self._tokens[principal].append((time.monotonic(), tokens))
+            now = time.monotonic()
+            self._window(principal, now).append((now, tokens))
+
+    def _window(self, principal: str, now: float) -> deque:
+        """This minute's (time, tokens) of a principal: older entries dropped, so it holds a minute at most."""
+        window = self._tokens[principal]
+        while window and now - window[0][0] > WINDOW_S:
+            window.popleft()
+        return window
 
     def check_token_rate(self, principal: str) -> None:
         limit = self.limit(principal, "tokens_per_minute")
         if limit is None:
             return
-        window = self._tokens[principal]
         now = time.monotonic()
-        while window and now - window[0][0] > WINDOW_S:
-            window.popleft()
+        window = self._window(principal, now)
         used = sum(n for _, n in window)
         if used >= limit:
             retry = WINDOW_S - (now - window[0][0]) if window else 0.0

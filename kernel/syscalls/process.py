@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from llmos.specs.protocol import ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
 
 from ..errors import ebusy, einval, enoent, eperm
-from ..principals import SERVICES
+from ..principals import OPERATOR, SERVICES
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -28,7 +28,9 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise eperm("hello: this connection's key belongs to no user (removed, or rotated); ask the operator")
     token = args["service_token"]
     if token is not None:
-        if not secrets.compare_digest(token, k.service_token):
+        # The token is a second proof, never the first: only the operator's own connection (the
+        # private ipc socket the host is started on) may present it, so a leaked token is no key.
+        if ctx.principal != OPERATOR or not secrets.compare_digest(token, k.service_token):
             k.audit.record("denied", call="hello", principal=ctx.principal, why="wrong service_token")
             raise eperm("hello: wrong service_token (only the kernel's own service host has one)")
         principal = k.principals.services
