@@ -21,6 +21,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="model dtype (default auto: bf16 on CUDA and on CPUs with native bf16, else fp32)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics, /health/live and /health/ready here "
+                   "(unauthenticated, read-only: keep it on loopback or firewalled)")
     return p
 
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load({"socket": args.socket, "device": args.device, "model": args.model, "no_model": args.no_model,
                          "state_dir": args.state_dir, "config": args.config, "kv_cache": args.kv_cache, "dtype": args.dtype,
-                         "log_level": args.log_level})
+                         "log_level": args.log_level, "metrics": args.metrics})
     except ConfigError as exc:
         print(f"llmos boot: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,15 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message names the setting and its source."""
 
 
+def split_listen(value: str) -> tuple[str, int]:
+    """'HOST:PORT' (or '[v6]:PORT') -> (host, port); ConfigError saying what to write."""
+    host, sep, port = str(value).rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"metrics address '{value}' is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
 def parse_bytes(value: Any, what: str = "size") -> int:
     """'8GiB', '512 MB', 1048576 -> bytes."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -66,6 +75,7 @@ class Settings:
     memory_encrypt: bool = False            # [memory] encrypt: memory values AES-GCM encrypted at rest
     log_level: str = "info"
     dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
+    metrics_listen: str | None = None       # [metrics] listen / --metrics: HOST:PORT of /metrics and /health
     config_file: Path | None = None
 
     @property
@@ -151,6 +161,10 @@ def _apply_file(s: Settings, path: Path) -> None:
     if not isinstance(encrypt, bool):
         raise ConfigError(f"config file {path}: [memory] encrypt must be true or false")
     s.memory_encrypt = encrypt
+    listen = data.get("metrics", {}).get("listen")
+    if listen is not None:
+        split_listen(listen)
+        s.metrics_listen = listen
     caps = data.get("caps", {})
     if "default" in caps:
         s.default_caps = tuple(caps["default"])
@@ -202,3 +216,6 @@ def _apply_flags(s: Settings, flags: dict[str, Any]) -> None:
         s.log_level = flags["log_level"]
     if "kv_cache" in flags:
         s.kv_cache_bytes["*"] = parse_bytes(flags["kv_cache"], "--kv-cache")
+    if "metrics" in flags:
+        split_listen(flags["metrics"])
+        s.metrics_listen = flags["metrics"]

@@ -36,16 +36,17 @@ log = logs.get("llmos.dispatch")
 class CallContext:
     """Who made a call and how to answer it."""
 
-    __slots__ = ("transport", "routing", "client_id", "proc", "principal", "fd")
+    __slots__ = ("transport", "routing", "client_id", "proc", "principal", "fd", "call")
 
     def __init__(self, transport: "Transport", routing: list[bytes], client_id: int, proc: Process | None,
-                 principal: str, fd: int | None = None):
+                 principal: str, fd: int | None = None, call: str = ""):
         self.transport = transport     # the socket it came in on, and goes back out of
         self.routing = routing
         self.client_id = client_id
         self.proc = proc
         self.principal = principal     # as the transport proved it
         self.fd = fd                   # the OS socket of its connection, to see whether it reads
+        self.call = call               # the syscall's name, as the table spells it
 
     @property
     def connection(self) -> bytes:
@@ -67,14 +68,14 @@ class Dispatcher:
             except zmq.ZMQError:
                 return
             if len(frames) != 1:
-                transport.send(routing, reply_error(None, "EINVAL", f"a request is one frame, not {len(frames)}"))
+                self._error(transport, routing, None, None, "EINVAL", f"a request is one frame, not {len(frames)}")
             else:
                 self.on_frame(transport, routing, frames[0], principal, fd)
 
     def on_frame(self, transport: "Transport", routing: list[bytes], frame: bytes, principal: str,
                  fd: int | None = None) -> None:
         """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
-        client_id = None
+        client_id = call = None
         try:
             if len(frame) > MAX_FRAME_BYTES:
                 client_id = peek_id(frame)
@@ -107,12 +108,12 @@ class Dispatcher:
             if spec.cap and spec.cap not in proc.caps:
                 raise eperm(f"'{call}' needs the '{spec.cap}' capability, which this process does not hold")
         except (FrameError, ArgError) as exc:
-            transport.send(routing, reply_error(client_id, "EINVAL", str(exc)))
+            self._error(transport, routing, client_id, call, "EINVAL", str(exc))
             return
         except SyscallError as exc:
-            transport.send(routing, reply_error(client_id, exc.errno, exc.message, exc.retry_after))
+            self._error(transport, routing, client_id, call, exc.errno, exc.message, exc.retry_after)
             return
-        ctx = CallContext(transport, routing, client_id, proc, principal, fd)
+        ctx = CallContext(transport, routing, client_id, proc, principal, fd, call)
         if asyncio.iscoroutinefunction(handler):
             self.k.spawn(self._run_async(handler, ctx, args), call)
         else:
@@ -122,10 +123,10 @@ class Dispatcher:
         try:
             result = handler(self.k, ctx, args)
         except SyscallError as exc:
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message, exc.retry_after))
+            self._fail(ctx, exc)
         except Exception as exc:  # a kernel bug must cost one reply, never the kernel
             log.exception("syscall.crashed", client_id=ctx.client_id)
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
+            self._fail(ctx, SyscallError("EIO", f"kernel error: {exc}"))
         else:
             self._reply_ok(ctx, result)
 
@@ -133,13 +134,13 @@ class Dispatcher:
         try:
             result = await handler(self.k, ctx, args)
         except SyscallError as exc:
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, exc.errno, exc.message, exc.retry_after))
+            self._fail(ctx, exc)
         except asyncio.CancelledError:
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "ECANCELED", "kernel shutting down"))
+            self._fail(ctx, SyscallError("ECANCELED", "kernel shutting down"))
             raise
         except Exception as exc:
             log.exception("syscall.crashed", client_id=ctx.client_id)
-            ctx.transport.send(ctx.routing, reply_error(ctx.client_id, "EIO", f"kernel error: {exc}"))
+            self._fail(ctx, SyscallError("EIO", f"kernel error: {exc}"))
         else:
             self._reply_ok(ctx, result)
 
@@ -147,10 +148,21 @@ class Dispatcher:
         """The result, unless the client has too much unread already (EAGAIN, retry_after)."""
         frame = reply_ok(ctx.client_id, result)
         if not self.unread.charge(ctx.principal, ctx.connection, ctx.fd, len(frame)):
-            frame = reply_error(ctx.client_id, "EAGAIN", f"a reply of {len(frame)} bytes would pass the bytes this "
-                                "connection or principal may leave unread; read the replies, then retry",
-                                retry_after=UNREAD_RETRY_AFTER_S)
+            self._fail(ctx, SyscallError("EAGAIN", f"a reply of {len(frame)} bytes would pass the bytes this "
+                                         "connection or principal may leave unread; read the replies, then retry",
+                                         retry_after=UNREAD_RETRY_AFTER_S))
+            return
+        self.k.metrics.reply(ctx.call, "OK")
         ctx.transport.send(ctx.routing, frame)
+
+    def _fail(self, ctx: CallContext, exc: SyscallError) -> None:
+        self._error(ctx.transport, ctx.routing, ctx.client_id, ctx.call, exc.errno, exc.message, exc.retry_after)
+
+    def _error(self, transport: "Transport", routing: list[bytes], client_id: int | None, call: str | None,
+               errno: str, message: str, retry_after: float | None = None) -> None:
+        """An errno reply, counted under its syscall (or "unknown", before a name from the table is read)."""
+        self.k.metrics.reply(call, errno)
+        transport.send(routing, reply_error(client_id, errno, message, retry_after))
 
     def send_more(self, req: "Request", result: dict) -> None:
         """One streamed part of a request's answer; its final reply comes when it ends."""

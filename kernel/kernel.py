@@ -27,7 +27,10 @@ from .devices import Devices, resolve_devices
 from .devmem import DeviceMemory
 from .dispatch import Dispatcher
 from .errors import ecanceled
+from .health import Readiness
+from .httpserve import MetricsServer
 from .memstore import MemoryStore
+from .metrics import Metrics
 from .sealing import ValueSeal
 from .models import ModelTable
 from .principals import PrincipalTable
@@ -35,7 +38,7 @@ from .process import Process, ProcessTable
 from .quotas import Quotas
 from .requests import RequestTable
 from .services import ServiceManager
-from .supervisor import Supervisor
+from .supervisor import DriverHandle, Supervisor
 from .syscalls import HANDLERS
 from .transport import Transport
 
@@ -52,6 +55,9 @@ class Kernel:
         self.requests = RequestTable(self)
         self.devices = Devices(self, resolve_devices(settings.devices))
         self.dispatch = Dispatcher(self, HANDLERS)
+        self.metrics = Metrics(self)
+        self.health = Readiness(self)
+        self.metrics_server = MetricsServer(self, settings.metrics_listen) if settings.metrics_listen else None
         self.ctx = zmq.asyncio.Context()
         self.service_token = secrets.token_urlsafe(24)    # given to the service host alone, at its start
         self.services = ServiceManager(self)
@@ -84,12 +90,17 @@ class Kernel:
         self.audit.record("boot", socket=s.socket, pid=os.getpid(), users=len(self.principals.users()))
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
-                                     self.devices.on_message, self.devices.on_down, self.devices.on_up, dtype=s.dtype,
+                                     self._driver_said, self.devices.on_down, self.devices.on_up, dtype=s.dtype,
                                      on_failed=self.devices.on_failed)
         await self.supervisor.start(self.devices.names)
         for transport in self.transports:
             self.spawn(self.dispatch.serve(transport), f"serve-{transport.url}")
         await self.services.start()
+        if self.metrics_server is not None:
+            try:
+                await self.metrics_server.start()
+            except OSError as exc:
+                self.fail_boot(f"cannot serve metrics on {s.metrics_listen}: {exc.strerror or exc}")
         self.spawn(self._probe_loop(), "probe")
         log.info("kernel.listening", socket=s.socket, operator_socket=s.operator_socket, devices=self.devices.names,
                  state_dir=str(s.state_dir), abi=ABI_VERSION)
@@ -126,6 +137,8 @@ class Kernel:
         await self.services.close()
         for transport in self.transports:
             transport.close()
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
         if self.memstore:
             self.memstore.close()
         if self.authenticator:
@@ -148,6 +161,7 @@ class Kernel:
     def _refused(self, public_key: str) -> None:
         """The transport turned a connection away: its key is no principal's."""
         self.audit.record("auth_failed", public_key=public_key)
+        self.metrics.auth_failure("bad_key")
         log.warning("auth.refused", public_key=public_key)
 
     def _unreachable(self, identity: bytes, why: str) -> None:
@@ -166,6 +180,11 @@ class Kernel:
         self.models.drop_refs(proc)
         self.devices.forget(proc.pid, f"process {proc.pid}, whom it served, was reaped: {why}")
         log.info("process.reaped", pid=proc.pid, name=proc.name, reason=why)
+
+    def _driver_said(self, drv: DriverHandle, msg) -> None:
+        """What a driver says reaches the metrics first: a request's last token ends it."""
+        self.metrics.driver_said(drv.device, msg, self.requests)
+        self.devices.on_message(drv, msg)
 
     async def _probe_loop(self) -> None:
         """Probe quiet clients with a notice frame: a dead one is unroutable, and gets reaped."""

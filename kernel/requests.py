@@ -60,6 +60,9 @@ class Request:
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     timer: asyncio.TimerHandle | None = None
+    created: float = field(default_factory=time.monotonic)   # accepted: where its latencies start
+    first_token_at: float | None = None
+    last_token_at: float | None = None
 
 
 class RequestTable:
@@ -156,5 +159,7 @@ class RequestTable:
                     req.future.exception()
             else:
                 req.future.set_result(result)
+        if error is None and result is not None and req.call == "infer":
+            k.metrics.generation_finished(req, result)
         if was is not RequestState.AT_SERVICE:
             k.devices.pump(req.device)

@@ -1,0 +1,56 @@
+"""The stats syscall: the kernel's figures for userland, the same ones the Prometheus metrics carry.
+
+Totals come back from the metrics' counters, recent figures from their 60-s window, state from
+the tables, so `llmos top`, the gateway and a Prometheus scrape never disagree. Only processes
+are per-principal: a non-admin sees its own principal's.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from llmos.specs.channel import device_kind
+
+from ..metrics import LATENCIES
+
+if TYPE_CHECKING:
+    from ..dispatch import CallContext
+    from ..kernel import Kernel
+
+
+async def sys_stats(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
+    ready, why = await k.health.check(args["wait_ready"])
+    metrics = k.metrics
+    now = time.monotonic()
+    uptime = time.time() - k.started
+    tokens_per_s, by_pid = metrics.window.tokens_per_s(now, uptime)
+    everyone = "admin" in ctx.proc.caps
+    return {
+        "uptime_s": round(uptime, 3),
+        "requests": metrics.replies(),
+        "tokens": metrics.token_totals(),
+        "latency": {kind: metrics.window.percentiles(kind, now) for kind in LATENCIES},
+        "throughput": {"tokens_per_s": round(tokens_per_s, 3)},
+        "devices": [device_row(k, name) for name in k.devices.names],
+        "models": [{"name": e.name, "device": e.device, "state": e.state} for e in k.models],
+        "processes": [{"pid": p.pid, "name": p.name, "principal": p.principal, "requests": len(p.requests),
+                       "tokens": p.tokens, "tokens_per_s": round(by_pid.get(p.pid, 0.0), 3)}
+                      for p in k.procs if everyone or p.principal == ctx.proc.principal],
+        "services": {key: value for key, value in k.services.describe().items() if key in ("state", "restarts")},
+        "auth_failures": metrics.auth_failure_total(),
+        "ready": ready,
+        "ready_reason": why,
+    }
+
+
+def device_row(k: "Kernel", name: str) -> dict:
+    drv = k.supervisor.drivers.get(name)
+    acct = k.memory.devices.get(name)
+    return {"name": name, "kind": device_kind(name), "driver": drv.state if drv else "starting",
+            **k.devices.describe(name), "kv_usage": k.metrics.kv_usage.get(name),
+            "used_bytes": acct.used_bytes if acct else 0, "reserved_bytes": acct.reserved_bytes if acct else 0,
+            "total_bytes": acct.total_bytes if acct else 0, "restarts": drv.crashes if drv else 0}
+
+
+HANDLERS = {"stats": sys_stats}
