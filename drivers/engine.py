@@ -58,6 +58,7 @@ class StepEvent:
     token_ids: list[int] = field(default_factory=list)  # the `tokens` new token ids
     errno: str | None = None
     message: str | None = None
+    prefill: list[int] | None = None   # [computed, prompt tokens] after a chunk of a prompt read in several
 
 
 class Engine:
@@ -183,6 +184,7 @@ class Engine:
         events, self._events = self._events, []
         events += [self._event(seq, self._flush(seq), "length") for seq in plan.out_of_cache]
         self.scheduler.computed(plan)
+        events += self._prefill_progress(plan)
         sampled = plan.sampled()
         if sampled:
             for seq, token in zip(sampled, self._sample(sampled, logits)):
@@ -190,6 +192,13 @@ class Engine:
                 if event is not None:
                     events.append(event)
         return events
+
+    @staticmethod
+    def _prefill_progress(plan: Plan) -> list[StepEvent]:
+        """How far the first reading of each long prompt that asked for it has got (not a recompute)."""
+        return [StepEvent(seq.id, "", 0, None, None, prefill=[seq.num_computed, len(seq.req.prompt_ids)])
+                for seq, chunk in zip(plan.seqs, plan.chunks)
+                if seq.req.progress and not chunk.sample and seq.num_generated == 0]
 
     @staticmethod
     def _sample(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:

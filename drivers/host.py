@@ -85,7 +85,7 @@ class DriverLoop:
 
     def _load_in_thread(self, msg: channel.Load) -> None:
         try:
-            self.loads.put(self.driver.load(msg))
+            self.loads.put(self.driver.load(msg, lambda stage: self.loads.put(channel.LoadProgress(msg.model, stage))))
         except Exception as exc:
             traceback.print_exc()
             self.loads.put(channel.LoadFailed(msg.model, f"{exc.__class__.__name__}: {exc}"))

@@ -22,8 +22,9 @@ class Driver(ABC):
         """What this device offers the kernel: its memory budget, dtype and batch width."""
 
     @abstractmethod
-    def load(self, msg: channel.Load) -> channel.Loaded:
-        """Load a model (slow: called on a thread, off the step loop); raise to report a failed load."""
+    def load(self, msg: channel.Load, on_stage: Callable[[str], None]) -> channel.Loaded:
+        """Load a model (slow: called on a thread, off the step loop); raise to report a failed load.
+        Call on_stage(stage) as each of channel.LOAD_STAGES begins: it tells whoever waits."""
 
     @abstractmethod
     def unload(self, model: str) -> None:

@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -47,8 +48,10 @@ def _drop_gguf_dtype_advice(record: logging.LogRecord) -> bool:
 logging.getLogger("transformers.quantizers.quantizer_gguf").addFilter(_drop_gguf_dtype_advice)
 
 
-def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None) -> LoadedModel:
-    """Load weights and tokenizer; fp32 on CPU and bf16 on CUDA unless dtype says otherwise ("auto": see auto_dtype)."""
+def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None,
+         on_stage: Callable[[str], None] = lambda stage: None) -> LoadedModel:
+    """Load weights and tokenizer; fp32 on CPU and bf16 on CUDA unless dtype says otherwise ("auto": see auto_dtype).
+    on_stage is told as each of its LOAD_STAGES begins (a GGUF's weights take most of the time)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -56,8 +59,10 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None) -> Load
     torch_dtype = _pick_dtype(dev, dtype)
     files = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     model_class = AutoModel if spec.kind == "embed" else AutoModelForCausalLM
+    on_stage("reading weights")
     model = model_class.from_pretrained(spec.path, dtype=torch_dtype, local_files_only=True, **files)
     model.to(dev).eval()
+    on_stage("tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True, **files)
     size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
     return LoadedModel(spec.name, spec.kind, model, tokenizer, dev, torch_dtype,

@@ -26,6 +26,7 @@ class GenRequest:
     ignore_eos: bool = False   # run to max_tokens even past EOS (benchmarks)
     cut_in: bool = False       # may be prefilled between the slices of a running step (engine.py)
     repetition_penalty: float = 1.0   # 1: off; drivers/sampling.penalize_repeats
+    progress: bool = False     # report each prefill chunk of a prompt that takes several (StepEvent.prefill)
 
 
 @dataclass

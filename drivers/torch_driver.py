@@ -72,14 +72,15 @@ class TorchDriver(Driver):
         return channel.Hello(device=self.device, pid=os.getpid(), kind=self.kind, total_bytes=total,
                              free_bytes=int(free), dtype=self.dtype, max_seqs=ENGINE_SIZES[self.kind]["max_seqs"])
 
-    def load(self, msg: channel.Load) -> channel.Loaded:
+    def load(self, msg: channel.Load, on_stage=lambda stage: None) -> channel.Loaded:
         from .engine import Engine
         from .loader import load
 
         started = time.monotonic()
-        lm = load(ModelSpec(**msg.spec), self.device, self.dtype)
+        lm = load(ModelSpec(**msg.spec), self.device, self.dtype, on_stage)
         kv_bytes = msg.kv_bytes
         if lm.kind == "generate":
+            on_stage("kv cache")
             self.engines[msg.model] = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[self.kind])
         else:
             self.embedders[msg.model] = lm
@@ -108,7 +109,8 @@ class TorchDriver(Driver):
                                   temperature=_given(msg.temperature, model.temperature),
                                   top_p=_given(msg.top_p, model.top_p), top_k=_given(msg.top_k, model.top_k),
                                   repetition_penalty=model.repetition_penalty, stop=msg.stop,
-                                  seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in))
+                                  seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in,
+                                  progress=msg.progress))
         except PromptTooLong as exc:
             return TokenEvent.failed(msg.rid, exc.errno, str(exc))
         except ValueError as exc:      # the chat template refused the messages
@@ -160,7 +162,7 @@ class TorchDriver(Driver):
         out = []
         for ev in events:
             if ev.finish is None:
-                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens))
+                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, prefill=ev.prefill))
                 continue
             self.owner.pop(ev.rid, None)
             if ev.finish == "cancelled":

@@ -137,6 +137,8 @@ class Devices:
         elif isinstance(msg, channel.Loaded):
             k.models.loaded(msg)
             self.pump(drv.device)
+        elif isinstance(msg, channel.LoadProgress):
+            k.models.load_progress(msg)
         elif isinstance(msg, channel.LoadFailed):
             k.models.load_failed(msg)
         elif not isinstance(msg, channel.Pong):
@@ -161,6 +163,9 @@ class Devices:
                 req.text.append(ev.delta)
                 if req.stream:
                     k.dispatch.send_more(req, {"delta": ev.delta})
+            elif ev.prefill and req.stream:    # only a request that asked (Submit.progress) gets these
+                done, total = ev.prefill
+                k.dispatch.send_more(req, {"progress": {"phase": "prefill", "done": done, "total": total}})
             if ev.finish is None:
                 continue
             if ev.finish == "error":

@@ -27,6 +27,7 @@ from llmos.specs.registry import ModelSpec
 
 from . import logs
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
+from .loadprogress import LoadTimes, progress_of
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -52,6 +53,8 @@ class ModelEntry:
     last_used: float = field(default_factory=time.monotonic)
     load_s: float = 0.0
     context_length: int = 0
+    stage: str = ""                 # while loading: the driver's last LoadProgress stage
+    started: float = field(default_factory=time.monotonic)   # this load's start
     loaded: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -65,10 +68,13 @@ class ModelEntry:
     def load_message(self) -> channel.Load:
         return channel.Load(self.name, self.spec.to_wire(), self.kv_bytes)
 
-    def describe(self) -> dict:
-        return {"name": self.name, "device": self.device, "kind": self.kind, "state": self.state,
-                "bytes": self.bytes, "refs": len(self.refs) + (1 if self.pinned else 0), "in_use": self.in_use,
-                "context_length": self.context_length, "load_s": round(self.load_s, 3)}
+    def describe(self, expected_s: float | None = None) -> dict:
+        out = {"name": self.name, "device": self.device, "kind": self.kind, "state": self.state,
+               "bytes": self.bytes, "refs": len(self.refs) + (1 if self.pinned else 0), "in_use": self.in_use,
+               "context_length": self.context_length, "load_s": round(self.load_s, 3)}
+        if self.state == "loading":
+            out["progress"] = progress_of(self, expected_s)
+        return out
 
 
 def eviction_victims(entries: list[ModelEntry], device: str, need: int, free: int) -> list[ModelEntry] | None:
@@ -88,6 +94,7 @@ class ModelTable:
     def __init__(self, kernel: "Kernel"):
         self.k = kernel
         self._by_name: dict[str, ModelEntry] = {}
+        self.load_times = LoadTimes(kernel.settings.state_dir)
 
     def get(self, name: str) -> ModelEntry | None:
         return self._by_name.get(name)
@@ -100,6 +107,16 @@ class ModelTable:
 
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def describe(self) -> list[dict]:
+        return [e.describe(self.load_times.get(e.name)) for e in self._by_name.values()]
+
+    def progress(self, name: str) -> dict | None:
+        """How far the load of `name` has got; None once it is no longer loading."""
+        entry = self._by_name.get(name)
+        if entry is None or entry.state != "loading":
+            return None
+        return progress_of(entry, self.load_times.get(name))
 
     def on_device(self, device: str) -> list[ModelEntry]:
         return [e for e in self._by_name.values() if e.device == device]
@@ -231,11 +248,17 @@ class ModelTable:
             return
         entry.weight_bytes, entry.kv_bytes = msg.bytes, msg.kv_bytes
         entry.context_length, entry.load_s = msg.context_length, msg.load_s
-        entry.state = "ready"
+        entry.state, entry.stage = "ready", ""
+        self.load_times.record(entry.name, msg.load_s)
         self.k.memory.charge_model(entry.device, entry.name, entry.bytes)
         log.info("model.loaded", model=entry.name, device=entry.device, bytes=entry.bytes, duration_s=round(entry.load_s, 2))
         if not entry.loaded.done():
             entry.loaded.set_result(entry)
+
+    def load_progress(self, msg: channel.LoadProgress) -> None:
+        entry = self._by_name.get(msg.model)
+        if entry is not None and entry.state == "loading":
+            entry.stage = msg.stage[:64]
 
     def load_failed(self, msg: channel.LoadFailed) -> None:
         entry = self._by_name.get(msg.model)
@@ -246,7 +269,7 @@ class ModelTable:
         """Its driver crashed: what was loaded there is loading again once a new driver is up."""
         for entry in self.on_device(device):
             if entry.state == "ready":
-                entry.state = "loading"
+                entry.state, entry.stage, entry.started = "loading", "", time.monotonic()
                 entry.loaded = asyncio.get_running_loop().create_future()
 
     def reload_after_crash(self, device: str) -> None:

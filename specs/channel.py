@@ -107,6 +107,7 @@ class Submit(DriverMessage, op="submit"):
     seed: int | None
     priority: int = 0
     cut_in: bool = False          # the fair scheduler allows a short prompt to cut into a running step
+    progress: bool = False        # the caller wants prefill progress (TokenEvent.prefill) on a long prompt
 
 
 @dataclass
@@ -165,6 +166,16 @@ class Loaded(DriverMessage, op="loaded"):
 
 
 @dataclass
+class LoadProgress(DriverMessage, op="load_progress"):
+    """A load in progress entered a stage (LOAD_STAGES), so whoever waits for it can be told."""
+    model: str
+    stage: str
+
+
+LOAD_STAGES = ("reading weights", "tokenizer", "kv cache")
+
+
+@dataclass
 class LoadFailed(DriverMessage, op="load_failed"):
     model: str
     message: str
@@ -180,13 +191,14 @@ class TokenEvent:
     usage: dict | None = None     # {prompt_tokens, completion_tokens} at its end
     errno: str | None = None      # with finish == "error"
     message: str | None = None
+    prefill: list[int] | None = None   # [prompt tokens computed, prompt tokens] while a long prompt is read
 
     def __post_init__(self):
         if self.finish == "error" and self.errno not in ERRNOS:
             raise ValueError(f"an error event needs an errno, got {self.errno!r}")
 
     def to_list(self) -> list:
-        return [self.rid, self.delta, self.tokens, self.finish, self.usage, self.errno, self.message]
+        return [self.rid, self.delta, self.tokens, self.finish, self.usage, self.errno, self.message, self.prefill]
 
     @classmethod
     def failed(cls, rid: int, errno: str, message: str, tokens: int = 0) -> "TokenEvent":

@@ -117,6 +117,19 @@ class SyncStream:
     def result(self) -> dict | None:
         return self._stream.result
 
+    @property
+    def progress(self) -> dict | None:
+        return self._stream.progress
+
+    @property
+    def on_progress(self):
+        return self._stream.on_progress
+
+    @on_progress.setter
+    def on_progress(self, callback) -> None:
+        """Called with each progress frame (infer's progress=true) as iteration reaches it."""
+        self._stream.on_progress = callback
+
     def __iter__(self) -> Iterator[str]:
         while True:
             try:

@@ -30,51 +30,11 @@ from llmos.specs.keys import KERNEL_KEY_META, SOCKET_META, read_key_file
 from llmos.specs.protocol import ABI_VERSION, MAX_FRAME_BYTES, NOTICE_ID, FrameError, default_socket, pack, unpack
 
 from .errors import ERRORS, KernelUnavailable, LLMOSError, raise_error
+from .stream import Stream
 
 CONNECT_TIMEOUT_S = 10.0
 SILENT_BEATS = 3         # heartbeats missed before the kernel counts as gone
 MIN_SILENCE_S = 3.0      # ... but never less than this: a busy kernel's loop may pause a moment
-
-
-class Stream:
-    """A streaming call (infer or svc_call with stream=true): iterate for text deltas; `.result` holds
-    the final reply after."""
-
-    def __init__(self, connection: "Connection", req_id: int, queue: asyncio.Queue):
-        self.connection = connection
-        self.id = req_id
-        self._queue = queue
-        self.result: dict | None = None
-        self._error: BaseException | None = None     # how it ended, if it failed
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self) -> str:
-        if self.result is not None:
-            raise StopAsyncIteration
-        if self._error is not None:
-            raise self._error
-        msg = await self._queue.get()
-        if isinstance(msg, BaseException):
-            self._error = msg
-            raise msg
-        if not msg.get("ok"):
-            self.connection._pending.pop(self.id, None)
-            try:
-                raise_error(msg.get("error", {}))
-            except LLMOSError as exc:
-                self._error = exc
-                raise
-        if msg.get("more"):
-            return msg["result"].get("delta", "")
-        self.connection._pending.pop(self.id, None)
-        self.result = msg["result"]
-        raise StopAsyncIteration
-
-    async def cancel(self) -> None:
-        """Ask the kernel to end this call; the stream then ends with ECANCELED."""
-        await self.connection._call("cancel", {"id": self.id}, self.connection.timeout)
 
 
 class Connection:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from llmos.specs.protocol import reply_ok
+
 from ..errors import SyscallError, einval, enoent, eperm
+from ..loadprogress import wait_telling
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -60,14 +63,25 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     share = caller_served(k, ctx, args["for_call"])
     payer = k.procs.get(share) if share is not None else ctx.proc
     k.quotas.check_token_rate(payer.principal if payer else ctx.proc.principal)
-    entry = await model_for(k, ctx, args["model"], "generate")
+    progress = args["stream"] and args["progress"]
+    if progress:
+        entry = await wait_telling(model_for(k, ctx, args["model"], "generate"),
+                                   lambda: k.models.progress(args["model"] or k.settings.default_model),
+                                   lambda p: tell_progress(ctx, p))
+    else:
+        entry = await model_for(k, ctx, args["model"], "generate")
     payload = {"prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
-               "stop": stop, "seed": args["seed"], "priority": args["priority"]}
+               "stop": stop, "seed": args["seed"], "priority": args["priority"], "progress": progress}
     req = k.requests.new(ctx, "infer", entry, payload, stream=args["stream"], priority=args["priority"],
                          deadline_s=args["deadline"], share=share)
     k.devices.submit(req)
     return await req.future
+
+
+def tell_progress(ctx: "CallContext", progress: dict) -> None:
+    """A stream frame saying how far the model it waits for has loaded (asked for with progress=true)."""
+    ctx.transport.send(ctx.routing, reply_ok(ctx.client_id, {"progress": {"phase": "loading", **progress}}, more=True))
 
 
 def caller_served(k: "Kernel", ctx: "CallContext", for_call: int | None) -> int | None:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def sys_models(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return {"loaded": [e.describe() for e in k.models], "available": registry.available(k.settings.models)}
+    return {"loaded": k.models.describe(), "available": registry.available(k.settings.models)}
 
 
 async def sys_load_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:

@@ -50,12 +50,21 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def echo_stream(stream: SyncStream) -> dict:
-    """Print a stream's text as it comes, then a newline (none if no text came); its final result."""
+def echo_stream(stream: SyncStream, waiting=None) -> dict:
+    """Print a stream's text as it comes, then a newline (none if no text came); its final result.
+    `waiting` (a progress.ProgressLine) is shown the stream's progress frames until the text starts."""
     printed = False
-    for delta in stream:
-        click.echo(delta, nl=False)
-        printed = printed or bool(delta)
+    if waiting is not None:
+        stream.on_progress = waiting.show
+    try:
+        for delta in stream:
+            if delta and not printed and waiting is not None:
+                waiting.done()
+            click.echo(delta, nl=False)
+            printed = printed or bool(delta)
+    finally:
+        if waiting is not None:
+            waiting.done()
     if printed:
         click.echo()
     return stream.result

@@ -11,6 +11,7 @@ import click
 from ..errors import LLMOSError
 from .common import TEXT, connect, echo_stream, typed_lines
 from .exits import EXIT_INTERRUPTED
+from .progress import ProgressLine
 
 
 def sampling_options(command):
@@ -37,28 +38,6 @@ def _messages(system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] if system else []
 
 
-def wait_for_model(c, model: str | None) -> None:
-    """Say so when the model is not ready yet, and how long it has been loading, instead of silence."""
-    name = model or c.info.get("default_model")
-    if name is None:
-        return
-
-    def state() -> str | None:
-        return next((m["state"] for m in c.models()["loaded"] if m["name"] == name), None)
-
-    current = state()
-    if current is None:
-        click.echo(f"[loading model {name}: the first answer waits for it]", err=True)
-        return
-    started = time.monotonic()
-    while current == "loading":
-        click.echo(f"\r[waiting for model {name} to load: {time.monotonic() - started:.0f}s]", nl=False, err=True)
-        time.sleep(0.5)
-        current = state()
-    if time.monotonic() > started + 0.5:
-        click.echo(err=True)
-
-
 def cancel_quietly(stream) -> None:
     """Ask the kernel to end a stream the user interrupted; a kernel that is gone needs no asking."""
     try:
@@ -75,16 +54,19 @@ def cancel_quietly(stream) -> None:
 def run(ctx: click.Context, prompt: str, quiet: bool, system: str | None, **sampling) -> None:
     messages = _messages(system) + [{"role": "user", "content": prompt}]
     with connect("llmos-run") as c:
-        wait_for_model(c, sampling.get("model"))
         started = time.monotonic()
         first = None
-        stream = c.stream(messages=messages, **sampling)
+        stream = c.stream(messages=messages, progress=True, **sampling)
+        waiting = ProgressLine()
+        stream.on_progress = waiting.show
         try:
             for delta in stream:
                 if first is None:
                     first = time.monotonic()
+                    waiting.done()
                 click.echo(delta, nl=False)
         except KeyboardInterrupt:
+            waiting.done()
             cancel_quietly(stream)
             click.echo(" [cancelled]")
             ctx.exit(EXIT_INTERRUPTED)
@@ -105,15 +87,14 @@ def chat(system: str | None, **sampling) -> None:
     messages = _messages(system)
     with connect("llmos-chat") as c:
         click.echo("llmos chat: /quit or Ctrl-D to quit, /reset to start over", err=True)
-        wait_for_model(c, sampling.get("model"))
         for line in typed_lines("> "):
             if line.strip() == "/reset":
                 messages = _messages(system)
                 continue
             messages.append({"role": "user", "content": line})
-            stream = c.stream(messages=messages, **sampling)
+            stream = c.stream(messages=messages, progress=True, **sampling)
             try:
-                result = echo_stream(stream)
+                result = echo_stream(stream, ProgressLine())
             except KeyboardInterrupt:
                 cancel_quietly(stream)
                 click.echo(" [cancelled]")
