@@ -114,7 +114,7 @@ class DriverLoop:
             if self.driver.has_work():
                 events = self.driver.step(self.pause)
                 if events:
-                    self.send(channel.Events(events))
+                    self.send(channel.Events(events, self.driver.kv_usage()))
 
 
 def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = None) -> None:

@@ -26,6 +26,10 @@ class Driver(ABC):
         """Load a model (slow: called on a thread, off the step loop); raise to report a failed load.
         Call on_stage(stage) as each of channel.LOAD_STAGES begins: it tells whoever waits."""
 
+    def kv_usage(self) -> float | None:
+        """The share of the device's KV cache in use (0..1), sent with each step's events; None: unknown."""
+        return None
+
     @abstractmethod
     def unload(self, model: str) -> None:
         """Drop a model and its KV cache."""

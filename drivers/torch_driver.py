@@ -133,6 +133,10 @@ class TorchDriver(Driver):
         return channel.Result(msg.rid, {"model": msg.model, "dim": len(vectors[0]), "vectors": vectors,
                                         "usage": {"prompt_tokens": tokens}})
 
+    def kv_usage(self) -> float | None:
+        total = sum(e.blocks.num_blocks for e in self.engines.values())
+        return sum(e.blocks.num_used_blocks for e in self.engines.values()) / total if total else None
+
     def has_work(self) -> bool:
         return any(e.has_work() for e in self.engines.values())
 

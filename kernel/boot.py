@@ -13,6 +13,7 @@ from llmos.specs.protocol import runtime_dir
 from . import locks, logs, statedir
 from .auth import AuthError
 from .config import Settings
+from .httpserve import MetricsUnavailable
 from .kernel import Kernel
 from .transport import ipc_path
 
@@ -90,7 +91,7 @@ def boot(settings: Settings) -> int:
         return 1
     try:
         failure = asyncio.run(run_kernel(settings))
-    except AuthError as exc:
+    except (AuthError, MetricsUnavailable) as exc:
         log.error("boot.refused", reason=str(exc))
         return 1
     finally:

@@ -35,6 +35,10 @@ REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not All
            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
+class MetricsUnavailable(RuntimeError):
+    """The metrics address cannot be served (taken, or not this machine's); the boot is refused."""
+
+
 class HttpError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -58,7 +62,10 @@ class MetricsServer:
         self.open = 0
 
     async def start(self) -> None:
-        self.server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD_BYTES)
+        try:
+            self.server = await asyncio.start_server(self._connection, self.host, self.port, limit=MAX_HEAD_BYTES)
+        except OSError as exc:
+            raise MetricsUnavailable(f"cannot serve metrics on {self.host}:{self.port}: {exc.strerror or exc}") from None
         bound = self.server.sockets[0].getsockname()
         self.port = bound[1]
         if not is_loopback(self.host):

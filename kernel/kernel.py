@@ -77,6 +77,8 @@ class Kernel:
 
     async def start(self) -> None:
         s = self.settings
+        if self.metrics_server is not None:     # first: a port it cannot have refuses the boot before anything opens
+            await self.metrics_server.start()
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.principals.load()
         self.audit = AuditLog(s.state_dir)
@@ -96,11 +98,6 @@ class Kernel:
         for transport in self.transports:
             self.spawn(self.dispatch.serve(transport), f"serve-{transport.url}")
         await self.services.start()
-        if self.metrics_server is not None:
-            try:
-                await self.metrics_server.start()
-            except OSError as exc:
-                self.fail_boot(f"cannot serve metrics on {s.metrics_listen}: {exc.strerror or exc}")
         self.spawn(self._probe_loop(), "probe")
         log.info("kernel.listening", socket=s.socket, operator_socket=s.operator_socket, devices=self.devices.names,
                  state_dir=str(s.state_dir), abi=ABI_VERSION)

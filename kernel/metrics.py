@@ -218,7 +218,7 @@ class TableCollector:
             total.add_metric([device], acct.total_bytes if acct else 0)
             loaded.add_metric([device], sum(1 for e in k.models.on_device(device) if e.state == "ready"))
             drv = k.supervisor.drivers.get(device) if k.supervisor else None
-            restarts.add_metric([device], drv.crashes if drv else 0)
+            restarts.add_metric([device], drv.restarts if drv else 0)
         yield from (running, waiting, kv, used, reserved, total, loaded, restarts)
         yield GaugeMetricFamily("llmos_processes", "Live processes", value=len(k.procs))
         yield CounterMetricFamily("llmos_service_host_restarts", "Service host restarts",

@@ -47,6 +47,7 @@ class DriverHandle:
     started: float = 0.0
     last_heard: float = 0.0
     crashes: int = 0
+    restarts: int = 0                  # spawned again after a crash, ever (crashes may be forgiven; this never is)
     crash_times: deque = field(default_factory=lambda: deque(maxlen=CRASH_LIMIT))
     ever_up: bool = False               # it said hello once: a failure to start again is a crash
     failure: str | None = None          # why it is down
@@ -147,6 +148,7 @@ class Supervisor:
         await asyncio.sleep(delay)
         if not self._closing:
             drv.state = "starting"
+            drv.restarts += 1
             await self._spawn(drv)
 
     async def _read_loop(self) -> None:

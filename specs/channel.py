@@ -207,15 +207,16 @@ class TokenEvent:
 
 @dataclass
 class Events(DriverMessage, op="events"):
-    """One message per engine step: every sequence that moved."""
+    """One message per engine step: every sequence that moved, and how full the KV cache is after it."""
     events: list[TokenEvent] = field(default_factory=list)
+    kv_usage: float | None = None     # KV blocks in use / blocks, over the device's models (0..1)
 
     def to_wire(self) -> dict:
-        return {"events": [e.to_list() for e in self.events]}
+        return {"events": [e.to_list() for e in self.events], "kv_usage": self.kv_usage}
 
     @classmethod
     def from_wire(cls, body: dict) -> "Events":
-        return cls([TokenEvent(*row) for row in body["events"]])
+        return cls([TokenEvent(*row) for row in body["events"]], body.get("kv_usage"))
 
 
 @dataclass

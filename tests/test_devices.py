@@ -123,3 +123,13 @@ def test_a_loaded_model_answers_while_another_model_is_still_loading(kernel, tmp
             loader.join(120)
         assert load["name"] == deep and loaded_row(c, deep)["state"] == "ready"
         c.unload_model(deep, evict=True)     # the shared kernel's memory as it was
+
+
+def test_the_kv_cache_in_use_is_reported_while_generating_and_freed_after(kernel):
+    with kernel.client() as c:
+        stream = c.stream(prompt="tell me a long story", max_tokens=200, temperature=0)
+        next(iter(stream))
+        during = c.stats()["devices"][0]["kv_usage"]
+        "".join(stream)
+        assert during is not None and 0 < during < 1
+        assert wait_until(lambda: c.stats()["devices"][0]["kv_usage"] == 0)

@@ -50,7 +50,7 @@ def device_row(k: "Kernel", name: str) -> dict:
     return {"name": name, "kind": device_kind(name), "driver": drv.state if drv else "starting",
             **k.devices.describe(name), "kv_usage": k.metrics.kv_usage.get(name),
             "used_bytes": acct.used_bytes if acct else 0, "reserved_bytes": acct.reserved_bytes if acct else 0,
-            "total_bytes": acct.total_bytes if acct else 0, "restarts": drv.crashes if drv else 0}
+            "total_bytes": acct.total_bytes if acct else 0, "restarts": drv.restarts if drv else 0}
 
 
 HANDLERS = {"stats": sys_stats}

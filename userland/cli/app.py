@@ -16,6 +16,7 @@ from .exits import EPILOG, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, from_except
 from .boot import boot, demo
 from .common import OrderedGroup
 from .generate import chat, embed, run
+from .health import health
 from .memory import mem
 from .models import devices, load, models, unload
 from .plugins import add_installed_commands
@@ -61,7 +62,7 @@ class Llmos(OrderedGroup):
 
 
 BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
-                     logs, audit, demo)
+                     logs, audit, health, demo)
 
 
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:

@@ -1,0 +1,151 @@
+"""Health on the metrics port and `llmos health`: live when the loop answers, ready when a probe did.
+
+Two kernels: one on the tiny model (its default, loaded at boot) and one with no model at all,
+which can never be ready. The HTTP server is the kernel's own small one, so the tests also hold
+it to its bounds: a request too large or malformed gets its 4xx and the kernel keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+
+import pytest
+
+from harness import KernelProcess
+from llmos.userland.testing import LLMOS_COMMAND, free_tcp_port
+
+
+def boot_with_metrics(workdir, model: str | None) -> KernelProcess:
+    port = free_tcp_port()
+    k = KernelProcess(workdir, model=model, extra=["--metrics", f"127.0.0.1:{port}"],
+                      env={"LLMOS_NO_SERVICES": "1"}).start()
+    k.metrics_port = port
+    return k
+
+
+@pytest.fixture(scope="module")
+def ready_kernel(tmp_path_factory, tiny_llama):
+    k = boot_with_metrics(tmp_path_factory.mktemp("ready-kernel"), tiny_llama)
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def modelless_kernel(tmp_path_factory):
+    k = boot_with_metrics(tmp_path_factory.mktemp("modelless-kernel"), None)
+    yield k
+    k.stop()
+
+
+def get(kernel: KernelProcess, path: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{kernel.metrics_port}{path}", timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def raw_http(kernel: KernelProcess, data: bytes) -> bytes:
+    """What the server answers to `data` sent as is, read until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", kernel.metrics_port), timeout=30) as s:
+        s.sendall(data)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer
+
+
+def status_line(answer: bytes) -> bytes:
+    return answer.split(b"\r\n", 1)[0]
+
+
+def test_live_answers_200_from_the_kernels_loop(ready_kernel):
+    assert get(ready_kernel, "/health/live") == (200, {"status": "live"})
+
+
+def test_ready_answers_200_once_a_probe_of_the_default_model_succeeded(ready_kernel):
+    status, body = get(ready_kernel, "/health/ready")
+    assert (status, body["status"]) == (200, "ready"), body
+    assert "probe" in body["reason"]
+
+
+def test_ready_answers_503_without_a_default_model(modelless_kernel):
+    status, body = get(modelless_kernel, "/health/ready")
+    assert (status, body["status"]) == (503, "not ready")
+    assert body["reason"] == "this kernel has no default model"
+
+
+def test_stats_ready_flag_agrees_with_the_http_answer(ready_kernel, modelless_kernel):
+    with ready_kernel.client("ready?") as c:
+        assert c.stats(wait_ready=15)["ready"] is True
+    with modelless_kernel.client("ready?") as c:
+        stats = c.stats(wait_ready=15)
+        assert (stats["ready"], stats["ready_reason"]) == (False, "this kernel has no default model")
+
+
+def test_headers_over_8_kib_get_431_and_the_kernel_keeps_serving(ready_kernel):
+    answer = raw_http(ready_kernel, b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * (9 << 10) + b"\r\n\r\n")
+    assert status_line(answer) == b"HTTP/1.1 431 Request Header Fields Too Large"
+    assert get(ready_kernel, "/health/live")[0] == 200
+    with ready_kernel.client("after-431") as c:
+        assert c.ping()["pong"] is True
+
+
+@pytest.mark.parametrize("request_bytes", [b"NOT HTTP AT ALL\r\n\r\n", b"GET /metrics\r\n\r\n",
+                                           b"GET /metrics HTTP/1.1\r\nno colon here\r\n\r\n", b"\xff\xfe\r\n\r\n"])
+def test_a_malformed_request_gets_400_and_the_kernel_keeps_serving(ready_kernel, request_bytes):
+    assert status_line(raw_http(ready_kernel, request_bytes)) == b"HTTP/1.1 400 Bad Request"
+    assert get(ready_kernel, "/health/live")[0] == 200
+
+
+def test_only_get_is_served(ready_kernel):
+    answer = raw_http(ready_kernel, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+    assert status_line(answer) == b"HTTP/1.1 405 Method Not Allowed"
+    assert b"\r\nAllow: GET\r\n" in answer
+
+
+def test_an_unknown_path_gets_404(ready_kernel):
+    assert get(ready_kernel, "/admin")[0] == 404
+
+
+def test_a_silent_connection_does_not_hold_up_the_others(ready_kernel):
+    with socket.create_connection(("127.0.0.1", ready_kernel.metrics_port), timeout=30) as silent:
+        silent.sendall(b"GET /metrics HTTP/1.1\r\n")       # and never the rest
+        assert get(ready_kernel, "/health/live")[0] == 200
+
+
+def test_a_taken_metrics_port_fails_the_boot(tmp_path, ready_kernel):
+    k = KernelProcess(tmp_path, extra=["--metrics", f"127.0.0.1:{ready_kernel.metrics_port}"],
+                      env={"LLMOS_NO_SERVICES": "1"})
+    try:
+        with pytest.raises(RuntimeError, match="cannot serve metrics"):
+            k.start()
+    finally:
+        k.stop()
+
+
+def llmos_health(kernel: KernelProcess, *args: str, socket_url: str | None = None) -> subprocess.CompletedProcess:
+    env = kernel.cli_env(**({"LLMOS_SOCKET": socket_url} if socket_url else {}))
+    return subprocess.run([*LLMOS_COMMAND, "health", *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_llmos_health_exits_0_when_ready(ready_kernel):
+    done = llmos_health(ready_kernel)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ready: ")
+
+
+def test_llmos_health_exits_1_saying_why_when_not_ready(modelless_kernel):
+    done = llmos_health(modelless_kernel)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "llmos health: not ready: this kernel has no default model"
+
+
+def test_llmos_health_exits_1_when_no_kernel_answers(ready_kernel, tmp_path):
+    done = llmos_health(ready_kernel, socket_url=f"ipc://{tmp_path}/nobody.sock")
+    assert done.returncode == 1
+    assert done.stderr.startswith("llmos health: not ready: ") and "nobody.sock" in done.stderr
