@@ -23,6 +23,7 @@ from .plugins import add_installed_commands
 from .processes import kill, ps, stop, sysinfo
 from .services import svc
 from .statefiles import audit, logs
+from .top import top
 from .users import user
 
 
@@ -62,7 +63,7 @@ class Llmos(OrderedGroup):
 
 
 BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
-                     logs, audit, health, demo)
+                     logs, audit, top, health, demo)
 
 
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:
