@@ -121,12 +121,10 @@ class Metrics:
         self.auth_failures.labels(reason).inc()
 
     def driver_said(self, device: str, msg: channel.DriverMessage, requests) -> None:
-        """A driver message, seen before the kernel acts on it (a last token ends its request).
-        A driver that reports its KV cache's use (`kv_usage`, 0..1) on a message is believed."""
-        kv_usage = getattr(msg, "kv_usage", None)
-        if kv_usage is not None:
-            self.kv_usage[device] = float(kv_usage)
+        """A driver message, seen before the kernel acts on it (a last token ends its request)."""
         if isinstance(msg, channel.Events):
+            if msg.kv_usage is not None:      # the driver's own figure, after the step
+                self.kv_usage[device] = float(msg.kv_usage)
             now = time.monotonic()
             for ev in msg.events:
                 req = requests.get(ev.rid)

@@ -19,9 +19,9 @@ from harness import KernelProcess
 from llmos.userland.testing import LLMOS_COMMAND, free_tcp_port
 
 
-def boot_with_metrics(workdir, model: str | None) -> KernelProcess:
+def boot_with_metrics(workdir, model: str | None, *extra: str) -> KernelProcess:
     port = free_tcp_port()
-    k = KernelProcess(workdir, model=model, extra=["--metrics", f"127.0.0.1:{port}"],
+    k = KernelProcess(workdir, model=model, extra=["--metrics", f"127.0.0.1:{port}", *extra],
                       env={"LLMOS_NO_SERVICES": "1"}).start()
     k.metrics_port = port
     return k
@@ -37,6 +37,17 @@ def ready_kernel(tmp_path_factory, tiny_llama):
 @pytest.fixture(scope="module")
 def modelless_kernel(tmp_path_factory):
     k = boot_with_metrics(tmp_path_factory.mktemp("modelless-kernel"), None)
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def unprobeable_kernel(tmp_path_factory, tiny_llama):
+    """Its default model is loaded, but the operator (whom the probe runs as) may make no request."""
+    workdir = tmp_path_factory.mktemp("unprobeable-kernel")
+    config = workdir / "config.toml"
+    config.write_text("[quotas.operator]\nrequests = 0\n")
+    k = boot_with_metrics(workdir, tiny_llama, "--config", str(config))
     yield k
     k.stop()
 
@@ -77,6 +88,12 @@ def test_ready_answers_503_without_a_default_model(modelless_kernel):
     status, body = get(modelless_kernel, "/health/ready")
     assert (status, body["status"]) == (503, "not ready")
     assert body["reason"] == "this kernel has no default model"
+
+
+def test_a_loaded_model_is_not_ready_until_a_probe_through_the_scheduler_succeeds(unprobeable_kernel):
+    status, body = get(unprobeable_kernel, "/health/ready")
+    assert (status, body["status"]) == (503, "not ready")
+    assert "probe" in body["reason"] and "EDQUOT" in body["reason"]
 
 
 def test_stats_ready_flag_agrees_with_the_http_answer(ready_kernel, modelless_kernel):
