@@ -166,3 +166,16 @@ def test_llmos_health_exits_1_when_no_kernel_answers(ready_kernel, tmp_path):
     done = llmos_health(ready_kernel, socket_url=f"ipc://{tmp_path}/nobody.sock")
     assert done.returncode == 1
     assert done.stderr.startswith("llmos health: not ready: ") and "nobody.sock" in done.stderr
+
+
+def test_the_config_file_may_name_the_address_and_a_non_loopback_one_is_warned_about(tmp_path):
+    port = free_tcp_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[metrics]\nlisten = "0.0.0.0:{port}"\n')
+    k = KernelProcess(tmp_path / "k", extra=["--config", str(config)], env={"LLMOS_NO_SERVICES": "1"}).start()
+    try:
+        k.metrics_port = port
+        assert get(k, "/health/live") == (200, {"status": "live"})
+        assert [e["listen"] for e in k.events("metrics.exposed")] == [f"0.0.0.0:{port}"]
+    finally:
+        k.stop()
