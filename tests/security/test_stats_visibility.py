@@ -12,7 +12,7 @@ from llmos.userland import Client, KernelUnavailable
 
 @pytest.fixture
 def two_users(tcp_kernel, make_user):
-    """Two users, each with one connected program: ((name, pid), (name, pid))."""
+    """Two users, each with one connected program: ((name, client), (name, client))."""
     a, a_key = make_user()
     b, b_key = make_user()
     with tcp_kernel.client("prog-a", key=a_key) as ca, tcp_kernel.client("prog-b", key=b_key) as cb:
