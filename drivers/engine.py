@@ -38,6 +38,17 @@ from .slices import run_to_end
 __all__ = ["Engine", "GenRequest", "PromptTooLong", "StepEvent"]
 
 
+def resume_after(seq: Sequence, generated: list[int]) -> None:
+    """Make `seq` go on after tokens it generated on a driver that died: they join its tokens (to be
+    prefilled with the prompt) and pass through its detokenizer unshown, which leaves the
+    detokenizer as the undisturbed run left it (text held back for a stop string included). The
+    sampler is keyed by seed and position, so what follows is what the undisturbed run wrote."""
+    seq.tokens += generated
+    if seq.text is not None:
+        for token in generated:
+            seq.text.push(token)
+
+
 class PromptTooLong(ValueError):
     """The prompt leaves no room in the model's context for a single generated token."""
 
@@ -97,7 +108,10 @@ class Engine:
             return
         seed = req.seed % (1 << 63) if req.seed is not None else self._rng.getrandbits(32)
         text = TextStream(self.lm.tokenizer, req.prompt_ids, req.stop) if self.decode_text else None
-        self.scheduler.add(Sequence(req, seed, min(req.max_tokens, context - n), text))
+        seq = Sequence(req, seed, min(req.max_tokens, context - n), text)
+        if req.resume:
+            resume_after(seq, req.resume)
+        self.scheduler.add(seq)
 
     def cancel(self, rid: int) -> bool:
         """Stop a request and free its cache now; its final event comes with the next step."""

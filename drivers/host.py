@@ -42,7 +42,8 @@ class DriverLoop:
         self.driver = driver
         self.loads: queue.Queue = queue.Queue()   # finished loads, from loader threads
         self.deferred: list[DriverMessage] = []   # arrived while a step was paused
-        self.handlers = {channel.Submit: self._submit, channel.Cancel: lambda m: driver.cancel(m.rid),
+        self.loading: dict[str, list[channel.Submit]] = {}   # model being loaded -> submits waiting for it
+        self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
                          channel.Embed: self._embed, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
                          channel.Ping: lambda m: self.send(channel.Pong(m.t))}
@@ -69,9 +70,26 @@ class DriverLoop:
         return True
 
     def _submit(self, msg: channel.Submit) -> None:
+        if msg.model in self.loading:      # a restarted driver reloads while the kernel re-admits
+            self.loading[msg.model].append(msg)
+            return
         failed = self.driver.submit(msg)
         if failed is not None:
             self.send(channel.Events([failed]))
+
+    def _cancel(self, msg: channel.Cancel) -> None:
+        for waiting in self.loading.values():
+            waiting[:] = [m for m in waiting if m.rid != msg.rid]
+        self.driver.cancel(msg.rid)
+
+    def _load_ended(self, msg: channel.Loaded | channel.LoadFailed) -> None:
+        """Send a finished load on, then the submits that waited for it (they fail with it)."""
+        self.send(msg)
+        for waiting in self.loading.pop(msg.model, []):
+            if isinstance(msg, channel.Loaded):
+                self._submit(waiting)
+            else:
+                self.send(channel.Events([channel.TokenEvent.failed(waiting.rid, "EIO", f"loading {msg.model} failed")]))
 
     def _embed(self, msg: channel.Embed) -> None:
         try:
@@ -81,6 +99,7 @@ class DriverLoop:
             self.send(channel.Error(msg.rid, "EIO", f"embedding failed: {exc.__class__.__name__}: {exc}"))
 
     def _load(self, msg: channel.Load) -> None:
+        self.loading.setdefault(msg.model, [])
         threading.Thread(target=self._load_in_thread, args=(msg,), daemon=True, name=f"load-{msg.model}").start()
 
     def _load_in_thread(self, msg: channel.Load) -> None:
@@ -110,7 +129,11 @@ class DriverLoop:
             if not all(self.handle(msg) for msg in pending):
                 return
             while not self.loads.empty():
-                self.send(self.loads.get())
+                done = self.loads.get()
+                if isinstance(done, (channel.Loaded, channel.LoadFailed)):
+                    self._load_ended(done)
+                else:
+                    self.send(done)
             if self.driver.has_work():
                 events = self.driver.step(self.pause)
                 if events:

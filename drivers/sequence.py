@@ -5,7 +5,7 @@ No torch here: the scheduler plans with these alone, and the model runner reads 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class GenRequest:
     cut_in: bool = False       # may be prefilled between the slices of a running step (engine.py)
     repetition_penalty: float = 1.0   # 1: off; drivers/sampling.penalize_repeats
     progress: bool = False     # report each prefill chunk of a prompt that takes several (StepEvent.prefill)
+    resume: list[int] = field(default_factory=list)   # tokens it had generated elsewhere: go on after them
 
 
 @dataclass

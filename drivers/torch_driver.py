@@ -110,7 +110,7 @@ class TorchDriver(Driver):
                                   top_p=_given(msg.top_p, model.top_p), top_k=_given(msg.top_k, model.top_k),
                                   repetition_penalty=model.repetition_penalty, stop=msg.stop,
                                   seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in,
-                                  progress=msg.progress))
+                                  progress=msg.progress, resume=list(msg.resume)))
         except PromptTooLong as exc:
             return TokenEvent.failed(msg.rid, exc.errno, str(exc))
         except ValueError as exc:      # the chat template refused the messages
@@ -166,7 +166,7 @@ class TorchDriver(Driver):
         out = []
         for ev in events:
             if ev.finish is None:
-                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, prefill=ev.prefill))
+                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, prefill=ev.prefill, ids=ev.token_ids or None))
                 continue
             self.owner.pop(ev.rid, None)
             if ev.finish == "cancelled":

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logs.get("llmos.devices")
 
 DRIVER_UP_TIMEOUT_S = 180.0
+MAX_RESUMES = 3     # a request whose driver died this often under it may be what kills it: it ends with EIO
 
 
 class Devices:
@@ -159,6 +160,8 @@ class Devices:
                     proc.tokens += ev.tokens
                     k.quotas.charge_tokens(proc.principal, ev.tokens)
                 sched.charge(req.share, ev.tokens)
+            if ev.ids:
+                req.generated += ev.ids
             if ev.delta:
                 req.text.append(ev.delta)
                 if req.stream:
@@ -177,9 +180,21 @@ class Devices:
                                         "usage": usage})
 
     async def on_down(self, drv: DriverHandle, why: str) -> None:
-        for req in self.k.requests.at_driver(drv.device):
-            self.k.requests.end(req, eio(f"{why}; the driver is being restarted, retry the request"))
-        self.k.models.driver_down(drv.device)
+        """Its driver died: generations it ran go back to the front of their queues, to resume where
+        they were once it is back (their callers see no error, only a pause); an embed is
+        one short call, so it ends with EIO for its caller to retry."""
+        device = drv.device
+        sched = self.schedulers[device]
+        for req in self.k.requests.at_driver(device):
+            self.running[device].pop(req.rid, None)
+            if req.call != "infer" or req.resumes >= MAX_RESUMES:
+                self.k.requests.end(req, eio(f"{why}; the driver is being restarted, retry the request"))
+                continue
+            sched.finished(req)
+            self.k.requests.requeued(req)
+            sched.enqueue(req)
+            log.info("request.requeued", rid=req.rid, device=device, generated=len(req.generated))
+        self.k.models.driver_down(device)
 
     async def on_failed(self, drv: DriverHandle, why: str) -> None:
         """The driver is given up. One that never came up fails the boot (the operator asked for

@@ -59,6 +59,8 @@ class Request:
     state: RequestState = RequestState.QUEUED
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0
+    generated: list[int] = field(default_factory=list)   # token ids so far: where to resume if its driver dies
+    resumes: int = 0              # times it was re-admitted after its driver died
     timer: asyncio.TimerHandle | None = None
     created: float = field(default_factory=time.monotonic)   # accepted: where its latencies start
     first_token_at: float | None = None
@@ -121,6 +123,12 @@ class RequestTable:
     def running(self, req: Request) -> None:
         """It left its scheduler for its driver."""
         req.state = RequestState.RUNNING
+
+    def requeued(self, req: Request) -> None:
+        """Its driver died under it: back to its scheduler, to resume after what it generated."""
+        req.state = RequestState.QUEUED
+        req.resumes += 1
+        req.payload["resume"] = list(req.generated)
 
     def at_service(self, req: Request) -> None:
         """It is the service host's to run; no device scheduler or driver holds it."""

@@ -108,6 +108,7 @@ class Submit(DriverMessage, op="submit"):
     priority: int = 0
     cut_in: bool = False          # the fair scheduler allows a short prompt to cut into a running step
     progress: bool = False        # the caller wants prefill progress (TokenEvent.prefill) on a long prompt
+    resume: list[int] = field(default_factory=list)   # token ids it had generated on a driver that died
 
 
 @dataclass
@@ -192,13 +193,15 @@ class TokenEvent:
     errno: str | None = None      # with finish == "error"
     message: str | None = None
     prefill: list[int] | None = None   # [prompt tokens computed, prompt tokens] while a long prompt is read
+    ids: list[int] | None = None       # the `tokens` new token ids: the kernel keeps them to resume elsewhere
 
     def __post_init__(self):
         if self.finish == "error" and self.errno not in ERRNOS:
             raise ValueError(f"an error event needs an errno, got {self.errno!r}")
 
     def to_list(self) -> list:
-        return [self.rid, self.delta, self.tokens, self.finish, self.usage, self.errno, self.message, self.prefill]
+        return [self.rid, self.delta, self.tokens, self.finish, self.usage, self.errno, self.message, self.prefill,
+                self.ids]
 
     @classmethod
     def failed(cls, rid: int, errno: str, message: str, tokens: int = 0) -> "TokenEvent":

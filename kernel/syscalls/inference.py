@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING
 
 from llmos.specs.protocol import reply_ok
@@ -72,11 +73,17 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         entry = await model_for(k, ctx, args["model"], "generate")
     payload = {"prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
-               "stop": stop, "seed": args["seed"], "priority": args["priority"], "progress": progress}
+               "stop": stop, "seed": _seed(args["seed"]), "priority": args["priority"], "progress": progress}
     req = k.requests.new(ctx, "infer", entry, payload, stream=args["stream"], priority=args["priority"],
                          deadline_s=args["deadline"], share=share)
     k.devices.submit(req)
     return await req.future
+
+
+def _seed(given: int | None) -> int:
+    """The caller's seed, or one drawn here: a generation resumed on a restarted driver then samples
+    what the first driver would have (the sampler is keyed by seed and position)."""
+    return given if given is not None else secrets.randbits(32)
 
 
 def tell_progress(ctx: "CallContext", progress: dict) -> None:
