@@ -21,6 +21,7 @@ from .memory import mem
 from .models import devices, load, models, unload
 from .plugins import add_installed_commands
 from .processes import kill, ps, stop, sysinfo
+from .serve import serve
 from .services import svc
 from .statefiles import audit, logs
 from .top import top
@@ -63,7 +64,7 @@ class Llmos(OrderedGroup):
 
 
 BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
-                     logs, audit, top, health, demo)
+                     logs, audit, top, serve, health, demo)
 
 
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:

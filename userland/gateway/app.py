@@ -1,0 +1,261 @@
+"""The gateway's HTTP side: routes, who a request runs as, body limits, the access log, start and stop.
+
+The gateway is a userland program: every answer comes from syscalls (models, infer, embed,
+cancel, stats) made on the connection of the principal the request runs as (principals.py).
+With API keys, a request without a known `Authorization: Bearer KEY` is 401 before its body is
+read, and never falls back to the gateway's own identity. Without keys, everyone runs as the
+gateway's own identity, which is why `llmos serve` then binds loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ..errors import LLMOSError
+from .errors import ApiError, from_syscall
+from .generation import ClientGone, EventStream, cancel_quietly, collect, events, first_delta, unless_gone
+from .keys import KeyTable
+from .openai import Shape, chat_request, completion_request, embedding_request, embeddings_answer, models_answer
+from .principals import Identity, Principals, is_lost
+
+MAX_BODY_BYTES = 4 << 20        # 4 MiB: a request body past it is 413, whatever Content-Length claims
+READY_WAIT_S = 5.0           # how long /health/ready waits for the kernel's readiness probe
+DEFAULT_MAX_STREAMS = 64        # generations in flight per key; the kernel's own limit per process is 64 too
+log = structlog.get_logger("llmos.gateway")
+
+
+@dataclass
+class Settings:
+    socket: str | None = None           # the gateway's own kernel socket (default: the client's)
+    key: str | None = None              # the gateway's own key file (LLMOS_KEY)
+    keys: KeyTable | None = None        # None: no API keys, everyone is the gateway's own identity
+    max_streams: int = DEFAULT_MAX_STREAMS
+    max_body: int = MAX_BODY_BYTES
+
+
+class Gateway:
+    """The state behind the routes: the key table and the principals' connections."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.keys = settings.keys
+        self.principals = Principals(settings.socket, settings.key, settings.max_streams)
+        self.own = Identity(None)
+
+    async def identify(self, request: Request) -> Identity:
+        """Who the request runs as; 401 in keyed mode for a missing or unknown key."""
+        if self.keys is None:
+            return self.own
+        scheme, _, api_key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not api_key.strip():
+            raise ApiError(401, "no API key: send 'Authorization: Bearer KEY' with a key from `llmos serve keys add`",
+                           code="invalid_api_key")
+        if self.keys.reload_if_changed():
+            await self.principals.keep_only({Identity(e) for e in self.keys.entries()})
+        entry = self.keys.lookup(api_key.strip())
+        if entry is None:
+            raise ApiError(401, "unknown API key", code="invalid_api_key")
+        request.state.principal = entry.name
+        return Identity(entry)
+
+    async def body(self, request: Request):
+        """The JSON body: 413 past max_body (declared or streamed), 400 when it is not JSON."""
+        limit = self.settings.max_body
+        declared = request.headers.get("content-length", "")
+        too_large = ApiError(413, f"the request body is over the gateway's limit of {limit} bytes ({limit >> 20} MiB)",
+                             code="request_too_large")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
+        data, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            data.append(chunk)
+        try:
+            return json.loads(b"".join(data))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+    async def call(self, who: Identity, method: str, **args):
+        """One syscall as the identity; a lost connection is dropped so the next request connects again."""
+        try:
+            client = await self.principals.client(who)
+        except LLMOSError as exc:
+            raise from_syscall(exc) from None
+        try:
+            return await getattr(client, method)(**args)
+        except LLMOSError as exc:
+            if is_lost(exc):
+                await self.principals.forget(who, client)
+            raise from_syscall(exc, "model" if method in ("stream", "embed") else None) from None
+
+    async def ready(self) -> tuple[bool, str]:
+        """The `stats` syscall's readiness (the default model loaded and a recent one-token probe through the
+        scheduler), waiting up to READY_WAIT_S for a probe that is running, as a load balancer's check wants."""
+        try:
+            stats = await self.call(self.own, "stats", wait_ready=READY_WAIT_S)
+        except ApiError as exc:
+            return False, exc.message
+        return bool(stats["ready"]), stats.get("ready_reason") or ""
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+async def models(request: Request):
+    g = _gateway(request)
+    who = await g.identify(request)
+    return JSONResponse(models_answer(await g.call(who, "models")))
+
+
+async def chat_completions(request: Request):
+    return await _complete(request, chat=True)
+
+
+async def completions(request: Request):
+    return await _complete(request, chat=False)
+
+
+async def _complete(request: Request, chat: bool):
+    g = _gateway(request)
+    who = await g.identify(request)
+    args, params = (chat_request if chat else completion_request)(await g.body(request))
+    request.state.user = params.get("user")
+    shape = Shape(chat, args.get("model"))
+    g.principals.take_stream(who)
+    handed_over = False
+    try:
+        stream = await g.call(who, "stream", **args)
+        try:
+            first = await unless_gone(request.receive, first_delta(stream), lambda: cancel_quietly(stream))
+            if not params.get("stream"):
+                result = await unless_gone(request.receive, collect(stream), lambda: cancel_quietly(stream))
+                _note_usage(request, result)
+                return JSONResponse(shape.full(result))
+        except ClientGone:
+            request.state.disconnected = True
+            return JSONResponse({}, status_code=499)     # nobody reads it: nginx's "client closed request"
+        body = events(stream, shape, first, bool((params.get("stream_options") or {}).get("include_usage")),
+                      lambda result: _note_usage(request, result))
+        handed_over = True
+        return EventStream(body, stream, lambda: g.principals.give_stream(who))
+    finally:
+        if not handed_over:
+            g.principals.give_stream(who)
+
+
+def _note_usage(request: Request, result: dict) -> None:
+    request.state.usage = result.get("usage") or {}
+
+
+async def embeddings(request: Request):
+    g = _gateway(request)
+    who = await g.identify(request)
+    args, encoding = embedding_request(await g.body(request))
+    return JSONResponse(embeddings_answer(await g.call(who, "embed", **args), encoding))
+
+
+async def live(request: Request):
+    return JSONResponse({"status": "live"})
+
+
+async def ready(request: Request):
+    ok, reason = await _gateway(request).ready()
+    if ok:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready", "reason": reason}, status_code=503)
+
+
+async def api_error(request: Request, exc: ApiError):
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def http_error(request: Request, exc: HTTPException):
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return JSONResponse({"error": {"message": f"{request.method} {request.url.path}: {exc.detail}", "type": kind,
+                                   "param": None, "code": None}}, status_code=exc.status_code)
+
+
+async def internal_error(request: Request, exc: Exception):
+    log.exception("gateway.internal_error", path=request.url.path)
+    return JSONResponse({"error": {"message": f"internal error in the gateway: {type(exc).__name__}",
+                                   "type": "server_error", "param": None, "code": None}}, status_code=500)
+
+
+ROUTES = [
+    Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/health/live", live, methods=["GET"]),
+    Route("/health/ready", ready, methods=["GET"]),
+]
+
+
+class AccessLog:
+    """One log line per request: principal, status, tokens, duration; never the API key."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [0]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        state = scope.setdefault("state", {})
+        try:
+            await self.app(scope, receive, sending)
+        except BaseException:
+            status[0] = status[0] or 500
+            raise
+        finally:
+            usage = state.get("usage") or {}
+            log.info("gateway.request", method=scope["method"], path=scope["path"], status=status[0],
+                     principal=state.get("principal", "(gateway)"), user=(state.get("user") or None),
+                     prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
+                     disconnected=state.get("disconnected", False),
+                     duration_ms=round((time.perf_counter() - start) * 1000, 2))
+
+
+def make_app(settings: Settings) -> Starlette:
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        await gateway.principals.close()
+
+    app = Starlette(routes=ROUTES, lifespan=lifespan,
+                    exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error})
+    app.state.gateway = gateway
+    app.add_middleware(AccessLog)
+    return app
+
+
+def configure_logging() -> None:
+    """JSON lines on stderr, keyed as the kernel's are (event, level, timestamp)."""
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    structlog.processors.format_exc_info, structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
