@@ -96,7 +96,14 @@ class Devices:
             self.k.requests.running(req)
             running[req.rid] = req
             self.k.supervisor.send(device, channel.Submit(rid=req.rid, model=req.model, **req.payload,
-                                                          cut_in=sched.may_cut_in(req.share)))
+                                                          cut_in=sched.may_cut_in(req.share),
+                                                          cache_salt=self._cache_salt(req)))
+
+    def _cache_salt(self, req: Request) -> str:
+        """Whose cached prompt blocks a request may reuse: its principal's (a hit across tenants would
+        tell one what another sent, by timing). A service's generation is its caller's."""
+        payer = self.k.procs.get(req.share)
+        return payer.principal if payer is not None else req.principal
 
     def send_embed(self, req: Request, texts: list[str], normalize: bool) -> None:
         self.k.requests.running(req)     # beside the window: an embed is one call, not a batch slot

@@ -109,6 +109,7 @@ class Submit(DriverMessage, op="submit"):
     cut_in: bool = False          # the fair scheduler allows a short prompt to cut into a running step
     progress: bool = False        # the caller wants prefill progress (TokenEvent.prefill) on a long prompt
     resume: list[int] = field(default_factory=list)   # token ids it had generated on a driver that died
+    cache_salt: str = ""          # its principal: cached prompt blocks are shared only among equal salts
 
 
 @dataclass
