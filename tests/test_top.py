@@ -69,8 +69,9 @@ def test_the_frame_lists_the_busiest_process_first(stats):
 
 
 def test_the_header_says_why_a_kernel_is_not_ready(stats):
-    text = frame({**stats, "ready": False, "ready_reason": "model tiny is loading"})
-    assert "not ready: model tiny is loading" in text.splitlines()[0]
+    lines = frame({**stats, "ready": False, "ready_reason": "model tiny is loading"}).splitlines()
+    header = lines[:next(i for i, line in enumerate(lines) if line.startswith("DEVICE"))]
+    assert any(line.startswith("not ready: model tiny is loading") for line in header), header
 
 
 def test_the_memory_bar_shows_models_reserved_and_free_memory_in_proportion():

@@ -41,18 +41,20 @@ class PipeConsole(Console):
 def render(stats: dict, title: str) -> Group:
     """The whole frame for one `stats` reply; `title` names the kernel (version and socket)."""
     return Group(header(stats, title), devices_table(stats["devices"]), models_table(stats["models"]),
-                 processes_table(stats["processes"]), services_line(stats))
+                 processes_table(stats["processes"]))
 
 
 def header(stats: dict, title: str) -> Text:
-    ttft, requests = stats["latency"]["ttft_s"], stats["requests"]
+    ttft, requests, services = stats["latency"]["ttft_s"], stats["requests"], stats["services"]
     text = Text()
     text.append(title, style="bold")
-    text.append(f"  up {duration(stats['uptime_s'])}  ")
+    text.append(f"  up {duration(stats['uptime_s'])}\n")
     if stats["ready"]:
         text.append("ready", style="green")
     else:
         text.append(f"not ready: {stats.get('ready_reason') or 'no reason given'}", style="bold red")
+    text.append(f"  services {services['state']} ({services['restarts']} restarts)",
+                style="" if services["state"] == "up" else "red")
     text.append(f"\nprocesses {len(stats['processes'])}  tokens/s {stats['throughput']['tokens_per_s']:.1f}"
                 f"  TTFT p50 {seconds(ttft['p50'])} p95 {seconds(ttft['p95'])} ({ttft['count']} in the last min)")
     text.append(f"\nerrors {requests['errors']} of {requests['total']} replies  auth failures {stats['auth_failures']}"
@@ -86,12 +88,6 @@ def processes_table(processes: list[dict]) -> Table:
         t.add_row(str(p["pid"]), p["name"], p["principal"], str(p["requests"]), str(p["tokens"]),
                   f"{p['tokens_per_s']:.1f}")
     return t
-
-
-def services_line(stats: dict) -> Text:
-    services = stats["services"]
-    return Text(f"services {services['state']}, {services['restarts']} restarts",
-                style="" if services["state"] == "up" else "red")
 
 
 def memory_bar(used: int, reserved: int, total: int, width: int = BAR_WIDTH) -> Text:
