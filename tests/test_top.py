@@ -16,7 +16,7 @@ from rich.console import Console
 
 from llmos.userland.cli.exits import EXIT_BROKEN_PIPE, EXIT_OK
 from llmos.userland.cli.top import memory_bar, render
-from llmos.userland.testing import LLMOS_COMMAND
+from llmos.userland.testing import LLMOS_COMMAND, KernelProcess
 
 WORKER = "top-test-worker"
 TITLE = "llmos test kernel"
@@ -105,6 +105,42 @@ def test_top_once_whose_reader_went_away_ends_quietly_with_exit_141(kernel):
     finally:
         os.close(write_end)
     assert (r.returncode, r.stderr) == (EXIT_BROKEN_PIPE, "")
+
+
+def test_in_a_pipe_frames_follow_one_another_until_the_reader_goes(kernel, worker):
+    top = subprocess.Popen([*LLMOS_COMMAND, "top", "--interval", "0.2"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, env=kernel.cli_env())
+    try:
+        titles, deadline = 0, time.monotonic() + 60
+        while titles < 2 and time.monotonic() < deadline and select.select([top.stdout], [], [], 1)[0]:
+            line = top.stdout.readline()
+            if not line:
+                break
+            titles += line.startswith(b"llmos ")
+        assert titles == 2
+        top.stdout.close()
+        assert top.wait(timeout=30) == EXIT_BROKEN_PIPE and top.stderr.read() == b""
+    finally:
+        if top.poll() is None:
+            top.kill()
+        top.wait()
+        top.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def tcp_kernel(tmp_path_factory):
+    k = KernelProcess(tmp_path_factory.mktemp("top-tcp-kernel"), tcp=True, env={"LLMOS_NO_SERVICES": "1"}).start()
+    yield k
+    k.stop()
+
+
+def test_a_user_without_admin_sees_their_own_processes_and_no_one_elses(tcp_kernel):
+    with tcp_kernel.client("operators-program", caps=["admin", "ps"]) as operator:
+        key_file = operator.user_add("top-user", caps=["ps"])["key_file"]
+        r = tcp_kernel.cli("--socket", tcp_kernel.socket, "--key", key_file, "top", "--once")
+    assert (r.returncode, r.stderr) == (EXIT_OK, "")
+    row_of(r.stdout, "llmos-top", "top-user")
+    assert "operators-program" not in r.stdout
 
 
 class Terminal:

@@ -145,16 +145,28 @@ def top(interval: float, once: bool) -> None:
     with _connect() as c:
         info = c.sysinfo()
         title = f"llmos {info['kernel']} on {info['socket']}"
+        console = PipeConsole()
         if once:
-            PipeConsole().print(render(c.stats(), title))
+            console.print(render(c.stats(), title))
             return
         try:
-            with keys() as pressed, Live(render(c.stats(), title), console=PipeConsole(), auto_refresh=False,
-                                         screen=True, vertical_overflow="crop") as live:
+            with keys() as pressed, screen(console) as draw:
+                draw(render(c.stats(), title))
                 while pressed(interval) not in QUIT_KEYS:
-                    live.update(render(c.stats(), title), refresh=True)
+                    draw(render(c.stats(), title))
         except KeyboardInterrupt:
             pass
+
+
+@contextmanager
+def screen(console: Console) -> Iterator:
+    """draw(frame): on a terminal, the frame replaces the last one (the alternate screen, left as it
+    was after); elsewhere (a pipe, a file) frames follow one another, as `top -b` writes them."""
+    if not console.is_terminal:
+        yield lambda frame: console.print(frame, "")
+        return
+    with Live(console=console, auto_refresh=False, screen=True, vertical_overflow="crop") as live:
+        yield lambda frame: live.update(frame, refresh=True)
 
 
 def _connect():
