@@ -64,7 +64,8 @@ def example_config() -> dict:
 def dashboard_exprs() -> list[str]:
     board = json.loads((DEPLOY / "grafana" / "llmos.json").read_text())
     panels = [p for top in board["panels"] for p in [top, *top.get("panels", [])]]    # rows hold panels too
-    return [t["expr"] for p in panels for t in p.get("targets", [])]
+    variables = [v["query"]["query"] for v in board["templating"]["list"] if v["type"] == "query"]
+    return [t["expr"] for p in panels for t in p.get("targets", [])] + variables
 
 
 def queried_series(expr: str) -> set[str]:
