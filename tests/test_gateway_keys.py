@@ -175,3 +175,9 @@ def test_each_errno_has_the_status_the_openai_clients_expect(errno, status):
 def test_a_lost_kernel_is_503_with_retry_after():
     error = from_syscall(KernelUnavailable("gone"))
     assert error.status == 503 and "Retry-After" in error.headers()
+
+
+def test_json_nested_too_deep_is_400_not_a_crash(gateway, api_keys):
+    r = httpx.post(gateway.url + "/v1/chat/completions", content=b"[" * 200_000, timeout=30,
+                   headers={"Authorization": f"Bearer {api_keys['bob']}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"

@@ -86,15 +86,17 @@ class Gateway:
             data.append(chunk)
         try:
             return json.loads(b"".join(data))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:     # RecursionError: nesting too deep
+            raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
 
-    async def call(self, who: Identity, method: str, **args):
+    async def call(self, request: Request | None, who: Identity, method: str, **args):
         """One syscall as the identity; a lost connection is dropped so the next request connects again."""
         try:
             client = await self.principals.client(who)
         except LLMOSError as exc:
             raise from_syscall(exc) from None
+        if request is not None:      # for the access log: the principal as the kernel named it at hello
+            request.state.principal = client.info.get("principal", who.label)
         try:
             return await getattr(client, method)(**args)
         except LLMOSError as exc:
@@ -106,7 +108,7 @@ class Gateway:
         """The `stats` syscall's readiness (the default model loaded and a recent one-token probe through the
         scheduler), waiting up to READY_WAIT_S for a probe that is running, as a load balancer's check wants."""
         try:
-            stats = await self.call(self.own, "stats", wait_ready=READY_WAIT_S)
+            stats = await self.call(None, self.own, "stats", wait_ready=READY_WAIT_S)
         except ApiError as exc:
             return False, exc.message
         return bool(stats["ready"]), stats.get("ready_reason") or ""
@@ -119,7 +121,7 @@ def _gateway(request: Request) -> Gateway:
 async def models(request: Request):
     g = _gateway(request)
     who = await g.identify(request)
-    return JSONResponse(models_answer(await g.call(who, "models")))
+    return JSONResponse(models_answer(await g.call(request, who, "models")))
 
 
 async def chat_completions(request: Request):
@@ -139,7 +141,7 @@ async def _complete(request: Request, chat: bool):
     g.principals.take_stream(who)
     handed_over = False
     try:
-        stream = await g.call(who, "stream", **args)
+        stream = await g.call(request, who, "stream", **args)
         try:
             first = await unless_gone(request.receive, first_delta(stream), lambda: cancel_quietly(stream))
             if not params.get("stream"):
@@ -166,7 +168,7 @@ async def embeddings(request: Request):
     g = _gateway(request)
     who = await g.identify(request)
     args, encoding = embedding_request(await g.body(request))
-    return JSONResponse(embeddings_answer(await g.call(who, "embed", **args), encoding))
+    return JSONResponse(embeddings_answer(await g.call(request, who, "embed", **args), encoding))
 
 
 async def live(request: Request):
@@ -231,7 +233,7 @@ class AccessLog:
         finally:
             usage = state.get("usage") or {}
             log.info("gateway.request", method=scope["method"], path=scope["path"], status=status[0],
-                     principal=state.get("principal", "(gateway)"), user=(state.get("user") or None),
+                     principal=state.get("principal"), user=(state.get("user") or "")[:64] or None,
                      prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
                      disconnected=state.get("disconnected", False),
                      duration_ms=round((time.perf_counter() - start) * 1000, 2))
