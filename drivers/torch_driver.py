@@ -52,6 +52,7 @@ class TorchDriver(Driver):
 
         self.device = device
         self.kind = device_kind(device)
+        self.torch_device = "cpu" if self.kind == "cpu" else device   # cpu:N are drivers sharing the CPU
         if self.kind == "cuda":
             check_cuda_device(torch, device)
         self.dtype = auto_dtype(device) if dtype == "auto" else dtype
@@ -77,7 +78,7 @@ class TorchDriver(Driver):
         from .loader import load
 
         started = time.monotonic()
-        lm = load(ModelSpec(**msg.spec), self.device, self.dtype, on_stage)
+        lm = load(ModelSpec(**msg.spec), self.torch_device, self.dtype, on_stage)
         kv_bytes = msg.kv_bytes
         if lm.kind == "generate":
             on_stage("kv cache")
@@ -110,7 +111,7 @@ class TorchDriver(Driver):
                                   top_p=_given(msg.top_p, model.top_p), top_k=_given(msg.top_k, model.top_k),
                                   repetition_penalty=model.repetition_penalty, stop=msg.stop,
                                   seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in,
-                                  progress=msg.progress, resume=list(msg.resume)))
+                                  progress=msg.progress, resume=list(msg.resume), cache_salt=msg.cache_salt))
         except PromptTooLong as exc:
             return TokenEvent.failed(msg.rid, exc.errno, str(exc))
         except ValueError as exc:      # the chat template refused the messages

@@ -15,6 +15,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda:N, auto, or a comma-separated list (default: auto)")
     p.add_argument("--model", help="default model, loaded at boot (default: smollm2-135m-instruct)")
     p.add_argument("--no-model", action="store_true", help="load no model at boot")
+    p.add_argument("--replicas", type=int, help="copies of the boot model, one per device (default 1); "
+                   "new requests go to the copy that can start them soonest")
     p.add_argument("--state-dir", help="where memory and logs persist (default: ~/.local/state/llmos)")
     p.add_argument("--config", help="TOML config file (default: $LLMOS_CONFIG or ~/.config/llmos/config.toml)")
     p.add_argument("--kv-cache", help="KV-cache budget per generate model, e.g. 512MiB")
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load({"socket": args.socket, "device": args.device, "model": args.model, "no_model": args.no_model,
                          "state_dir": args.state_dir, "config": args.config, "kv_cache": args.kv_cache, "dtype": args.dtype,
-                         "log_level": args.log_level, "metrics": args.metrics})
+                         "log_level": args.log_level, "metrics": args.metrics,
+                         "replicas": args.replicas})
     except ConfigError as exc:
         print(f"llmos boot: {exc}", file=sys.stderr)
         return 2

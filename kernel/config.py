@@ -23,6 +23,7 @@ from llmos.specs.protocol import MAX_FRAME_BYTES, default_socket, runtime_dir
 MAX_VALUE_CEILING = MAX_FRAME_BYTES - (1 << 20)    # room for the reply's envelope
 DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")
 GRANTABLE_CAPS = DEFAULT_CAPS + ("admin",)
+MAX_REPLICAS = 64          # copies of one model, one per device
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
           "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
 
@@ -76,6 +77,7 @@ class Settings:
     log_level: str = "info"
     dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
     metrics_listen: str | None = None       # [metrics] listen / --metrics: HOST:PORT of /metrics and /health
+    replicas: dict[str, int] = field(default_factory=dict)   # [replicas] NAME = N / --replicas: copies at boot
     config_file: Path | None = None
 
     @property
@@ -129,6 +131,10 @@ def _apply_file(s: Settings, path: Path) -> None:
         if "path" not in entry:
             raise ConfigError(f"config file {path}: [models.{name}] needs a path")
         s.models[name] = dict(entry)
+    for name, n in data.get("replicas", {}).items():
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_REPLICAS:
+            raise ConfigError(f"config file {path}: [replicas] {name} must be a whole number from 1 to {MAX_REPLICAS}")
+        s.replicas[name] = n
     for dev, entry in data.get("device", {}).items():
         if "memory" in entry:
             s.device_memory[dev] = parse_bytes(entry["memory"], f"[device.\"{dev}\"] memory")
@@ -208,6 +214,10 @@ def _apply_flags(s: Settings, flags: dict[str, Any]) -> None:
     elif "model" in flags:
         s.default_model = flags["model"]
         s.preload = None
+    if "replicas" in flags and s.default_model:
+        if not 1 <= flags["replicas"] <= MAX_REPLICAS:
+            raise ConfigError(f"--replicas must be from 1 to {MAX_REPLICAS}")
+        s.replicas[s.default_model] = flags["replicas"]
     if "state_dir" in flags:
         s.state_dir = Path(flags["state_dir"])
     if "dtype" in flags:

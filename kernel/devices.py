@@ -125,6 +125,14 @@ class Devices:
             for req in sched.forget(pid):
                 self.k.requests.end(req, SyscallError("ECANCELED", why))
 
+    def backlog(self, device: str) -> float:
+        """How soon the device could start one more generation: its queued and running requests
+        per batch slot (less is sooner); a device whose driver is not up is last."""
+        drv = self.k.supervisor.drivers.get(device)
+        if drv is None or drv.state != "up" or drv.hello is None:
+            return float("inf")
+        return (len(self.schedulers[device]) + len(self.running[device])) / max(1, drv.hello.max_seqs)
+
     def describe(self, device: str) -> dict:
         return {"queued": len(self.schedulers[device]), "running": len(self.running[device])}
 
@@ -143,12 +151,12 @@ class Devices:
             if req:
                 k.requests.end(req, SyscallError(msg.errno, msg.message))
         elif isinstance(msg, channel.Loaded):
-            k.models.loaded(msg)
+            k.models.loaded(drv.device, msg)
             self.pump(drv.device)
         elif isinstance(msg, channel.LoadProgress):
-            k.models.load_progress(msg)
+            k.models.load_progress(drv.device, msg)
         elif isinstance(msg, channel.LoadFailed):
-            k.models.load_failed(msg)
+            k.models.load_failed(drv.device, msg)
         elif not isinstance(msg, channel.Pong):
             log.warning("driver.unexpected_message", device=drv.device, op=msg.op)
 
@@ -191,17 +199,21 @@ class Devices:
         they were once it is back (their callers see no error, only a pause); an embed is
         one short call, so it ends with EIO for its caller to retry."""
         device = drv.device
-        sched = self.schedulers[device]
+        self.k.models.driver_down(device)
+        moved_to = set()
         for req in self.k.requests.at_driver(device):
             self.running[device].pop(req.rid, None)
             if req.call != "infer" or req.resumes >= MAX_RESUMES:
                 self.k.requests.end(req, eio(f"{why}; the driver is being restarted, retry the request"))
                 continue
-            sched.finished(req)
-            self.k.requests.requeued(req)
-            sched.enqueue(req)
-            log.info("request.requeued", rid=req.rid, device=device, generated=len(req.generated))
-        self.k.models.driver_down(device)
+            self.schedulers[device].finished(req)
+            replica = self.k.models.get(req.model)     # a ready copy elsewhere, else this device's, reloading
+            self.k.requests.requeued(req, replica.device if replica is not None else device)
+            self.schedulers[req.device].enqueue(req)
+            moved_to.add(req.device)
+            log.info("request.requeued", rid=req.rid, device=req.device, died=device, generated=len(req.generated))
+        for other in moved_to - {device}:
+            self.pump(other)
 
     async def on_failed(self, drv: DriverHandle, why: str) -> None:
         """The driver is given up. One that never came up fails the boot (the operator asked for
@@ -221,7 +233,9 @@ class Devices:
 
     async def on_up(self, drv: DriverHandle) -> None:
         device = drv.device
-        total = self.k.settings.device_memory.get(device) or drv.hello.total_bytes
+        cpus = [d for d in self.names if device_kind(d) == "cpu"]
+        measured = drv.hello.total_bytes // len(cpus) if device in cpus else drv.hello.total_bytes  # they share RAM
+        total = self.k.settings.device_memory.get(device) or measured
         self.k.memory.add_device(device, device_kind(device), total)
         self.k.models.reload_after_crash(device)
         self.pump(device)
@@ -233,15 +247,19 @@ def resolve_devices(wanted: list[str]) -> list[str]:
     for d in wanted:
         if d == "auto":
             out += _cuda_devices() or ["cpu"]
-        elif d == "cpu" or d.startswith("cuda:"):
+        elif d == "cpu" or d.startswith("cuda:") or _is_cpu_n(d):
             out.append(d)
         elif d == "cuda":
             out += _cuda_devices() or []
         else:
-            raise ValueError(f"unknown device '{d}': use cpu, cuda:N or auto")
+            raise ValueError(f"unknown device '{d}': use cpu, cpu:N (drivers sharing the CPU), cuda:N or auto")
     if not out:
         raise ValueError("no devices to manage: CUDA was asked for but none is visible")
     return list(dict.fromkeys(out))
+
+
+def _is_cpu_n(device: str) -> bool:
+    return device.startswith("cpu:") and device[4:].isdigit() and int(device[4:]) < 64
 
 
 def _cuda_devices() -> list[str]:

@@ -107,8 +107,9 @@ class Kernel:
     async def _preload(self, name: str) -> None:
         """The operator asked for this model at boot: a kernel that cannot load it does not run."""
         try:
-            entry = await self.models.ensure(name, "auto", None)
-            entry.pinned = True
+            await self.models.ensure(name, "auto", None, replicas=self.settings.replicas.get(name, 1))
+            for entry in self.models.replicas(name):
+                entry.pinned = True
         except Exception as exc:
             self.fail_boot(f"the boot model '{name}' could not be loaded: {exc}")
 

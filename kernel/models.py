@@ -91,50 +91,83 @@ def eviction_victims(entries: list[ModelEntry], device: str, need: int, free: in
 
 
 class ModelTable:
+    """name -> device -> entry: one copy per device, and a model may have copies (replicas) on
+    several devices; each new request goes to the ready replica that can start it soonest."""
+
     def __init__(self, kernel: "Kernel"):
         self.k = kernel
-        self._by_name: dict[str, ModelEntry] = {}
+        self._replicas: dict[str, dict[str, ModelEntry]] = {}
         self.load_times = LoadTimes(kernel.settings.state_dir)
 
     def get(self, name: str) -> ModelEntry | None:
-        return self._by_name.get(name)
+        """The replica a new request on `name` should use: the ready one whose device can start it
+        soonest; a loading one if none is ready; None if it has none."""
+        copies = list(self._replicas.get(name, {}).values())
+        ready = [e for e in copies if e.state == "ready"]
+        if ready:
+            return min(ready, key=lambda e: self.k.devices.backlog(e.device))
+        return copies[0] if copies else None
+
+    def replicas(self, name: str) -> list[ModelEntry]:
+        return list(self._replicas.get(name, {}).values())
+
+    def entry(self, name: str, device: str) -> ModelEntry | None:
+        return self._replicas.get(name, {}).get(device)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._by_name
+        return name in self._replicas
 
     def __iter__(self):
-        return iter(list(self._by_name.values()))
+        return iter([e for copies in self._replicas.values() for e in copies.values()])
 
     def names(self) -> list[str]:
-        return sorted(self._by_name)
+        return sorted(self._replicas)
 
     def describe(self) -> list[dict]:
-        return [e.describe(self.load_times.get(e.name)) for e in self._by_name.values()]
+        return [e.describe(self.load_times.get(e.name)) for e in self]
 
     def progress(self, name: str) -> dict | None:
-        """How far the load of `name` has got; None once it is no longer loading."""
-        entry = self._by_name.get(name)
-        if entry is None or entry.state != "loading":
+        """How far the load of `name` has got; None once a replica is ready (or it has none)."""
+        copies = self.replicas(name)
+        if not copies or any(e.state == "ready" for e in copies):
             return None
-        return progress_of(entry, self.load_times.get(name))
+        return progress_of(copies[0], self.load_times.get(name))
 
     def on_device(self, device: str) -> list[ModelEntry]:
-        return [e for e in self._by_name.values() if e.device == device]
+        return [e for e in self if e.device == device]
 
-    async def ensure(self, name: str, device: str, proc: "Process | None") -> ModelEntry:
-        """Load `name` (or reuse the loaded copy) and give `proc` a reference to it."""
+    async def ensure(self, name: str, device: str, proc: "Process | None", replicas: int = 1) -> ModelEntry:
+        """Load `name` (or reuse its loaded copies) on `replicas` devices and give `proc` a reference to it."""
         if registry.is_path(name, self.k.settings.models):
             self._check_may_name_path(name, proc)
-        entry = self._by_name.get(name)
+        if name not in self._replicas:
+            await self._load(name, device)
+        more = replicas - len(self.replicas(name))
+        if more > 0:
+            await asyncio.gather(*(self._load(name, d) for d in self._devices_for_more(name, more)))
+        entry = self.get(name)
         if entry is None:
-            entry = await self._load(name, device)
-        else:
-            await asyncio.shield(entry.loaded)
+            raise eio(f"model '{name}' was unloaded while it loaded")
+        await asyncio.shield(entry.loaded)
+        entry = self.get(name) or entry
         if proc is not None and self.k.procs.get(proc.pid) is proc:
-            entry.refs.add(proc.pid)
+            for copy in self.replicas(name):
+                copy.refs.add(proc.pid)
             proc.models.add(name)
         entry.last_used = time.monotonic()
         return entry
+
+    def _devices_for_more(self, name: str, more: int) -> list[str]:
+        """Devices for `more` new replicas: of the kind the model is already on, most free memory first."""
+        have = set(self._replicas.get(name, {}))
+        kind = device_kind(next(iter(have))) if have else None
+        spare = [d for d in self.k.devices.names
+                 if d not in have and (kind is None or device_kind(d) == kind) and d in self.k.memory.devices]
+        if len(spare) < more:
+            raise einval(f"{len(have) + more} replicas of '{name}' asked for, but this kernel has "
+                         f"{len(have) + len(spare)} {kind or ''} device(s) up for it")
+        spare.sort(key=lambda d: -self.k.memory.devices[d].free_bytes)
+        return spare[:more]
 
     def _named_by_operator(self, name: str) -> bool:
         s = self.k.settings
@@ -156,7 +189,7 @@ class ModelTable:
         k = self.k
         device = k.devices.pick(wanted_device)
         entry = ModelEntry(name, None, device, "")
-        self._by_name[name] = entry     # visible at once, so a second load of it waits instead of racing
+        self._replicas.setdefault(name, {})[device] = entry   # visible at once: a second load of it waits
         sent = False
 
         async def load() -> None:
@@ -188,8 +221,8 @@ class ModelTable:
                                                 f"(load_timeout_s); its memory is released") from None
             return entry
         except BaseException as exc:
-            if self._by_name.get(name) is entry:
-                del self._by_name[name]
+            if self.entry(name, device) is entry:
+                self._forget(entry)
                 k.memory.release_model(device, name)
                 if sent:       # the driver may still be loading it: it drops it
                     k.supervisor.send(device, channel.Unload(name))
@@ -204,7 +237,7 @@ class ModelTable:
         if need > account.total_bytes:
             raise enomem(f"{what} needs {_gib(need)} but {device} has {_gib(account.total_bytes)} in all; "
                          f"it can never fit here")
-        victims = eviction_victims(list(self._by_name.values()), device, need, account.free_bytes)
+        victims = eviction_victims(list(self), device, need, account.free_bytes)
         if victims is None:
             held = ", ".join(f"{e.name} {_gib(e.bytes)}" for e in self.on_device(device) if e is not exclude)
             raise enomem(f"{what} needs {_gib(need)} but {device} has {_gib(account.free_bytes)} free; "
@@ -221,29 +254,35 @@ class ModelTable:
             return configured["*"]
         return DEFAULT_KV_BYTES[device_kind(device)]
 
+    def _forget(self, entry: ModelEntry) -> None:
+        copies = self._replicas.get(entry.name, {})
+        if copies.get(entry.device) is entry:
+            del copies[entry.device]
+        if not copies:
+            self._replicas.pop(entry.name, None)
+
     def evict(self, entry: ModelEntry, why: str) -> None:
-        self._by_name.pop(entry.name, None)
+        self._forget(entry)
         self.k.memory.release_model(entry.device, entry.name)
         self.k.supervisor.send(entry.device, channel.Unload(entry.name))
         log.info("model.unloaded", model=entry.name, device=entry.device, reason=why)
 
-    def release(self, name: str) -> None:
-        """A request on `name` ended."""
-        entry = self._by_name.get(name)
+    def release(self, name: str, device: str) -> None:
+        """A request on the replica of `name` on `device` ended."""
+        entry = self.entry(name, device)
         if entry is not None:
             entry.in_use = max(0, entry.in_use - 1)
             entry.last_used = time.monotonic()
 
     def drop_refs(self, proc: "Process") -> None:
         for name in proc.models:
-            entry = self._by_name.get(name)
-            if entry:
+            for entry in self.replicas(name):
                 entry.refs.discard(proc.pid)
 
     # -- what the device's driver says ------------------------------------------------------------
 
-    def loaded(self, msg: channel.Loaded) -> None:
-        entry = self._by_name.get(msg.model)
+    def loaded(self, device: str, msg: channel.Loaded) -> None:
+        entry = self.entry(msg.model, device)
         if entry is None:
             return
         entry.weight_bytes, entry.kv_bytes = msg.bytes, msg.kv_bytes
@@ -255,13 +294,13 @@ class ModelTable:
         if not entry.loaded.done():
             entry.loaded.set_result(entry)
 
-    def load_progress(self, msg: channel.LoadProgress) -> None:
-        entry = self._by_name.get(msg.model)
+    def load_progress(self, device: str, msg: channel.LoadProgress) -> None:
+        entry = self.entry(msg.model, device)
         if entry is not None and entry.state == "loading":
             entry.stage = msg.stage[:64]
 
-    def load_failed(self, msg: channel.LoadFailed) -> None:
-        entry = self._by_name.get(msg.model)
+    def load_failed(self, device: str, msg: channel.LoadFailed) -> None:
+        entry = self.entry(msg.model, device)
         if entry and not entry.loaded.done():
             entry.loaded.set_exception(eio(f"loading {msg.model} failed: {msg.message}"))
 

@@ -124,8 +124,15 @@ class RequestTable:
         """It left its scheduler for its driver."""
         req.state = RequestState.RUNNING
 
-    def requeued(self, req: Request) -> None:
-        """Its driver died under it: back to its scheduler, to resume after what it generated."""
+    def requeued(self, req: Request, device: str) -> None:
+        """Its driver died under it: queued on `device` (a replica's, or its own again), to resume after
+        what it generated."""
+        if device != req.device:
+            self.k.models.release(req.model, req.device)
+            replica = self.k.models.entry(req.model, device)
+            if replica is not None:
+                replica.in_use += 1
+            req.device = device
         req.state = RequestState.QUEUED
         req.resumes += 1
         req.payload["resume"] = list(req.generated)
@@ -159,7 +166,7 @@ class RequestTable:
         proc = k.procs.get(req.pid)
         if proc is not None:
             proc.requests.pop(req.client_id, None)
-        k.models.release(req.model)
+        k.models.release(req.model, req.device)
         if not req.future.done():
             if error is not None:
                 req.future.set_exception(error)
