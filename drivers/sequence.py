@@ -28,6 +28,7 @@ class GenRequest:
     repetition_penalty: float = 1.0   # 1: off; drivers/sampling.penalize_repeats
     progress: bool = False     # report each prefill chunk of a prompt that takes several (StepEvent.prefill)
     resume: list[int] = field(default_factory=list)   # tokens it had generated elsewhere: go on after them
+    cache_salt: str = ""       # its principal: cached prompt blocks are shared only among equal salts
 
 
 @dataclass
@@ -58,6 +59,7 @@ class Sequence:
         self.arrival = 0                     # order of arrival, set by the scheduler
         self.admitted: int | None = None     # admission order while running; None while waiting
         self.unreported = 0                  # generated tokens not yet in an event
+        self.block_keys: list[bytes] = []    # prefix-cache keys of its first full blocks, as far as hashed
 
     @property
     def id(self) -> int:
