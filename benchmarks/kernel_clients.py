@@ -24,13 +24,14 @@ from workload import BenchRequest
 
 @contextlib.contextmanager
 def kernel(model: str, device: str, kv_cache: str | None = None, dtype: str | None = None, timeout: float = 300.0,
-           tcp: bool = False):
+           tcp: bool = False, extra: tuple[str, ...] = ()):
     """A real kernel (llmos.userland.testing's KernelProcess) with the model loaded; stopped and removed after.
-    With tcp, its socket is CurveZMQ on loopback and operator_socket the private ipc one."""
+    With tcp, its socket is CurveZMQ on loopback and operator_socket the private ipc one; `extra`: more
+    `llmos boot` flags."""
     from llmos.userland.testing import KernelProcess
 
     extra = (["--device", device] + (["--kv-cache", kv_cache] if kv_cache else [])
-             + (["--dtype", dtype] if dtype else []))
+             + (["--dtype", dtype] if dtype else []) + list(extra))
     k = KernelProcess(model=model, extra=extra, tcp=tcp)
     try:
         started = time.monotonic()
