@@ -15,6 +15,14 @@ had the least service of those on the device: an interactive user, not a flood) 
 prefilled in a pass of its own and its first token goes out at once; the long step resumes
 where it paused. One that is waiting when a step begins gets the same pass before the step,
 and then decodes in it. At most `cut_in_tokens` of prompt cut in per step.
+
+Requests that begin alike (a long system prompt, a chat's history) share the keys and values
+of that beginning: the prefix cache (prefix_cache.py) keeps every full block a pass computed,
+keyed by its tokens and all before them under the request's cache salt (its principal, so
+tenants never share), and a new request starts after the longest cached beginning. Idle cached
+blocks are given out again only when no other block is free, before anyone is preempted. The
+keys and values are the ones the request would have computed itself, so outputs do not change.
+Only the paged runner reads a cache it did not write; under HFRunner the cache is off.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from .blocks import BlockAllocator
 from .detokenizer import TextStream
 from .kvcache import KVLayout
 from .loader import LoadedModel
-from .runner import make_runner
+from .runner import make_runner, supports_paged
 from .sampling import penalize_repeats, sample_rows
 from .scheduler import Plan, Scheduler
 from .sequence import GenRequest, Sequence
@@ -76,15 +84,18 @@ class Engine:
     """A continuous batch over one loaded model; the driver calls add/cancel and steps it."""
 
     def __init__(self, lm: LoadedModel, kv_budget_bytes: int, max_batch_tokens: int = 512, max_seqs: int = 64,
-                 decode_text: bool = True, cuda_graphs: bool = True, cut_in_tokens: int = 0):
+                 decode_text: bool = True, cuda_graphs: bool = True, cut_in_tokens: int = 0,
+                 prefix_cache: bool = True):
         """decode_text=False: events carry token ids only (no text, no stop strings), which saves
         two detokenizations per token; cuda_graphs=False: decode steps run eagerly on CUDA too;
-        cut_in_tokens: prompt tokens that may cut into one step (0: none)."""
+        cut_in_tokens: prompt tokens that may cut into one step (0: none); prefix_cache=False:
+        every request computes its whole prompt (the baseline the prefix cache is measured by)."""
         self.lm = lm
         self.decode_text = decode_text
         self.kv_budget_bytes = kv_budget_bytes
         self.layout = KVLayout.of(lm.model.config, lm.dtype)
-        self.blocks = BlockAllocator(self.layout.num_blocks(kv_budget_bytes))
+        self.blocks = BlockAllocator(self.layout.num_blocks(kv_budget_bytes),
+                                     prefix_cache=prefix_cache and supports_paged(lm))
         self.runner = make_runner(lm, self.blocks.num_blocks, max(1, max_seqs), cuda_graphs)
         self.scheduler = Scheduler(self.blocks, max_seqs, max_batch_tokens, cut_in_tokens,
                                    forget=self.runner.release)
@@ -130,6 +141,7 @@ class Engine:
         for seq in [*self.scheduler.running, *self.scheduler.waiting]:
             self.scheduler.remove(seq)
             events.append(self._event(seq, "", "error", errno="EIO", message=message))
+        self.blocks.drop_cached()
         return events
 
     def has_work(self) -> bool:
@@ -157,12 +169,20 @@ class Engine:
         return self._postprocess(plan, logits)
 
     def stats(self) -> dict:
+        """Counters since the engine was made. kv_used_bytes counts the blocks running requests
+        hold; idle cached blocks count as free (they are given out when needed)."""
         bytes_per_block = self.layout.bytes_per_token * self.blocks.block_size
+        cache = self.blocks.cache
         return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_used_bytes": self.blocks.num_used_blocks * bytes_per_block,
                 "kv_budget_bytes": self.kv_budget_bytes,
                 "kv_free_tokens": self.blocks.num_free_blocks * self.blocks.block_size,
-                "preemptions": self.scheduler.num_preemptions, "cut_ins": self.scheduler.num_cut_ins}
+                "preemptions": self.scheduler.num_preemptions, "cut_ins": self.scheduler.num_cut_ins,
+                "computed_tokens": self.scheduler.num_computed_tokens,
+                "prefix_cache": cache is not None,
+                "prefix_queried_blocks": cache.queried_blocks if cache else 0,
+                "prefix_hit_blocks": cache.hit_blocks if cache else 0,
+                "prefix_cached_blocks": cache.num_cached_blocks if cache else 0}
 
     @property
     def running(self) -> list[Sequence]:

@@ -14,6 +14,11 @@ cache nobody new is admitted, since that would only preempt again.
 A cut-in (engine.py says why) is a waiting sequence marked `cut_in` whose whole prompt fits in
 what is left of `cut_in_tokens` for this step, in a slot and in the free cache without
 preempting anyone; `schedule_cut_ins` admits such sequences for a pass of their own.
+
+With the prefix cache on (prefix_cache.py), a sequence is admitted holding the cached blocks
+of the longest beginning of its tokens that the cache has, and starts computing after them;
+the full blocks of its last token never count, so that token is computed and there are logits
+to sample. Each block a pass fills is entered in the cache.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .blocks import BlockAllocator
+from .prefix_cache import block_keys
 from .sequence import Chunk, Sequence
 
 
@@ -61,6 +67,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.num_cut_ins = 0
+        self.num_computed_tokens = 0         # tokens run through the model, prefill and decode
         self._cut_in_room = 0                # prompt tokens that may still cut into this step
         self._arrivals = itertools.count()
         self._admissions = itertools.count()
@@ -86,9 +93,12 @@ class Scheduler:
         self.forget(seq.id)
 
     def computed(self, plan: Plan) -> None:
-        """The plan's forward pass ran: its tokens are in the cache."""
+        """The plan's forward pass ran: its tokens are in the cache, and so are the blocks it filled."""
         for seq, chunk in zip(plan.seqs, plan.chunks):
             seq.num_computed += len(chunk.tokens)
+            self.num_computed_tokens += len(chunk.tokens)
+            if self.blocks.cache is not None:
+                self.blocks.index(seq.id, self._keys(seq, seq.num_computed // self.blocks.block_size))
 
     # --- a step's plan ------------------------------------------------------------------------
 
@@ -117,10 +127,11 @@ class Scheduler:
             if not self.blocks.can_ever_hold(len(seq.tokens)):
                 self._end(seq, plan)  # a preempted sequence that had filled the whole cache
                 continue
-            if not self.blocks.can_allocate(len(seq.tokens)):
+            keys = self._prompt_keys(seq)
+            if not self.blocks.can_allocate(len(seq.tokens), keys):
                 break
-            self._admit(seq)
-            n = min(len(seq.tokens), budget)
+            self._admit(seq, keys)
+            n = min(seq.num_uncomputed, budget)
             plan.add(seq, self._chunk(seq, n))
             budget -= n
         return plan
@@ -130,33 +141,44 @@ class Scheduler:
         self._cut_in_room = self.cut_in_tokens
 
     def schedule_cut_ins(self) -> Plan:
-        """Admit the waiting cut-ins that fit what is left of this step's room, each whole."""
+        """Admit the waiting cut-ins whose uncached tokens fit what is left of this step's room, each whole."""
         plan = Plan()
         if not self._cut_in_room:
             return plan
-        free = self.blocks.num_free_blocks
         for seq in list(self.waiting):
-            n = len(seq.tokens)
-            if not seq.req.cut_in or n > self._cut_in_room:
+            if not seq.req.cut_in:
                 continue
-            need = self.blocks.blocks_for(n)
-            if len(self.running) >= self.max_seqs or need > free:
+            keys = self._prompt_keys(seq)
+            n = len(seq.tokens) - len(self.blocks.cached_blocks(keys)) * self.blocks.block_size
+            if n > self._cut_in_room:
+                continue
+            if len(self.running) >= self.max_seqs or not self.blocks.can_allocate(len(seq.tokens), keys):
                 break
-            self._admit(seq)
-            plan.add(seq, self._chunk(seq, n))
-            self._cut_in_room -= n
-            free -= need
+            self._admit(seq, keys)
+            plan.add(seq, self._chunk(seq, seq.num_uncomputed))
+            self._cut_in_room -= seq.num_uncomputed
         self.num_cut_ins += len(plan.seqs)
         return plan
 
     # --- bookkeeping ------------------------------------------------------------------------
 
-    def _admit(self, seq: Sequence) -> None:
-        """Move seq from waiting to running, with cache blocks for all its tokens."""
+    def _admit(self, seq: Sequence, keys: list[bytes]) -> None:
+        """Move seq from waiting to running, with cache blocks for all its tokens; those the
+        prefix cache already held for it (keyed by keys) count as computed."""
         self.waiting.remove(seq)
-        self.blocks.allocate(seq.id, len(seq.tokens))
+        seq.num_computed = self.blocks.allocate(seq.id, len(seq.tokens), keys)
         seq.admitted = next(self._admissions)
         self.running.append(seq)
+
+    def _prompt_keys(self, seq: Sequence) -> list[bytes]:
+        """The keys to look up at admission: the full blocks before seq's last token."""
+        return self._keys(seq, (len(seq.tokens) - 1) // self.blocks.block_size)
+
+    def _keys(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        """The prefix-cache keys of seq's first num_blocks full blocks (none with the cache off)."""
+        if self.blocks.cache is None:
+            return []
+        return block_keys(seq.block_keys, seq.req.cache_salt, seq.tokens, self.blocks.block_size, num_blocks)[:num_blocks]
 
     def _make_room(self, seq: Sequence, scheduled: set[int], plan: Plan) -> bool:
         """Get a cache slot for seq's next token, preempting others (or seq) if needed."""
