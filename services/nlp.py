@@ -20,7 +20,7 @@ EMBED_BATCH = 256                  # texts per embed syscall (the kernel takes u
 
 _ABBREV = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "no",
            "fig", "approx", "dept", "est", "min", "max", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
-           "sep", "sept", "oct", "nov", "dec", "u.s", "u.k"}
+           "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m"}
 _SENT_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n\s*\n+|\n(?=\s*(?:[-*+•]|\d+[.)])\s)")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
@@ -137,14 +137,36 @@ class Section:
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_EMPHASIS = re.compile(r"\*\*|__|(?<![\w*])\*(?=\S)|(?<=\S)\*(?![\w*])")
+_TABLE_RULE = re.compile(r"^:?-{2,}:?$")
+
+
+def table_cells(line: str) -> list[str] | None:
+    """The cells of a markdown table row ("| a | b |"), None for a line that is not one."""
+    stripped = line.strip()
+    if not (stripped.startswith("|") and stripped.endswith("|") and len(stripped) > 1):
+        return None
+    return [cell.strip() for cell in stripped[1:-1].split("|")]
+
+
+def table_row_sentence(header: list[str], cells: list[str]) -> str:
+    """A table row as a sentence that names its columns ("Method: Ground; Price: $9."): a row alone
+    says nothing, and the whole table as one paragraph is one long "sentence" of every answer."""
+    pairs = [f"{h}: {c}" if h else c for h, c in zip(header + [""] * len(cells), cells) if c]
+    return "; ".join(pairs) + "."
 
 
 def markdown_sections(text: str) -> list[Section]:
-    """Split markdown (or plain text) by headings, then by blank lines into paragraphs."""
+    """Split markdown (or plain text) by headings, then by blank lines into paragraphs.
+
+    List items are paragraphs of their own, and so is each row of a table, written out with its
+    column names; emphasis markers are dropped.
+    """
     sections: list[Section] = []
     path: list[tuple[int, str]] = []
     current = Section("", [])
     para: list[str] = []
+    table_header: list[str] | None = None
 
     def end_para():
         if para:
@@ -154,6 +176,18 @@ def markdown_sections(text: str) -> list[Section]:
             para.clear()
 
     for line in text.splitlines():
+        line = _EMPHASIS.sub("", line)
+        cells = table_cells(line)
+        if cells is not None:
+            end_para()
+            if all(_TABLE_RULE.match(c) for c in cells if c):
+                continue
+            if table_header is None:
+                table_header = cells
+            else:
+                current.paragraphs.append(table_row_sentence(table_header, cells))
+            continue
+        table_header = None
         m = _HEADING.match(line)
         if m:
             end_para()

@@ -2,36 +2,66 @@
 
 Passages are re-ranked by embedding score plus word overlap (a hybrid ranking); their sentences
 are candidates, each scored by meaning (similarity to the question), its passage's rank, the
-words it shares with the question, and whether it holds the kind of answer asked for.
+words it shares with the question, and whether it holds the kind of answer asked for (a price
+for "how much", a duration for "how long"...).
+
+A sentence is read with the one before it when it cannot stand alone: "It costs £7.95." says
+what costs £7.95 only with "Express delivery arrives the next day." before it, and an FAQ's
+answer ("A: No, ...") only with its question. Questions in the documents are never answers.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from llmos.services import nlp
 
 SHORT_ANSWER_WORDS = 8     # a sentence this short joins its neighbour in the quote ("No. Do this instead.")
+# A sentence that opens like this points back at the one before it for what it is about.
+_LEANS_BACK = re.compile(r"^\s*(?:A:\s*)?(?:it|this|that|these|those|they|them|its|their|he|she|there|"
+                         r"yes|no|also|otherwise|instead|however|then)\b", re.I)
 
 
-def candidate_sentences(passages: list[dict]) -> list[tuple[int, str, str]]:
-    """(passage index, sentence, sentence plus the next one if it is short) for the passages' sentences."""
+@dataclass
+class Candidate:
+    passage: int        # index of its passage in the pool
+    sentence: str       # the sentence itself
+    quote: str          # what the answer shows: the sentence, with a short neighbour
+    read_as: str        # what is scored: the sentence with the one it leans on
+    heading: str        # its section's heading path ("Payments > Paying in instalments"), words that count too
+
+
+def _is_question(text: str) -> bool:
+    return text.rstrip(" *_").endswith("?")
+
+
+def candidate_sentences(passages: list[dict]) -> list[Candidate]:
+    """The answer candidates among the passages' sentences (questions and fragments are not)."""
     out = []
     for i, p in enumerate(passages):
-        body = p["text"].split("\n", 1)[1] if "\n" in p["text"] and not _is_body(p["text"]) else p["text"]
+        heading, body = "", p["text"]
+        if "\n" in p["text"] and not _is_body(p["text"]):
+            heading, body = p["text"].split("\n", 1)
         spans = nlp.sentences(body)
         for j, s in enumerate(spans):
-            if len(nlp.words(s.text)) < 3:
+            if len(nlp.words(s.text)) < 3 or _is_question(s.text):
                 continue
             start, end = s.start, s.end
             previous = spans[j - 1] if j > 0 else None
-            if previous and len(nlp.words(previous.text)) < SHORT_ANSWER_WORDS and "\n\n" not in body[previous.end:start]:
-                start = spans[j - 1].start
-            if len(nlp.words(s.text)) < SHORT_ANSWER_WORDS and j + 1 < len(spans):
+            joined = previous is not None and "\n\n" not in body[previous.end:start]
+            if joined and len(nlp.words(previous.text)) < SHORT_ANSWER_WORDS and not _is_question(previous.text):
+                start = previous.start
+            if len(nlp.words(s.text)) < SHORT_ANSWER_WORDS and j + 1 < len(spans) and not _is_question(spans[j + 1].text):
                 end = spans[j + 1].end
-            out.append((i, s.text, body[start:end]))
+            if joined and _LEANS_BACK.match(s.text) and not _is_question(previous.text):
+                start = previous.start           # quoted too: "It costs £7.95." alone answers nothing
+            read_as = body[start:end]
+            if joined and _is_question(previous.text):
+                read_as = f"{previous.text} {read_as}"
+            out.append(Candidate(i, s.text, body[start:end], read_as, heading))
     return out
 
 
@@ -43,16 +73,21 @@ def _is_body(text: str) -> bool:
 
 # What kind of answer a question wants, and how to see it in a sentence: a cheap answer-type
 # check (as classic extractive QA systems do) that keeps "How much...?" from being answered
-# with the right topic but no price in it.
+# with the right topic but no price in it. The first kind the question asks for decides.
+_MONEY = r"[£$€]\s?\d|\d\s?(?:%|percent\b|dollars?\b|pounds?\b|euros?\b)|\bfree\b|\bno charge\b|\bat no cost\b"
+_DURATION = (r"\d+(?:\s*(?:-|to)\s*\d+)?[\s-]*(?:business\s+|working\s+)?(?:minutes?|hours?|days?|weeks?|months?|"
+             r"years?)\b|\blifetime\b|\bnext (?:business |working )?day\b|\bsame day\b")
+_CLOCK = r"\d{1,2}(?::\d{2})?\s?(?:[ap]\.?m\b\.?)|\bnoon\b|\bmidnight\b"
 _ANSWER_TYPES = [
-    (re.compile(r"\bhow much\b|\bcost|\bprice|\bfee\b|\bcharge", re.I),
-     re.compile(r"[£$€]\s?\d|\d\s?%|\bfree\b|\bpercent\b", re.I)),
+    (re.compile(r"\bhow much\b|\bcost|\bprice|\bfees?\b|\bcharge|\bpay for\b|\bdiscount\b", re.I), re.compile(_MONEY, re.I)),
     (re.compile(r"\bhow (?:long|quickly|soon)\b|\bhow many (?:days|weeks|hours|minutes|months|years)\b", re.I),
-     re.compile(r"\d+(?:\s*(?:-|to)\s*\d+)?[\s-]*(?:working\s+)?(?:minutes?|hours?|days?|weeks?|months?|years?)\b", re.I)),
-    (re.compile(r"\bwhat time\b|\bhours\b|\bwhen (?:do|does|are|is)\b.*\bopen", re.I),
-     re.compile(r"\d{1,2}(?::\d{2})?\s?(?:am|pm)\b", re.I)),
+     re.compile(_DURATION, re.I)),
+    (re.compile(r"\bwhat time\b|\bhours\b|\bwhen\b.*\bopen", re.I),
+     re.compile(_CLOCK, re.I)),
+    (re.compile(r"\bhow (?:far|fast)\b", re.I), re.compile(r"\d\s*(?:miles?|mi|km|kilomet\w*|mph|km/h)\b", re.I)),
+    (re.compile(r"\be-?mail address\b|\bwhat(?:'s| is) the e-?mail\b", re.I), re.compile(r"@")),
     (re.compile(r"\bnumber\b|\bhow many\b", re.I), re.compile(r"\d")),
-    (re.compile(r"^\s*who\b|\bwhich (?:company|partner|firm|store|person|team)\b", re.I),
+    (re.compile(r"^\s*who\b|\bwhich (?:company|partner|firm|store|shop|person|team)\b", re.I),
      re.compile(r"(?<=[a-z,] )[A-Z][A-Za-z]+")),
 ]
 TYPE_BONUS = 0.25          # a sentence without the kind of answer asked for cannot be the answer
@@ -72,14 +107,18 @@ def rerank(question: str, passages: list[dict]) -> list[dict]:
     return sorted(passages, key=lambda p: -p["rank_score"])
 
 
-async def score_sentences(kernel, question: str, pool: list[dict], candidates: list[tuple[int, str, str]],
+async def score_sentences(kernel, question: str, pool: list[dict], candidates: list[Candidate],
                           focus: str | None = None) -> np.ndarray:
-    """How well each candidate sentence answers: meaning, its passage's rank, shared words, answer type.
+    """How well each candidate answers: meaning, its passage's rank, shared words, answer type.
 
-    focus: the part of the question that is new (a follow-up's own words); its words count again.
+    Meaning is that of the sentence as read with what it leans on; shared words count its
+    section's heading too ("Paying in instalments" over "...3 monthly payments with Klarna");
+    the answer type must be in the quote itself. focus: the part of the question that is new (a
+    follow-up's own words); its words count again.
     """
-    vectors = await nlp.embed(kernel, [question] + [s for _, s, _ in candidates])
-    sims = vectors[1:] @ vectors[0]
-    return np.array([sims[j] + 0.5 * pool[i]["rank_score"] + 0.3 * nlp.overlap(question, s)
-                     + (0.3 * nlp.overlap(focus, s) if focus else 0.0)
-                     + answer_type_bonus(question, s) for j, (i, s, _) in enumerate(candidates)])
+    asked = (await nlp.embed(kernel, [question]))[0]
+    # document sentences come back question after question: cached, most asks embed only the question
+    sims = await nlp.embed(kernel, [c.read_as for c in candidates], cache=True) @ asked
+    return np.array([sims[j] + 0.5 * pool[c.passage]["rank_score"] + 0.3 * nlp.overlap(question, f"{c.heading} {c.read_as}")
+                     + (0.3 * nlp.overlap(focus, c.read_as) if focus else 0.0)
+                     + answer_type_bonus(question, c.quote) for j, c in enumerate(candidates)])

@@ -30,6 +30,10 @@ from llmos.userland.client import LLMOSError
 from .answers import candidate_sentences, rerank, score_sentences
 
 MIN_SCORE = 0.27           # memsearch cosine under which nothing in the kb is about the question (calibrated on tests/data)
+# Passages whose sentences compete for the answer: the best few, within this much of the best one's
+# rank. Retrieval ranks a passage by its gist, so the passage that holds the answer is often second.
+POOL_SIZE = 4
+POOL_GAP = 0.2
 TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".text", ".rst"}
 MAX_FILE_BYTES = 2 << 20
 MAX_FILES = 10_000
@@ -147,14 +151,14 @@ async def answer_question(ctx, kb: str, question: str, k: int = 3, min_score: fl
     top_score = passages[0]["score"]
     passages = rerank(question, passages)
     best_rank = passages[0]["rank_score"]
-    pool = [p for p in passages[:4] if p["rank_score"] >= best_rank - 0.12]
+    pool = [p for p in passages[:POOL_SIZE] if p["rank_score"] >= best_rank - POOL_GAP]
     candidates = candidate_sentences(pool)
     if not candidates:
         best_passage, quote = pool[0], pool[0]["text"]
     else:
         scores = await score_sentences(ctx.kernel, question, pool, candidates, focus)
         best = int(np.argmax(scores))
-        best_passage, quote = pool[candidates[best][0]], candidates[best][2]
+        best_passage, quote = pool[candidates[best].passage], candidates[best].quote
     answer = quote
     if rephrase:
         answer = await _rephrase(ctx, question, quote)

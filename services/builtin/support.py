@@ -9,7 +9,11 @@ conversation id), so it survives the service host and the kernel restarting. A t
 4. Otherwise the question (joined with the previous one when it is a short follow-up such as
    "and for furniture?") goes to the kb service's retrieval; a found answer is quoted with its
    source. Nothing relevant in the knowledge base means the agent cannot help: hand off.
-5. A customer who is angry twice in a row is handed off too, answer or not.
+5. An upset customer (classify's sentiment says negative) gets an apology: with the answer when
+   the message asks something the knowledge base answers, else with a hand-off. A complaint
+   that asks nothing ("This is ridiculous!") is not looked up at all: the nearest fact in the
+   knowledge base would be an answer to nothing, and it needs a person.
+6. A customer who is angry twice in a row is handed off too, answer or not.
 
 The hand-off is a state in the result (`handoff`, `handoff_reason`) and in the `status` task,
 for the program that routes conversations to people. No free generation: replies are
@@ -40,6 +44,9 @@ _THANKS = re.compile(r"^\s*(?:(?:ok(?:ay)?|great|perfect|cool|nice)[\s,!.]*)?(?:
                      r"cheers|that helps|got it|bye|goodbye)[\s!.]*$", re.I)
 _FOLLOW_UP = re.compile(r"^\s*(?:and|what about|how about|also|but|what if|same for|is that|does that|"
                         r"can i also)\b|\b(?:it|that|this|they|them|those)\b", re.I)
+# The message asks something: a question mark, or a clause that opens like a question.
+_ASKS = re.compile(r"\?|(?:^|[,.;:!]\s*)(?:how|what|when|where|why|which|who|can|could|do|does|did|is|are|will|"
+                   r"would|should|may)\b", re.I)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 _LOCKS: dict[str, asyncio.Lock] = {}
 
@@ -47,6 +54,9 @@ GREETING = "Hello! I'm the support assistant. Ask me anything about orders, deli
 CLOSING = "You're welcome! Is there anything else I can help you with?"
 HANDOFF = "I'm passing you to a human agent now; they can see this conversation and will reply here shortly."
 WAITING = "A human agent has this conversation and will reply shortly."
+SORRY = "I'm sorry about that."
+UPSET_HANDOFF = ("I'm sorry about this, and I want it put right. I'm passing you to a human agent who can look into "
+                 "it; they can see this conversation and will reply here shortly.")
 CANNOT_HELP = ("I'm sorry, I couldn't find that in our help articles. I'm passing you to a human agent who can help; "
                "they will reply here shortly.")
 
@@ -106,6 +116,9 @@ async def chat(ctx, conversation: str, message: str, kb_name: str | None = None)
             reply = GREETING
         elif _THANKS.match(message):
             reply = CLOSING
+        elif turn["sentiment"] == "negative" and not _ASKS.search(message):
+            handoff_reason = "the customer is upset"
+            reply = UPSET_HANDOFF
         else:
             turn["question"] = True
             query = _query(message, state["turns"])
@@ -121,6 +134,8 @@ async def chat(ctx, conversation: str, message: str, kb_name: str | None = None)
             if handoff_reason is None and len(angry) == 2 and all(t.get("sentiment") == "negative" for t in angry):
                 handoff_reason = "the customer is frustrated"
                 reply += " " + HANDOFF
+        if turn["sentiment"] == "negative" and not reply.startswith("I'm sorry"):
+            reply = f"{SORRY} {reply}"          # an upset customer hears it first, whatever comes next
         if handoff_reason:
             state["handoff"], state["handoff_reason"] = True, handoff_reason
         state["turns"] += [turn, {"role": "agent", "text": reply, "time": time.time(), "citations": citations}]
@@ -176,7 +191,8 @@ def register_services(register):
     register("support", {
         "chat": Task(_chat, "One customer message in; the agent's reply out, grounded in the knowledge base, with "
                             "citations, and the hand-off state (a human is needed when the customer asks for one, "
-                            "the knowledge base has no answer, or the customer is frustrated twice in a row).",
+                            "the knowledge base has no answer, the customer complains without asking anything, "
+                            "or is frustrated twice in a row).",
                      args={"conversation": _CONV, "message": {"type": "str", "max_len": 16384},
                            "kb": {"type": "str|null", "nullable": True, "max_len": 64,
                                   "doc": "knowledge base (of the kb service, same program) to answer from; "
