@@ -85,15 +85,24 @@ def sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
+def text_event(shape: Shape) -> Callable[[str], bytes]:
+    """sse(shape.chunk(delta)) for any delta, by splicing the delta's JSON into the chunk's bytes built once:
+    one small json.dumps per token instead of the whole chunk's (the hot path of a stream)."""
+    marker = "\ue000delta\ue000"
+    head, tail = sse(shape.chunk(marker)).split(json.dumps(marker).encode())
+    return lambda delta: head + json.dumps(delta).encode() + tail
+
+
 async def events(stream: Stream, shape: Shape, first: str | None, include_usage: bool,
                  finished: Callable[[dict], None]) -> AsyncIterator[bytes]:
     """The SSE events of one streamed completion: role and first text, the rest, finish_reason, usage, [DONE]."""
     yield sse(shape.chunk(first or "", first=True))
+    text = text_event(shape)
     try:
         if first is not None:
             async for delta in stream:
                 if delta:
-                    yield sse(shape.chunk(delta))
+                    yield text(delta)
     except LLMOSError as exc:
         yield from_syscall(exc).sse()
         return
