@@ -18,6 +18,7 @@ import torch
 from llmos.specs.channel import device_kind
 from llmos.specs.registry import ModelSpec
 
+from .quant import quantize
 from .sampling import SamplingDefaults
 
 MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
@@ -50,8 +51,8 @@ logging.getLogger("transformers.quantizers.quantizer_gguf").addFilter(_drop_gguf
 
 def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None,
          on_stage: Callable[[str], None] = lambda stage: None) -> LoadedModel:
-    """Load weights and tokenizer; fp32 on CPU and bf16 on CUDA unless dtype says otherwise ("auto": see auto_dtype).
-    on_stage is told as each of its LOAD_STAGES begins (a GGUF's weights take most of the time)."""
+    """Load weights and tokenizer; fp32 on CPU and bf16 on CUDA unless dtype says otherwise ("auto": see auto_dtype),
+    quantized as spec.quant says (quant.py). on_stage is told as each of its LOAD_STAGES begins (a GGUF's weights take most of the time)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
@@ -61,10 +62,12 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None,
     model_class = AutoModel if spec.kind == "embed" else AutoModelForCausalLM
     on_stage("reading weights")
     model = model_class.from_pretrained(spec.path, dtype=torch_dtype, local_files_only=True, **files)
+    if spec.quant:       # before the move, a layer at a time: the device never holds the float weights
+        quantize(model, dev, spec.quant)
     model.to(dev).eval()
     on_stage("tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(spec.path, local_files_only=True, **files)
-    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))   # tied: counted once
     return LoadedModel(spec.name, spec.kind, model, tokenizer, dev, torch_dtype,
                        _context_length(spec, model, tokenizer), size, _eos_ids(model, tokenizer),
                        SamplingDefaults.of(getattr(model, "generation_config", None)))

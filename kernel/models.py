@@ -44,6 +44,7 @@ class ModelEntry:
     spec: ModelSpec | None          # None while the name is being resolved
     device: str
     kind: str
+    quant: str | None = None        # registry.wanted_quant's: "int8" or None
     state: str = "loading"          # loading | ready
     weight_bytes: int = 0
     kv_bytes: int = 0
@@ -71,7 +72,7 @@ class ModelEntry:
     def describe(self, expected_s: float | None = None) -> dict:
         out = {"name": self.name, "device": self.device, "kind": self.kind, "state": self.state,
                "bytes": self.bytes, "refs": len(self.refs) + (1 if self.pinned else 0), "in_use": self.in_use,
-               "context_length": self.context_length, "load_s": round(self.load_s, 3)}
+               "context_length": self.context_length, "load_s": round(self.load_s, 3), "quant": self.quant or "none"}
         if self.state == "loading":
             out["progress"] = progress_of(self, expected_s)
         return out
@@ -136,15 +137,17 @@ class ModelTable:
     def on_device(self, device: str) -> list[ModelEntry]:
         return [e for e in self if e.device == device]
 
-    async def ensure(self, name: str, device: str, proc: "Process | None", replicas: int = 1) -> ModelEntry:
+    async def ensure(self, name: str, device: str, proc: "Process | None", replicas: int = 1,
+                     quant: str | None = None) -> ModelEntry:
         """Load `name` (or reuse its loaded copies) on `replicas` devices and give `proc` a reference to it."""
         if registry.is_path(name, self.k.settings.models):
             self._check_may_name_path(name, proc)
         if name not in self._replicas:
-            await self._load(name, device)
+            await self._load(name, device, quant)
         more = replicas - len(self.replicas(name))
         if more > 0:
-            await asyncio.gather(*(self._load(name, d) for d in self._devices_for_more(name, more)))
+            quant = self.replicas(name)[0].quant or "none"
+            await asyncio.gather(*(self._load(name, d, quant) for d in self._devices_for_more(name, more)))
         entry = self.get(name)
         if entry is None:
             raise eio(f"model '{name}' was unloaded while it loaded")
@@ -185,17 +188,17 @@ class ModelTable:
         raise eperm("only the operator (admin) may load a model from a path; use a registry or config name "
                     "(see `models`), or ask the operator to add it to the config's [models]")
 
-    async def _load(self, name: str, wanted_device: str) -> ModelEntry:
+    async def _load(self, name: str, wanted_device: str, quant: str | None = None) -> ModelEntry:
         k = self.k
         device = k.devices.pick(wanted_device)
-        entry = ModelEntry(name, None, device, "")
+        entry = ModelEntry(name, None, device, "", registry.wanted_quant(name, k.settings.models, quant))
         self._replicas.setdefault(name, {})[device] = entry   # visible at once: a second load of it waits
         sent = False
 
         async def load() -> None:
             nonlocal sent
             try:
-                spec = await asyncio.to_thread(registry.resolve, name, k.settings.models)
+                spec = await asyncio.to_thread(registry.resolve, name, k.settings.models, quant)
             except registry.ModelNotFound as exc:
                 raise enoent(str(exc)) from None
             entry.spec, entry.kind = spec, spec.kind
@@ -214,7 +217,7 @@ class ModelTable:
         try:
             try:
                 await asyncio.wait_for(load(), k.settings.load_timeout_s)
-            except registry.BadModelPath as exc:
+            except (registry.BadModelPath, registry.UnsupportedQuant) as exc:
                 raise einval(str(exc)) from None
             except asyncio.TimeoutError:
                 raise SyscallError("ETIMEDOUT", f"loading {name[:200]} took over {k.settings.load_timeout_s:g}s "

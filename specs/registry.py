@@ -18,7 +18,7 @@ import importlib.util
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # Packaged models: registry name -> (python package, file inside it or "" for the package folder's model/, kind)
@@ -35,6 +35,9 @@ MAX_COMPONENT_CHARS = 255       # NAME_MAX: longer is "File name too long" from 
 MAX_CONFIG_BYTES = 1 << 20      # config.json, modules.json
 MAX_HEADER_BYTES = 100 << 20    # a safetensors header (JSON: names, shapes, offsets)
 
+QUANTS = ("int8",)   # load_model's quant besides "none"; a config's [models.NAME] quant
+QUANT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")   # every weight matrix an nn.Linear or the embedding
+
 _EMBED_ARCHS = ("BertModel", "BertForMaskedLM", "XLMRobertaModel", "RobertaModel", "MPNetModel", "NomicBertModel")
 
 
@@ -44,6 +47,11 @@ class ModelNotFound(LookupError):
 
 class BadModelPath(ValueError):
     """A path that cannot be a model: too long, not a regular file or folder, a file too large."""
+
+
+class UnsupportedQuant(ValueError):
+    """A quantization that is unknown, or asked of a model it cannot apply to (an embedding
+    model, an architecture whose layers are not Llama-shaped)."""
 
 
 def is_path(name: str, configured: dict[str, dict] | None = None) -> bool:
@@ -85,14 +93,52 @@ class ModelSpec:
     path: str            # a transformers folder (for GGUF: the folder holding the file)
     gguf_file: str | None
     source: str          # "config" | "package:NAME" | "path"
+    quant: str | None = None   # "int8": weight matrices quantized as the driver loads it
 
     def to_wire(self) -> dict:
         return asdict(self)
 
 
-def resolve(name: str, configured: dict[str, dict] | None = None) -> ModelSpec:
-    """Find the files of a model by name; raise ModelNotFound with what was tried."""
-    configured = configured or {}
+def wanted_quant(name: str, configured: dict[str, dict] | None = None, asked: str | None = None) -> str | None:
+    """The quantization a load of `name` gets: what the caller asked ("none": unquantized), else
+    the config's `[models.NAME] quant`, else None. resolve checks it."""
+    quant = (configured or {}).get(name, {}).get("quant") if asked is None else asked
+    return None if quant in (None, "none") else str(quant)
+
+
+def resolve(name: str, configured: dict[str, dict] | None = None, quant: str | None = None) -> ModelSpec:
+    """Find the files of a model by name; raise ModelNotFound with what was tried. Its quant is
+    wanted_quant's, checked against the model's kind and architecture (UnsupportedQuant)."""
+    spec = _find(name, configured or {})
+    want = wanted_quant(name, configured, quant)
+    if want is None:
+        return spec
+    if want not in QUANTS:
+        raise UnsupportedQuant(f"quant {want[:40]!r} for model '{name[:200]}': use one of none, {', '.join(QUANTS)}")
+    why = "an embedding model" if spec.kind == "embed" else _unquantizable(spec)
+    if why:
+        raise UnsupportedQuant(f"model '{name[:200]}' cannot be loaded with quant {want}: it is {why}; "
+                               f"{want} applies to Llama-family generate models ({', '.join(QUANT_MODEL_TYPES)})")
+    return replace(spec, quant=want)
+
+
+def _unquantizable(spec: ModelSpec) -> str | None:
+    """Why a generate model's weights cannot be int8 (its architecture, from file metadata), or None."""
+    if spec.gguf_file:
+        gguf = Path(spec.path) / spec.gguf_file
+        _regular(gguf)
+        from gguf import GGUFReader  # reads the header and memory-maps; touches no tensor data
+
+        arch = GGUFReader(str(gguf), "r").fields["general.architecture"].contents()
+    else:
+        config = Path(spec.path) / "config.json"
+        _regular(config, MAX_CONFIG_BYTES)
+        arch = json.loads(config.read_bytes()).get("model_type")
+    return None if arch in QUANT_MODEL_TYPES else f"a {str(arch)[:40]!r} model"
+
+
+def _find(name: str, configured: dict[str, dict]) -> ModelSpec:
+    """The files and kind of a model, unquantized."""
     if name in configured:
         entry = configured[name]
         spec = _from_path(name, Path(os.path.expanduser(entry["path"])), "config", entry.get("gguf_file"))
@@ -142,7 +188,7 @@ def available(configured: dict[str, dict] | None = None) -> list[dict]:
     out = []
     for name in list(configured or {}) + list(PACKAGED):
         try:
-            spec = resolve(name, configured)
+            spec = _find(name, configured or {})
         except ModelNotFound:
             continue
         out.append({"name": name, "kind": spec.kind, "source": spec.source})
@@ -150,40 +196,41 @@ def available(configured: dict[str, dict] | None = None) -> list[dict]:
 
 
 def estimate_bytes(spec: ModelSpec, dtype_bytes: int = 4) -> int:
-    """Memory the loaded weights will take, from file metadata alone (no weights read)."""
+    """Memory the loaded weights will take, from file metadata alone (no weights read). With
+    quant int8 every weight matrix (2-D tensor) takes a byte a parameter plus a scale a row."""
+    def size(shapes: list[tuple[int, ...]], rows_dim: int) -> int:
+        total = 0
+        for shape in shapes:
+            n = 1
+            for d in shape:
+                n *= d
+            matrix = spec.quant == "int8" and len(shape) == 2
+            total += n + shape[rows_dim] * dtype_bytes if matrix else n * dtype_bytes
+        return total
+
     if spec.gguf_file:
         gguf = Path(spec.path) / spec.gguf_file
         _regular(gguf)
-        return _gguf_params(gguf) * dtype_bytes
+        return size(_gguf_shapes(gguf), -1)     # GGUF lists a matrix's dimensions innermost first
     folder = Path(spec.path)
-    total = 0
-    for f in folder.glob("*.safetensors"):
-        total += _safetensors_params(f) * dtype_bytes
+    total = sum(size(_safetensors_shapes(f), 0) for f in folder.glob("*.safetensors"))
     if total == 0:
         total = sum(_regular(f) for f in folder.glob("*.bin")) // 4 * dtype_bytes
     return total
 
 
-def _safetensors_params(path: Path) -> int:
+def _safetensors_shapes(path: Path) -> list[tuple[int, ...]]:
     size = _regular(path)
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
         if header_len > min(MAX_HEADER_BYTES, size - 8):
             raise BadModelPath(f"'{path}' has a header of {header_len} bytes: not a safetensors file")
         header = json.loads(f.read(header_len))
-    count = 0
-    for key, meta in header.items():
-        if key == "__metadata__":
-            continue
-        n = 1
-        for d in meta["shape"]:
-            n *= d
-        count += n
-    return count
+    return [tuple(meta["shape"]) for key, meta in header.items() if key != "__metadata__"]
 
 
-def _gguf_params(path: Path) -> int:
+def _gguf_shapes(path: Path) -> list[tuple[int, ...]]:
     from gguf import GGUFReader  # reads the header and memory-maps; touches no tensor data
 
     reader = GGUFReader(str(path), "r")
-    return int(sum(int(t.n_elements) for t in reader.tensors))
+    return [tuple(int(d) for d in t.shape) for t in reader.tensors]

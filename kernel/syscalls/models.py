@@ -19,8 +19,9 @@ def sys_models(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 async def sys_load_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     """A device this kernel lacks is ENOENT whether or not the model is loaded; one copy per device
-    serves everyone, so asking for it on a device without a copy is EBUSY, naming where it is."""
-    name, wanted, replicas = args["name"], args["device"], args["replicas"]
+    serves everyone, so asking for it on a device without a copy, or quantized otherwise than it
+    is loaded, is EBUSY, naming where and how it is."""
+    name, wanted, replicas, quant = args["name"], args["device"], args["replicas"], args["quant"]
     device = k.devices.pick(wanted)
     if replicas > 1:
         if "admin" not in ctx.proc.caps:
@@ -32,10 +33,14 @@ async def sys_load_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         where = ", ".join(e.device for e in copies)
         raise ebusy(f"model '{name}' is loaded on {where} (one copy serves every process); ask for it "
                     f"there or on auto, or unload it (unload_model evict=true) to load it on {device}")
-    entry = await k.models.ensure(name, wanted, ctx.proc, replicas=replicas)
+    loaded_as = (copies[0].quant or "none") if copies else None
+    if copies and quant not in (None, loaded_as):
+        raise ebusy(f"model '{name}' is loaded with quant {loaded_as} (one copy serves every process); ask for "
+                    f"quant {loaded_as} or leave quant out, or unload it (unload_model evict=true) to load it as {quant}")
+    entry = await k.models.ensure(name, wanted, ctx.proc, replicas=replicas, quant=quant)
     return {"name": entry.name, "device": entry.device, "bytes": entry.bytes, "load_s": round(entry.load_s, 3),
             "already_loaded": bool(copies) and len(copies) >= replicas,
-            "replicas": [e.device for e in k.models.replicas(name)]}
+            "replicas": [e.device for e in k.models.replicas(name)], "quant": entry.quant or "none"}
 
 
 def sys_unload_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
