@@ -21,8 +21,9 @@ of that beginning: the prefix cache (prefix_cache.py) keeps every full block a p
 keyed by its tokens and all before them under the request's cache salt (its principal, so
 tenants never share), and a new request starts after the longest cached beginning. Idle cached
 blocks are given out again only when no other block is free, before anyone is preempted. The
-keys and values are the ones the request would have computed itself, so outputs do not change.
-Only the paged runner reads a cache it did not write; under HFRunner the cache is off.
+keys and values are the ones the request would have computed itself, so outputs do not change
+(in float32 exactly; in bf16 as exactly as batching with other requests already allows). Only
+the paged runner reads a cache it did not write; under HFRunner the cache is off.
 """
 
 from __future__ import annotations

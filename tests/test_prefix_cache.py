@@ -229,6 +229,17 @@ def test_outputs_with_the_cache_equal_outputs_without_it_under_preemption(lm):
     assert cached == uncached
 
 
+def test_a_prompt_one_token_past_its_cached_blocks_computes_that_token_alone(lm):
+    shared = system_prompt(lm, 2 * BLOCK_SIZE)
+    engine = Engine(lm, BIG_KV)
+    run(engine, [request(1, shared + [40], max_tokens=1)])
+    before = engine.stats()["computed_tokens"]
+    cached = run(engine, [request(2, shared + [41], max_tokens=12, temperature=0.9, seed=4)])[2]
+    assert engine.stats()["computed_tokens"] - before == 1 + 11
+    assert cached == run(Engine(lm, BIG_KV, prefix_cache=False),
+                         [request(2, shared + [41], max_tokens=12, temperature=0.9, seed=4)])[2]
+
+
 def test_a_second_request_with_the_same_long_prefix_computes_fewer_tokens(lm):
     engine = Engine(lm, BIG_KV)
     shared = system_prompt(lm, 200)
