@@ -18,10 +18,10 @@ import services_eval as heldout  # noqa: E402
 from llmos.services import nlp  # noqa: E402
 from llmos.services.builtin.answers import candidate_sentences  # noqa: E402
 
-# Held-out accuracy measured (benchmarks/results/services-eval.txt): kb 62.3% (59.3% on the half
-# asked here, to keep this file short), support 80.0%, sentiment 69.4%, redact 90.0%; each floor
-# is that less 10 points.
-FLOORS = {"kb": 0.49, "support": 0.70, "sentiment": 0.59, "redact": 0.80}
+# Held-out accuracy measured (benchmarks/results/services-eval.txt): kb 62.3%, support 80.0%,
+# sentiment 69.4%, redact 90.0%. kb and sentiment ask every other case here, to keep this file
+# short: 59.3% and 72.2% on those halves. Each floor is the figure asked here less 10 points.
+FLOORS = {"kb": 0.49, "support": 0.70, "sentiment": 0.62, "redact": 0.80}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_support_held_out_accuracy_stays_above_its_floor(client, bike_kb, heldou
 
 @pytest.mark.real_model
 def test_sentiment_held_out_accuracy_stays_above_its_floor(client, heldout_set):
-    assert_floor("sentiment", heldout.run_sentiment(client, heldout_set["sentiment"]))
+    assert_floor("sentiment", heldout.run_sentiment(client, heldout_set["sentiment"][::2]))    # 12 per label
 
 
 @pytest.mark.real_model
