@@ -75,7 +75,7 @@ def eval_sentiment(c: Client) -> list[tuple[str, str]]:
         word = greedy_word(c, d["text"])
         unparsed += word is None
         correct["greedy"] += word == d["label"]
-        correct["prototypes"] += c.svc_call("classify", "sentiment", {"text": d["text"]})["label"] == d["label"]
+        correct["prototypes"] += c.svc_call("classify", "sentiment", {"text": d["text"], "lexicon": False})["label"] == d["label"]
         with_lexicon = c.svc_call("classify", "sentiment", {"text": d["text"], "lexicon": True})
         correct["prototypes+lexicon"] += with_lexicon["label"] == d["label"]
     n = len(data)
