@@ -6,6 +6,7 @@ operator of the session's real kernel.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import httpx
 import openai
@@ -165,8 +166,10 @@ def test_32_concurrent_streaming_clients_all_complete(gateway):
 def test_a_client_leaving_mid_stream_cancels_its_kernel_request(gateway, operator):
     with httpx.stream("POST", gateway.url + "/v1/completions", json={**LONG, "stream": True}, timeout=60) as r:
         assert r.status_code == 200
-        next(r.iter_lines())
-        assert served_requests(operator) == 1
+        lines = r.iter_lines()
+        first = next(lines)
+        in_flight = wait_until(lambda: served_requests(operator) == 1, timeout=10)
+        assert in_flight, f"the request is not in flight: {first} then {list(itertools.islice(lines, 3))}"
     assert wait_until(lambda: served_requests(operator) == 0, timeout=1.0, interval=0.02)
 
 
