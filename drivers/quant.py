@@ -49,15 +49,15 @@ def quantize_rows(weight: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tenso
 
 
 @lru_cache(maxsize=None)
-def packed_mm_pays(device_type: str, dtype: torch.dtype) -> bool:
+def packed_mm_pays(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether to use aten._weight_int8pack_mm for few rows: never in fp32 (its CPU kernel is a slow
     loop), else where a probe on the device runs it (this torch has it on CPU, not on CUDA)."""
     if dtype == torch.float32:
         return False
     try:
-        x = torch.ones(1, 32, dtype=dtype, device=device_type)
-        w = torch.ones(8, 32, dtype=torch.int8, device=device_type)
-        torch.ops.aten._weight_int8pack_mm(x, w, torch.ones(8, dtype=dtype, device=device_type))
+        x = torch.ones(1, 32, dtype=dtype, device=device)
+        w = torch.ones(8, 32, dtype=torch.int8, device=device)
+        torch.ops.aten._weight_int8pack_mm(x, w, torch.ones(8, dtype=dtype, device=device))
     except (RuntimeError, NotImplementedError):
         return False
     return True
@@ -72,7 +72,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_int8", weight_int8)
         self.register_buffer("scales", scales)
         self.register_buffer("bias", bias)
-        self.packed = packed_mm_pays(weight_int8.device.type, scales.dtype)
+        self.packed = packed_mm_pays(weight_int8.device, scales.dtype)
 
     @classmethod
     def of(cls, linear: nn.Linear, device: torch.device) -> "Int8Linear":
