@@ -136,6 +136,13 @@ def test_a_config_naming_an_unknown_quant_is_refused_naming_the_choices(tiny_lla
         registry.resolve("tiny", {"tiny": {"path": tiny_llama, "quant": "fp4"}})
 
 
+def test_quant_on_an_architecture_that_is_not_llama_family_is_refused_from_its_config(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
+    with pytest.raises(registry.UnsupportedQuant, match="'gpt2' model"):
+        registry.resolve(str(tmp_path), quant="int8")
+    assert registry.resolve(str(tmp_path)).quant is None
+
+
 # --- through the kernel ------------------------------------------------------------------------
 
 
@@ -182,3 +189,15 @@ def test_a_model_loaded_unquantized_asked_for_int8_is_ebusy_saying_how_it_is_loa
         error = raised(c.load_model, kernel.model, quant="int8")
         assert loaded(c, kernel.model)["quant"] == "none"
     assert error.errno == "EBUSY" and "loaded with quant none" in error.message
+
+
+def test_a_model_loaded_int8_is_shared_by_a_load_without_quant_and_ebusy_for_quant_none(kernel, tiny_copy):
+    with kernel.client("quant") as c:
+        try:
+            c.load_model(tiny_copy, quant="int8")
+            again = c.load_model(tiny_copy)
+            assert again["already_loaded"] and again["quant"] == "int8"
+            error = raised(c.load_model, tiny_copy, quant="none")
+        finally:
+            c.unload_model(tiny_copy, evict=True)
+    assert error.errno == "EBUSY" and "loaded with quant int8" in error.message
