@@ -140,13 +140,18 @@ class DriverLoop:
                     self.send(channel.Events(events, self.driver.kv_usage()))
 
 
-def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = None) -> None:
+def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = None,
+          curve: tuple[str, str, str] | None = None, local_device: str | None = None) -> None:
     """parent: the kernel's pid, given by the kernel itself; a driver whose kernel died before it
-    could ask would otherwise take init for its parent and serve nobody forever."""
+    could ask would otherwise take init for its parent and serve nobody forever.
+    curve: (public, secret, kernel's public) keys, z85, for a tcp connect (a driver on a Ray node).
+    local_device: the device as this machine names it, if not as the kernel does (Ray shows an
+    actor its one GPU as cuda:0, whatever the kernel calls it)."""
     from .torch_driver import DeviceUnavailable, TorchDriver
 
-    # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C reaches the whole process group; the kernel decides when drivers stop.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = parent or os.getppid()
     if os.getppid() != parent:
         return
@@ -154,10 +159,12 @@ def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = N
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.IDENTITY, device.encode())
     sock.setsockopt(zmq.LINGER, 2000)
+    if curve is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = (k.encode() for k in curve)
     sock.connect(connect)
     try:
         try:
-            driver = TorchDriver(device, dtype)
+            driver = TorchDriver(local_device or device, dtype)
             hello = driver.hello()
         except Exception as exc:   # the device cannot work: say why once, rather than crash in a loop
             if not isinstance(exc, DeviceUnavailable):    # that one's message says it all; others may be bugs

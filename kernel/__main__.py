@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve /metrics, /health/live and /health/ready here "
                    "(unauthenticated, read-only: keep it on loopback or firewalled)")
+    p.add_argument("--ray", metavar="ADDRESS", help="also run drivers as actors on this Ray cluster (as ray.init takes "
+                   "it: auto, HOST:PORT, ray://HOST:PORT), one per GPU or per node without GPUs; needs llmos[ray]")
     return p
 
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load({"socket": args.socket, "device": args.device, "model": args.model, "no_model": args.no_model,
                          "state_dir": args.state_dir, "config": args.config, "kv_cache": args.kv_cache, "dtype": args.dtype,
                          "log_level": args.log_level, "metrics": args.metrics,
-                         "replicas": args.replicas})
+                         "replicas": args.replicas, "ray": args.ray})
     except ConfigError as exc:
         print(f"llmos boot: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,12 @@
   folder, so only the uid that booted the kernel can connect, and that uid is `operator`.
 
 Either way the kernel reads the principal off the connection (`principal_of`), never a frame.
+
+Drivers on a Ray cluster connect to the kernel's driver socket over tcp, CurveZMQ too, in a ZAP
+domain of their own (DRIVER_ZAP_DOMAIN): each driver actor gets a key pair of its own at launch,
+for one device, and the handler admits only those keys on that domain, so a client key never
+passes as a driver's, nor a driver key as a client's. The User-Id it stamps is the key itself:
+the supervisor takes a device's messages only from the launch that serves it now.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .principals import OPERATOR, PrincipalTable
 log = logs.get("llmos.auth")
 
 ZAP_DOMAIN = "llmos"
+DRIVER_ZAP_DOMAIN = "llmos-driver"
 
 
 class AuthError(RuntimeError):
@@ -36,14 +43,18 @@ class AuthError(RuntimeError):
 class PrincipalAuthenticator(AsyncioAuthenticator):
     """Admits CURVE clients whose key is a principal's, and names the connection after it."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, table: PrincipalTable, on_denied):
+    def __init__(self, ctx: zmq.asyncio.Context, table: PrincipalTable, on_denied,
+                 drivers: "DriverKeys | None" = None):
         super().__init__(ctx)
         self.table = table
         self.on_denied = on_denied
+        self.drivers = drivers
 
     def start(self) -> None:
         super().start()
         self.configure_curve_callback(ZAP_DOMAIN, credentials_provider=self)
+        if self.drivers is not None:
+            self.configure_curve_callback(DRIVER_ZAP_DOMAIN, credentials_provider=self.drivers)
 
     def callback(self, domain: str, z85_key: bytes) -> bool:
         """The credentials check: is this key a principal's?"""
@@ -53,8 +64,56 @@ class PrincipalAuthenticator(AsyncioAuthenticator):
         return False
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        principal = self.table.by_key(z85.encode(client_public_key).decode())
-        return principal.name if principal else ""
+        key = z85.encode(client_public_key).decode()
+        principal = self.table.by_key(key)
+        if principal is not None:
+            return principal.name
+        if self.drivers is not None and self.drivers.device_of(key) is not None:
+            return key          # a driver's key is issued for one launch: it names that launch
+        return ""
+
+
+class DriverKeys:
+    """The driver socket's server key pair, and one client key pair per remote driver, valid
+    while that driver runs: its public key names the one device it may serve."""
+
+    def __init__(self, on_denied=lambda key: None):
+        public, secret = zmq.curve_keypair()
+        self.server_public, self.server_secret = public.decode(), secret.decode()
+        self._device_by_key: dict[str, str] = {}
+        self.on_denied = on_denied
+
+    def issue(self, device: str) -> tuple[str, str]:
+        """A fresh (public, secret) pair for the driver about to serve `device`; its older ones stop working."""
+        self.revoke(device)
+        public, secret = zmq.curve_keypair()
+        self._device_by_key[public.decode()] = device
+        return public.decode(), secret.decode()
+
+    def revoke(self, device: str) -> None:
+        for key in [k for k, d in self._device_by_key.items() if d == device]:
+            del self._device_by_key[key]
+
+    def forget(self, public_key: str) -> None:
+        """The driver holding this key ended: the key admits nobody from now on."""
+        self._device_by_key.pop(public_key, None)
+
+    def device_of(self, public_key: str) -> str | None:
+        return self._device_by_key.get(public_key)
+
+    def callback(self, domain: str, z85_key: bytes) -> bool:
+        """The ZAP check on the driver domain: is this a key the kernel gave a driver it launched?"""
+        if self.device_of(z85_key.decode()) is not None:
+            return True
+        self.on_denied(z85_key.decode())
+        return False
+
+    def secure(self, sock: zmq.Socket) -> None:
+        """Make `sock` (before a tcp bind) admit only the drivers' keys."""
+        sock.curve_server = True
+        sock.curve_secretkey = self.server_secret.encode()
+        sock.curve_publickey = self.server_public.encode()
+        sock.zap_domain = DRIVER_ZAP_DOMAIN.encode()
 
 
 def secure(sock: zmq.Socket, url: str, table: PrincipalTable) -> None:
@@ -81,3 +140,11 @@ def principal_of(frame: zmq.Frame, url: str) -> str:
     if url.startswith("ipc://"):
         return OPERATOR
     return frame.get("User-Id") or ""
+
+
+def proved_key(frame: zmq.Frame) -> str:
+    """The CurveZMQ key a remote driver's connection proved (its User-Id); '' over ipc."""
+    try:
+        return frame.get("User-Id") or ""
+    except zmq.ZMQError:      # no User-Id: it came over the ipc socket
+        return ""

@@ -52,6 +52,18 @@ def parse_bytes(value: Any, what: str = "size") -> int:
 
 
 @dataclass
+class RaySettings:
+    """[ray] and --ray: driver actors on a Ray cluster besides the local drivers (kernel/raydrivers.py)."""
+    address: str | None = None              # the cluster (as ray.init takes it); None: no Ray
+    listen: str | None = None               # HOST:PORT of the drivers' tcp socket; default: this host, any port
+    num_gpus_per_driver: float = 1.0        # one driver per GPU of a node
+    num_cpus_per_driver: float = 1.0        # a node without GPUs gets one CPU driver this big
+
+
+RAY_KEYS = ("address", "listen", "num_gpus_per_driver", "num_cpus_per_driver")
+
+
+@dataclass
 class Settings:
     socket: str = field(default_factory=default_socket)
     devices: list[str] = field(default_factory=lambda: ["auto"])
@@ -78,6 +90,7 @@ class Settings:
     dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
     metrics_listen: str | None = None       # [metrics] listen / --metrics: HOST:PORT of /metrics and /health
     replicas: dict[str, int] = field(default_factory=dict)   # [replicas] NAME = N / --replicas: copies at boot
+    ray: RaySettings = field(default_factory=RaySettings)
     config_file: Path | None = None
 
     @property
@@ -171,11 +184,32 @@ def _apply_file(s: Settings, path: Path) -> None:
     if listen is not None:
         split_listen(listen)
         s.metrics_listen = listen
+    if "ray" in data:
+        s.ray = _ray_section(path, data["ray"])
     caps = data.get("caps", {})
     if "default" in caps:
         s.default_caps = tuple(caps["default"])
     if "grantable" in caps:
         s.grantable_caps = tuple(caps["grantable"])
+
+
+def _ray_section(path: Path, table: Any) -> RaySettings:
+    where = f"config file {path}: [ray]"
+    if not isinstance(table, dict) or set(table) - set(RAY_KEYS):
+        raise ConfigError(f"{where} takes only {', '.join(RAY_KEYS)}")
+    ray = RaySettings(**table)
+    if ray.address is not None and not isinstance(ray.address, str):
+        raise ConfigError(f"{where} address must be a string, e.g. \"ray://head:10001\" or \"auto\"")
+    for key in ("num_gpus_per_driver", "num_cpus_per_driver"):
+        value = getattr(ray, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{where} {key} must be a number above 0")
+    if ray.listen is not None:
+        try:
+            split_listen(ray.listen)
+        except ConfigError:
+            raise ConfigError(f"{where} listen '{ray.listen}' is not HOST:PORT (port 0: any)") from None
+    return ray
 
 
 def _quota(path: Path, key: str, value: Any) -> int:
@@ -229,3 +263,5 @@ def _apply_flags(s: Settings, flags: dict[str, Any]) -> None:
     if "metrics" in flags:
         split_listen(flags["metrics"])
         s.metrics_listen = flags["metrics"]
+    if "ray" in flags:
+        s.ray.address = flags["ray"]

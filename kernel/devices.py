@@ -39,6 +39,15 @@ class Devices:
         self.names = names
         self.schedulers = {d: FairScheduler(kernel.settings.max_running_per_process) for d in names}
         self.running: dict[str, dict[int, Request]] = {d: {} for d in names}   # device -> rid -> at the driver
+        self.nodes: dict[str, str] = {}      # device -> the cluster node its driver runs on (Ray); absent: here
+
+    def add(self, name: str, node: str | None = None) -> None:
+        """A device placed after the local ones (a driver on a Ray node), at boot or when a node joins."""
+        self.names.append(name)
+        self.schedulers[name] = FairScheduler(self.k.settings.max_running_per_process)
+        self.running[name] = {}
+        if node is not None:
+            self.nodes[name] = node
 
     def pick(self, wanted: str) -> str:
         if wanted == "auto":
@@ -134,7 +143,10 @@ class Devices:
         return (len(self.schedulers[device]) + len(self.running[device])) / max(1, drv.hello.max_seqs)
 
     def describe(self, device: str) -> dict:
-        return {"queued": len(self.schedulers[device]), "running": len(self.running[device])}
+        out = {"queued": len(self.schedulers[device]), "running": len(self.running[device])}
+        if device in self.nodes:
+            out["node"] = self.nodes[device]
+        return out
 
     # -- what drivers say ------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from llmos.specs.protocol import ABI_VERSION, NOTICE_ID, pack, runtime_dir
 
 from . import logs
 from .audit import AuditLog
-from .auth import PrincipalAuthenticator
+from .auth import DriverKeys, PrincipalAuthenticator
 from .config import Settings
 from .devices import Devices, resolve_devices
 from .devmem import DeviceMemory
@@ -67,6 +67,7 @@ class Kernel:
         self.authenticator: PrincipalAuthenticator | None = None
         self.transports: list[Transport] = []     # the clients' socket, then the operator's if that is tcp
         self.supervisor: Supervisor | None = None
+        self.ray = None                     # RayDrivers, when booted with --ray (kernel/raydrivers.py)
         self.memstore: MemoryStore | None = None
         self.stopping = asyncio.Event()
         self.stop_reason = "kernel shutting down"   # what cancelled requests are told; `shutdown` sets it
@@ -84,8 +85,9 @@ class Kernel:
         self.audit = AuditLog(s.state_dir)
         seal = ValueSeal.from_key_file(s.state_dir / "keys" / "memory.key") if s.memory_encrypt else None
         self.memstore = MemoryStore(s.state_dir / "memory.sqlite3", seal=seal)
-        if s.socket.startswith("tcp://"):   # the ZAP handler answers before the socket is bound
-            self.authenticator = PrincipalAuthenticator(self.ctx, self.principals, self._refused)
+        driver_keys = DriverKeys(self._driver_refused) if s.ray.address else None
+        if s.socket.startswith("tcp://") or driver_keys:   # the ZAP handler answers before a socket is bound
+            self.authenticator = PrincipalAuthenticator(self.ctx, self.principals, self._refused, driver_keys)
             self.authenticator.start()
         for url in dict.fromkeys([s.socket, s.operator_socket]):
             self.transports.append(Transport(self.ctx, url, self.principals, self._unreachable, len(self.transports)))
@@ -95,6 +97,8 @@ class Kernel:
                                      self._driver_said, self.devices.on_down, self.devices.on_up, dtype=s.dtype,
                                      on_failed=self.devices.on_failed)
         await self.supervisor.start(self.devices.names)
+        if driver_keys:
+            await self._join_ray(driver_keys)
         for transport in self.transports:
             self.spawn(self.dispatch.serve(transport), f"serve-{transport.url}")
         await self.services.start()
@@ -103,6 +107,21 @@ class Kernel:
                  state_dir=str(s.state_dir), abi=ABI_VERSION)
         for name in s.models_to_load():
             self.spawn(self._preload(name), f"preload-{name}")
+
+    async def _join_ray(self, keys: DriverKeys) -> None:
+        """Drivers on the Ray cluster too; a kernel that cannot reach it does not run."""
+        try:
+            from .raydrivers import RayDrivers    # here only: a kernel without --ray never imports ray
+        except ImportError as exc:
+            self.fail_boot(f"--ray needs Ray: pip install 'llmos[ray]' ({exc})")
+            return
+        self.ray = RayDrivers(self, keys)
+        try:
+            await self.ray.join()
+            await self.ray.start()
+        except Exception as exc:
+            log.exception("ray.failed")
+            self.fail_boot(f"cannot run drivers on the Ray cluster at {self.settings.ray.address}: {exc}")
 
     async def _preload(self, name: str) -> None:
         """The operator asked for this model at boot: a kernel that cannot load it does not run."""
@@ -132,6 +151,8 @@ class Kernel:
             task.cancel()
         if self.supervisor:
             await self.supervisor.close()
+        if self.ray:
+            self.ray.close()
         await self.services.close()
         for transport in self.transports:
             transport.close()
@@ -161,6 +182,11 @@ class Kernel:
         self.audit.record("auth_failed", public_key=public_key)
         self.metrics.auth_failure("bad_key")
         log.warning("auth.refused", public_key=public_key)
+
+    def _driver_refused(self, public_key: str) -> None:
+        """Something knocked on the drivers' tcp socket with a key the kernel did not issue."""
+        self.audit.record("auth_failed", public_key=public_key, socket="drivers")
+        log.warning("auth.driver_refused", public_key=public_key)
 
     def _unreachable(self, identity: bytes, why: str) -> None:
         proc = self.procs.by_identity(identity)

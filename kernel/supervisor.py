@@ -8,6 +8,9 @@ with EIO, and the driver is restarted at once the first time, then with capped b
 A child that can never work is given up (state `down`) instead of restarted for ever: one that
 says so before it was ever up (DriverFailed: no such CUDA device), or one that crashed
 CRASH_LIMIT times within CRASH_WINDOW_S. The kernel then fails what waits on it, at once.
+
+A child is a subprocess on the ipc socket, or what a Launcher starts elsewhere (a Ray actor on
+tcp, kernel/raydrivers.py): a Child to wait on and kill either way. ChildGone: down at once.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import time
 from collections import deque
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 import zmq
 import zmq.asyncio
@@ -28,6 +31,7 @@ from llmos.specs import channel
 from llmos.specs.channel import ChannelError, DriverMessage, Message
 
 from . import logs
+from .auth import proved_key
 from .transport import Router
 
 log = logs.get("llmos.supervisor")
@@ -38,11 +42,29 @@ MAX_BACKOFF_S = 30.0
 CRASH_LIMIT, CRASH_WINDOW_S = 5, 60.0    # this many crashes within the window: the child is down
 
 
+class Child(Protocol):
+    """A running child as the supervisor handles it: asyncio's Process has this shape."""
+    pid: int | None
+    returncode: int | None      # None while it runs
+    def kill(self) -> None: ...
+    async def wait(self) -> int: ...
+
+
+class ChildGone(Exception):
+    """The child cannot be started again, ever (its machine left the cluster); says why."""
+
+
+class Launcher(Protocol):
+    """Starts a device's child somewhere other than this machine (see Supervisor.add)."""
+    node: str                    # where its children run, as `devices` shows it
+    async def launch(self, drv: "DriverHandle") -> Child: ...
+
+
 @dataclass
 class DriverHandle:
     device: str
     state: str = "starting"            # starting | up | restarting | down
-    proc: asyncio.subprocess.Process | None = None
+    proc: Child | None = None          # asyncio's Process, or a remote child
     hello: Message | None = None       # what the child said when it came up
     started: float = 0.0
     last_heard: float = 0.0
@@ -53,6 +75,8 @@ class DriverHandle:
     failure: str | None = None          # why it is down
     up: asyncio.Event = field(default_factory=asyncio.Event)
     gone: asyncio.Event = field(default_factory=asyncio.Event)   # set when it is down for good
+    launcher: Launcher | None = None    # None: a subprocess on the ipc socket; else a remote child on tcp
+    proof: str = ""                     # what the transport proves of the current child's messages (its key)
 
 
 class Supervisor:
@@ -88,10 +112,31 @@ class Supervisor:
 
     async def start(self, devices: list[str]) -> None:
         for device in devices:
-            self.drivers[device] = DriverHandle(device)
-            await self._spawn(self.drivers[device])
+            await self.add(device)
         self._tasks.append(asyncio.create_task(self._read_loop(), name="driver-reader"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name="driver-watchdog"))
+
+    async def add(self, device: str, launcher: Launcher | None = None) -> None:
+        """Supervise one more device's child, at boot or after (a node joined the cluster)."""
+        drv = self.drivers[device] = DriverHandle(device, launcher=launcher)
+        await self._spawn(drv)
+
+    def listen_tcp(self, url: str, secure: Callable[[zmq.Socket], None]) -> str:
+        """Also bind `url` (tcp) for remote children, CurveZMQ by `secure`; returns the endpoint bound."""
+        sock = self.router.sock
+        secure(sock)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)        # a peer whose machine vanished is let go
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 10000)
+        sock.bind(url)
+        return sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    async def lost(self, device: str, why: str) -> None:
+        """A remote child's machine is gone: a crash (what ran there resumes elsewhere), then down."""
+        drv = self.drivers[device]
+        if drv.state == "restarting":     # its crash was seen already: no restart
+            await self._give_up(drv, why)
+        elif drv.state != "down":
+            await self._crashed(drv, why, for_good=True)
 
     def send(self, device: str, msg: Message) -> bool:
         """Send without waiting; False if the child is not there to take it (it is being restarted)."""
@@ -106,7 +151,8 @@ class Supervisor:
                 "--dtype", self.dtype, "--parent", str(os.getpid())]
 
     def _exit_reason(self, drv: DriverHandle, code: int) -> str:
-        return f"driver process for {drv.device} exited with code {code}"
+        where = f"actor on node {drv.launcher.node}" if drv.launcher else "process"
+        return f"driver {where} for {drv.device} exited with code {code}"
 
     def _inherited_fds(self, drv: DriverHandle) -> tuple[int, ...]:
         """File descriptors the child inherits (none for a driver; the service host's token pipe)."""
@@ -116,19 +162,23 @@ class Supervisor:
         drv.up.clear()
         drv.hello = None
         drv.started = drv.last_heard = time.monotonic()
-        drv.proc = await asyncio.create_subprocess_exec(
-            *self._command(drv), env=dict(os.environ, **self.child_env), stdin=asyncio.subprocess.DEVNULL,
-            pass_fds=self._inherited_fds(drv), start_new_session=True)   # signals to the kernel's process group are the kernel's to handle
+        try:
+            drv.proc = await (drv.launcher.launch(drv) if drv.launcher else asyncio.create_subprocess_exec(
+                *self._command(drv), env=dict(os.environ, **self.child_env), stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=self._inherited_fds(drv), start_new_session=True))   # the kernel's signals are its own
+        except ChildGone as exc:
+            await self._give_up(drv, str(exc))
+            return
         log.info(f"{self.role}.spawned", device=drv.device, os_pid=drv.proc.pid)
         asyncio.create_task(self._wait_exit(drv, drv.proc))
 
-    async def _wait_exit(self, drv: DriverHandle, proc: asyncio.subprocess.Process) -> None:
+    async def _wait_exit(self, drv: DriverHandle, proc: Child) -> None:
         code = await proc.wait()
         if self._closing or drv.proc is not proc:
             return
         await self._crashed(drv, self._exit_reason(drv, code))
 
-    async def _crashed(self, drv: DriverHandle, why: str) -> None:
+    async def _crashed(self, drv: DriverHandle, why: str, for_good: bool = False) -> None:
         if drv.state in ("restarting", "down"):
             return
         drv.state = "restarting"
@@ -140,13 +190,16 @@ class Supervisor:
         if drv.proc and drv.proc.returncode is None:
             drv.proc.kill()
         await self.on_down(drv, why)
+        if for_good and self.on_failed is not None:
+            await self._give_up(drv, why)
+            return
         if (self.on_failed is not None and len(drv.crash_times) == CRASH_LIMIT
                 and now - drv.crash_times[0] <= CRASH_WINDOW_S):
             await self._give_up(drv, f"{why}; it crashed {CRASH_LIMIT} times in {now - drv.crash_times[0]:.0f} s")
             return
         delay = 0.0 if drv.crashes == 1 else min(MAX_BACKOFF_S, 2.0 ** (drv.crashes - 2))
         await asyncio.sleep(delay)
-        if not self._closing:
+        if not self._closing and drv.state == "restarting":     # not given up meanwhile
             drv.state = "starting"
             drv.restarts += 1
             await self._spawn(drv)
@@ -154,16 +207,19 @@ class Supervisor:
     async def _read_loop(self) -> None:
         while True:
             try:
-                ident, frame = await self.router.recv()
+                ident, frame = await self.router.recv_frames()
             except (ValueError, zmq.ZMQError):
                 if self._closing:
                     return
                 continue
-            drv = self.drivers.get(ident.decode(errors="replace"))
-            if drv is None:
+            drv = self.drivers.get(ident.bytes.decode(errors="replace"))
+            if drv is None or drv.state in ("restarting", "down"):
+                continue    # a child that crashed has said its last: its requests are requeued already
+            if proved_key(frame) != drv.proof:     # another device's driver, or this device's previous one
+                log.warning(f"{self.role}.not_its_child", device=drv.device)
                 continue
             try:
-                msg = channel.decode(frame, self.speaks)
+                msg = channel.decode(frame.bytes, self.speaks)
             except ChannelError as exc:
                 log.error(f"{self.role}.bad_message", device=drv.device, error=str(exc))
                 continue
@@ -241,3 +297,4 @@ class Supervisor:
         self.router.close()
         if self.endpoint.startswith("ipc://"):   # ZeroMQ leaves a bound ipc file behind
             Path(self.endpoint[len("ipc://"):]).unlink(missing_ok=True)
+
