@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmos.specs import channel, registry
-from llmos.specs.channel import device_kind
 from llmos.specs.registry import ModelSpec
 
 from . import logs
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
+from .placement import eviction_victims, gib, kv_budget, replica_devices
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logs.get("llmos.models")
 
-DEFAULT_KV_BYTES = {"cpu": 512 << 20, "cuda": 8 << 30}   # KV-cache pool of a generate model, by device kind
 
 
 @dataclass(eq=False)
@@ -76,19 +75,6 @@ class ModelEntry:
         if self.state == "loading":
             out["progress"] = progress_of(self, expected_s)
         return out
-
-
-def eviction_victims(entries: list[ModelEntry], device: str, need: int, free: int) -> list[ModelEntry] | None:
-    """Idle models on `device` to unload, least recently used first, so `need` bytes fit; None if they cannot."""
-    if need <= free:
-        return []
-    victims = []
-    for entry in sorted((e for e in entries if e.device == device and e.idle), key=lambda e: e.last_used):
-        victims.append(entry)
-        free += entry.bytes
-        if need <= free:
-            return victims
-    return None
 
 
 class ModelTable:
@@ -147,7 +133,8 @@ class ModelTable:
         more = replicas - len(self.replicas(name))
         if more > 0:
             quant = self.replicas(name)[0].quant or "none"
-            await asyncio.gather(*(self._load(name, d, quant) for d in self._devices_for_more(name, more)))
+            devices = replica_devices(self.k, name, set(self._replicas.get(name, {})), more)
+            await asyncio.gather(*(self._load(name, d, quant) for d in devices))
         entry = self.get(name)
         if entry is None:
             raise eio(f"model '{name}' was unloaded while it loaded")
@@ -159,18 +146,6 @@ class ModelTable:
             proc.models.add(name)
         entry.last_used = time.monotonic()
         return entry
-
-    def _devices_for_more(self, name: str, more: int) -> list[str]:
-        """Devices for `more` new replicas: of the kind the model is already on, most free memory first."""
-        have = set(self._replicas.get(name, {}))
-        kind = device_kind(next(iter(have))) if have else None
-        spare = [d for d in self.k.devices.names
-                 if d not in have and (kind is None or device_kind(d) == kind) and d in self.k.memory.devices]
-        if len(spare) < more:
-            raise einval(f"{len(have) + more} replicas of '{name}' asked for, but this kernel has "
-                         f"{len(have) + len(spare)} {kind or ''} device(s) up for it")
-        spare.sort(key=lambda d: -self.k.memory.devices[d].free_bytes)
-        return spare[:more]
 
     def _named_by_operator(self, name: str) -> bool:
         s = self.k.settings
@@ -205,8 +180,8 @@ class ModelTable:
             drv = await k.devices.wait_driver(device)
             dtype_bytes = 4 if drv.hello.dtype == "float32" else 2
             weights = await asyncio.to_thread(registry.estimate_bytes, spec, dtype_bytes)
-            kv = self.kv_budget(device) if spec.kind == "generate" else 0
-            self.make_room(device, weights + kv, f"model '{name}' ({_gib(weights)} weights + {_gib(kv)} KV cache)",
+            kv = kv_budget(self.k.settings, device) if spec.kind == "generate" else 0
+            self.make_room(device, weights + kv, f"model '{name}' ({gib(weights)} weights + {gib(kv)} KV cache)",
                            exclude=entry)
             entry.weight_bytes, entry.kv_bytes = weights, kv
             k.memory.charge_model(device, name, entry.bytes)
@@ -238,24 +213,16 @@ class ModelTable:
         """Evict idle models on `device` until `need` bytes are free; ENOMEM (saying why) if they cannot be."""
         account = self.k.memory.devices[device]
         if need > account.total_bytes:
-            raise enomem(f"{what} needs {_gib(need)} but {device} has {_gib(account.total_bytes)} in all; "
+            raise enomem(f"{what} needs {gib(need)} but {device} has {gib(account.total_bytes)} in all; "
                          f"it can never fit here")
         victims = eviction_victims(list(self), device, need, account.free_bytes)
         if victims is None:
-            held = ", ".join(f"{e.name} {_gib(e.bytes)}" for e in self.on_device(device) if e is not exclude)
-            raise enomem(f"{what} needs {_gib(need)} but {device} has {_gib(account.free_bytes)} free; "
-                         f"in use: {held or 'nothing'}, reservations {_gib(account.reserved_bytes)}; "
+            held = ", ".join(f"{e.name} {gib(e.bytes)}" for e in self.on_device(device) if e is not exclude)
+            raise enomem(f"{what} needs {gib(need)} but {device} has {gib(account.free_bytes)} free; "
+                         f"in use: {held or 'nothing'}, reservations {gib(account.reserved_bytes)}; "
                          f"unload a model or free reservations")
         for victim in victims:
             self.evict(victim, f"making room for {what}")
-
-    def kv_budget(self, device: str) -> int:
-        configured = self.k.settings.kv_cache_bytes
-        if device in configured:
-            return configured[device]
-        if "*" in configured:
-            return configured["*"]
-        return DEFAULT_KV_BYTES[device_kind(device)]
 
     def _forget(self, entry: ModelEntry) -> None:
         copies = self._replicas.get(entry.name, {})
@@ -318,7 +285,3 @@ class ModelTable:
         for entry in self.on_device(device):
             if entry.state == "loading" and entry.weight_bytes:
                 self.k.supervisor.send(device, entry.load_message())
-
-
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB"
