@@ -6,6 +6,10 @@ On the wire each message is one msgpack map ``{"op": NAME, field: value, ...}``;
 events travel as short positional lists (one message per step carries up to a few hundred),
 packed and unpacked only by TokenEvent. Errors carry an explicit errno, never one guessed from
 a message's text. The channel is internal: it may change between kernel versions (specs/ABI.md).
+
+Why this room is long: it is a catalog, one short dataclass per message of both channels (driver
+and service host), read together as the channels' specification; split, a reader would hunt for
+the other half of a conversation.
 """
 
 from __future__ import annotations
