@@ -116,6 +116,7 @@ class StepBatch:
     packed: list[PackedPrefills]
     continued: list[ContinuedPrefill]
     decode_groups: list[DecodeGroup] | None = None   # without the Triton kernel: decodes of like length
+    adapter_rows: dict[str, torch.Tensor] | None = None   # LoRA adapter -> its rows of the flat batch (lora.py)
 
 
 class BatchLayout:
@@ -145,15 +146,19 @@ class BatchLayout:
         slots = blocks * self.block_size + positions % self.block_size
         return StepBatch(ids, positions, slots, None, len(ids), tables, positions + 1, [], [])
 
-    def with_prefill(self, chunks: list[Chunk], rows: list[int]) -> StepBatch:
-        """The flat batch of a step with prefill in it: decodes first, then the prefill chunks."""
+    def with_prefill(self, chunks: list[Chunk], rows: list[int], adapters: list[str] | None = None) -> StepBatch:
+        """The flat batch of a step with prefill in it (or with adapters): decodes first, then the
+        prefill chunks. adapters: each chunk's LoRA adapter ("" for none), grouped into rows."""
         bs = self.block_size
         order = sorted(range(len(chunks)), key=lambda i: not chunks[i].is_decode)
         ids, positions, token_rows, last_row = [], [], [], {}
         decode_rows, decode_lengths, fresh, continued = [], [], [], []
+        adapter_rows: dict[str, list[int]] = {}
         for i in order:
             c, row = chunks[i], rows[i]
             a, n = len(ids), len(c.tokens)
+            if adapters and adapters[i]:
+                adapter_rows.setdefault(adapters[i], []).extend(range(a, a + n))
             ids += c.tokens
             positions += range(c.start, c.start + n)
             token_rows += [row] * n
@@ -174,7 +179,8 @@ class BatchLayout:
                          self._tensor([last_row[i] for i, c in enumerate(chunks) if c.sample]),
                          len(decode_rows), self.tables.data[self._tensor(decode_rows)][:, :width],
                          self._tensor(decode_lengths), [self._pack(g) for g in pack_groups(fresh)], continued,
-                         self.decode_groups(decode_lengths))
+                         self.decode_groups(decode_lengths),
+                         {name: self._tensor(r) for name, r in adapter_rows.items()} or None)
 
     def decode_groups(self, lengths: list[int]) -> list[DecodeGroup] | None:
         """Decodes grouped by length where decode attention pads (no Triton kernel); None: one call."""

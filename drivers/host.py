@@ -46,6 +46,8 @@ class DriverLoop:
         self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
                          channel.Embed: self._embed, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
+                         channel.LoadAdapter: lambda m: self.send(driver.load_adapter(m)),
+                         channel.UnloadAdapter: driver.unload_adapter,
                          channel.Ping: lambda m: self.send(channel.Pong(m.t))}
 
     def send(self, msg: DriverMessage) -> None:

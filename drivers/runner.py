@@ -4,7 +4,9 @@ The engine hands over a list of `Chunk`s (prefill pieces and single decode token
 runner has them laid out as one flat batch without padding (batch.py), runs the HF decoder
 layers' own modules over it, writes keys and values into the paged cache and attends per
 sequence (attention.py). On CUDA a step of decode tokens only is padded to a fixed batch size
-and replayed as a CUDA graph (cuda_graphs.py); every other step runs eagerly, unpadded. Models
+and replayed as a CUDA graph (cuda_graphs.py); every other step runs eagerly, unpadded, and so does
+any step in which a sequence uses a LoRA adapter (lora.py: the rows of each adapter get its
+update, grouped per adapter; a graph holds the base alone). Models
 whose layers are not Llama-shaped go through `HFRunner` (hf_runner.py). `make_runner` picks.
 
 Both runners also offer `forward_slices`, a generator that yields between layers (or between
@@ -23,6 +25,7 @@ from .cuda_graphs import DecodeGraphs, batch_sizes, padded_size
 from .hf_runner import HFRunner
 from .kvcache import KVCache, KVLayout
 from .loader import LoadedModel
+from .lora import LoRAModel
 from .sequence import Chunk
 from .slices import Slices, run_to_end
 
@@ -85,6 +88,9 @@ class PagedRunner:
         use_graphs = cuda_graphs and lm.device.type == "cuda" and kernel_attention
         self.graphs = DecodeGraphs(self._decode_forward) if use_graphs else None
         self.pad_decodes = use_graphs   # a graph per padded size; eager steps need no padding
+        self.dtype = lm.dtype
+        self.lora: LoRAModel | None = None         # made when the first adapter is loaded
+        self.seq_adapters: dict[int, str] = {}     # seq_id -> the adapter it runs with (absent: the base)
 
     def forward(self, chunks: list[Chunk]) -> torch.Tensor:
         """Logits [S, V] (float32) for the chunks with sample=True, in their order."""
@@ -98,13 +104,40 @@ class PagedRunner:
         step's inputs were all taken at the start, and its cache blocks are its own.
         """
         rows = self.tables.sync(chunks)
-        if all(c.is_decode and c.sample for c in chunks):
+        adapters = [self.seq_adapters.get(c.seq_id, "") for c in chunks] if self.seq_adapters else None
+        if all(c.is_decode and c.sample for c in chunks) and not any(adapters or ()):
             return (yield from self._decode_step(chunks, rows))
-        return (yield from self._layers(self.batch_layout.with_prefill(chunks, rows)))
+        return (yield from self._layers(self.batch_layout.with_prefill(chunks, rows, adapters)))
 
     def release(self, seq_id: int) -> None:
         """Forget the sequence's block table; the engine's block allocator owns the blocks."""
         self.tables.release(seq_id)
+
+    # --- adapters (lora.py) -----------------------------------------------------------------------
+
+    def load_adapter(self, adapter: str, files: dict[str, bytes]) -> int:
+        """Install a LoRA adapter from PEFT's files; the bytes its weights take (ValueError if unfit)."""
+        if self.lora is None:
+            self.lora = LoRAModel(self.model, self.dtype, self.device)
+        return self.lora.add(adapter, files)
+
+    def unload_adapter(self, adapter: str) -> None:
+        if self.lora is not None:
+            self.lora.remove(adapter)
+
+    def has_adapter(self, adapter: str) -> bool:
+        return self.lora is not None and adapter in self.lora
+
+    def use_adapter(self, seq_id: int, adapter: str) -> None:
+        """The sequence runs with `adapter` ("": the base) until `drop_adapter`: its chunks' rows
+        get the adapter's update in every step, across preemptions."""
+        if adapter:
+            self.seq_adapters[seq_id] = adapter
+        else:
+            self.seq_adapters.pop(seq_id, None)
+
+    def drop_adapter(self, seq_id: int) -> None:
+        self.seq_adapters.pop(seq_id, None)
 
     # --- decode-only steps: padded, static inputs, graph-captured on CUDA --------------------------
 
@@ -135,8 +168,12 @@ class PagedRunner:
         cos, sin = self.base.rotary_emb(x, batch.positions[None])
         cos, sin = cos[0], sin[0]
         for i, layer in enumerate(self.base.layers):
+            if self.lora is not None:    # set before each layer: a cut-in's pass may run in the pause
+                self.lora.active = batch.adapter_rows
             x = self._layer(layer, self.cache.k[i], self.cache.v[i], x, cos, sin, batch)
             yield
+        if self.lora is not None:
+            self.lora.active = None
         if batch.logits_rows is not None:
             x = x.index_select(0, batch.logits_rows)
         return self.model.lm_head(self.base.norm(x)).float()

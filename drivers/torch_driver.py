@@ -103,6 +103,8 @@ class TorchDriver(Driver):
         engine = self.engines.get(msg.model)
         if engine is None:
             return TokenEvent.failed(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
+        if msg.adapter and not getattr(engine.runner, "has_adapter", lambda a: False)(msg.adapter):
+            return TokenEvent.failed(msg.rid, "EIO", f"adapter '{msg.adapter}' is not loaded on {self.device}")
         model = engine.lm.sampling      # for what the caller left out (None)
         try:
             ids = encode_prompt(engine.lm, msg.prompt, msg.messages)
@@ -117,12 +119,41 @@ class TorchDriver(Driver):
         except ValueError as exc:      # the chat template refused the messages
             return TokenEvent.failed(msg.rid, "EINVAL", str(exc))
         self.owner[msg.rid] = msg.model
+        if msg.adapter:
+            engine.runner.use_adapter(msg.rid, msg.adapter)
         return None
 
     def cancel(self, rid: int) -> None:
         model = self.owner.pop(rid, None)
         if model in self.engines:
             self.engines[model].cancel(rid)
+            self._ended(model, rid)
+
+    def load_adapter(self, msg: channel.LoadAdapter) -> channel.AdapterLoaded | channel.AdapterFailed:
+        """Install a LoRA adapter over a loaded model (drivers/lora.py); refused whole if it does not fit."""
+        engine = self.engines.get(msg.model)
+        if engine is None:
+            return channel.AdapterFailed(msg.model, msg.adapter, f"model '{msg.model}' is not loaded on {self.device}")
+        if not hasattr(engine.runner, "load_adapter"):
+            return channel.AdapterFailed(msg.model, msg.adapter, f"model '{msg.model}' runs on the fallback runner "
+                                         f"(not Llama-shaped), which cannot batch LoRA adapters")
+        try:
+            nbytes = engine.runner.load_adapter(msg.adapter, msg.files)
+        except ValueError as exc:
+            return channel.AdapterFailed(msg.model, msg.adapter, str(exc))
+        return channel.AdapterLoaded(msg.model, msg.adapter, nbytes)
+
+    def unload_adapter(self, msg: channel.UnloadAdapter) -> None:
+        engine = self.engines.get(msg.model)
+        if engine is not None and hasattr(engine.runner, "unload_adapter"):
+            engine.runner.unload_adapter(msg.adapter)
+
+    def _ended(self, model: str | None, rid: int) -> None:
+        """A request ended: its sequence no longer runs with its adapter."""
+        engine = self.engines.get(model)
+        if engine is not None and hasattr(engine.runner, "drop_adapter"):
+            engine.runner.drop_adapter(rid)
+
 
     def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
         from .embedding import embed
@@ -169,7 +200,7 @@ class TorchDriver(Driver):
             if ev.finish is None:
                 out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, prefill=ev.prefill, ids=ev.token_ids or None))
                 continue
-            self.owner.pop(ev.rid, None)
+            self._ended(self.owner.pop(ev.rid, None), ev.rid)
             if ev.finish == "cancelled":
                 continue
             if ev.finish == "error":

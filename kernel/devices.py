@@ -110,9 +110,12 @@ class Devices:
 
     def _cache_salt(self, req: Request) -> str:
         """Whose cached prompt blocks a request may reuse: its principal's (a hit across tenants would
-        tell one what another sent, by timing). A service's generation is its caller's."""
+        tell one what another sent, by timing), and only under the same LoRA adapter (another
+        adapter computes other keys and values). A service's generation is its caller's."""
         payer = self.k.procs.get(req.share)
-        return payer.principal if payer is not None else req.principal
+        salt = payer.principal if payer is not None else req.principal
+        adapter = req.payload.get("adapter")
+        return f"{salt}\x00{adapter}" if adapter else salt
 
     def send_embed(self, req: Request, texts: list[str], normalize: bool) -> None:
         self.k.requests.running(req)     # beside the window: an embed is one call, not a batch slot
@@ -169,6 +172,10 @@ class Devices:
             k.models.load_progress(drv.device, msg)
         elif isinstance(msg, channel.LoadFailed):
             k.models.load_failed(drv.device, msg)
+        elif isinstance(msg, channel.AdapterLoaded):
+            k.models.adapters.loaded(drv.device, msg)
+        elif isinstance(msg, channel.AdapterFailed):
+            k.models.adapters.failed(drv.device, msg)
         elif not isinstance(msg, channel.Pong):
             log.warning("driver.unexpected_message", device=drv.device, op=msg.op)
 

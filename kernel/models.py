@@ -25,6 +25,7 @@ from llmos.specs import channel, registry
 from llmos.specs.registry import ModelSpec
 
 from . import logs
+from .adapter_table import AdapterTable
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
 from .placement import eviction_victims, gib, kv_budget, replica_devices
@@ -85,6 +86,7 @@ class ModelTable:
         self.k = kernel
         self._replicas: dict[str, dict[str, ModelEntry]] = {}
         self.load_times = LoadTimes(kernel.settings.state_dir)
+        self.adapters = AdapterTable(kernel)     # LoRA adapters over these models, evicted like them
 
     def get(self, name: str) -> ModelEntry | None:
         """The replica a new request on `name` should use: the ready one whose device can start it
@@ -215,14 +217,14 @@ class ModelTable:
         if need > account.total_bytes:
             raise enomem(f"{what} needs {gib(need)} but {device} has {gib(account.total_bytes)} in all; "
                          f"it can never fit here")
-        victims = eviction_victims(list(self), device, need, account.free_bytes)
+        victims = eviction_victims([*self, *self.adapters.entries()], device, need, account.free_bytes)
         if victims is None:
             held = ", ".join(f"{e.name} {gib(e.bytes)}" for e in self.on_device(device) if e is not exclude)
             raise enomem(f"{what} needs {gib(need)} but {device} has {gib(account.free_bytes)} free; "
                          f"in use: {held or 'nothing'}, reservations {gib(account.reserved_bytes)}; "
                          f"unload a model or free reservations")
         for victim in victims:
-            self.evict(victim, f"making room for {what}")
+            (self.adapters.evict if victim.kind == "adapter" else self.evict)(victim, f"making room for {what}")
 
     def _forget(self, entry: ModelEntry) -> None:
         copies = self._replicas.get(entry.name, {})
@@ -233,6 +235,7 @@ class ModelTable:
 
     def evict(self, entry: ModelEntry, why: str) -> None:
         self._forget(entry)
+        self.adapters.base_gone(entry.name, entry.device)
         self.k.memory.release_model(entry.device, entry.name)
         self.k.supervisor.send(entry.device, channel.Unload(entry.name))
         log.info("model.unloaded", model=entry.name, device=entry.device, reason=why)
@@ -275,7 +278,9 @@ class ModelTable:
             entry.loaded.set_exception(eio(f"loading {msg.model} failed: {msg.message}"))
 
     def driver_down(self, device: str) -> None:
-        """Its driver crashed: what was loaded there is loading again once a new driver is up."""
+        """Its driver crashed: what was loaded there is loading again once a new driver is up
+        (adapters, when next asked for)."""
+        self.adapters.driver_down(device)
         for entry in self.on_device(device):
             if entry.state == "ready":
                 entry.state, entry.stage, entry.started = "loading", "", time.monotonic()

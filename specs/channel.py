@@ -114,6 +114,7 @@ class Submit(DriverMessage, op="submit"):
     progress: bool = False        # the caller wants prefill progress (TokenEvent.prefill) on a long prompt
     resume: list[int] = field(default_factory=list)   # token ids it had generated on a driver that died
     cache_salt: str = ""          # its principal: cached prompt blocks are shared only among equal salts
+    adapter: str = ""             # the LoRA adapter it runs with, as the kernel names it ("alice/base:name"); "": none
 
 
 @dataclass
@@ -247,6 +248,36 @@ class Error(DriverMessage, ServiceMessage, op="error"):
 @dataclass
 class Pong(DriverMessage, ServiceMessage, op="pong"):
     t: float = 0.0
+
+
+@dataclass
+class LoadAdapter(DriverMessage, op="load_adapter"):
+    """Kernel to driver: install a LoRA adapter over a loaded generate model, from PEFT's files
+    (the kernel read them: a driver never touches the state dir). Answered by AdapterLoaded or AdapterFailed."""
+    model: str
+    adapter: str                  # its id, as Submit.adapter names it
+    files: dict[str, bytes]       # adapter_config.json, adapter_model.safetensors
+
+
+@dataclass
+class UnloadAdapter(DriverMessage, op="unload_adapter"):
+    model: str
+    adapter: str
+
+
+@dataclass
+class AdapterLoaded(DriverMessage, op="adapter_loaded"):
+    model: str
+    adapter: str
+    bytes: int                    # what its weights take on the device
+
+
+@dataclass
+class AdapterFailed(DriverMessage, op="adapter_failed"):
+    """The adapter cannot be served over that model (unfit shapes, unknown modules, not loaded): why."""
+    model: str
+    adapter: str
+    message: str
 
 
 # -- the service host channel (and Cancel, Ping, Shutdown, Result, Error, Pong above) ----------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
+from llmos.specs import registry
 from llmos.specs.protocol import reply_ok
 
-from ..errors import SyscallError, einval, enoent, eperm
+from ..adapters import AdapterNameError, split_name
+from ..errors import SyscallError, eio, einval, enoent, eperm
 from ..loadprogress import wait_telling
 
 if TYPE_CHECKING:
@@ -26,6 +28,8 @@ async def model_for(k: "Kernel", ctx: "CallContext", name: str | None, kind: str
         name = k.settings.default_model
         if name is None:
             raise einval("no model given and this kernel has no default model; pass 'model'")
+    if adapter_parts(name) is not None:
+        raise einval(f"'{name[:200]}' names a LoRA adapter (BASE:NAME); only infer and load_model take one")
     entry = k.models.get(name)
     if entry is None or entry.state != "ready" or ctx.proc.pid not in entry.refs:
         entry = await k.models.ensure(name, "auto", ctx.proc)
@@ -33,6 +37,34 @@ async def model_for(k: "Kernel", ctx: "CallContext", name: str | None, kind: str
         use = "infer" if entry.kind == "generate" else "embed"
         raise einval(f"model '{name}' is a {entry.kind} model; use {use} with it")
     return entry
+
+
+def adapter_parts(name: str) -> tuple[str, str] | None:
+    """(base, adapter) of a `BASE:NAME`; None for a plain model name or a path (a path may hold ':')."""
+    if "/" in name or "\\" in name:
+        return None
+    try:
+        return split_name(name)
+    except AdapterNameError as exc:
+        raise einval(str(exc)) from None
+
+
+async def model_and_adapter(k: "Kernel", ctx: "CallContext", name: str | None, kind: str) -> tuple["ModelEntry", str]:
+    """The loaded base a call runs on and the id of its LoRA adapter ("" for none): for `BASE:NAME`,
+    the adapter the caller may use (ENOENT otherwise), loaded over every ready copy of the base."""
+    parts = adapter_parts(name) if name is not None else None
+    if parts is None:
+        return await model_for(k, ctx, name, kind), ""
+    base, adapter = parts
+    if registry.is_path(base, k.settings.models):
+        raise einval(f"'{base}' is not a registry or config model name; an adapter's base must be one (see `models`)")
+    info = await k.models.adapters.find(ctx.proc.principal, base, adapter)
+    await model_for(k, ctx, base, kind)
+    await k.models.adapters.ensure(info)
+    entry = k.models.get(base)
+    if entry is None or entry.state != "ready":
+        raise eio(f"model '{base}' was unloaded while its adapter loaded")
+    return entry, info.id
 
 
 def checked_messages(messages: list) -> list[dict]:
@@ -66,12 +98,12 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     k.quotas.check_token_rate(payer.principal if payer else ctx.proc.principal)
     progress = args["stream"] and args["progress"]
     if progress:
-        entry = await wait_telling(model_for(k, ctx, args["model"], "generate"),
+        entry, adapter = await wait_telling(model_and_adapter(k, ctx, args["model"], "generate"),
                                    lambda: k.models.progress(args["model"] or k.settings.default_model),
                                    lambda p: tell_progress(ctx, p))
     else:
-        entry = await model_for(k, ctx, args["model"], "generate")
-    payload = {"prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
+        entry, adapter = await model_and_adapter(k, ctx, args["model"], "generate")
+    payload = {"adapter": adapter, "prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
                "stop": stop, "seed": _seed(args["seed"]), "priority": args["priority"], "progress": progress}
     req = k.requests.new(ctx, "infer", entry, payload, stream=args["stream"], priority=args["priority"],

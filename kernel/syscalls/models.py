@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 from llmos.specs import registry
 
 from ..errors import ebusy, einval, enoent, eperm
+from .adapters import load_adapter_model
+from .inference import adapter_parts
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -14,7 +16,9 @@ if TYPE_CHECKING:
 
 
 def sys_models(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return {"loaded": k.models.describe(), "available": registry.available(k.settings.models)}
+    """Adapters loaded show among the models (kind adapter, with their base), only those the caller may use."""
+    return {"loaded": k.models.describe() + k.models.adapters.describe(ctx.proc.principal),
+            "available": registry.available(k.settings.models)}
 
 
 async def sys_load_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
@@ -22,6 +26,8 @@ async def sys_load_model(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     serves everyone, so asking for it on a device without a copy, or quantized otherwise than it
     is loaded, is EBUSY, naming where and how it is."""
     name, wanted, replicas, quant = args["name"], args["device"], args["replicas"], args["quant"]
+    if adapter_parts(name) is not None:
+        return await load_adapter_model(k, ctx, args)
     device = k.devices.pick(wanted)
     if replicas > 1:
         if "admin" not in ctx.proc.caps:
