@@ -29,6 +29,7 @@ from llmos.specs import channel  # noqa: E402
 from llmos.specs.channel import ChannelError, DriverMessage  # noqa: E402
 
 from .interface import Driver  # noqa: E402
+from .trainer import Training  # noqa: E402
 
 IDLE_POLL_MS = 20
 MID_STEP = (channel.Submit, channel.Ping)   # what a paused step takes in; the rest waits for its end
@@ -49,6 +50,9 @@ class DriverLoop:
                          channel.LoadAdapter: lambda m: self.send(driver.load_adapter(m)),
                          channel.UnloadAdapter: driver.unload_adapter,
                          channel.Ping: lambda m: self.send(channel.Pong(m.t))}
+        self.training = Training(getattr(driver, "engines", {}), self.send)   # LoRA fine-tune jobs
+        self.handlers.update({channel.TrainStart: self.training.start, channel.TrainStep: self.training.step,
+                              channel.TrainStop: self.training.stop})
 
     def send(self, msg: DriverMessage) -> None:
         self.sock.send(channel.encode(msg))

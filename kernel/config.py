@@ -22,7 +22,7 @@ from llmos.specs.protocol import MAX_FRAME_BYTES, default_socket, runtime_dir
 
 MAX_VALUE_CEILING = MAX_FRAME_BYTES - (1 << 20)    # room for the reply's envelope
 DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")
-GRANTABLE_CAPS = DEFAULT_CAPS + ("admin",)
+GRANTABLE_CAPS = DEFAULT_CAPS + ("admin", "tune")    # tune: fine-tune jobs (kernel/jobs.py)
 MAX_REPLICAS = 64          # copies of one model, one per device
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
           "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}

@@ -102,8 +102,11 @@ class Devices:
             req = sched.pop_next()
             if req is None:
                 return
-            self.k.requests.running(req)
             running[req.rid] = req
+            if req.call == "train":          # a fine-tune job's step (kernel/jobs.py), in its fair turn
+                self.k.jobs.admitted(req)
+                continue
+            self.k.requests.running(req)
             self.k.supervisor.send(device, channel.Submit(rid=req.rid, model=req.model, **req.payload,
                                                           cut_in=sched.may_cut_in(req.share),
                                                           cache_salt=self._cache_salt(req)))
@@ -172,6 +175,8 @@ class Devices:
             k.models.load_progress(drv.device, msg)
         elif isinstance(msg, channel.LoadFailed):
             k.models.load_failed(drv.device, msg)
+        elif isinstance(msg, (channel.TrainStepped, channel.TrainDone, channel.TrainFailed)):
+            k.jobs.on_driver(drv.device, msg)
         elif isinstance(msg, channel.AdapterLoaded):
             k.models.adapters.loaded(drv.device, msg)
         elif isinstance(msg, channel.AdapterFailed):
@@ -219,6 +224,7 @@ class Devices:
         one short call, so it ends with EIO for its caller to retry."""
         device = drv.device
         self.k.models.driver_down(device)
+        self.k.jobs.driver_down(device)
         moved_to = set()
         for req in self.k.requests.at_driver(device):
             self.running[device].pop(req.rid, None)

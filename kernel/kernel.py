@@ -29,6 +29,7 @@ from .dispatch import Dispatcher
 from .errors import ecanceled
 from .health import Readiness
 from .httpserve import MetricsServer
+from .jobs import JobTable
 from .memstore import MemoryStore
 from .metrics import Metrics
 from .sealing import ValueSeal
@@ -54,6 +55,7 @@ class Kernel:
         self.models = ModelTable(self)
         self.requests = RequestTable(self)
         self.devices = Devices(self, resolve_devices(settings.devices))
+        self.jobs = JobTable(self)           # fine-tune jobs
         self.dispatch = Dispatcher(self, HANDLERS)
         self.metrics = Metrics(self)
         self.health = Readiness(self)
@@ -107,6 +109,7 @@ class Kernel:
                  state_dir=str(s.state_dir), abi=ABI_VERSION)
         for name in s.models_to_load():
             self.spawn(self._preload(name), f"preload-{name}")
+        self.jobs.resume()      # jobs a stopped or killed kernel left unfinished
 
     async def _join_ray(self, keys: DriverKeys) -> None:
         """Drivers on the Ray cluster too; a kernel that cannot reach it does not run."""

@@ -280,6 +280,61 @@ class AdapterFailed(DriverMessage, op="adapter_failed"):
     message: str
 
 
+@dataclass
+class TrainStart(DriverMessage, op="train_start"):
+    """Kernel to driver: train a LoRA adapter over a copy of a loaded generate model (kernel/jobs.py),
+    from `checkpoint` (its files, after `step` steps) when a job resumes. Nothing runs until TrainStep."""
+    job: str
+    model: str
+    examples: list[dict]          # checked by the kernel: {messages} or {prompt, completion}
+    hyper: dict                   # epochs, lr, rank, alpha, batch_size, max_seq_len, target_modules, steps,
+                                  # checkpoint_every, seed
+    checkpoint: dict[str, bytes] | None = None
+    step: int = 0
+
+
+@dataclass
+class TrainStep(DriverMessage, op="train_step"):
+    """Kernel to driver: the fair scheduler gave the job a turn: run its 1-based step `step`."""
+    job: str
+    step: int
+
+
+@dataclass
+class TrainStop(DriverMessage, op="train_stop"):
+    """Kernel to driver: drop the job (cancelled, or the kernel gave up on it)."""
+    job: str
+
+
+@dataclass
+class TrainStepped(DriverMessage, op="train_stepped"):
+    """Driver to kernel: a step is done; every checkpoint_every steps with the checkpoint's files."""
+    job: str
+    step: int
+    loss: float
+    tokens: int                   # tokens the step read: what the job is charged
+    checkpoint: dict[str, bytes] | None = None
+
+
+@dataclass
+class TrainDone(DriverMessage, op="train_done"):
+    """Driver to kernel, after the last step's TrainStepped: the adapter in PEFT's files."""
+    job: str
+    files: dict[str, bytes]
+    loss: float
+
+
+@dataclass
+class TrainFailed(DriverMessage, op="train_failed"):
+    job: str
+    errno: str
+    message: str
+
+    def __post_init__(self):
+        if self.errno not in ERRNOS:
+            self.errno = "EIO"
+
+
 # -- the service host channel (and Cancel, Ping, Shutdown, Result, Error, Pong above) ----------
 
 @dataclass

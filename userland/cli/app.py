@@ -17,6 +17,7 @@ from .boot import boot, demo
 from .common import OrderedGroup
 from .generate import chat, embed, run
 from .health import health
+from .jobs import jobs, tune
 from .memory import mem
 from .models import devices, load, models, unload
 from .plugins import add_installed_commands
@@ -64,7 +65,8 @@ class Llmos(OrderedGroup):
 
 
 BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
-                     logs, audit, top, serve, health, demo)
+                     logs, audit, top, serve, health, demo,
+                     tune, jobs)
 
 
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:

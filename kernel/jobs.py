@@ -1,0 +1,275 @@
+"""Fine-tune jobs: LoRA training as a process of the kernel, sharing its device fairly with inference.
+
+A job belongs to the principal that submitted it and runs on the device that holds its base
+model. Before it starts it reserves device memory through the kernel's accounting (a copy of the
+base weights, which the driver trains on so that serving is untouched, plus the LoRA weights,
+their gradients and AdamW state, and activations for batch_size x max_seq_len): ENOMEM when that
+cannot fit, given back when the job ends. Each training step is a turn (TrainTurn) in the
+device's fair scheduler with a share (a negative pid) of its own, so inference from other
+processes keeps its share; the tokens a step reads are charged to the job as a generation's are.
+
+Its record, data and latest checkpoint live on disk (kernel/jobstore.py), so a job the kernel
+did not finish (it was stopped or killed, or its driver died) resumes from its last checkpoint.
+A finished job writes its adapter as `BASE:NAME` in the owner's namespace (kernel/adapters.py).
+
+    queued (admitted, waiting for its turn) -> running -> done | failed | cancelled
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from llmos.specs import channel
+
+from . import logs
+from .errors import SyscallError, eio
+from .job import FINISHED, DriverRestarted, Job, TrainTurn, model_shape, steps_of, train_bytes
+from .jobstore import JobStore
+from .placement import gib
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+log = logs.get("llmos.jobs")
+
+MAX_DRIVER_RESTARTS = 3        # a job whose driver died this often under it may be what kills it: it fails
+RATE_SMOOTHING = 0.3           # weight of the newest step in tokens/s and seconds per step
+
+
+class JobTable:
+    def __init__(self, kernel: "Kernel"):
+        self.k = kernel
+        self.store = JobStore(kernel.settings.state_dir)
+        self.jobs: dict[str, Job] = {}
+        self._pids = itertools.count(1)
+        self._rids = itertools.count(1)
+        self._seq = itertools.count()
+
+    def __iter__(self):
+        return iter(list(self.jobs.values()))
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def active(self, principal: str) -> int:
+        return sum(1 for j in self.jobs.values() if j.owner == principal and j.state not in FINISHED)
+
+    def _new(self, record: dict) -> Job:
+        job = Job(record, -next(self._pids))
+        self.jobs[job.id] = job
+        return job
+
+    # -- submitting, resuming, cancelling --------------------------------------------------------
+
+    async def submit(self, owner: str, base: str, name: str, hyper: dict, examples: list[dict]) -> Job:
+        """Admit a new job (memory reserved: ENOMEM here, nothing written), then persist and start it."""
+        data = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode()
+        record = {"job": secrets.token_hex(6), "owner": owner, "base": base, "name": name, "hyper": hyper,
+                  "data_sha256": hashlib.sha256(data).hexdigest(), "examples": len(examples),
+                  "steps": steps_of(len(examples), hyper), "state": "queued", "step": 0, "loss": None,
+                  "checkpoint_step": 0, "error": "", "created": time.time()}
+        job = self._new(record)
+        try:
+            await self._admit(job)
+            await asyncio.to_thread(self.store.create, record, data)
+        except BaseException:
+            self._release(job)
+            del self.jobs[job.id]
+            raise
+        self._start(job)
+        log.info("job.submitted", job=job.id, owner=owner, model=f"{base}:{name}", steps=record["steps"],
+                 device=job.device, reserved_bytes=job.reserved)
+        return job
+
+    def resume(self) -> None:
+        """At boot: every job of the state dir is listed again; one left unfinished starts again."""
+        for record in self.store.records():
+            job = self._new(record)
+            if job.state not in FINISHED:
+                record["state"] = "queued"
+                self._start(job)
+                log.info("job.resuming", job=job.id, from_step=record.get("checkpoint_step", 0))
+
+    def cancel(self, job: Job) -> None:
+        if job.state in FINISHED or job.cancelling:
+            return
+        job.cancelling = True
+        if job.task is not None:
+            job.task.cancel()
+
+    def _start(self, job: Job) -> None:
+        job.task = self.k.spawn(self._run(job), f"job-{job.id}")
+
+    # -- a job's life ----------------------------------------------------------------------------
+
+    async def _admit(self, job: Job) -> None:
+        """Its base model loaded (and held), and device memory for training reserved."""
+        r = job.record
+        entry = await self.k.models.ensure(r["base"], "auto", None)
+        if entry.kind != "generate":
+            raise SyscallError("EINVAL", f"'{r['base']}' is an embedding model; fine-tune a generate model")
+        if entry.quant:
+            raise SyscallError("EINVAL", f"'{r['base']}' is loaded {entry.quant}; fine-tune a model loaded without quant")
+        if entry.context_length and r["hyper"]["max_seq_len"] > entry.context_length:
+            raise SyscallError("EINVAL", f"max_seq_len {r['hyper']['max_seq_len']} is over {r['base']}'s context "
+                                         f"of {entry.context_length} tokens")
+        job.device = entry.device
+        entry.refs.add(job.pid)      # not idle while the job trains on it: never evicted under it
+        shape = await asyncio.to_thread(model_shape, entry.spec.path)
+        need = train_bytes(entry.weight_bytes, shape, r["hyper"])
+        k = self.k
+        used = sum(p.reserved_bytes for p in k.procs if p.principal == job.owner)
+        used += sum(j.reserved for j in self.jobs.values() if j.owner == job.owner)
+        k.quotas.check(job.owner, "reserve_bytes", used, need, what="tune")
+        if not k.memory.devices[job.device].can_fit(need):
+            k.models.make_room(job.device, need, f"fine-tune job {job.id} ({gib(entry.weight_bytes)} weights to "
+                                                 f"train, activations of {r['hyper']['batch_size']} x "
+                                                 f"{r['hyper']['max_seq_len']} tokens)", exclude=entry)
+        job.handle, job.reserved = k.memory.reserve(job.device, job.pid, need), need
+
+    def _release(self, job: Job) -> None:
+        """Give back what the job holds: its turn, its reservation, its hold on the base model."""
+        self._drop_turn(job)
+        if job.handle is not None and job.device in self.k.memory.devices:
+            self.k.memory.release(job.device, job.handle)
+        job.handle, job.reserved = None, 0
+        for entry in self.k.models.replicas(job.record["base"]):
+            entry.refs.discard(job.pid)
+        for sched in self.k.devices.schedulers.values():
+            sched.forget(job.pid)
+
+    async def _run(self, job: Job) -> None:
+        r = job.record
+        try:
+            restarts = 0
+            while True:
+                try:
+                    if job.handle is None:
+                        await self._admit(job)
+                    files = await self._train(job)
+                    break
+                except DriverRestarted:
+                    restarts += 1
+                    if restarts > MAX_DRIVER_RESTARTS:
+                        raise eio(f"the driver of {job.device} died {restarts} times under this job") from None
+                    log.warning("job.restarting", job=job.id, from_step=r.get("checkpoint_step", 0))
+            await asyncio.to_thread(self.store.write_adapter, r, files)
+            self._end(job, "done")
+        except asyncio.CancelledError:
+            if not job.cancelling:        # the kernel is stopping: the job resumes at its next boot
+                self._release(job)
+                raise
+            self._end(job, "cancelled")
+        except SyscallError as exc:
+            self._end(job, "failed", f"{exc.errno}: {exc.message}")
+        except Exception as exc:
+            log.exception("job.crashed", job=job.id)
+            self._end(job, "failed", f"EIO: {exc.__class__.__name__}: {exc}")
+
+    async def _train(self, job: Job) -> dict[str, bytes]:
+        """Start (or restart) the job at its driver from its last checkpoint, step it through its turns to
+        the end, and return the adapter's files."""
+        k, r = self.k, job.record
+        await k.models.ensure(r["base"], job.device, None)     # after a driver restart: loaded again
+        checkpoint = await asyncio.to_thread(self.store.checkpoint, r)
+        examples = await asyncio.to_thread(self.store.data, job.id)
+        r["step"] = r.get("checkpoint_step", 0)
+        job.inbox = asyncio.Queue()
+        hyper = {**r["hyper"], "steps": r["steps"]}
+        k.supervisor.send(job.device, channel.TrainStart(job.id, r["base"], examples, hyper, checkpoint, r["step"]))
+        while r["step"] < r["steps"]:
+            started = time.monotonic()
+            self._queue_turn(job, r["step"] + 1)
+            msg = await self._answer(job)
+            if not isinstance(msg, channel.TrainStepped) or msg.step != r["step"] + 1:
+                raise eio(f"the driver answered step {r['step'] + 1} with {msg.op}")
+            self._stepped(job, msg, time.monotonic() - started)
+            if r["state"] != "running" or msg.checkpoint or msg.step == r["steps"]:
+                r["state"] = "running"
+                if msg.checkpoint:
+                    await asyncio.to_thread(self.store.write_checkpoint, r, msg.step, msg.checkpoint)
+                else:
+                    await asyncio.to_thread(self.store.save, r)
+        msg = await self._answer(job)
+        if not isinstance(msg, channel.TrainDone):
+            raise eio(f"the driver ended the job with {msg.op}")
+        return msg.files
+
+    async def _answer(self, job: Job) -> channel.DriverMessage:
+        msg = await job.inbox.get()
+        if isinstance(msg, DriverRestarted):
+            raise msg
+        if isinstance(msg, channel.TrainFailed):
+            raise SyscallError(msg.errno, msg.message)
+        return msg
+
+    def _stepped(self, job: Job, msg: channel.TrainStepped, took_s: float) -> None:
+        r = job.record
+        r["step"], r["loss"] = msg.step, round(msg.loss, 5)
+        rate = msg.tokens / took_s if took_s > 0 else 0.0
+        a = RATE_SMOOTHING if job.step_s else 1.0
+        job.tokens_per_s = a * rate + (1 - a) * job.tokens_per_s
+        job.step_s = a * took_s + (1 - a) * job.step_s
+
+    def _end(self, job: Job, state: str, error: str = "") -> None:
+        r = job.record
+        if state != "done" and job.device is not None:
+            self.k.supervisor.send(job.device, channel.TrainStop(job.id))
+        self._release(job)
+        r["state"], r["error"] = state, error[:2000]
+        try:
+            self.store.save(r)
+            self.store.drop_checkpoints(job.id)
+        except OSError as exc:
+            log.warning("job.unsaved", job=job.id, error=str(exc))
+        log.info("job.ended", job=job.id, state=state, step=r["step"], steps=r["steps"], loss=r.get("loss"),
+                 error=error[:200])
+
+    # -- turns on the device ---------------------------------------------------------------------
+
+    def _queue_turn(self, job: Job, step: int) -> None:
+        job.turn = TrainTurn(-next(self._rids), job.pid, job.device, job.id, step, next(self._seq))
+        self.k.devices.schedulers[job.device].enqueue(job.turn)
+        self.k.devices.pump(job.device)
+
+    def admitted(self, turn: TrainTurn) -> None:
+        """The fair scheduler gave the turn a slot on its device (kernel/devices.py pump)."""
+        self.k.supervisor.send(turn.device, channel.TrainStep(turn.job, turn.step))
+
+    def _drop_turn(self, job: Job, tokens: int = 0) -> None:
+        turn, job.turn = job.turn, None
+        if turn is None:
+            return
+        devices = self.k.devices
+        if devices.running.get(turn.device, {}).pop(turn.rid, None) is not None:
+            devices.schedulers[turn.device].finished(turn)
+            devices.schedulers[turn.device].charge(turn.share, tokens)
+        else:
+            devices.schedulers[turn.device].remove(turn)
+        devices.pump(turn.device)
+
+    # -- what drivers say ------------------------------------------------------------------------
+
+    def on_driver(self, device: str, msg: channel.DriverMessage) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None or job.device != device or job.state in FINISHED:
+            return
+        if isinstance(msg, channel.TrainStepped):
+            self.k.quotas.charge_tokens(job.owner, msg.tokens)
+            self._drop_turn(job, msg.tokens)
+        elif isinstance(msg, channel.TrainFailed):
+            self._drop_turn(job)
+        job.inbox.put_nowait(msg)
+
+    def driver_down(self, device: str) -> None:
+        """The device's driver died: its jobs lose their trainers and start again from their checkpoints."""
+        for job in self.jobs.values():
+            if job.device == device and job.state not in FINISHED:
+                self._drop_turn(job)
+                job.inbox.put_nowait(DriverRestarted())
