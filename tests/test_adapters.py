@@ -170,3 +170,16 @@ def test_a_broken_or_unknown_adapter_is_refused_clearly_and_leaves_nothing_charg
         assert c.devices()[0]["models_bytes"] == before
         assert not [m for m in c.models()["loaded"] if m["kind"] == "adapter"]
         assert infer_text(c, "tiny")       # the base still serves
+
+
+def test_cached_prompt_blocks_are_shared_only_under_the_same_adapter():
+    """The prefix cache keys blocks by the cache salt: one adapter's keys and values are another's wrong ones."""
+    from types import SimpleNamespace
+
+    from llmos.kernel.devices import Devices
+
+    devices = SimpleNamespace(k=SimpleNamespace(procs={}))
+    salt = {adapter: Devices._cache_salt(devices, SimpleNamespace(share=1, principal="alice", payload={"adapter": adapter}))
+            for adapter in ("", "alice/tiny:a", "alice/tiny:b")}
+    assert len(set(salt.values())) == 3
+    assert salt[""] == "alice"
