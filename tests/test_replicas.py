@@ -20,7 +20,7 @@ def two_cpus(tmp_path_factory, tiny_llama):
     from llmos.userland.testing import KernelProcess
 
     k = KernelProcess(tmp_path_factory.mktemp("replicas"), model=tiny_llama, env={"LLMOS_NO_SERVICES": "1"},
-                      extra=["--device", ",".join(DEVICES), "--replicas", "2"]).start()
+                      extra=["--device", ",".join(DEVICES), "--replicas", "2", "--dtype", "float32"]).start()
     yield k
     k.stop()
 
