@@ -44,8 +44,9 @@ class DriverLoop:
         self.loads: queue.Queue = queue.Queue()   # finished loads, from loader threads
         self.deferred: list[DriverMessage] = []   # arrived while a step was paused
         self.loading: dict[str, list[channel.Submit]] = {}   # model being loaded -> submits waiting for it
+        self.load_lock = threading.Lock()
         self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
-                         channel.Embed: self._embed, channel.Load: self._load,
+                         channel.Embed: self._embed, channel.Score: self._score, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
                          channel.LoadAdapter: lambda m: self.send(driver.load_adapter(m)),
                          channel.UnloadAdapter: driver.unload_adapter,
@@ -104,13 +105,23 @@ class DriverLoop:
             traceback.print_exc()
             self.send(channel.Error(msg.rid, "EIO", f"embedding failed: {exc.__class__.__name__}: {exc}"))
 
+    def _score(self, msg: channel.Score) -> None:
+        try:
+            self.send(self.driver.score(msg))
+        except Exception as exc:   # as an embed: a bad batch fails its request, not the driver
+            traceback.print_exc()
+            self.send(channel.Error(msg.rid, "EIO", f"scoring failed: {exc.__class__.__name__}: {exc}"))
+
     def _load(self, msg: channel.Load) -> None:
         self.loading.setdefault(msg.model, [])
         threading.Thread(target=self._load_in_thread, args=(msg,), daemon=True, name=f"load-{msg.model}").start()
 
     def _load_in_thread(self, msg: channel.Load) -> None:
+        """One load at a time: transformers' from_pretrained in two threads of a process at once fails
+        ("Cannot copy out of meta tensor"), e.g. a restarted driver reloading two models."""
         try:
-            self.loads.put(self.driver.load(msg, lambda stage: self.loads.put(channel.LoadProgress(msg.model, stage))))
+            with self.load_lock:
+                self.loads.put(self.driver.load(msg, lambda stage: self.loads.put(channel.LoadProgress(msg.model, stage))))
         except Exception as exc:
             traceback.print_exc()
             self.loads.put(channel.LoadFailed(msg.model, f"{exc.__class__.__name__}: {exc}"))

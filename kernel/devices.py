@@ -242,8 +242,9 @@ class Devices:
 
     async def on_failed(self, drv: DriverHandle, why: str) -> None:
         """The driver is given up. One that never came up fails the boot (the operator asked for
-        that device); otherwise what waits on it ends with EIO, and so will whatever comes later."""
-        if not drv.ever_up:
+        that device: a local one, not one a Ray node brought); otherwise what waits on it ends with
+        EIO, and so will whatever comes later."""
+        if not drv.ever_up and drv.device not in self.nodes:
             self.k.fail_boot(f"device {drv.device} cannot be used: {why}")
         error = self.down_error(drv)
         for req in list(self.k.requests):     # queued or at the driver
@@ -258,8 +259,9 @@ class Devices:
 
     async def on_up(self, drv: DriverHandle) -> None:
         device = drv.device
-        cpus = [d for d in self.names if device_kind(d) == "cpu"]
-        measured = drv.hello.total_bytes // len(cpus) if device in cpus else drv.hello.total_bytes  # they share RAM
+        node = self.nodes.get(device)
+        cpus = [d for d in self.names if device_kind(d) == "cpu" and self.nodes.get(d) == node]
+        measured = drv.hello.total_bytes // len(cpus) if device in cpus else drv.hello.total_bytes  # they share a node's RAM
         total = self.k.settings.device_memory.get(device) or measured
         self.k.memory.add_device(device, device_kind(device), total)
         self.k.models.reload_after_crash(device)
