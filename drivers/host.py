@@ -46,7 +46,7 @@ class DriverLoop:
         self.loading: dict[str, list[channel.Submit]] = {}   # model being loaded -> submits waiting for it
         self.load_lock = threading.Lock()
         self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
-                         channel.Embed: self._embed, channel.Load: self._load,
+                         channel.Embed: self._embed, channel.Score: self._score, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
                          channel.LoadAdapter: lambda m: self.send(driver.load_adapter(m)),
                          channel.UnloadAdapter: driver.unload_adapter,
@@ -104,6 +104,13 @@ class DriverLoop:
         except Exception as exc:   # a bad batch fails its request, not the driver
             traceback.print_exc()
             self.send(channel.Error(msg.rid, "EIO", f"embedding failed: {exc.__class__.__name__}: {exc}"))
+
+    def _score(self, msg: channel.Score) -> None:
+        try:
+            self.send(self.driver.score(msg))
+        except Exception as exc:   # as an embed: a bad batch fails its request, not the driver
+            traceback.print_exc()
+            self.send(channel.Error(msg.rid, "EIO", f"scoring failed: {exc.__class__.__name__}: {exc}"))
 
     def _load(self, msg: channel.Load) -> None:
         self.loading.setdefault(msg.model, [])

@@ -8,6 +8,7 @@ checks here, and every failure it reports carries its errno.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import traceback
@@ -24,6 +25,7 @@ from .interface import Driver
 # the prefill attention grows faster than the matmuls), and a short interactive prompt cuts in.
 ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens": 64},
                 "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
+SCORE_BATCH_TOKENS = 2048   # padded tokens per scoring forward: bounds the [tokens, vocab] logits it holds
 
 
 def _given(value, default):
@@ -154,7 +156,6 @@ class TorchDriver(Driver):
         if engine is not None and hasattr(engine.runner, "drop_adapter"):
             engine.runner.drop_adapter(rid)
 
-
     def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
         from .embedding import embed
 
@@ -164,6 +165,26 @@ class TorchDriver(Driver):
         vectors, tokens = embed(lm, msg.input, msg.normalize)
         return channel.Result(msg.rid, {"model": msg.model, "dim": len(vectors[0]), "vectors": vectors,
                                         "usage": {"prompt_tokens": tokens}})
+
+    def score(self, msg: channel.Score) -> channel.Result | channel.Error:
+        """Each text's summed log-loss under the model (the `score` syscall): a plain no-grad forward,
+        outside the engine and its KV cache, run between steps like an embed."""
+        engine = self.engines.get(msg.model)
+        if engine is None:
+            return channel.Error(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
+        if msg.adapter and not getattr(engine.runner, "has_adapter", lambda a: False)(msg.adapter):
+            return channel.Error(msg.rid, "EIO", f"adapter '{msg.adapter}' is not loaded on {self.device}")
+        lm = engine.lm
+        rows = [lm.tokenizer(text)["input_ids"] for text in msg.texts]
+        for i, row in enumerate(rows):
+            if len(row) > lm.context_length:
+                return channel.Error(msg.rid, "EINVAL", f"score: texts[{i}] is {len(row)} tokens, more than the "
+                                                        f"{lm.context_length} of {msg.model}'s context")
+        # the adapter's update on every row of these forwards (its wrappers sit in lm.model's projections)
+        with engine.runner.lora.using({msg.adapter: None}) if msg.adapter else contextlib.nullcontext():
+            nll = summed_nll(lm, rows)
+        return channel.Result(msg.rid, {"model": msg.model, "tokens": [max(len(row) - 1, 0) for row in rows],
+                                        "nll": nll})
 
     def kv_usage(self) -> float | None:
         total = sum(e.blocks.num_blocks for e in self.engines.values())
@@ -208,3 +229,34 @@ class TorchDriver(Driver):
             else:
                 out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage))
         return out
+
+
+def summed_nll(lm, rows: list[list[int]]) -> list[float]:
+    """-log p(token | the tokens before it), natural log, summed over each row's tokens after its first.
+
+    Rows are batched by length and padded on the right, where padding precedes no token it could
+    change; a batch holds at most SCORE_BATCH_TOKENS padded tokens (a longer row goes alone)."""
+    import torch
+    import torch.nn.functional as F
+
+    nll = [0.0] * len(rows)
+    order = sorted((i for i, row in enumerate(rows) if len(row) > 1), key=lambda i: len(rows[i]))
+    start = 0
+    with torch.inference_mode():
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end + 1 - start) * len(rows[order[end]]) <= SCORE_BATCH_TOKENS:
+                end += 1
+            batch = order[start:end]
+            ids = torch.zeros(len(batch), len(rows[batch[-1]]), dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for j, i in enumerate(batch):
+                ids[j, :len(rows[i])] = torch.tensor(rows[i])
+                mask[j, :len(rows[i])] = 1
+            ids, mask = ids.to(lm.device), mask.to(lm.device)
+            logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]
+            for i, total in zip(batch, losses.sum(1).tolist()):
+                nll[i] = total
+            start = end
+    return nll

@@ -251,6 +251,16 @@ class Pong(DriverMessage, ServiceMessage, op="pong"):
 
 
 @dataclass
+class Score(DriverMessage, op="score"):
+    """Kernel to driver: the summed log-loss of each text under a generate model (answered by Result
+    {model, tokens, nll} or Error), computed between engine steps like an embed."""
+    rid: int
+    model: str
+    adapter: str                  # "" for the base model, else the adapter id the kernel chose
+    texts: list[str]
+
+
+@dataclass
 class LoadAdapter(DriverMessage, op="load_adapter"):
     """Kernel to driver: install a LoRA adapter over a loaded generate model, from PEFT's files
     (the kernel read them: a driver never touches the state dir). Answered by AdapterLoaded or AdapterFailed."""

@@ -14,6 +14,7 @@ import click
 
 from .exits import EPILOG, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, from_exception, internal_error, silence_stdout
 from .boot import boot, demo
+from .evaluate import evaluate_command
 from .common import OrderedGroup
 from .generate import chat, embed, run
 from .health import health
@@ -65,7 +66,7 @@ class Llmos(OrderedGroup):
 
 
 BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
-                     logs, audit, top, serve, health, demo,
+                     logs, audit, top, serve, health, demo, evaluate_command,
                      tune, jobs)
 
 
