@@ -183,3 +183,53 @@ def test_cached_prompt_blocks_are_shared_only_under_the_same_adapter():
             for adapter in ("", "alice/tiny:a", "alice/tiny:b")}
     assert len(set(salt.values())) == 3
     assert salt[""] == "alice"
+
+
+# -- the adapter table: what may be evicted --------------------------------------------------------
+
+def adapter_table(tmp_path, requests):
+    """An AdapterTable over a stand-in kernel: a cpu account of 1000 bytes and these requests in flight."""
+    from types import SimpleNamespace
+
+    from llmos.kernel.adapter_table import AdapterTable
+    from llmos.kernel.devmem import DeviceMemory
+
+    memory = DeviceMemory()
+    memory.add_device("cpu", "cpu", 1000)
+    k = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path), memory=memory, requests=requests,
+                        supervisor=SimpleNamespace(send=lambda device, msg: True))
+    return AdapterTable(k)
+
+
+def loaded_adapter(table, name: str, last_used: float, base: str = "tiny"):
+    from llmos.kernel.adapter_table import AdapterEntry
+    from llmos.kernel.adapters import AdapterInfo
+    from llmos.specs import channel
+
+    info = AdapterInfo("alice", base, name, table.store.root / "alice" / base / name, {"base": base})
+    entry = table._entries[(info.id, "cpu")] = AdapterEntry(info, "cpu", last_used=last_used)
+    table.loaded("cpu", channel.AdapterLoaded(base, info.id, 100))
+    return entry
+
+
+async def test_an_adapter_with_a_request_in_flight_is_never_evicted_and_idle_ones_go_least_recent_first(tmp_path):
+    from types import SimpleNamespace
+
+    from llmos.kernel.placement import eviction_victims
+
+    table = adapter_table(tmp_path, [SimpleNamespace(payload={"adapter": "alice/tiny:busy"}, device="cpu")])
+    newer, busy, older = (loaded_adapter(table, n, t) for n, t in (("newer", 3.0), ("busy", 1.0), ("older", 2.0)))
+    assert table.k.memory.devices["cpu"].models_bytes == 300
+    assert eviction_victims(table.entries(), "cpu", need=50, free=0) == [older]
+    assert eviction_victims(table.entries(), "cpu", need=150, free=0) == [older, newer]
+    assert eviction_victims(table.entries(), "cpu", need=250, free=0) is None
+    assert busy.in_use == 1
+
+
+async def test_unloading_a_base_drops_its_adapters_and_their_charge(tmp_path):
+    table = adapter_table(tmp_path, [])
+    loaded_adapter(table, "a", 1.0)
+    other = loaded_adapter(table, "b", 1.0, base="other")
+    table.base_gone("tiny", "cpu")
+    assert table.entries() == [other]
+    assert table.k.memory.devices["cpu"].models_bytes == 100
