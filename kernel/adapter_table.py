@@ -100,8 +100,12 @@ class AdapterTable:
             raise eio(f"model '{info.base}' was unloaded while its adapter was asked for")
         files: asyncio.Future | None = None
         waits = []
+        self.entries()      # fresh in-use counts
         for device in devices:
             entry = self._entries.get((info.id, device))
+            if entry is not None and entry.idle and entry.info.meta.get("version") != info.meta.get("version"):
+                self.evict(entry, "a newer version of it was trained")    # a busy one serves on until idle
+                entry = None
             if entry is None:
                 entry = self._entries[(info.id, device)] = AdapterEntry(info, device)
                 if files is None:

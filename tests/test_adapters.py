@@ -233,3 +233,17 @@ async def test_unloading_a_base_drops_its_adapters_and_their_charge(tmp_path):
     table.base_gone("tiny", "cpu")
     assert table.entries() == [other]
     assert table.k.memory.devices["cpu"].models_bytes == 100
+
+
+def test_a_retrained_adapter_serves_its_new_version(adapter_kernel, tiny_llama):
+    with adapter_kernel.client() as c:
+        first = infer_text(c, "tiny:a")
+        folder = make_adapter(tiny_llama, adapter_kernel.state_dir / "retrain", "a", seed=11)
+        meta = json.loads((folder / "llmos.json").read_text())
+        (folder / "llmos.json").write_text(json.dumps({**meta, "version": 2}))
+        folder.rename(adapter_kernel.state_dir / "adapters" / "operator" / "tiny" / "a.new")
+        live = adapter_kernel.state_dir / "adapters" / "operator" / "tiny"
+        (live / "a").rename(live / "a.old")
+        (live / "a.new").rename(live / "a")
+        assert infer_text(c, "tiny:a") != first
+        assert [a["version"] for a in c.adapters()["adapters"] if a["model"] == "tiny:a"] == [2]
