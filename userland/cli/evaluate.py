@@ -40,13 +40,14 @@ def evaluate_command(model: str | None, task: str, path: str, labels: str | None
     if as_json or save:
         click.echo(json.dumps(result, sort_keys=True))
     else:
-        click.echo(_report(result))
+        click.echo(report(result))
     if save:
         warn("no syscall writes an adapter's metadata yet, so nothing was saved: the line above is the "
              "result to keep")
 
 
-def _report(r: dict) -> str:
+def report(r: dict) -> str:
+    """The result as `llmos eval` prints it without --json."""
     head = f"{r['model']}  {r['task']}  {r['data']}  n={r['n']}  ({r['seconds']:.1f}s)"
     if r["task"] == "perplexity":
         ppl = "n/a (no tokens after the first of any text)" if r["perplexity"] is None else f"{r['perplexity']:.3f}"
