@@ -26,6 +26,8 @@ import torch
 from llmos.specs import channel
 
 from .loader import LoadedModel
+from .lora import LoRALinear
+from .quant import Int8Linear
 
 IGNORE = -100     # the label of a token the loss does not count
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt")
@@ -71,6 +73,13 @@ def encode_example(lm: LoadedModel, example: dict, max_seq_len: int) -> Example:
     return Example(ids[:max_seq_len], labels[:max_seq_len])
 
 
+def unwrapped_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of the served model as it was loaded: each projection that serving wrapped for its
+    adapters (drivers/lora.py) is copied as the projection it wraps, without the adapters."""
+    memo = {id(m): copy.deepcopy(m.base) for m in model.modules() if isinstance(m, LoRALinear)}
+    return copy.deepcopy(model, memo)
+
+
 class Trainer:
     """One job's LoRA model, optimizer and data on this driver."""
 
@@ -78,8 +87,7 @@ class Trainer:
         from peft import LoraConfig, get_peft_model
 
         hyper = msg.hyper
-        if any(type(m).__name__ == "Int8Linear" or "int8" in str(getattr(m, "weight", torch.empty(0)).dtype)
-               for m in lm.model.modules()):
+        if any(isinstance(m, Int8Linear) for m in lm.model.modules()):
             raise TrainError("EINVAL", f"model '{lm.name}' is loaded int8; fine-tune a model loaded without quant")
         self.job = msg.job
         self.hyper = hyper
@@ -87,7 +95,7 @@ class Trainer:
         self.examples = [encode_example(lm, e, hyper["max_seq_len"]) for e in msg.examples]
         self.pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_token_ids[0]
         self.device = lm.device
-        base = copy.deepcopy(lm.model)          # the engine keeps serving lm.model, untouched
+        base = unwrapped_copy(lm.model)         # the engine keeps serving lm.model, untouched
         base.requires_grad_(False)
         config = LoraConfig(r=hyper["rank"], lora_alpha=hyper["alpha"], lora_dropout=0.0,
                             target_modules=list(hyper["target_modules"]), task_type="CAUSAL_LM")

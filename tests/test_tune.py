@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 
 import pytest
@@ -205,3 +206,35 @@ def test_the_cli_names_bad_lines_and_sends_nothing(tiny_kernel, tmp_path):
     assert r.returncode == 1
     assert "line 2: not JSON" in r.stderr and "line 4: needs 'messages'" in r.stderr, r.stderr
     assert "tiny:cli-bad" not in tiny_kernel.cli("jobs").stdout
+
+
+def test_the_trained_adapter_serves_what_it_learned(c):
+    prompt = "The capital of France is"
+    base = c.infer(model="tiny", prompt=prompt, max_tokens=3, temperature=0)["text"]
+    job = c.tune(base="tiny", name="paris", examples=[PAIRS[0]] * 4, epochs=30, lr=0.05)
+    assert wait_state(c, job["job"])["state"] == "done"
+    tuned = c.infer(model="tiny:paris", prompt=prompt, max_tokens=3, temperature=0)["text"]
+    assert tuned.startswith(" Paris") and not base.startswith(" Paris"), (base, tuned)
+
+
+def test_inference_keeps_running_beside_a_training_job(c):
+    job = c.tune(base="tiny", name="beside", examples=EXAMPLES, epochs=1000)
+    wait_state(c, job["job"], ("running",))
+    step = job_of(c, job["job"])["step"]
+    for _ in range(3):
+        assert c.infer(model="tiny", prompt="hello", max_tokens=8, temperature=0, deadline=60)["usage"]
+    assert job_of(c, job["job"])["state"] == "running" and job_of(c, job["job"])["step"] > step
+
+
+def test_a_job_resumes_from_its_checkpoint_when_its_driver_dies(tmp_path, tiny_llama):
+    config = write_config(tmp_path, tiny_llama)
+    with KernelProcess(tmp_path / "k", model="tiny", extra=["--config", config],
+                       env={"LLMOS_NO_SERVICES": "1"}) as k, k.client("t", caps=TUNE_CAPS) as c:
+        job = c.tune(base="tiny", name="survivor", examples=EXAMPLES, epochs=20, checkpoint_every=4)
+        record = k.state_dir / "jobs" / job["job"] / "job.json"
+        assert wait_until(lambda: json.loads(record.read_text()).get("checkpoint_step", 0) >= 4, 120)
+        os.kill(c.devices()[0]["os_pid"], signal.SIGKILL)
+        done = wait_state(c, job["job"], timeout=240)
+        restarted = k.events("job.restarting")
+    assert done["state"] == "done" and done["step"] == 40, done
+    assert restarted and restarted[0]["from_step"] >= 4
