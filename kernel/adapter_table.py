@@ -24,6 +24,7 @@ from .placement import gib
 
 if TYPE_CHECKING:
     from .kernel import Kernel
+    from .models import ModelEntry
 
 log = logs.get("llmos.adapters")
 
@@ -88,6 +89,12 @@ class AdapterTable:
     def describe(self, principal: str) -> list[dict]:
         """The loaded adapters `principal` may use (another's unshared ones are not shown)."""
         return [e.describe() for e in self.entries() if e.info.owner == principal or e.info.shared]
+
+    def replica_for(self, info: AdapterInfo) -> "ModelEntry | None":
+        """The ready copy of the adapter's base that holds it ready and can start a request soonest."""
+        copies = [e for e in self.k.models.replicas(info.base) if e.state == "ready"
+                  and getattr(self._entries.get((info.id, e.device)), "state", None) == "ready"]
+        return min(copies, key=lambda e: self.k.devices.backlog(e.device), default=None)
 
     def on_device(self, device: str) -> list[AdapterEntry]:
         return [e for e in self._entries.values() if e.device == device]

@@ -61,9 +61,9 @@ async def model_and_adapter(k: "Kernel", ctx: "CallContext", name: str | None, k
     info = await k.models.adapters.find(ctx.proc.principal, base, adapter)
     await model_for(k, ctx, base, kind)
     await k.models.adapters.ensure(info)
-    entry = k.models.get(base)
-    if entry is None or entry.state != "ready":
-        raise eio(f"model '{base}' was unloaded while its adapter loaded")
+    entry = k.models.adapters.replica_for(info)
+    if entry is None:
+        raise eio(f"model '{base}' or its adapter was unloaded while the adapter loaded; retry")
     return entry, info.id
 
 
