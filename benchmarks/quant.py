@@ -116,8 +116,9 @@ def main(argv=None) -> int:
             for quant, lm in models.items():
                 for workload, requests in (("one", one), ("many", many)):
                     rows[quant][workload].append(decode_rate(lm, requests, kv_bytes))
-                log(f"round {r + 1}/{rounds} quant={quant}: (tok/s, other cores) {rows[quant]['one'][-1]} "
-                    f"on 1 stream, {rows[quant]['many'][-1]} on {args.streams} streams")
+                log(f"round {r + 1}/{rounds} quant={quant}: tok/s, other cores, CPU ms per token: "
+                    f"{' / '.join(f'{x:.2f}' for x in rows[quant]['one'][-1])} on 1 stream, "
+                    f"{' / '.join(f'{x:.2f}' for x in rows[quant]['many'][-1])} on {args.streams} streams")
         del models
         gc.collect()
         report(name, device, args, rows, rounds)
