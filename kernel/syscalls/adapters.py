@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 async def sys_adapters(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     principal = ctx.proc.principal
     infos = await asyncio.to_thread(k.models.adapters.store.usable, principal)
-    loaded = [e for e in k.models.adapters.entries()]
+    loaded = k.models.adapters.entries()
     out = []
     for info in infos:
         row = info.describe()
