@@ -20,7 +20,7 @@ from workload import BenchRequest
 def default_kv_bytes(device: str, kv_cache: str | None) -> int:
     """The budget the kernel would give the driver's engine (its DEFAULT_KV_BYTES unless --kv-cache)."""
     from llmos.kernel.config import parse_bytes
-    from llmos.kernel.models import DEFAULT_KV_BYTES
+    from llmos.kernel.placement import DEFAULT_KV_BYTES
     from llmos.specs.channel import device_kind
     if kv_cache:
         return parse_bytes(kv_cache, "--kv-cache")
