@@ -11,8 +11,6 @@ A device whose driver is given up (`down`) fails what waits on it and every new 
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmos.specs import channel
@@ -266,37 +264,3 @@ class Devices:
         self.k.memory.add_device(device, device_kind(device), total)
         self.k.models.reload_after_crash(device)
         self.pump(device)
-
-
-def resolve_devices(wanted: list[str]) -> list[str]:
-    """'auto' means every CUDA device if there are any, else the CPU."""
-    out: list[str] = []
-    for d in wanted:
-        if d == "auto":
-            out += _cuda_devices() or ["cpu"]
-        elif d == "cpu" or d.startswith("cuda:") or _is_cpu_n(d):
-            out.append(d)
-        elif d == "cuda":
-            out += _cuda_devices() or []
-        else:
-            raise ValueError(f"unknown device '{d}': use cpu, cpu:N (drivers sharing the CPU), cuda:N or auto")
-    if not out:
-        raise ValueError("no devices to manage: CUDA was asked for but none is visible")
-    return list(dict.fromkeys(out))
-
-
-def _is_cpu_n(device: str) -> bool:
-    return device.startswith("cpu:") and device[4:].isdigit() and int(device[4:]) < 64
-
-
-def _cuda_devices() -> list[str]:
-    """CUDA devices visible, found without importing torch into the kernel."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None and visible.strip() in ("", "-1"):
-        return []
-    try:
-        names = sorted(p.name for p in Path("/proc/driver/nvidia/gpus").iterdir())
-    except OSError:
-        return []
-    count = len(names) if visible is None else len([v for v in visible.split(",") if v.strip()])
-    return [f"cuda:{i}" for i in range(count)]

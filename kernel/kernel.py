@@ -23,7 +23,8 @@ from . import logs
 from .audit import AuditLog
 from .auth import DriverKeys, PrincipalAuthenticator
 from .config import Settings
-from .devices import Devices, resolve_devices
+from .devices import Devices
+from .placement import resolve_devices
 from .devmem import DeviceMemory
 from .dispatch import Dispatcher
 from .errors import ecanceled

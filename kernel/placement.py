@@ -1,9 +1,11 @@
-"""Where a model's copy goes and what makes room for it: the KV-cache budget per device, the idle
-models to evict (least recently used first), the devices for more replicas. Policy only; the model
-table (models.py) acts on it."""
+"""Where things go: the devices a kernel manages (from the operator's list), where a model's copy
+goes and what makes room for it (the KV-cache budget per device, the idle models to evict, least
+recently used first, the devices for more replicas). Policy only; the tables act on it."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmos.specs.channel import device_kind
@@ -56,3 +58,37 @@ def replica_devices(k: "Kernel", name: str, have: set[str], more: int) -> list[s
 
 def gib(n: int) -> str:
     return f"{n / (1 << 30):.2f} GiB"
+
+
+def resolve_devices(wanted: list[str]) -> list[str]:
+    """'auto' means every CUDA device if there are any, else the CPU."""
+    out: list[str] = []
+    for d in wanted:
+        if d == "auto":
+            out += _cuda_devices() or ["cpu"]
+        elif d == "cpu" or d.startswith("cuda:") or _is_cpu_n(d):
+            out.append(d)
+        elif d == "cuda":
+            out += _cuda_devices() or []
+        else:
+            raise ValueError(f"unknown device '{d}': use cpu, cpu:N (drivers sharing the CPU), cuda:N or auto")
+    if not out:
+        raise ValueError("no devices to manage: CUDA was asked for but none is visible")
+    return list(dict.fromkeys(out))
+
+
+def _is_cpu_n(device: str) -> bool:
+    return device.startswith("cpu:") and device[4:].isdigit() and int(device[4:]) < 64
+
+
+def _cuda_devices() -> list[str]:
+    """CUDA devices visible, found without importing torch into the kernel."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return []
+    try:
+        names = sorted(p.name for p in Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        return []
+    count = len(names) if visible is None else len([v for v in visible.split(",") if v.strip()])
+    return [f"cuda:{i}" for i in range(count)]
