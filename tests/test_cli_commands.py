@@ -229,3 +229,12 @@ def test_run_says_which_model_it_waits_for_when_the_model_is_not_loaded(fresh_ke
     assert "[loading model tiny" in out.stderr
     again = k.cli("run", "--model", "tiny", "--max-tokens", "3", "-q", "hi")
     assert "loading model" not in again.stderr and "waiting for model" not in again.stderr
+
+
+def test_load_quant_int8_says_so_and_models_shows_the_quant_column(fresh_kernel, tiny_llama):
+    k = fresh_kernel(model=None, env={"LLMOS_NO_SERVICES": "1"})
+    out = k.cli("load", tiny_llama, "--quant", "int8")
+    assert out.returncode == 0, out.stderr
+    assert " int8, loaded in" in out.stdout
+    listing = k.cli("models").stdout.splitlines()
+    assert "QUANT" in listing[0] and any(tiny_llama in line and " int8 " in line for line in listing[1:])

@@ -28,8 +28,10 @@ def models() -> None:
     loaded = info["loaded"]
     for r in loaded:
         r["size"] = size(r["bytes"])
+        r["quant"] = r.get("quant") or "-"
     click.echo(table(loaded, [("name", "MODEL"), ("kind", "KIND"), ("device", "DEVICE"), ("state", "STATE"),
-                              ("size", "SIZE"), ("refs", "REFS"), ("in_use", "IN USE"), ("load_s", "LOAD S")]))
+                              ("size", "SIZE"), ("quant", "QUANT"), ("refs", "REFS"), ("in_use", "IN USE"),
+                              ("load_s", "LOAD S")]))
     names = {r["name"] for r in loaded}
     others = [a for a in info["available"] if a["name"] not in names]
     if others:
@@ -37,16 +39,22 @@ def models() -> None:
         click.echo(table(others, [("name", "MODEL"), ("kind", "KIND"), ("source", "SOURCE")]))
 
 
-@click.command(help="load a model")
+@click.command(help="load a model (one copy per device serves every program)")
 @click.argument("model")
 @click.option("--device", default="auto", show_default=True, help="a device from `llmos devices`, or auto")
-def load(model: str, device: str) -> None:
+@click.option("--quant", type=click.Choice(["none", "int8"]), default=None,
+              help="int8: weights stored as int8, about half the memory (Llama-family generate models)")
+@click.option("--replicas", type=int, default=1, show_default=True,
+              help="copies on as many devices, each request going to the one that can start it soonest (admin)")
+def load(model: str, device: str, quant: str | None, replicas: int) -> None:
     with connect("llmos-load") as c:
         started = time.monotonic()
-        r = c.load_model(model, device=device)
+        r = c.load_model(model, device=device, quant=quant, replicas=replicas)
         waited = time.monotonic() - started
     how = "already loaded" if r["already_loaded"] else f"loaded in {r['load_s']:.1f}s"
-    click.echo(f"{r['name']} on {r['device']}: {size(r['bytes'])}, {how} (waited {waited:.1f}s)")
+    where = ", ".join(r.get("replicas") or [r["device"]])
+    click.echo(f"{r['name']} on {where}: {size(r['bytes'])}{' int8' if r.get('quant') == 'int8' else ''}, "
+               f"{how} (waited {waited:.1f}s)")
 
 
 @click.command(help="unload a model nobody else uses")
