@@ -183,6 +183,7 @@ class JobTable:
         job.inbox = asyncio.Queue()
         hyper = {**r["hyper"], "steps": r["steps"]}
         k.supervisor.send(job.device, channel.TrainStart(job.id, r["base"], examples, hyper, checkpoint, r["step"]))
+        log.info("job.started", job=job.id, device=job.device, from_step=r["step"], steps=r["steps"])
         while r["step"] < r["steps"]:
             started = time.monotonic()
             self._queue_turn(job, r["step"] + 1)

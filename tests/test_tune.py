@@ -182,9 +182,9 @@ def test_a_job_resumes_from_its_checkpoint_after_the_kernel_is_killed(tmp_path, 
     assert killed_at["state"] == "running" and killed_at["checkpoint_step"] < killed_at["steps"]
     with KernelProcess(tmp_path / "k2", **boot) as again, again.client("t", caps=TUNE_CAPS) as c:
         done = wait_state(c, job["job"], timeout=240)
-        resumed = again.events("job.resuming")
+        started = again.events("job.started")
     assert done["state"] == "done" and done["step"] == 80, done
-    assert resumed and resumed[0]["from_step"] == killed_at["checkpoint_step"] >= 4
+    assert [e["from_step"] for e in started] == [killed_at["checkpoint_step"]] and killed_at["checkpoint_step"] >= 4
     assert (state / "adapters" / "operator" / "tiny" / "resumed" / "adapter_model.safetensors").is_file()
 
 
@@ -235,6 +235,6 @@ def test_a_job_resumes_from_its_checkpoint_when_its_driver_dies(tmp_path, tiny_l
         assert wait_until(lambda: json.loads(record.read_text()).get("checkpoint_step", 0) >= 4, 120)
         os.kill(c.devices()[0]["os_pid"], signal.SIGKILL)
         done = wait_state(c, job["job"], timeout=240)
-        restarted = k.events("job.restarting")
+        started = [e["from_step"] for e in k.events("job.started")]
     assert done["state"] == "done" and done["step"] == 40, done
-    assert restarted and restarted[0]["from_step"] >= 4
+    assert len(started) == 2 and started[0] == 0 and started[1] >= 4, started
