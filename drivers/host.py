@@ -51,7 +51,7 @@ class DriverLoop:
                          channel.LoadAdapter: lambda m: self.send(driver.load_adapter(m)),
                          channel.UnloadAdapter: driver.unload_adapter,
                          channel.Ping: lambda m: self.send(channel.Pong(m.t))}
-        self.training = Training(getattr(driver, "engines", {}), self.send)   # LoRA fine-tune jobs
+        self.training = Training(getattr(driver, "engines", {}), self.send, lambda: self.pause([]))  # LoRA jobs
         self.handlers.update({channel.TrainStart: self.training.start, channel.TrainStep: self.training.step,
                               channel.TrainStop: self.training.stop})
 

@@ -18,6 +18,7 @@ import io
 import math
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .lora import LoRALinear
 from .quant import Int8Linear
 
 IGNORE = -100     # the label of a token the loss does not count
+PAUSE_EVERY_S = 0.5
 CHECKPOINT_FILES = ("adapter_model.safetensors", "optimizer.pt")
 
 
@@ -83,7 +85,7 @@ def unwrapped_copy(model: torch.nn.Module) -> torch.nn.Module:
 class Trainer:
     """One job's LoRA model, optimizer and data on this driver."""
 
-    def __init__(self, lm: LoadedModel, msg: channel.TrainStart):
+    def __init__(self, lm: LoadedModel, msg: channel.TrainStart, pause=lambda: None):
         from peft import LoraConfig, get_peft_model
 
         hyper = msg.hyper
@@ -92,7 +94,11 @@ class Trainer:
         self.job = msg.job
         self.hyper = hyper
         self.steps = hyper["steps"]
-        self.examples = [encode_example(lm, e, hyper["max_seq_len"]) for e in msg.examples]
+        self.lm = lm
+        self.examples = msg.examples
+        self.encoded: dict[int, Example] = {}   # tokenized as their batches come: a big set starts at once
+        if not getattr(lm.tokenizer, "chat_template", None) and any("messages" in e for e in msg.examples):
+            raise TrainError("EINVAL", f"model '{lm.name}' has no chat template: use prompt/completion examples")
         self.pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.eos_token_ids[0]
         self.device = lm.device
         base = unwrapped_copy(lm.model)         # the engine keeps serving lm.model, untouched
@@ -104,6 +110,7 @@ class Trainer:
         except ValueError as exc:        # target modules the model does not have
             raise TrainError("EINVAL", f"cannot put LoRA on model '{lm.name}': {exc}") from None
         self.model.train()
+        self._keep_answering(pause)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=hyper["lr"])
         if msg.checkpoint:
@@ -116,7 +123,32 @@ class Trainer:
         epoch, index = divmod(step - 1, per_epoch)
         order = list(range(len(self.examples)))
         random.Random(self.hyper.get("seed", 0) * 100_003 + epoch).shuffle(order)
-        return [self.examples[i] for i in order[index * batch_size:(index + 1) * batch_size]]
+        batch = order[index * batch_size:(index + 1) * batch_size]
+        for i in batch:
+            if i not in self.encoded:
+                self.encoded[i] = encode_example(self.lm, self.examples[i], self.hyper["max_seq_len"])
+        return [self.encoded[i] for i in batch]
+
+    def _keep_answering(self, pause) -> None:
+        """A step of a big model on a CPU can take longer than the kernel waits for a ping's answer:
+        after each decoder layer, forward and backward, the driver loop may take in pings and
+        submissions (as between an engine step's layers), at most every PAUSE_EVERY_S."""
+        last = [time.monotonic()]
+
+        def tick(*_):
+            if time.monotonic() - last[0] >= PAUSE_EVERY_S:
+                pause()
+                last[0] = time.monotonic()
+
+        def after_layer(module, args, output):
+            tick()
+            hidden = output[0] if isinstance(output, tuple) else output
+            if isinstance(hidden, torch.Tensor) and hidden.requires_grad:
+                hidden.register_hook(tick)      # its gradient: the same layer, on the way back
+
+        for module in self.model.modules():
+            if type(module).__name__.endswith("DecoderLayer"):
+                module.register_forward_hook(after_layer)
 
     def step(self, step: int) -> tuple[float, int]:
         """One optimizer step on step's micro-batch: (mean loss over its counted tokens, tokens read)."""
@@ -174,9 +206,10 @@ class Trainer:
 class Training:
     """The driver's jobs: TrainStart, TrainStep and TrainStop in, TrainStepped, TrainDone and TrainFailed out."""
 
-    def __init__(self, models: dict, send):
+    def __init__(self, models: dict, send, pause=lambda: None):
         self.models = models     # model -> Engine (its .lm is the loaded base)
         self.send = send
+        self.pause = pause       # lets the driver loop answer pings in a long step
         self.jobs: dict[str, Trainer] = {}
 
     def start(self, msg: channel.TrainStart) -> None:
@@ -185,7 +218,7 @@ class Training:
             self._fail(msg.job, "EIO", f"model '{msg.model}' is not loaded on this driver")
             return
         try:
-            self.jobs[msg.job] = Trainer(engine.lm, msg)
+            self.jobs[msg.job] = Trainer(engine.lm, msg, self.pause)
         except TrainError as exc:
             self._fail(msg.job, exc.errno, str(exc))
         except Exception as exc:  # a job that cannot start fails alone, never the driver

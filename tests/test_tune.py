@@ -238,3 +238,38 @@ def test_a_job_resumes_from_its_checkpoint_when_its_driver_dies(tmp_path, tiny_l
         started = [e["from_step"] for e in k.events("job.started")]
     assert done["state"] == "done" and done["step"] == 40, done
     assert len(started) == 2 and started[0] == 0 and started[1] >= 4, started
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_llama):
+    from llmos.drivers.loader import load
+    from llmos.specs.registry import ModelSpec
+
+    return load(ModelSpec("tiny", "generate", tiny_llama, None, "config"), "cpu", "float32")
+
+
+def trainer_of(lm, pause=lambda: None, **hyper):
+    from llmos.drivers.trainer import Trainer
+    from llmos.specs import channel
+
+    hyper = {"epochs": 1, "lr": 0.05, "rank": 4, "alpha": 8.0, "batch_size": 4, "max_seq_len": 64, "seed": 0,
+             "target_modules": ["q_proj", "v_proj"], "steps": 2, "checkpoint_every": 0, **hyper}
+    return Trainer(lm, channel.TrainStart("job", "tiny", EXAMPLES, hyper), pause)
+
+
+def test_training_leaves_the_served_model_untouched(tiny_lm):
+    served = {name: t.clone() for name, t in tiny_lm.model.state_dict().items()}
+    trainer = trainer_of(tiny_lm)
+    losses = [trainer.step(s)[0] for s in (1, 2)]
+    assert losses[1] < losses[0]
+    assert {name: t for name, t in tiny_lm.model.state_dict().items()}.keys() == served.keys()
+    assert all(t.equal(served[name]) for name, t in tiny_lm.model.state_dict().items())
+
+
+def test_a_long_step_lets_the_driver_loop_answer_between_layers(tiny_lm, monkeypatch):
+    from llmos.drivers import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PAUSE_EVERY_S", 0.0)
+    pauses = []
+    trainer_of(tiny_lm, lambda: pauses.append(1)).step(1)
+    assert len(pauses) >= 4      # two decoder layers, each on the way forward and on the way back
