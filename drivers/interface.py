@@ -30,6 +30,13 @@ class Driver(ABC):
         """The share of the device's KV cache in use (0..1), sent with each step's events; None: unknown."""
         return None
 
+    def load_adapter(self, msg: channel.LoadAdapter) -> channel.AdapterLoaded | channel.AdapterFailed:
+        """Install a LoRA adapter over a loaded model (PEFT files' bytes); a runtime without adapters refuses."""
+        return channel.AdapterFailed(msg.model, msg.adapter, f"this driver ({type(self).__name__}) serves no adapters")
+
+    def unload_adapter(self, msg: channel.UnloadAdapter) -> None:
+        """Drop an adapter (nothing to do where none can be loaded)."""
+
     @abstractmethod
     def unload(self, model: str) -> None:
         """Drop a model and its KV cache."""

@@ -213,7 +213,8 @@ class Devices:
                 continue
             usage = ev.usage or {"prompt_tokens": 0, "completion_tokens": req.completion_tokens}
             sched.charge(req.share, usage.get("prompt_tokens", 0))
-            k.requests.end(req, result={"text": "".join(req.text), "finish_reason": ev.finish, "model": req.model,
+            model = req.payload["adapter"].split("/", 1)[1] if req.payload.get("adapter") else req.model
+            k.requests.end(req, result={"text": "".join(req.text), "finish_reason": ev.finish, "model": model,
                                         "usage": usage})
 
     async def on_down(self, drv: DriverHandle, why: str) -> None:

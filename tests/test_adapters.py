@@ -145,6 +145,12 @@ def test_adapters_and_their_base_served_at_once_give_what_each_gives_alone(adapt
     assert alone[0] != alone[2] and alone[1] != alone[2]
 
 
+def test_an_answer_names_the_adapter_it_ran_with(adapter_kernel):
+    with adapter_kernel.client() as c:
+        assert c.infer(model="tiny:a", prompt=PROMPT, max_tokens=2)["model"] == "tiny:a"
+        assert c.infer(model="tiny", prompt=PROMPT, max_tokens=2)["model"] == "tiny"
+
+
 def test_a_loaded_adapter_shows_in_models_and_its_bytes_in_devices(adapter_kernel):
     with adapter_kernel.client() as c:
         before = c.devices()[0]["models_bytes"]

@@ -98,9 +98,11 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     k.quotas.check_token_rate(payer.principal if payer else ctx.proc.principal)
     progress = args["stream"] and args["progress"]
     if progress:
+        named = args["model"] or k.settings.default_model
+        base = (adapter_parts(named) or (named,))[0] if named else None
         entry, adapter = await wait_telling(model_and_adapter(k, ctx, args["model"], "generate"),
-                                   lambda: k.models.progress(args["model"] or k.settings.default_model),
-                                   lambda p: tell_progress(ctx, p))
+                                            lambda: k.models.progress(base) if base else None,
+                                            lambda p: tell_progress(ctx, p))
     else:
         entry, adapter = await model_and_adapter(k, ctx, args["model"], "generate")
     payload = {"adapter": adapter, "prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
