@@ -40,6 +40,7 @@ log = logs.get("llmos.jobs")
 
 MAX_DRIVER_RESTARTS = 3        # a job whose driver died this often under it may be what kills it: it fails
 RATE_SMOOTHING = 0.3           # weight of the newest step in tokens/s and seconds per step
+MAX_FINISHED_PER_PRINCIPAL = 16    # ended jobs kept (listed, with their data); older ones are forgotten
 
 
 class JobTable:
@@ -95,6 +96,13 @@ class JobTable:
                 record["state"] = "queued"
                 self._start(job)
                 log.info("job.resuming", job=job.id, from_step=record.get("checkpoint_step", 0))
+
+    def _forget_old(self, owner: str) -> None:
+        """Keep the principal's MAX_FINISHED_PER_PRINCIPAL latest ended jobs; remove the rest, folders too."""
+        ended = [j for j in self.jobs.values() if j.owner == owner and j.state in FINISHED]
+        for old in sorted(ended, key=lambda j: j.record["created"])[:-MAX_FINISHED_PER_PRINCIPAL]:
+            del self.jobs[old.id]
+            self.store.remove(old.id)
 
     def cancel(self, job: Job) -> None:
         if job.state in FINISHED or job.cancelling:
@@ -227,6 +235,7 @@ class JobTable:
         try:
             self.store.save(r)
             self.store.drop_checkpoints(job.id)
+            self._forget_old(job.owner)
         except OSError as exc:
             log.warning("job.unsaved", job=job.id, error=str(exc))
         log.info("job.ended", job=job.id, state=state, step=r["step"], steps=r["steps"], loss=r.get("loss"),

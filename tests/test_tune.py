@@ -145,6 +145,18 @@ def test_a_third_job_of_one_principal_is_eagain(c):
         c.job_cancel(job=job["job"])
 
 
+def test_a_principal_keeps_its_16_latest_ended_jobs(tiny_kernel, c):
+    made = []
+    for i in range(17):
+        made.append(c.tune(base="tiny", name=f"kept{i}", examples=EXAMPLES, epochs=1000)["job"])
+        c.job_cancel(job=made[-1])
+        wait_state(c, made[-1])
+    listed = [j["job"] for j in c.jobs()["jobs"]]
+    assert len(listed) == 16 and listed == made[1:]
+    assert not (tiny_kernel.state_dir / "jobs" / made[0]).exists()
+    assert (tiny_kernel.state_dir / "jobs" / made[1] / "job.json").is_file()
+
+
 def test_more_examples_than_a_job_takes_is_einval(c):
     many = [PAIRS[0]] * 100_001
     err = raised(c.tune, base="tiny", name="many", examples=many)
