@@ -31,45 +31,46 @@ PROMPTS = ["The history of the printing press begins", "A recipe for bread needs
            "Rain fell on the city for the third day, and", "A good benchmark measures one thing:"]
 
 
-async def native_round(client, model: str, n: int, max_tokens: int) -> list[Timing]:
-    """n streams at once on one AsyncClient connection."""
-    async def one(client, i: int) -> Timing:
+async def timed_streams(n: int, stream_into) -> list[Timing]:
+    """n streams at once, each timed: stream_into(t, i) reads stream i, noting its pieces and tokens in t."""
+    async def one(i: int) -> Timing:
         t = Timing(i, time.monotonic(), 0.0)
         try:
-            stream = await client.stream(prompt=PROMPTS[i % len(PROMPTS)], model=model, max_tokens=max_tokens,
-                                         temperature=0.0)
-            async for delta in stream:
-                if delta:
-                    t.pieces.append(time.monotonic())
-            t.completion_tokens = stream.result["usage"]["completion_tokens"]
+            await stream_into(t, i)
         except Exception as exc:
             t.error = f"{type(exc).__name__}: {exc}"
         t.end = time.monotonic()
         t.first = t.pieces[0] if t.pieces else t.end
         return t
 
-    return list(await asyncio.gather(*(one(client, i) for i in range(n))))
+    return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+
+async def native_round(client, model: str, n: int, max_tokens: int) -> list[Timing]:
+    """n streams at once on one AsyncClient connection."""
+    async def stream_into(t: Timing, i: int) -> None:
+        stream = await client.stream(prompt=PROMPTS[i % len(PROMPTS)], model=model, max_tokens=max_tokens,
+                                     temperature=0.0)
+        async for delta in stream:
+            if delta:
+                t.pieces.append(time.monotonic())
+        t.completion_tokens = stream.result["usage"]["completion_tokens"]
+
+    return await timed_streams(n, stream_into)
 
 
 async def gateway_round(client, model: str, n: int, max_tokens: int) -> list[Timing]:
     """n streams at once through the gateway, on one AsyncOpenAI client (its HTTP connections pooled)."""
-    async def one(client, i: int) -> Timing:
-        t = Timing(i, time.monotonic(), 0.0)
-        try:
-            stream = await client.completions.create(model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=max_tokens,
-                                                     temperature=0.0, stream=True, stream_options={"include_usage": True})
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].text:
-                    t.pieces.append(time.monotonic())
-                if chunk.usage:
-                    t.completion_tokens = chunk.usage.completion_tokens
-        except Exception as exc:
-            t.error = f"{type(exc).__name__}: {exc}"
-        t.end = time.monotonic()
-        t.first = t.pieces[0] if t.pieces else t.end
-        return t
+    async def stream_into(t: Timing, i: int) -> None:
+        stream = await client.completions.create(model=model, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=max_tokens,
+                                                 temperature=0.0, stream=True, stream_options={"include_usage": True})
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                t.pieces.append(time.monotonic())
+            if chunk.usage:
+                t.completion_tokens = chunk.usage.completion_tokens
 
-    return list(await asyncio.gather(*(one(client, i) for i in range(n))))
+    return await timed_streams(n, stream_into)
 
 
 async def alone(native_client, http_client, model: str, n: int) -> tuple[list[float], list[float]]:
