@@ -49,7 +49,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
 
 
 # -- data -------------------------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def evaluate(client, model: str | None, data: Dataset, concurrency: int = 8) -> 
     outcomes = [(ok, said) for ok, said, _ in answers]
     n, correct = len(outcomes), sum(ok for ok, _ in outcomes)
     low, high = wilson_interval(correct, n)
-    result = {"model": answers[0][2], "task": data.task, "n": n, "correct": correct, "accuracy": correct / n,
+    result = {"model": model or answers[0][2], "task": data.task, "n": n, "correct": correct, "accuracy": correct / n,
               "interval95": [low, high]}
     if data.task == "classify":
         per_label = {label: {"n": 0, "correct": 0, "predicted": 0} for label in data.labels}
@@ -192,7 +192,7 @@ def evaluate(client, model: str | None, data: Dataset, concurrency: int = 8) -> 
 
 
 def _classify_one(client, model, data: Dataset, ex: dict) -> tuple[bool, str, str]:
-    """(right?, the label it named, the model that answered)."""
+    """(right?, the label it named, the model that answered: the base's name for an adapter)."""
     r = client.infer(messages=classify_messages(data.labels, ex["text"]), model=model, temperature=0.0,
                      max_tokens=CLASSIFY_MAX_TOKENS)
     predicted = first_label(r["text"], data.labels)
@@ -223,6 +223,6 @@ def _perplexity(client, model, data: Dataset) -> dict:
     tokens, nll, used = 0, 0.0, model
     for texts in score_batches([ex["text"] for ex in data.examples]):
         r = client.score(texts, model=model)
-        tokens, nll, used = tokens + sum(r["tokens"]), nll + sum(r["nll"]), r["model"]
+        tokens, nll, used = tokens + sum(r["tokens"]), nll + sum(r["nll"]), model or r["model"]
     return {"model": used, "task": "perplexity", "n": len(data.examples), "tokens": tokens, "nll": nll,
             "perplexity": math.exp(nll / tokens) if tokens else None}
