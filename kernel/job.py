@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FINISHED = ("done", "failed", "cancelled")
+RATE_SMOOTHING = 0.3           # weight of the newest step in tokens/s and seconds per step
 
 
 class DriverRestarted(Exception):
@@ -57,6 +58,14 @@ class Job:
     @property
     def state(self) -> str:
         return self.record["state"]
+
+    def stepped(self, step: int, loss: float, tokens: int, took_s: float) -> None:
+        """A step ended, `took_s` after its turn was queued: progress, and smoothed rates for the ETA."""
+        self.record["step"], self.record["loss"] = step, round(loss, 5)
+        rate = tokens / took_s if took_s > 0 else 0.0
+        a = RATE_SMOOTHING if self.step_s else 1.0
+        self.tokens_per_s = a * rate + (1 - a) * self.tokens_per_s
+        self.step_s = a * took_s + (1 - a) * self.step_s
 
     def describe(self) -> dict:
         r = self.record

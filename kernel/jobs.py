@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 log = logs.get("llmos.jobs")
 
 MAX_DRIVER_RESTARTS = 3        # a job whose driver died this often under it may be what kills it: it fails
-RATE_SMOOTHING = 0.3           # weight of the newest step in tokens/s and seconds per step
+RETRY_TURN_S = 0.02            # a turn that waits for inference to catch up asks again this soon
 MAX_FINISHED_PER_PRINCIPAL = 16    # ended jobs kept (listed, with their data); older ones are forgotten
 
 
@@ -198,7 +198,7 @@ class JobTable:
             msg = await self._answer(job)
             if not isinstance(msg, channel.TrainStepped) or msg.step != r["step"] + 1:
                 raise eio(f"the driver answered step {r['step'] + 1} with {msg.op}")
-            self._stepped(job, msg, time.monotonic() - started)
+            job.stepped(msg.step, msg.loss, msg.tokens, time.monotonic() - started)
             if r["state"] != "running" or msg.checkpoint or msg.step == r["steps"]:
                 r["state"] = "running"
                 if msg.checkpoint:
@@ -217,14 +217,6 @@ class JobTable:
         if isinstance(msg, channel.TrainFailed):
             raise SyscallError(msg.errno, msg.message)
         return msg
-
-    def _stepped(self, job: Job, msg: channel.TrainStepped, took_s: float) -> None:
-        r = job.record
-        r["step"], r["loss"] = msg.step, round(msg.loss, 5)
-        rate = msg.tokens / took_s if took_s > 0 else 0.0
-        a = RATE_SMOOTHING if job.step_s else 1.0
-        job.tokens_per_s = a * rate + (1 - a) * job.tokens_per_s
-        job.step_s = a * took_s + (1 - a) * job.step_s
 
     def _end(self, job: Job, state: str, error: str = "") -> None:
         r = job.record
@@ -249,8 +241,27 @@ class JobTable:
         self.k.devices.pump(job.device)
 
     def admitted(self, turn: TrainTurn) -> None:
-        """The fair scheduler gave the turn a slot on its device (kernel/devices.py pump)."""
+        """The fair scheduler gave the turn a slot on its device (kernel/devices.py pump).
+
+        A slot alone is not a fair share: the window holds many generations, and a step of the job
+        would run between every two engine steps of theirs. So while other processes' generations
+        run on the device, the turn goes only when the job has had no more tokens than any of them
+        (the cut-in rule); otherwise it waits and asks again shortly."""
+        devices = self.k.devices
+        sched = devices.schedulers[turn.device]
+        others = any(r.share != turn.share for r in devices.running[turn.device].values())
+        if others and not sched.may_cut_in(turn.share):
+            devices.running[turn.device].pop(turn.rid, None)
+            sched.finished(turn)
+            asyncio.get_running_loop().call_later(RETRY_TURN_S, self._ask_again, turn)
+            return
         self.k.supervisor.send(turn.device, channel.TrainStep(turn.job, turn.step))
+
+    def _ask_again(self, turn: TrainTurn) -> None:
+        job = self.jobs.get(turn.job)
+        if job is not None and job.turn is turn:      # not ended, cancelled or restarted meanwhile
+            self.k.devices.schedulers[turn.device].enqueue(turn)
+            self.k.devices.pump(turn.device)
 
     def _drop_turn(self, job: Job, tokens: int = 0) -> None:
         turn, job.turn = job.turn, None
