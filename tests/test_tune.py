@@ -290,3 +290,28 @@ def test_a_long_step_lets_the_driver_loop_answer_between_layers(tiny_lm, monkeyp
     pauses = []
     trainer_of(tiny_lm, lambda: pauses.append(1)).step(1)
     assert len(pauses) >= 4      # two decoder layers, each on the way forward and on the way back
+
+
+def test_ctrl_c_stops_following_but_the_job_keeps_running(tiny_kernel, c, tmp_path):
+    import subprocess
+
+    from llmos.userland.testing import LLMOS_COMMAND
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in EXAMPLES))
+    cli = subprocess.Popen([*LLMOS_COMMAND, "tune", str(data), "--base", "tiny", "--name", "detached",
+                            "--epochs", "1000"], env=tiny_kernel.cli_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        running = lambda: [j for j in c.jobs()["jobs"] if j["model"] == "tiny:detached" and j["state"] == "running"]
+        assert wait_until(running, 60)
+        cli.send_signal(signal.SIGINT)
+        _, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    job = running()[0]["job"]
+    assert cli.returncode == 130 and f"llmos jobs cancel {job}" in err, err
+    step = job_of(c, job)["step"]
+    assert wait_until(lambda: job_of(c, job)["step"] > step, 30)
