@@ -44,6 +44,7 @@ class Job:
     handle: int | None = None     # its device-memory reservation
     reserved: int = 0
     cancelling: bool = False
+    writing: asyncio.Future | None = None    # its latest write of files, on a thread
     tokens_per_s: float = 0.0
     step_s: float = 0.0
 

@@ -167,9 +167,11 @@ class JobTable:
                     if restarts > MAX_DRIVER_RESTARTS:
                         raise eio(f"the driver of {job.device} died {restarts} times under this job") from None
                     log.warning("job.restarting", job=job.id, from_step=r.get("checkpoint_step", 0))
-            await asyncio.to_thread(self.store.write_adapter, r, files)
+            await self._write(job, self.store.write_adapter, r, files)
             self._end(job, "done")
         except asyncio.CancelledError:
+            if job.writing is not None:     # let a write in flight land before the job's last job.json
+                await asyncio.wait([job.writing])
             if not job.cancelling:        # the kernel is stopping: the job resumes at its next boot
                 self._release(job)
                 raise
@@ -202,13 +204,18 @@ class JobTable:
             if r["state"] != "running" or msg.checkpoint or msg.step == r["steps"]:
                 r["state"] = "running"
                 if msg.checkpoint:
-                    await asyncio.to_thread(self.store.write_checkpoint, r, msg.step, msg.checkpoint)
+                    await self._write(job, self.store.write_checkpoint, r, msg.step, msg.checkpoint)
                 else:
-                    await asyncio.to_thread(self.store.save, r)
+                    await self._write(job, self.store.save, r)
         msg = await self._answer(job)
         if not isinstance(msg, channel.TrainDone):
             raise eio(f"the driver ended the job with {msg.op}")
         return msg.files
+
+    async def _write(self, job: Job, write, *args):
+        """One of the job's writes, on a thread; a cancel does not stop it half-way (see _run)."""
+        job.writing = asyncio.ensure_future(asyncio.to_thread(write, *args))
+        return await asyncio.shield(job.writing)
 
     async def _answer(self, job: Job) -> channel.DriverMessage:
         msg = await job.inbox.get()
@@ -241,12 +248,9 @@ class JobTable:
         self.k.devices.pump(job.device)
 
     def admitted(self, turn: TrainTurn) -> None:
-        """The fair scheduler gave the turn a slot on its device (kernel/devices.py pump).
-
-        A slot alone is not a fair share: the window holds many generations, and a step of the job
-        would run between every two engine steps of theirs. So while other processes' generations
-        run on the device, the turn goes only when the job has had no more tokens than any of them
-        (the cut-in rule); otherwise it waits and asks again shortly."""
+        """The turn got a slot in its device's window (kernel/devices.py pump). A slot is not a fair share (the
+        job would step between every two engine steps), so while others' generations run there, the turn goes
+        only if the job has had no more tokens than any of them (the cut-in rule), else it asks again soon."""
         devices = self.k.devices
         sched = devices.schedulers[turn.device]
         others = any(r.share != turn.share for r in devices.running[turn.device].values())
