@@ -66,7 +66,9 @@ def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     except PrincipalError as exc:
         raise einval(f"user_remove: {exc}") from None
     reaped = _reap_all(k, principal.name, "its user was removed")
-    k.audit.record("user_remove", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped)
+    jobs = k.jobs.cancel_owned(principal.name)
+    k.audit.record("user_remove", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped,
+                   jobs_cancelled=jobs)
     return {"name": principal.name, "reaped": reaped}
 
 

@@ -45,3 +45,17 @@ def test_a_job_is_its_principals_and_writes_into_its_namespace(tcp_kernel, make_
         assert a.jobs()["jobs"][-1]["job"] == done
     folder = tcp_kernel.state_dir / "adapters" / alice / "tiny" / "private"
     assert (folder / "adapter_model.safetensors").is_file()
+
+
+def test_removing_a_user_cancels_its_jobs(tcp_kernel, operator):
+    caps = ["ps", "tune", "infer", "models"]
+    name = "leaver"
+    key = operator.user_add(name, caps=caps)["key_file"]     # removed by the test itself, not make_user
+    with tcp_kernel.client("trainer", key=key, caps=caps) as user:
+        job = user.tune(base="tiny", name="long", examples=EXAMPLES, epochs=1000)["job"]
+    operator.user_remove(name)
+
+    def state() -> str:
+        return next(j["state"] for j in operator.jobs()["jobs"] if j["job"] == job)
+
+    assert wait_until(lambda: state() == "cancelled", 60), state()
