@@ -5,11 +5,15 @@
 # JSON) saved under $OUT with its date and commit, and a last line saying whether the fine-tune's
 # margin is outside the base's 95% interval.
 #
-#   bash benchmarks/finetune_eval.sh       # MODEL, DEVICE, NAME, EPOCHS, LR, CONCURRENCY, OUT override
+#   bash benchmarks/finetune_eval.sh       # MODEL, DEVICE, NAME, EPOCHS, LR, BATCH, CONCURRENCY, OUT override
+#
+# A train step runs inside the driver's loop: on a busy CPU a step of BATCH=4 took over the
+# 10 s the kernel waits for a driver's pong, and the driver was restarted in a loop. BATCH=1
+# EPOCHS=1 keeps each step short there; on a GPU the defaults are quick.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results} MODEL=${MODEL:-smollm2-135m-instruct} DEVICE=${DEVICE:-cpu}
-NAME=${NAME:-tickets} EPOCHS=${EPOCHS:-2} LR=${LR:-0.001} CONCURRENCY=${CONCURRENCY:-16}
+NAME=${NAME:-tickets} EPOCHS=${EPOCHS:-2} LR=${LR:-0.001} BATCH=${BATCH:-4} CONCURRENCY=${CONCURRENCY:-16}
 HELDOUT=data/eval/tickets-heldout.jsonl TRAIN=data/eval/tickets-train.jsonl
 WORK=$(mktemp -d /tmp/llmos-finetune-eval.XXXXXX)
 mkdir -m 700 "$WORK/run"
@@ -33,14 +37,11 @@ evaluate() {   # evaluate MODEL FILE: `llmos eval` on the held-out split, the re
       echo "$json"; } > "$2"
     cat "$2"
 }
-# The job trains in turns beside the base's evaluation (the fair scheduler shares the device).
-echo "$stamp: llmos tune $TRAIN --base $MODEL --name $NAME --epochs $EPOCHS --lr $LR" > "$OUT/tune-$NAME.txt"
-llmos tune "$TRAIN" --base "$MODEL" --name "$NAME" --epochs "$EPOCHS" --lr "$LR" --max-seq-len 256 \
-    2> >(tr '\r' '\n' | grep -v '^$' | tail -3 >> "$OUT/tune-$NAME.txt") &
-TUNE=$!
 evaluate "$MODEL" "$OUT/eval-base.txt"
-wait $TUNE
-cat "$OUT/tune-$NAME.txt"
+echo "$stamp: llmos tune $TRAIN --base $MODEL --name $NAME --epochs $EPOCHS --lr $LR --batch-size $BATCH" \
+    > "$OUT/eval-tune.txt"
+llmos tune "$TRAIN" --base "$MODEL" --name "$NAME" --epochs "$EPOCHS" --lr "$LR" --batch-size "$BATCH" \
+    --max-seq-len 256 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -3 | tee -a "$OUT/eval-tune.txt"
 evaluate "$MODEL:$NAME" "$OUT/eval-finetuned.txt"
 python - "$OUT/eval-base.txt" "$OUT/eval-finetuned.txt" <<'PY' | tee -a "$OUT/eval-finetuned.txt"
 import json, sys
