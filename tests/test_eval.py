@@ -166,6 +166,22 @@ def test_eval_perplexity_is_exp_of_the_mean_nll_score_gives(f32_kernel, client, 
     assert f"perplexity {want:.3f} over {sum(scored['tokens'])} tokens" in r.stdout
 
 
+def test_eval_save_prints_the_adapters_result_and_says_nothing_was_saved(f32_kernel, client, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"text": t} for t in TEXTS])
+    r = run_eval(f32_kernel, "perplexity", "--data", data, "--model", "tiny:a", "--save")
+    assert r.returncode == 0, r.stderr
+    scored = client.score(TEXTS, model="tiny:a")
+    out = json.loads(r.stdout)
+    assert out["model"] == "tiny:a" and out["nll"] == pytest.approx(sum(scored["nll"]), abs=1e-3)
+    assert "nothing was saved" in r.stderr
+
+
+def test_eval_save_of_a_model_that_is_not_an_adapter_is_einval(f32_kernel, tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", [{"text": "hello"}])
+    r = run_eval(f32_kernel, "perplexity", "--data", data, "--model", "tiny", "--save")
+    assert r.returncode == EXIT_FAILED and r.stderr.startswith("llmos eval: EINVAL: --save ")
+
+
 def test_eval_refuses_a_file_with_bad_lines_naming_each(f32_kernel, tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"labels": ["a", "b"]}\n{"text": "ok", "label": "a"}\nnot json\n\n'
