@@ -53,6 +53,10 @@ class Driver(ABC):
     def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
         """Embedding vectors for msg.input with msg.model."""
 
+    def score(self, msg: channel.Score) -> channel.Result | channel.Error:
+        """The summed log-loss of each of msg.texts under msg.model; a runtime that cannot score says so."""
+        return channel.Error(msg.rid, "EINVAL", f"this driver ({type(self).__name__}) cannot score texts")
+
     @abstractmethod
     def has_work(self) -> bool:
         """True while any generation is queued or running."""

@@ -21,7 +21,7 @@ UNWRAPPED = {"ps": "processes", "devices": "devices"}           # returned as th
 
 # Calls that may wait on a model (a load, a generation, an embedding) or on the service host take
 # as long as they take: the client gives them no timeout. memwrite waits on a model only with embed=true.
-WAITS_ON_MODEL = frozenset({"load_model", "infer", "embed", "memsearch", "svc_call", "svc_reload"})
+WAITS_ON_MODEL = frozenset({"load_model", "infer", "embed", "score", "memsearch", "svc_call", "svc_reload"})
 WAITS_ON_MODEL_WHEN = {"memwrite": "embed"}
 
 _PY_TYPES = {"str": str, "int": int, "float": float, "bool": bool, "bytes": bytes, "list": list, "map": dict,
