@@ -104,13 +104,6 @@ class JobTable:
             del self.jobs[old.id]
             self.store.remove(old.id)
 
-    def cancel_owned(self, owner: str) -> int:
-        """Cancel every unfinished job of a principal (a user removed); how many."""
-        mine = [j for j in self.jobs.values() if j.owner == owner and j.state not in FINISHED and not j.cancelling]
-        for job in mine:
-            self.cancel(job)
-        return len(mine)
-
     def cancel(self, job: Job) -> None:
         if job.state in FINISHED or job.cancelling:
             return

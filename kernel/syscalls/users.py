@@ -10,6 +10,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from ..errors import einval
+from ..job import FINISHED
 from ..principals import PrincipalError
 from ..quotas import QUOTA_NAMES
 
@@ -43,6 +44,14 @@ def _reap_all(k: "Kernel", name: str, why: str) -> int:
     return len(procs)
 
 
+def _cancel_jobs(k: "Kernel", name: str) -> int:
+    """A removed user's fine-tune jobs stop: their turns, memory and adapter were its."""
+    jobs = [j for j in k.jobs if j.owner == name and j.state not in FINISHED and not j.cancelling]
+    for job in jobs:
+        k.jobs.cancel(job)
+    return len(jobs)
+
+
 def sys_user_add(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     caps = args["caps"]
     if caps is not None and not all(isinstance(c, str) for c in caps):
@@ -66,7 +75,7 @@ def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     except PrincipalError as exc:
         raise einval(f"user_remove: {exc}") from None
     reaped = _reap_all(k, principal.name, "its user was removed")
-    jobs = k.jobs.cancel_owned(principal.name)
+    jobs = _cancel_jobs(k, principal.name)
     k.audit.record("user_remove", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped,
                    jobs_cancelled=jobs)
     return {"name": principal.name, "reaped": reaped}
