@@ -60,12 +60,13 @@ def test_the_frame_shows_every_device_model_and_process_of_a_real_kernel(stats):
 
 
 def test_the_frame_lists_the_busiest_process_first(stats):
-    processes = stats["processes"]
-    busiest = max(processes, key=lambda p: p["tokens_per_s"])
-    assert busiest["name"] == WORKER and busiest["tokens_per_s"] > 0
+    processes = stats["processes"]      # the shared kernel: other tests' programs may be busier than ours
+    assert any(p["name"] == WORKER and p["tokens_per_s"] > 0 for p in processes)
+    top = max(p["tokens_per_s"] for p in processes)
     lines = frame(stats).splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["PID", "NAME"])
-    assert lines[header + 2].split()[:2] == [str(busiest["pid"]), WORKER]     # below the header's rule
+    first_pid = int(lines[header + 2].split()[0])     # the first row, below the header's rule
+    assert next(p for p in processes if p["pid"] == first_pid)["tokens_per_s"] == top
 
 
 def test_the_header_says_why_a_kernel_is_not_ready(stats):
