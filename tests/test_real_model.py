@@ -77,3 +77,25 @@ def test_minilm_embeddings_put_similar_sentences_closer(real_kernel):
                            "The weather in Rome is sunny today."])["vectors"]
     dot = lambda x, y: sum(p * q for p, q in zip(x, y))
     assert dot(a, b) > dot(a, d) + 0.2
+
+
+def test_a_fine_tune_of_the_default_model_learns_and_its_adapter_serves(real_kernel):
+    examples = [{"prompt": f"Ticket {i}: which queue?", "completion": " zebrafish"} for i in range(4)]
+    caps = ["tune", "ps", "infer", "models"]
+    with real_kernel.client("tune-real", caps=caps) as c:
+        job = c.tune(base="smollm2-135m-instruct", name="zebra", examples=examples, epochs=24, lr=0.004,
+                     batch_size=4, max_seq_len=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])["job"]
+        losses = []
+
+        def done() -> bool:
+            (mine,) = [j for j in c.jobs()["jobs"] if j["job"] == job]
+            if mine["loss"] is not None:
+                losses.append(mine["loss"])
+            return mine["state"] in ("done", "failed", "cancelled")
+
+        assert wait_until(done, timeout=600), c.jobs()
+        assert [j["state"] for j in c.jobs()["jobs"] if j["job"] == job] == ["done"]
+        tuned = c.infer(model="smollm2-135m-instruct:zebra", prompt="Ticket 7: which queue?", max_tokens=4,
+                        temperature=0)
+    assert losses[-1] < losses[0] / 2, losses
+    assert tuned["model"] == "smollm2-135m-instruct:zebra" and "zebrafish" in tuned["text"], tuned
