@@ -226,15 +226,21 @@ def chunk_document(text: str, max_chars: int = 700, overlap: int = 1) -> list[tu
 
 # -- embeddings ---------------------------------------------------------------------------------
 
-_CACHE: dict[tuple[str, str], np.ndarray] = {}
-_CACHE_MAX = 20_000
+SHARED = "builtin"      # the cache scope of the services' own fixed texts (label prototypes), for every caller
+_CACHE: dict[tuple[str, str, str], np.ndarray] = {}     # (scope, model, text) -> vector
+_CACHE_MAX = 20_000     # vectors kept (about 30 MiB at 384 dimensions); past it the cache starts again
 
 
-async def embed(kernel, texts: list[str], model: str = EMBED_MODEL, cache: bool = False) -> np.ndarray:
-    """Unit vectors for texts through the kernel's embed syscall, as a (len(texts), dim) float32 matrix."""
+async def embed(kernel, texts: list[str], model: str = EMBED_MODEL, cache: str | None = None) -> np.ndarray:
+    """Unit vectors for texts through the kernel's embed syscall, as a (len(texts), dim) float32 matrix.
+
+    cache: a scope to keep the vectors in: SHARED for the services' own texts, a principal's name for
+    its documents. One host serves every principal, so a caller's texts are cached under its own
+    principal: a hit on another tenant's text would tell, by its speed, what that tenant asked about.
+    """
     if not texts:
         return np.zeros((0, 0), dtype=np.float32)
-    todo = [t for t in dict.fromkeys(texts) if not (cache and (model, t) in _CACHE)]
+    todo = [t for t in dict.fromkeys(texts) if not (cache and (cache, model, t) in _CACHE)]
     found: dict[str, np.ndarray] = {}
     for i in range(0, len(todo), EMBED_BATCH):
         batch = todo[i:i + EMBED_BATCH]
@@ -242,11 +248,11 @@ async def embed(kernel, texts: list[str], model: str = EMBED_MODEL, cache: bool 
         for text, vec in zip(batch, vectors):
             found[text] = np.asarray(vec, dtype=np.float32)
     if cache:
-        if len(_CACHE) > _CACHE_MAX:
+        if len(_CACHE) + len(found) > _CACHE_MAX:
             _CACHE.clear()
         for text, vec in found.items():
-            _CACHE[(model, text)] = vec
-        found.update({t: _CACHE[(model, t)] for t in texts if t not in found})
+            _CACHE[(cache, model, text)] = vec
+        found.update({t: _CACHE[(cache, model, t)] for t in texts if t not in found})
     return np.stack([found[t] for t in texts])
 
 

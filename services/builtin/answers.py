@@ -107,7 +107,7 @@ def rerank(question: str, passages: list[dict]) -> list[dict]:
     return sorted(passages, key=lambda p: -p["rank_score"])
 
 
-async def score_sentences(kernel, question: str, pool: list[dict], candidates: list[Candidate],
+async def score_sentences(kernel, principal: str, question: str, pool: list[dict], candidates: list[Candidate],
                           focus: str | None = None) -> np.ndarray:
     """How well each candidate answers: meaning, its passage's rank, shared words, answer type.
 
@@ -117,8 +117,8 @@ async def score_sentences(kernel, question: str, pool: list[dict], candidates: l
     follow-up's own words); its words count again.
     """
     asked = (await nlp.embed(kernel, [question]))[0]
-    # document sentences come back question after question: cached, most asks embed only the question
-    sims = await nlp.embed(kernel, [c.read_as for c in candidates], cache=True) @ asked
+    # a principal's document sentences come back question after question: cached under its name
+    sims = await nlp.embed(kernel, [c.read_as for c in candidates], cache=principal) @ asked
     return np.array([sims[j] + 0.5 * pool[c.passage]["rank_score"] + 0.3 * nlp.overlap(question, f"{c.heading} {c.read_as}")
                      + (0.3 * nlp.overlap(focus, c.read_as) if focus else 0.0)
                      + answer_type_bonus(question, c.quote) for j, c in enumerate(candidates)])

@@ -121,10 +121,12 @@ def lexicon_hits(text: str) -> tuple[int, int]:
     return pos, neg
 
 
-async def prototype_scores(kernel, text: str, prototypes: dict[str, list[str]], top: int = 3) -> dict[str, float]:
-    """Per label: the mean of the text's `top` best cosine similarities to that label's prototypes."""
+async def prototype_scores(kernel, text: str, prototypes: dict[str, list[str]], top: int = 3,
+                           scope: str = nlp.SHARED) -> dict[str, float]:
+    """Per label: the mean of the text's `top` best cosine similarities to that label's prototypes
+    (cached under `scope`: the caller's principal when the prototypes are the caller's words)."""
     flat = [(label, p) for label, ps in prototypes.items() for p in ps]
-    vectors = await nlp.embed(kernel, [p for _, p in flat], cache=True)
+    vectors = await nlp.embed(kernel, [p for _, p in flat], cache=scope)
     query = (await nlp.embed(kernel, [text]))[0]
     sims = vectors @ query
     scores = {}
@@ -178,7 +180,7 @@ async def labels(ctx, text: str, labels: list, descriptions: dict | None = None,
             ps.append(descriptions[label])
         ps += [e for e in examples.get(label, []) if isinstance(e, str)]
         prototypes[label] = ps
-    scores = await prototype_scores(ctx.kernel, text, prototypes, top=1)
+    scores = await prototype_scores(ctx.kernel, text, prototypes, top=1, scope=ctx.caller.get("principal", "?"))
     return _result(scores, "prototypes")
 
 

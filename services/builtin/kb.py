@@ -156,7 +156,7 @@ async def answer_question(ctx, kb: str, question: str, k: int = 3, min_score: fl
     if not candidates:
         best_passage, quote = pool[0], pool[0]["text"]
     else:
-        scores = await score_sentences(ctx.kernel, question, pool, candidates, focus)
+        scores = await score_sentences(ctx.kernel, ctx.caller.get("principal", "?"), question, pool, candidates, focus)
         best = int(np.argmax(scores))
         best_passage, quote = pool[candidates[best].passage], candidates[best].quote
     answer = quote

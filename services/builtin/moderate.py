@@ -109,7 +109,7 @@ async def moderate(ctx, text: str, categories: list | None = None, threshold: fl
     semantic = [c for c in wanted if c in PROTOTYPES]
     if semantic:
         flat = [(c, p) for c in semantic for p in PROTOTYPES[c]]
-        vectors = await nlp.embed(ctx.kernel, [p for _, p in flat], cache=True)
+        vectors = await nlp.embed(ctx.kernel, [p for _, p in flat], cache=nlp.SHARED)
         pieces = [s.text for s in nlp.sentences(text)][:64] or [text]
         query = await nlp.embed(ctx.kernel, pieces if len(pieces) > 1 else [text])
         scores = query @ vectors.T                      # sentence x prototype: a single bad sentence is enough
