@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 log = logs.get("llmos.devices")
 
 DRIVER_UP_TIMEOUT_S = 180.0
+MAX_DEVICES = 256   # local and Ray-placed, those of departed nodes included
+
+
+class DeviceLimit(RuntimeError):
+    """No more devices may be added; the message says why."""
+
 MAX_RESUMES = 3     # a request whose driver died this often under it may be what kills it: it ends with EIO
 
 
@@ -40,7 +46,12 @@ class Devices:
         self.nodes: dict[str, str] = {}      # device -> the cluster node its driver runs on (Ray); absent: here
 
     def add(self, name: str, node: str | None = None) -> None:
-        """A device placed after the local ones (a driver on a Ray node), at boot or when a node joins."""
+        """A device placed after the local ones (a driver on a Ray node), at boot or when a node joins.
+        A device of a node that left keeps its name (its requests' history), so a churning cluster
+        would add names for ever: past MAX_DEVICES, DeviceLimit."""
+        if len(self.names) >= MAX_DEVICES:
+            raise DeviceLimit(f"this kernel manages {len(self.names)} devices, its most ({MAX_DEVICES}); "
+                              f"restart it to forget those of nodes that left")
         self.names.append(name)
         self.schedulers[name] = FairScheduler(self.k.settings.max_running_per_process)
         self.running[name] = {}

@@ -33,6 +33,7 @@ from llmos.specs.channel import device_kind
 from . import logs
 from .auth import DriverKeys
 from .config import split_listen
+from .devices import DeviceLimit
 from .supervisor import ChildGone, DriverHandle
 
 if TYPE_CHECKING:
@@ -168,8 +169,12 @@ class RayDrivers:
         launcher = ActorLauncher(self, node, num_gpus)
         for kind in kinds:
             device = self._next_name(kind)
+            try:
+                self.k.devices.add(device, node=node)
+            except DeviceLimit as exc:
+                log.error("ray.device_refused", node=node, reason=str(exc))
+                return
             self.placed[node].append(device)
-            self.k.devices.add(device, node=node)
             log.info("ray.device_placed", device=device, node=node)
             await self.k.supervisor.add(device, launcher)
 

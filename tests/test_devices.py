@@ -133,3 +133,17 @@ def test_the_kv_cache_in_use_is_reported_while_generating_and_freed_after(kernel
         "".join(stream)
         assert during is not None and 0 < during < 1
         assert wait_until(lambda: c.stats()["devices"][0]["kv_usage"] == 0)
+
+
+def test_devices_added_after_boot_stop_at_their_bound():
+    from types import SimpleNamespace
+
+    from llmos.kernel.config import Settings
+    from llmos.kernel.devices import MAX_DEVICES, DeviceLimit, Devices
+
+    devices = Devices(SimpleNamespace(settings=Settings()), ["cpu"])
+    for i in range(1, MAX_DEVICES):
+        devices.add(f"cpu:{i}", node=f"node-{i}")
+    with pytest.raises(DeviceLimit):
+        devices.add(f"cpu:{MAX_DEVICES}", node="one-node-too-many")
+    assert len(devices.names) == MAX_DEVICES and f"cpu:{MAX_DEVICES}" not in devices.schedulers

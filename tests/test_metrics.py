@@ -162,3 +162,16 @@ def test_state_gauges_are_the_tables(metrics_kernel):
     assert value(families, "llmos_device_memory_total_bytes", device=device["name"]) == device["total_bytes"]
     assert value(families, "llmos_device_memory_used_bytes", device=device["name"]) == device["used_bytes"]
     assert value(families, "llmos_num_requests_running", device=device["name"]) == 0
+
+
+def test_the_stats_window_keeps_a_bounded_number_of_samples_and_seconds():
+    from llmos.kernel.metrics import LATENCIES, MAX_SAMPLES, WINDOW_S, RecentWindow
+
+    window = RecentWindow()
+    for i in range(MAX_SAMPLES + 100):
+        window.latency(LATENCIES[0], 0.001 * i, now=1000.0)
+    for second in range(int(WINDOW_S) * 3):
+        window.tokens(pid=1, n=1, now=1000.0 + second)
+    assert len(window.samples[LATENCIES[0]]) == MAX_SAMPLES
+    assert window.percentiles(LATENCIES[0], now=1000.0)["count"] == MAX_SAMPLES   # the latest are kept
+    assert len(window.seconds) == int(WINDOW_S) + 1

@@ -82,3 +82,14 @@ async def test_a_loading_entry_in_models_carries_its_progress_and_a_ready_one_no
     assert progress["model"] == "tiny" and progress["stage"] == "tokenizer" and progress["expected_s"] == 12.5
     entry.state = "ready"
     assert "progress" not in entry.describe()
+
+
+def test_the_load_times_file_keeps_at_most_its_bound_of_models_latest_first(tmp_path, monkeypatch):
+    from llmos.kernel import loadprogress
+
+    monkeypatch.setattr(loadprogress, "MAX_LOAD_TIMES", 3)
+    times = loadprogress.LoadTimes(tmp_path)
+    for i in range(5):
+        times.record(f"model-{i}", float(i))
+    again = loadprogress.LoadTimes(tmp_path)          # what the next boot reads
+    assert [again.get(f"model-{i}") for i in range(5)] == [None, None, 2.0, 3.0, 4.0]
