@@ -9,12 +9,14 @@ only where the operator allows (services/files.py), telling the kernel what it r
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from typing import TYPE_CHECKING
 
 from llmos.specs import channel
 from llmos.specs.channel import ServiceMessage
 from llmos.userland.client import AsyncClient
+from llmos.userland.methods import METHODS
 
 from .files import AllowedFiles
 
@@ -44,9 +46,10 @@ class TaskContext:
         return None if self._deadline_at is None else max(0.0, self._deadline_at - time.monotonic())
 
     def region(self, name: str) -> str:
-        """A memory region private to this service and the calling program of the calling principal (a
-        program name is the caller's to choose, so it is scoped by the principal the kernel proved)."""
-        return f"svc/{self.service}/{self.caller.get('principal', '?')}/{self.caller.get('name', '?')}/{name}"
+        """A memory region of this service's, private to the calling principal: `ctx.kernel`'s memory calls
+        run in the caller's namespace (`for_call`), so every program of one principal sees it and no
+        other principal's does, and what it holds counts against the caller's memory quota."""
+        return f"svc/{self.service}/{name}"
 
     def emit(self, delta: str) -> None:
         """Send text to a streaming caller now (thread-safe; a no-op when the caller does not stream)."""
@@ -71,22 +74,27 @@ class TaskContext:
 
 
 class ForCaller:
-    """The host's kernel client as one task sees it: the generations it asks for carry the call's
-    id (`for_call`), so the fair scheduler counts them against the program that called the task,
-    not against the service host that every program's calls share."""
+    """The host's kernel client as one task sees it: every syscall that takes `for_call` (infer, embed,
+    the memory calls; the table says which) carries the call's id, so the kernel runs it as the program
+    that called the task: in its principal's namespace, against its quotas and fair share, never as the
+    service host that every tenant's calls share."""
 
     def __init__(self, client: AsyncClient, cid: int):
         self._client = client
         self._cid = cid
 
     def __getattr__(self, name: str):
-        return getattr(self._client, name)
+        method = getattr(self._client, name)
+        if name not in _FOR_CALL_METHODS:
+            return method
+        return functools.partial(_with_call, method, self._cid)
 
-    async def infer(self, *args, **kwargs) -> dict:
-        return await self._client.infer(*args, **{"for_call": self._cid, **kwargs})
 
-    async def stream(self, *args, **kwargs):
-        return await self._client.stream(*args, **{"for_call": self._cid, **kwargs})
+async def _with_call(method, cid: int, *args, **kwargs):
+    return await method(*args, **{"for_call": cid, **kwargs})
+
+
+_FOR_CALL_METHODS = frozenset(m.name for m in METHODS if "for_call" in m.param_names)
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -20,9 +20,10 @@ entries use the syscall table's keys: ``type`` (str, int, float, bool, bytes, li
 unions like "str|null"), ``default`` or ``nullable = true`` (else required), ``doc``, ``min``,
 ``max``, ``max_len``, and ``choices`` (the allowed values). ``ctx`` offers:
 
-    ctx.kernel         an llmos AsyncClient: the host's own process; infer, embed, memwrite, memsearch...
-    ctx.caller         {"pid": int, "name": str} of the program that made the svc_call
-    ctx.region(name)   a memory region name private to this service and caller
+    ctx.kernel         an llmos AsyncClient acting for the caller: infer, embed and the memory calls run as
+                       the calling program (its namespace, quotas and fair share), never as the host
+    ctx.caller         {"pid": int, "name": str, "principal": str} of the program that made the svc_call
+    ctx.region(name)   a memory region name private to this service and the calling principal
     ctx.stream         whether the caller streams; ctx.emit(delta) sends it text as it is made
     ctx.deadline       seconds left before the caller's deadline, or None
     ctx.run(aw)        from a plain task: run an awaitable (a kernel call) and return its result

@@ -207,9 +207,11 @@ def test_cancelling_a_call_ends_its_task_in_the_host(client, tmp_path):
     assert wait_until(marker.exists, timeout=10)
 
 
-def test_tasks_reach_the_kernel_through_syscalls_in_a_region_private_to_the_caller(client):
+def test_tasks_reach_the_kernel_through_syscalls_in_the_callers_namespace(client):
     r = client.svc_call("misbehave", "remember", {"key": "k", "value": "v"})
-    assert r == {"region": f"svc/misbehave/{client.info['principal']}/{client.info['name']}/notes", "value": "v"}
+    assert r == {"region": "svc/misbehave/notes", "value": "v"}
+    assert client.memread("svc/misbehave/notes", "k")["value"] == "v"     # the caller's region, not the host's
+    client.memdel("svc/misbehave/notes")
 
 
 def test_generation_a_task_asks_for_counts_against_the_caller_not_the_host(client):

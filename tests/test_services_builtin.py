@@ -139,11 +139,13 @@ def test_kb_ingest_errors(tc, args, errno):
     assert errno_of(tc.svc_call, "kb", "ingest", args) == errno
 
 
-def test_knowledge_bases_are_private_to_the_calling_program(tiny_svc):
+def test_a_knowledge_base_belongs_to_the_principal_not_the_program(tiny_svc):
+    """Every program of one principal sees its kbs (other principals do not: tests/security/test_tenant_services.py)."""
     with tiny_svc.client("owner-program") as a, tiny_svc.client("other-program") as b:
         a.svc_call("kb", "ingest", {"kb": "mine", "text": "The secret code is 1234."})
-        assert errno_of(b.svc_call, "kb", "ask", {"kb": "mine", "question": "code?"}) == "ENOENT"
-        a.svc_call("kb", "drop", {"kb": "mine"})
+        assert b.svc_call("kb", "list", {"kb": "mine"})["chunks"] == 1
+        b.svc_call("kb", "drop", {"kb": "mine"})
+        assert errno_of(a.svc_call, "kb", "ask", {"kb": "mine", "question": "code?"}) == "ENOENT"
 
 
 def test_support_keeps_the_conversation_and_hands_off_on_request(tc):

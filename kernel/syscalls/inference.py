@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..dispatch import CallContext
     from ..kernel import Kernel
     from ..models import ModelEntry
+    from ..process import Process
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_STOPS, MAX_STOP_CHARS = 16, 256
@@ -93,7 +94,7 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise einval("infer: give exactly one of 'prompt' and 'messages'")
     messages = checked_messages(args["messages"]) if args["messages"] is not None else None
     stop = checked_stops(args["stop"])
-    share = caller_served(k, ctx, args["for_call"])
+    share = caller_served(k, ctx, args["for_call"], "infer")
     payer = k.procs.get(share) if share is not None else ctx.proc
     k.quotas.check_token_rate(payer.principal if payer else ctx.proc.principal)
     progress = args["stream"] and args["progress"]
@@ -125,16 +126,24 @@ def tell_progress(ctx: "CallContext", progress: dict) -> None:
     ctx.transport.send(ctx.routing, reply_ok(ctx.client_id, {"progress": {"phase": "loading", **progress}}, more=True))
 
 
-def caller_served(k: "Kernel", ctx: "CallContext", for_call: int | None) -> int | None:
-    """The pid a generation counts against when the service host runs it for an svc_call."""
+def caller_served(k: "Kernel", ctx: "CallContext", for_call: int | None, call: str) -> int | None:
+    """The pid a syscall counts against when the service host makes it for an svc_call."""
     if for_call is None:
         return None
     if not ctx.proc.serves_calls:
-        raise eperm("infer: only the kernel's service host may pass 'for_call'")
-    call = k.services.calls.get(for_call)
-    if call is None:
-        raise enoent(f"infer: no svc_call {for_call} is in flight (it ended, or never was)")
-    return call.pid
+        raise eperm(f"{call}: only the kernel's service host may pass 'for_call'")
+    served = k.services.calls.get(for_call)
+    if served is None or k.procs.get(served.pid) is None:
+        raise enoent(f"{call}: no svc_call {for_call} is in flight (it ended, or never was)")
+    return served.pid
+
+
+def on_behalf(k: "Kernel", ctx: "CallContext", for_call: int | None, call: str) -> "Process":
+    """Whose call this is: the caller's own process, or, when the service host passes `for_call`, the
+    program whose svc_call it serves. What the host keeps or reads for a caller lives in that caller's
+    principal's namespace and counts against its quotas, never in the host's, shared by every tenant."""
+    served = caller_served(k, ctx, for_call, call)
+    return ctx.proc if served is None else k.procs.get(served)
 
 
 async def sys_embed(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
@@ -143,13 +152,16 @@ async def sys_embed(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         texts = [texts]
     if not texts or len(texts) > MAX_EMBED_INPUTS or not all(isinstance(t, str) for t in texts):
         raise einval(f"embed: 'input' must be a string or a list of 1 to {MAX_EMBED_INPUTS} strings")
-    return await embed_texts(k, ctx, texts, args["model"], args["normalize"])
+    share = caller_served(k, ctx, args["for_call"], "embed")
+    return await embed_texts(k, ctx, texts, args["model"], args["normalize"], share)
 
 
-async def embed_texts(k: "Kernel", ctx: "CallContext", texts: list[str], model: str, normalize: bool = True) -> dict:
-    """Embeddings through the model's driver, as a request of the caller's (counted, cancellable, reaped)."""
+async def embed_texts(k: "Kernel", ctx: "CallContext", texts: list[str], model: str, normalize: bool = True,
+                      share: int | None = None) -> dict:
+    """Embeddings through the model's driver, as a request of the caller's (counted, cancellable, reaped);
+    share: the pid it is accounted as, when the service host embeds for an svc_call."""
     entry = await model_for(k, ctx, model, "embed")
-    req = k.requests.new(ctx, "embed", entry, {})
+    req = k.requests.new(ctx, "embed", entry, {}, share=share)
     k.devices.send_embed(req, texts, normalize)
     return await req.future
 

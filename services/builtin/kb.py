@@ -43,9 +43,12 @@ DONT_KNOW = "I don't know: nothing in the knowledge base answers that."
 
 
 def region_for(ctx, kb: str) -> str:
+    """The kb's region, in the calling principal's namespace (ctx.kernel's memory calls run there), so any
+    program of alice's sees alice's kb "help", none of bob's does, and its chunks count against alice's
+    memory quota. Spelled out rather than ctx.region: support reads kbs from a ctx of its own service."""
     if not _KB_NAME.match(kb):
         raise ServiceError("EINVAL", f"kb name '{kb[:80]}' must be 1-64 letters, digits, '.', '_' or '-'")
-    return f"svc/kb/{ctx.caller.get('name', '?')}/{kb}"
+    return f"svc/kb/{kb}"
 
 
 def split_key(key: str) -> tuple[str, int]:
@@ -226,7 +229,8 @@ async def drop(ctx, kb: str, source: str | None = None) -> dict:
     return {"kb": kb, "deleted": len(keys)}
 
 
-_KB = {"type": "str", "max_len": 64, "doc": "the knowledge base's name (private to the calling program)"}
+_KB = {"type": "str", "max_len": 64, "doc": "the knowledge base's name (private to the calling principal: "
+                                              "every program of one user sees it, no other user does)"}
 
 
 @hookimpl

@@ -28,6 +28,7 @@ import os
 import re
 import time
 import uuid
+import weakref
 
 import click
 
@@ -48,7 +49,10 @@ _FOLLOW_UP = re.compile(r"^\s*(?:and|what about|how about|also|but|what if|same 
 _ASKS = re.compile(r"\?|(?:^|[,.;:!]\s*)(?:how|what|when|where|why|which|who|can|could|do|does|did|is|are|will|"
                    r"would|should|may)\b", re.I)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
-_LOCKS: dict[str, asyncio.Lock] = {}
+# One lock per conversation being answered, so two messages to one conversation take turns; keyed by
+# the caller's principal (conversation ids are the caller's to choose), and weak, so it holds only the
+# conversations in flight.
+_LOCKS: "weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock]" = weakref.WeakValueDictionary()
 
 GREETING = "Hello! I'm the support assistant. Ask me anything about orders, delivery, returns or your account."
 CLOSING = "You're welcome! Is there anything else I can help you with?"
@@ -94,7 +98,7 @@ def _query(message: str, turns: list[dict]) -> str:
 
 async def chat(ctx, conversation: str, message: str, kb_name: str | None = None) -> dict:
     _check_id(conversation)
-    lock = _LOCKS.setdefault(f"{ctx.caller.get('name')}/{conversation}", asyncio.Lock())
+    lock = _LOCKS.setdefault((ctx.caller.get("principal", "?"), conversation), asyncio.Lock())
     async with lock:
         state = await load_state(ctx, conversation) or {
             "conversation": conversation, "kb": kb_name, "handoff": False, "handoff_reason": None,
