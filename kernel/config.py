@@ -86,6 +86,8 @@ class Settings:
     service_read_dirs: list[str] = field(default_factory=list)  # [services] read_dirs: where kb.ingest may read
     load_timeout_s: float = 600.0           # [limits] load_timeout_s: a model load past it fails with ETIMEDOUT
     memory_encrypt: bool = False            # [memory] encrypt: memory values AES-GCM encrypted at rest
+    audit_syslog: str | None = None         # [audit] syslog: each audit line also to this syslog socket
+    audit_syslog_facility: str = "authpriv" # [audit] facility
     log_level: str = "info"
     dtype: str = "auto"                     # weights and activations: auto, float32, bfloat16, float16
     metrics_listen: str | None = None       # [metrics] listen / --metrics: HOST:PORT of /metrics and /health
@@ -186,6 +188,8 @@ def _apply_file(s: Settings, path: Path) -> None:
         s.metrics_listen = listen
     if "ray" in data:
         s.ray = _ray_section(path, data["ray"])
+    if "audit" in data:
+        s.audit_syslog, s.audit_syslog_facility = _audit_section(path, data["audit"])
     caps = data.get("caps", {})
     if "default" in caps:
         s.default_caps = tuple(caps["default"])
@@ -210,6 +214,26 @@ def _ray_section(path: Path, table: Any) -> RaySettings:
         except ConfigError:
             raise ConfigError(f"{where} listen '{ray.listen}' is not HOST:PORT (port 0: any)") from None
     return ray
+
+
+def _audit_section(path: Path, table: Any) -> tuple[str | None, str]:
+    """[audit] syslog = true (/dev/log), false, or a unix socket's absolute path; facility = a syslog name."""
+    from .auditsink import DEFAULT_FACILITY, DEFAULT_SYSLOG, FACILITIES
+
+    where = f"config file {path}: [audit]"
+    if not isinstance(table, dict) or set(table) - {"syslog", "facility"}:
+        raise ConfigError(f"{where} takes only syslog and facility")
+    syslog = table.get("syslog", False)
+    if syslog is True:
+        syslog = DEFAULT_SYSLOG
+    elif syslog is False:
+        syslog = None
+    elif not isinstance(syslog, str) or not os.path.isabs(syslog):
+        raise ConfigError(f"{where} syslog must be true, false or the absolute path of a syslog socket")
+    facility = table.get("facility", DEFAULT_FACILITY)
+    if not isinstance(facility, str) or facility not in FACILITIES:
+        raise ConfigError(f"{where} facility must be one of {', '.join(sorted(FACILITIES))}")
+    return syslog, facility
 
 
 def _quota(path: Path, key: str, value: Any) -> int:

@@ -85,7 +85,7 @@ class Kernel:
             await self.metrics_server.start()
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.principals.load()
-        self.audit = AuditLog(s.state_dir)
+        self.audit = AuditLog(s.state_dir, syslog=s.audit_syslog, facility=s.audit_syslog_facility)
         seal = ValueSeal.from_key_file(s.state_dir / "keys" / "memory.key") if s.memory_encrypt else None
         self.memstore = MemoryStore(s.state_dir / "memory.sqlite3", seal=seal)
         driver_keys = DriverKeys(self._driver_refused) if s.ray.address else None
@@ -106,6 +106,7 @@ class Kernel:
             self.spawn(self.dispatch.serve(transport), f"serve-{transport.url}")
         await self.services.start()
         self.spawn(self._probe_loop(), "probe")
+        self.spawn(self._audit_windows(), "audit-windows")
         log.info("kernel.listening", socket=s.socket, operator_socket=s.operator_socket, devices=self.devices.names,
                  state_dir=str(s.state_dir), abi=ABI_VERSION)
         for name in s.models_to_load():
@@ -213,6 +214,12 @@ class Kernel:
         """What a driver says reaches the metrics first: a request's last token ends it."""
         self.metrics.driver_said(drv.device, msg, self.requests)
         self.devices.on_message(drv, msg)
+
+    async def _audit_windows(self) -> None:
+        """A window of denials that ends while nothing else is written still gets its summary lines."""
+        while True:
+            await asyncio.sleep(5)
+            self.audit.tick()
 
     async def _probe_loop(self) -> None:
         """Probe quiet clients with a notice frame: a dead one is unroutable, and gets reaped."""

@@ -12,6 +12,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import time
 from collections import deque
 from datetime import datetime
@@ -129,12 +130,28 @@ def readable(line: str) -> str:
     return f"{when}  {event}  {fields}".rstrip()
 
 
+def check(directory: Path) -> None:
+    """`audit --verify`: the chain, and with the kernel's key its checkpoints and head file."""
+    try:
+        verdict = auditlog.verify_dir(directory)
+    except OSError as exc:
+        raise fail(errno.errorcode.get(exc.errno, "EIO"), f"{exc.filename}: {exc.strerror}") from None
+    if verdict.problem:
+        at_a_line = re.match(r"\S+:\d+: ", verdict.problem)
+        raise fail("EBADMSG", f"{verdict.problem} ({verdict.lines} lines " +
+                   ("before it are intact)" if at_a_line else "read)"))
+    click.echo(f"{verdict.lines} lines, chain intact")
+    for note in verdict.notes:
+        click.echo(f"note: {note}")
+
+
 @click.command(help="the audit log: who connected, what was refused, every admin act (audit.log in the state dir)")
 @follow_option
 @lines_option
 @click.option("--verify", is_flag=True,
-              help="check the hash chain over the log and its rotated files: 'N lines, chain intact', "
-                   "or the first broken line and exit 1")
+              help="check the hash chain over the log and its rotated files, and (with the kernel's key, "
+                   "as its operator) its signed checkpoints and head: 'N lines, chain intact', or the first "
+                   "problem (a changed line, lines cut at either end, a file removed) and exit 1")
 @click.option("--json", "as_json", is_flag=True, help="print the lines as they are stored (JSON)")
 @state_dir_option
 def audit(following: bool, lines: int | None, verify: bool, as_json: bool, state_dir: str | None) -> None:
@@ -143,13 +160,7 @@ def audit(following: bool, lines: int | None, verify: bool, as_json: bool, state
     if not paths:
         raise fail("ENOENT", f"no {auditlog.FILE_NAME} in {directory}")
     if verify:
-        try:
-            count, problem = auditlog.verify(paths)
-        except OSError as exc:
-            raise fail(errno.errorcode.get(exc.errno, "EIO"), f"{exc.filename}: {exc.strerror}") from None
-        if problem:
-            raise fail("EBADMSG", f"{problem} ({count} lines before it are intact)")
-        click.echo(f"{count} lines, chain intact")
+        check(directory)
         return
     show = (lambda line: line.rstrip("\n")) if as_json else readable
     f = open_file(paths[-1])
