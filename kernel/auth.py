@@ -2,8 +2,10 @@
 
 - tcp:// is CurveZMQ or nothing. The ZAP handler (pyzmq's asyncio authenticator, started
   before bind) admits only public keys in the principal table, and stamps each message with
-  its principal's name as ZeroMQ's User-Id. A kernel told to serve tcp without keys refuses
-  to boot.
+  the key the handshake proved as ZeroMQ's User-Id. Whose key that is gets looked up in the
+  current table for every frame, so a key rotated or removed stops working on the connections it
+  already opened too: their frames name no principal, and the dispatcher refuses them all.
+  A kernel told to serve tcp without keys refuses to boot.
 - ipc:// is the operator's: the socket file is made 0600 (by the umask at bind) inside a 0700
   folder, so only the uid that booted the kernel can connect, and that uid is `operator`.
 
@@ -64,13 +66,9 @@ class PrincipalAuthenticator(AsyncioAuthenticator):
         return False
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        key = z85.encode(client_public_key).decode()
-        principal = self.table.by_key(key)
-        if principal is not None:
-            return principal.name
-        if self.drivers is not None and self.drivers.device_of(key) is not None:
-            return key          # a driver's key is issued for one launch: it names that launch
-        return ""
+        """The proved key itself, never a name: a name would outlive a rotation on a live connection.
+        (Called only for a key its domain's callback admitted; a driver's key names its launch.)"""
+        return z85.encode(client_public_key).decode()
 
 
 class DriverKeys:
@@ -135,11 +133,31 @@ def secure(sock: zmq.Socket, url: str, table: PrincipalTable) -> None:
         raise AuthError(f"cannot serve '{url}': use ipc://PATH (this machine's operator) or tcp://HOST:PORT (CurveZMQ)")
 
 
-def principal_of(frame: zmq.Frame, url: str) -> str:
-    """The principal a received message came from, as the transport proved it."""
+def principal_of(frame: zmq.Frame, url: str, table: PrincipalTable) -> str:
+    """The principal a received message came from: whose the key its connection proved is now.
+    '' when that key is no principal's any more (rotated or removed since the handshake)."""
     if url.startswith("ipc://"):
         return OPERATOR
-    return frame.get("User-Id") or ""
+    principal = table.by_key(frame.get("User-Id") or "")
+    return principal.name if principal is not None else ""
+
+
+class RevokedConnections:
+    """Connections still open on a key that was revoked: each is reported once (to the audit log),
+    however many frames it sends; the memory of which were reported is bounded."""
+
+    def __init__(self, on_revoked, limit: int = 4096):
+        self.on_revoked = on_revoked        # (connection, public key)
+        self.limit = limit
+        self._reported: dict[bytes, None] = {}    # insertion-ordered: the oldest is forgotten first
+
+    def refused(self, connection: bytes, public_key: str) -> None:
+        if connection in self._reported:
+            return
+        if len(self._reported) >= self.limit:
+            del self._reported[next(iter(self._reported))]
+        self._reported[connection] = None
+        self.on_revoked(connection, public_key)
 
 
 def proved_key(frame: zmq.Frame) -> str:

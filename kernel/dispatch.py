@@ -17,8 +17,8 @@ import msgpack
 import zmq
 
 from llmos.specs import SYSCALLS, ArgError
-from llmos.specs.protocol import (ABI_VERSION, MAX_FRAME_BYTES, UNREAD_RETRY_AFTER_S, FrameError, reply_error, reply_ok,
-                                  unpack)
+from llmos.specs.protocol import (ABI_VERSION, KEY_REVOKED, MAX_FRAME_BYTES, UNREAD_RETRY_AFTER_S, FrameError,
+                                  reply_error, reply_ok, unpack)
 
 from . import logs
 from .errors import SyscallError, eperm
@@ -75,6 +75,9 @@ class Dispatcher:
     def on_frame(self, transport: "Transport", routing: list[bytes], frame: bytes, principal: str,
                  fd: int | None = None) -> None:
         """Decode, check, and run one request; every failure becomes an errno reply to its sender."""
+        if not principal:      # the key that opened this connection was revoked: nothing more, not even ping
+            self._error(transport, routing, peek_id(frame), None, "EPERM", REVOKED_MESSAGE)
+            return
         client_id = call = None
         try:
             if len(frame) > MAX_FRAME_BYTES:
@@ -169,6 +172,8 @@ class Dispatcher:
         req.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))
 
 
+REVOKED_MESSAGE = (f"{KEY_REVOKED}: this connection's key is no longer a user's (rotated, or the user removed); "
+                   "connect again with the current key file")
 MAX_ID = (1 << 63) - 1     # request ids are positive int64s, so every client language can hold them
 
 

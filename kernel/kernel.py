@@ -93,7 +93,8 @@ class Kernel:
             self.authenticator = PrincipalAuthenticator(self.ctx, self.principals, self._refused, driver_keys)
             self.authenticator.start()
         for url in dict.fromkeys([s.socket, s.operator_socket]):
-            self.transports.append(Transport(self.ctx, url, self.principals, self._unreachable, len(self.transports)))
+            self.transports.append(Transport(self.ctx, url, self.principals, self._unreachable, len(self.transports),
+                                             on_revoked=self._revoked))
         self.audit.record("boot", socket=s.socket, pid=os.getpid(), users=len(self.principals.users()))
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
@@ -187,6 +188,12 @@ class Kernel:
         self.audit.record("auth_failed", public_key=public_key)
         self.metrics.auth_failure("bad_key")
         log.warning("auth.refused", public_key=public_key)
+
+    def _revoked(self, connection: bytes, public_key: str) -> None:
+        """A connection opened before its key was rotated or removed sent a frame (refused); once per connection."""
+        name = self.principals.retired(public_key)
+        self.audit.record("revoked_key", public_key=public_key, name=name)
+        log.warning("auth.revoked_key", public_key=public_key, name=name)
 
     def _driver_refused(self, public_key: str) -> None:
         """Something knocked on the drivers' tcp socket with a key the kernel did not issue."""

@@ -28,6 +28,7 @@ SERVICES = "services"          # the kernel's own service host
 RESERVED = {OPERATOR, SERVICES}
 NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 MAX_USERS = 10_000             # the table is loaded whole and indexed in memory
+MAX_RETIRED = 4096             # revoked keys remembered (in memory) to name their user in the audit log
 
 
 class PrincipalError(ValueError):
@@ -55,6 +56,7 @@ class PrincipalTable:
         self.user_caps = tuple(user_caps)     # what `user add` grants when it names no caps
         self._by_name: dict[str, Principal] = {}
         self._by_key: dict[str, Principal] = {}
+        self._retired: dict[str, str] = {}    # a revoked public key -> the user it was, oldest first
         self.kernel_public = self.kernel_secret = ""
         self.operator = Principal(OPERATOR, self.all_caps)
         self.services = Principal(SERVICES, self.all_caps - {"admin"})
@@ -93,6 +95,10 @@ class PrincipalTable:
     def by_key(self, z85_public: str) -> Principal | None:
         return self._by_key.get(z85_public)
 
+    def retired(self, z85_public: str) -> str | None:
+        """The user a revoked key belonged to (while remembered), for the audit line of its refusal."""
+        return self._retired.get(z85_public)
+
     def get(self, name: str) -> Principal | None:
         if name == OPERATOR:
             return self.operator
@@ -127,7 +133,7 @@ class PrincipalTable:
         principal = self._by_name.get(name)
         if principal is None:
             raise PrincipalError(f"no user '{name}'")
-        self._by_key.pop(principal.public_key or "", None)
+        self._retire(principal)
         path = self._new_key(principal, socket)
         self._index(principal)
         self._save()
@@ -137,10 +143,18 @@ class PrincipalTable:
         principal = self._by_name.pop(name, None)
         if principal is None:
             raise PrincipalError(f"no user '{name}'")
-        self._by_key.pop(principal.public_key or "", None)
+        self._retire(principal)
         (self.keys_dir / f"{name}.key_secret").unlink(missing_ok=True)
         self._save()
         return principal
+
+    def _retire(self, principal: Principal) -> None:
+        """Its key admits nobody from now on, on new connections or open ones (auth.principal_of)."""
+        key = principal.public_key or ""
+        if self._by_key.pop(key, None) is not None:
+            self._retired[key] = principal.name
+            if len(self._retired) > MAX_RETIRED:
+                del self._retired[next(iter(self._retired))]
 
     def _new_key(self, principal: Principal, socket: str) -> Path:
         public, secret = (k.decode() for k in zmq.curve_keypair())

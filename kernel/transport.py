@@ -32,7 +32,7 @@ from llmos.specs.protocol import (BULK_REPLY_BYTES, INBOUND_HELD_PER_CONNECTION,
                                   UNREAD_BYTES_PER_PRINCIPAL)
 
 from . import logs
-from .auth import principal_of, secure
+from .auth import RevokedConnections, principal_of, proved_key, secure
 from .principals import PrincipalTable
 
 log = logs.get("llmos.transport")
@@ -78,8 +78,11 @@ class Transport:
     """The kernel's socket for clients: reports the ones it cannot reach instead of blocking on them."""
 
     def __init__(self, ctx: zmq.asyncio.Context, url: str, principals: PrincipalTable,
-                 on_unreachable: Callable[[bytes, str], None], index: int = 0):
+                 on_unreachable: Callable[[bytes, str], None], index: int = 0,
+                 on_revoked: Callable[[bytes, str], None] = lambda connection, key: None):
         self.url = url
+        self.principals = principals
+        self.revoked = RevokedConnections(on_revoked)
         self.index = index              # routing ids are per socket: a connection's id starts with this
         self.on_unreachable = on_unreachable
         self.ipc_path = ipc_path(url)
@@ -91,8 +94,9 @@ class Transport:
         self.inbound = InboundGuard(self.router.sock) if url.startswith("tcp://") else None
 
     async def recv(self) -> tuple[list[bytes], list[bytes], str, int | None]:
-        """The next message: its routing id, its frames after it, the principal the transport proved,
-        and the OS socket it came in on (to see later whether the peer reads what it is sent).
+        """The next message: its routing id, its frames after it, the principal the transport proved
+        ('' when its connection's key was revoked since: reported once per connection), and the OS
+        socket it came in on (to see later whether the peer reads what it is sent).
 
         A request is one frame; the dispatcher answers any other count EINVAL, to the routing id alone."""
         parts = await self.router.recv_frames()
@@ -102,7 +106,10 @@ class Transport:
             fd = None
         if self.inbound is not None and fd is not None:
             self.inbound.delivered(fd, parts[1:])
-        return [parts[0].bytes], [p.bytes for p in parts[1:]], principal_of(parts[-1], self.url), fd
+        principal = principal_of(parts[-1], self.url, self.principals)
+        if not principal:
+            self.revoked.refused(self.connection(parts[0].bytes), proved_key(parts[-1]))
+        return [parts[0].bytes], [p.bytes for p in parts[1:]], principal, fd
 
     def connection(self, routing_id: bytes) -> bytes:
         """A connection's kernel-wide id: this socket's index, then the peer's routing id on it

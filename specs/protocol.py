@@ -39,6 +39,10 @@ INBOUND_HELD_PER_CONNECTION = MAX_WIRE_FRAME_BYTES + 1024 * 1024
 INBOUND_HELD_TOTAL = 512 * 1024 * 1024
 SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
 NOTICE_ID = 0
+# The start of the EPERM message every frame gets once its connection's key is no longer a
+# principal's (the user's key was rotated, or the user removed): how a client tells a revoked
+# key from a missing capability, and knows that only a new connection with a current key helps.
+KEY_REVOKED = "key revoked"
 KERNEL_LOG = "kernel.log"      # the kernel's JSON log, in its state dir (`llmos logs` reads it)
 
 # errno names users know, with what each means in llmos.

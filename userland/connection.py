@@ -12,6 +12,11 @@ calls are in flight and nothing has come for SILENT_BEATS heartbeats (at least M
 they all end with KernelUnavailable and the connection counts as lost until the kernel is heard
 from again.
 
+On tcp a socket monitor watches the CurveZMQ handshake: when the kernel refuses the key (never
+a user's, or rotated or removed since), everything waiting ends at once with KeyRefused instead
+of waiting out a timeout, and so does every call on a connection whose key was revoked while it
+was open (the kernel answers those EPERM "key revoked").
+
 A request is checked before it is sent: one the kernel would drop (over hello's `max_frame`) or
 one msgpack cannot carry (a str holding undecodable bytes) fails at once with EINVAL.
 """
@@ -25,11 +30,12 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from llmos.specs.keys import KERNEL_KEY_META, SOCKET_META, read_key_file
 from llmos.specs.protocol import ABI_VERSION, MAX_FRAME_BYTES, NOTICE_ID, FrameError, default_socket, pack, unpack
 
-from .errors import ERRORS, KernelUnavailable, LLMOSError, raise_error
+from .errors import ERRORS, KernelUnavailable, KeyRefused, LLMOSError, is_key_revoked, raise_error
 from .stream import Stream
 
 CONNECT_TIMEOUT_S = 10.0
@@ -58,8 +64,10 @@ class Connection:
         self._sock = None
         self._reader: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
+        self._handshakes: asyncio.Task | None = None     # on tcp: notices the kernel refusing the key
         self._probe: asyncio.Future | None = None    # the watchdog's ping in flight
         self._lost: str | None = None      # why the connection is unusable; None while it works
+        self._lost_error: type[KernelUnavailable] = KernelUnavailable    # what a call on it raises
         self._silent = False               # lost only because the kernel went quiet: a frame revives it
         self._last_heard = 0.0             # loop time of the last inbound frame (or of a wait's start)
         self.max_frame = MAX_FRAME_BYTES
@@ -79,6 +87,8 @@ class Connection:
         self._sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         if curve is not None:
             self._sock.curve_secretkey, self._sock.curve_publickey, self._sock.curve_serverkey = curve
+            monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+            self._handshakes = asyncio.create_task(self._watch_handshakes(monitor))
         self._sock.connect(self.socket_url)
         self._reader = asyncio.create_task(self._read_loop())
         try:
@@ -122,7 +132,7 @@ class Connection:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        for task in (self._watchdog, self._reader):
+        for task in (self._watchdog, self._reader, self._handshakes):
             if task:
                 task.cancel()
                 try:
@@ -152,6 +162,8 @@ class Connection:
                 except FrameError:
                     continue
                 rid = msg.get("id") if isinstance(msg, dict) else None
+                if rid is not None and is_key_revoked(msg.get("error")):    # later calls fail here, unsent
+                    self._lost, self._lost_error = "the kernel revoked this connection's key", KeyRefused
                 if rid == NOTICE_ID or rid is None:
                     continue
                 waiter = self._pending.get(rid)
@@ -193,12 +205,29 @@ class Connection:
                                f"{quiet:.1f}s (it sends a heartbeat every {self.info.get('heartbeat_s')}s); "
                                f"is it still running?")
 
-    def _fail_all(self, why: str, message: str) -> None:
-        """Mark the connection lost and end every waiter with KernelUnavailable(message)."""
-        self._lost = why
+    async def _watch_handshakes(self, monitor) -> None:
+        """A handshake the kernel refused (its ZAP handler said no to this key) ends every call at once."""
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and event["value"] == 400:   # 400: denied
+                    self._fail_all("the kernel refused this key",
+                                   f"the kernel at {self.socket_url} refused the key in {self.key_file}: it is no "
+                                   f"user's key (rotated, or the user removed?); ask the operator for the current "
+                                   f"key file", KeyRefused)
+        except (asyncio.CancelledError, zmq.ZMQError):
+            pass
+        finally:
+            if self._sock is not None:
+                self._sock.disable_monitor()
+            monitor.close(0)
+
+    def _fail_all(self, why: str, message: str, error: type[KernelUnavailable] = KernelUnavailable) -> None:
+        """Mark the connection lost and end every waiter with error(message)."""
+        self._lost, self._lost_error = why, error
         pending, self._pending = self._pending, {}
         for waiter in pending.values():
-            err = KernelUnavailable(message)
+            err = error(message)
             if isinstance(waiter, asyncio.Queue):
                 waiter.put_nowait(err)
             elif not waiter.done():
@@ -209,8 +238,8 @@ class Connection:
         if self._sock is None:
             raise KernelUnavailable("not connected: use `async with AsyncClient()` or await connect()")
         if self._lost is not None:
-            raise KernelUnavailable(f"the connection to the kernel at {self.socket_url} is lost "
-                                    f"({self._lost}); connect again")
+            raise self._lost_error(f"the connection to the kernel at {self.socket_url} is lost "
+                                   f"({self._lost}); connect again")
         req_id = next(self._ids)
         frame = self._encode(call, req_id, args)
         if not self._pending:        # a wait starts now: silence is counted from here

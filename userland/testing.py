@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from .client import Client, KernelUnavailable
+from .errors import KeyRefused
 
 __all__ = ["KernelProcess", "LLMOS_COMMAND", "make_tiny_bert", "make_tiny_llama", "wait_until"]
 
@@ -121,8 +122,8 @@ class KernelProcess:
                 raise RuntimeError(f"the kernel is not running (exit code {code}); its log is {self.log}")
             try:
                 return Client(socket=self.socket if "key" in kw else self.operator_socket, name=name, **kw)
-            except KernelUnavailable:
-                if time.monotonic() > deadline:
+            except KernelUnavailable as exc:
+                if isinstance(exc, KeyRefused) or time.monotonic() > deadline:    # a refused key stays refused
                     raise
                 time.sleep(0.05)
 

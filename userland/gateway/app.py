@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from ..errors import LLMOSError
+from ..errors import KeyRefused, LLMOSError
 from .errors import ApiError, from_syscall
 from .generation import ClientGone, EventStream, cancel_quietly, collect, events, first_delta, unless_gone
 from .keys import KeyTable
@@ -89,8 +89,10 @@ class Gateway:
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:     # RecursionError: nesting too deep
             raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
 
-    async def call(self, request: Request | None, who: Identity, method: str, **args):
-        """One syscall as the identity; a lost connection is dropped so the next request connects again."""
+    async def call(self, request: Request | None, who: Identity, method: str, retry: bool = True, **args):
+        """One syscall as the identity; a lost connection is dropped so the next request connects again,
+        and one whose key the kernel refused is tried once more on a new connection (the key file may
+        hold the user's new key; the kernel ran nothing of a refused call)."""
         try:
             client = await self.principals.client(who)
         except LLMOSError as exc:
@@ -102,6 +104,8 @@ class Gateway:
         except LLMOSError as exc:
             if is_lost(exc):
                 await self.principals.forget(who, client)
+            if retry and isinstance(exc, KeyRefused):
+                return await self.call(request, who, method, retry=False, **args)
             raise from_syscall(exc, "model" if method in ("stream", "embed") else None) from None
 
     async def ready(self) -> tuple[bool, str]:

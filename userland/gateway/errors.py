@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 
-from ..errors import KernelUnavailable, LLMOSError
+from ..errors import KernelUnavailable, KeyRefused, LLMOSError
 
 # errno -> (HTTP status, OpenAI error type). EAGAIN and EDQUOT are rate limits: 429 with Retry-After.
 STATUS_OF_ERRNO: dict[str, tuple[int, str]] = {
@@ -68,8 +68,8 @@ def unsupported(param: str, why: str = "") -> ApiError:
 
 
 def from_syscall(exc: LLMOSError, param: str | None = None) -> ApiError:
-    """The answer for a syscall that failed: a lost kernel is 503, each errno its status."""
-    if isinstance(exc, KernelUnavailable):
+    """The answer for a syscall that failed: a lost kernel is 503 (a refused key is not: 403), each errno its status."""
+    if isinstance(exc, KernelUnavailable) and not isinstance(exc, KeyRefused):
         return ApiError(503, f"the llmos kernel is unavailable: {exc.message}", "service_unavailable",
                         code="kernel_unavailable", retry_after=DEFAULT_RETRY_AFTER_S)
     status, kind = STATUS_OF_ERRNO.get(exc.errno, (500, "server_error"))
