@@ -45,7 +45,8 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         denied = sorted(set(wanted) - ceiling)
         if denied:
             k.audit.record("denied", call="hello", principal=principal.name, program=name, caps=denied)
-            raise eperm(f"capabilities not yours to hold: {', '.join(denied)}; "
+            named = ", ".join(c[:32] for c in denied[:8]) + (f" and {len(denied) - 8} more" if len(denied) > 8 else "")
+            raise eperm(f"capabilities not yours to hold: {named}; "       # a reply as bounded as the audit line
                         f"this connection may hold: {', '.join(sorted(ceiling)) or 'none'}")
         caps = frozenset(wanted)
     k.quotas.check(principal.name, "processes", sum(1 for p in k.procs if p.principal == principal.name),
