@@ -58,8 +58,10 @@ def assert_same_ranking(got: list[dict], expected: list[tuple[str, float]]) -> N
 @pytest.fixture(scope="module")
 def mem_kernel(tmp_path_factory):
     state = tmp_path_factory.mktemp("memsearch-state")
+    # float32: the brute force embeds in other batches than the writes did, and in bf16 (what "auto" picks
+    # on a CPU with native bf16) a vector moves with its batch by up to ~1e-3, more than the ranking's tolerance
     k = KernelProcess(tmp_path_factory.mktemp("memsearch"), state_dir=state,
-                      env={"LLMOS_NO_SERVICES": "1"}).start()
+                      env={"LLMOS_NO_SERVICES": "1", "LLMOS_DTYPE": "float32"}).start()
     try:
         asyncio.run(write_entries(k.socket, "searcher", "big", MODEL, range(N)))
         yield k
@@ -101,7 +103,7 @@ def test_vectors_survive_a_kernel_restart(mem_kernel, tmp_path):
     mem_kernel.stop()
     try:
         with KernelProcess(tmp_path / "restarted", state_dir=mem_kernel.state_dir,
-                           env={"LLMOS_NO_SERVICES": "1"}) as k2:
+                           env={"LLMOS_NO_SERVICES": "1", "LLMOS_DTYPE": "float32"}) as k2:
             with k2.client("searcher") as c:
                 after = c.memsearch("durable", "a sleepy puppy", k=2)
                 assert c.memsearch("big", entry_text(17), k=1)["results"][0]["key"] == "k0017"
