@@ -24,11 +24,15 @@ blocks are given out again only when no other block is free, before anyone is pr
 keys and values are the ones the request would have computed itself, so outputs do not change
 (in float32 exactly; in bf16 as exactly as batching with other requests already allows). Only
 the paged runner reads a cache it did not write; under HFRunner the cache is off.
+
+A fault stays with the request that caused it (faults.py): what cannot work is refused at `add`,
+and a step that fails anyway is run again without the suspect requests, bisecting its batch.
 """
 
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Generator
 from dataclasses import dataclass, field
 
@@ -36,6 +40,7 @@ import torch
 
 from .blocks import BlockAllocator
 from .detokenizer import TextStream
+from .faults import admitted, errno_of, isolate, refusal, sample_isolated
 from .kvcache import KVLayout
 from .loader import LoadedModel
 from .runner import make_runner, supports_paged
@@ -47,17 +52,6 @@ from .slices import run_to_end
 __all__ = ["Engine", "GenRequest", "PromptTooLong", "StepEvent"]
 
 
-def resume_after(seq: Sequence, generated: list[int]) -> None:
-    """Make `seq` go on after tokens it generated on a driver that died: they join its tokens (to be
-    prefilled with the prompt) and pass through its detokenizer unshown, which leaves the
-    detokenizer as the undisturbed run left it (text held back for a stop string included). The
-    sampler is keyed by seed and position, so what follows is what the undisturbed run wrote."""
-    seq.tokens += generated
-    if seq.text is not None:
-        for token in generated:
-            seq.text.push(token)
-
-
 class PromptTooLong(ValueError):
     """The prompt leaves no room in the model's context for a single generated token."""
 
@@ -67,8 +61,8 @@ class PromptTooLong(ValueError):
 @dataclass
 class StepEvent:
     """What one request did in a step. An error event (finish "error") says why in errno and
-    message: ENOMEM, the KV cache can never hold the prompt; EINVAL, a prompt this engine cannot
-    take (empty, or stop strings without text); EIO, the engine failed (fail_all)."""
+    message: ENOMEM, the KV cache can never hold the prompt; EINVAL, a request this engine cannot
+    run (faults.refusal); EIO, its step failed alone (faults.py), or the engine failed (fail_all)."""
 
     rid: int
     delta: str                # new generated text; a possible start of a stop string is held back
@@ -103,6 +97,7 @@ class Engine:
         self._events: list[StepEvent] = []   # finished outside a forward pass; sent by the next step
         self._rng = random.Random()  # own state: a caller seeding `random` must not fix our seeds
         self._eos = set(lm.eos_token_ids)
+        self.vocab_size = lm.model.get_input_embeddings().num_embeddings
 
     # --- the public API -------------------------------------------------------------------
 
@@ -118,11 +113,12 @@ class Engine:
         if refusal:
             self._events.append(StepEvent(req.rid, "", 0, "error", None, errno=refusal[0], message=refusal[1]))
             return
+        req = admitted(req, self.vocab_size)
         seed = req.seed % (1 << 63) if req.seed is not None else self._rng.getrandbits(32)
         text = TextStream(self.lm.tokenizer, req.prompt_ids, req.stop) if self.decode_text else None
         seq = Sequence(req, seed, min(req.max_tokens, context - n), text)
         if req.resume:
-            resume_after(seq, req.resume)
+            seq.resume_after(req.resume)
         self.scheduler.add(seq)
 
     def cancel(self, rid: int) -> bool:
@@ -165,9 +161,8 @@ class Engine:
         early = self._cut_in()   # what arrived since the last step goes first, then decodes with the rest
         if early:
             yield early
-        plan = self.scheduler.schedule()
-        logits = yield from self._forward(plan)
-        return self._postprocess(plan, logits)
+        plan, logits, failed = yield from isolate(self.scheduler.schedule(), self._forward)
+        return self._postprocess(plan, logits, failed)
 
     def stats(self) -> dict:
         """Counters since the engine was made. kv_used_bytes counts the blocks running requests
@@ -211,22 +206,37 @@ class Engine:
     def _cut_in(self) -> list[StepEvent]:
         """Prefill the cut-ins that may go now in a pass of their own; their events."""
         plan = self.scheduler.schedule_cut_ins()
-        return self._postprocess(plan, self.runner.forward(plan.chunks)) if plan else []
+        if not plan:
+            return []
+        plan, logits, failed = run_to_end(isolate(plan, lambda part: self.runner.forward_slices(part.chunks)))
+        return self._postprocess(plan, logits, failed)
 
     # --- postprocess ------------------------------------------------------------------------
 
-    def _postprocess(self, plan: Plan, logits: torch.Tensor | None) -> list[StepEvent]:
+    def _postprocess(self, plan: Plan, logits: torch.Tensor | None, failed: list) -> list[StepEvent]:
+        """failed: (sequence, exception) of those whose pass failed alone (faults.isolate): they end."""
         events, self._events = self._events, []
         events += [self._event(seq, self._flush(seq), "length") for seq in plan.out_of_cache]
+        events += [self._fail(seq, exc) for seq, exc in failed]
         self.scheduler.computed(plan)
         events += self._prefill_progress(plan)
         sampled = plan.sampled()
-        if sampled:
-            for seq, token in zip(sampled, self._sample(sampled, logits)):
-                event = self._append(seq, token)
-                if event is not None:
-                    events.append(event)
+        for seq, token in zip(sampled, sample_isolated(self._sample, sampled, logits) if sampled else ()):
+            try:
+                event = self._fail(seq, token) if isinstance(token, Exception) else self._append(seq, token)
+            except Exception as exc:     # its text could not be made: it alone ends
+                event = self._fail(seq, exc)
+            if event is not None:
+                events.append(event)
         return events
+
+    def _fail(self, seq: Sequence, exc: Exception) -> StepEvent:
+        """End seq alone: a fault traced to it (faults.py)."""
+        print(f"engine: request {seq.id} failed alone: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        if seq.admitted is not None:
+            self.scheduler.remove(seq)
+        return self._event(seq, "", "error", errno_of(exc), f"this request failed in its step ({exc.__class__.__name__}: "
+                                                            f"{str(exc)[:500]}); the rest of its batch went on")
 
     @staticmethod
     def _prefill_progress(plan: Plan) -> list[StepEvent]:
@@ -274,10 +284,12 @@ class Engine:
         return StepEvent(seq.id, delta, len(new), finish, usage, new, errno, message)
 
     def _refusal(self, req: GenRequest) -> tuple[str, str] | None:
-        """(errno, message) if this engine cannot take the request; the kernel checked the ranges."""
+        """(errno, message) if this engine cannot take the request."""
         n = len(req.prompt_ids)
         if n == 0:
             return "EINVAL", "empty prompt: give at least one token"
+        if (why := refusal(req, self.vocab_size)) is not None:
+            return "EINVAL", why
         if not self.blocks.can_ever_hold(n + 1):
             return "ENOMEM", (f"prompt of {n} tokens cannot fit in this driver's KV cache "
                               f"({self.blocks.num_blocks * self.blocks.block_size} tokens, "

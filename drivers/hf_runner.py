@@ -2,7 +2,8 @@
 
 Models whose layers are not shaped as the paged runner needs (runner.py says which are) run
 here with one transformers cache per sequence, one sequence at a time: correct, but without
-batching. It offers the paged runner's interface, pauses included (after each sequence).
+batching. It offers the paged runner's interface, pauses included (after each sequence). A chunk
+run again after a pass failed runs on its sequence's cache cropped back to the chunk's start.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class HFRunner:
         for c in chunks:
             if c.start == 0:
                 self.caches[c.seq_id] = DynamicCache(config=self.model.config)
+            elif (extra := self.caches[c.seq_id].get_seq_length() - c.start) > 0:   # a failed pass grew it
+                self.caches[c.seq_id].crop(-extra)     # negative: drop that many (every transformers takes it)
             ids = torch.tensor([c.tokens], dtype=torch.long, device=self.device)
             out = self.model(input_ids=ids, past_key_values=self.caches[c.seq_id], use_cache=True)
             if c.sample:

@@ -167,13 +167,15 @@ class PagedRunner:
         x = self.base.embed_tokens(batch.input_ids)
         cos, sin = self.base.rotary_emb(x, batch.positions[None])
         cos, sin = cos[0], sin[0]
-        for i, layer in enumerate(self.base.layers):
-            if self.lora is not None:    # set before each layer: a cut-in's pass may run in the pause
-                self.lora.active = batch.adapter_rows
-            x = self._layer(layer, self.cache.k[i], self.cache.v[i], x, cos, sin, batch)
-            yield
-        if self.lora is not None:
-            self.lora.active = None
+        try:
+            for i, layer in enumerate(self.base.layers):
+                if self.lora is not None:    # set before each layer: a cut-in's pass may run in the pause
+                    self.lora.active = batch.adapter_rows
+                x = self._layer(layer, self.cache.k[i], self.cache.v[i], x, cos, sin, batch)
+                yield
+        finally:    # a pass that failed leaves no adapter rows active for the next one (a score's)
+            if self.lora is not None:
+                self.lora.active = None
         if batch.logits_rows is not None:
             x = x.index_select(0, batch.logits_rows)
         return self.model.lm_head(self.base.norm(x)).float()

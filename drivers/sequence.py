@@ -73,6 +73,16 @@ class Sequence:
     def num_uncomputed(self) -> int:
         return len(self.tokens) - self.num_computed
 
+    def resume_after(self, generated: list[int]) -> None:
+        """Go on after tokens generated on a driver that died: they join the tokens (to be prefilled
+        with the prompt) and pass through the detokenizer unshown, which leaves it as the undisturbed
+        run left it (text held back for a stop string included). The sampler is keyed by seed and
+        position, so what follows is what the undisturbed run wrote."""
+        self.tokens += generated
+        if self.text is not None:
+            for token in generated:
+                self.text.push(token)
+
     def queue_key(self) -> tuple:
         return (-self.req.priority, self.arrival)
 

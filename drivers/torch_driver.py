@@ -120,6 +120,9 @@ class TorchDriver(Driver):
             return TokenEvent.failed(msg.rid, exc.errno, str(exc))
         except ValueError as exc:      # the chat template refused the messages
             return TokenEvent.failed(msg.rid, "EINVAL", str(exc))
+        except Exception as exc:       # fails this request alone, never the driver loop that called us
+            traceback.print_exc()
+            return TokenEvent.failed(msg.rid, "EIO", f"submit failed: {exc.__class__.__name__}: {str(exc)[:500]}")
         self.owner[msg.rid] = msg.model
         if msg.adapter:
             engine.runner.use_adapter(msg.rid, msg.adapter)
