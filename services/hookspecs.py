@@ -18,7 +18,9 @@ A task is ``fn(ctx, **args)``, plain or ``async``; plain ones run on a worker th
 map (a str becomes ``{"text": str}``). Its args arrive checked against ``Task.args``, whose
 entries use the syscall table's keys: ``type`` (str, int, float, bool, bytes, list, map, any,
 unions like "str|null"), ``default`` or ``nullable = true`` (else required), ``doc``, ``min``,
-``max``, ``max_len``, and ``choices`` (the allowed values). ``ctx`` offers:
+``max``, ``max_len`` (of a str, bytes, or each string of a list), ``max_items`` (of a list or map),
+and ``choices`` (the allowed values). Bound every argument, as the built-ins must: what is left open
+is bounded only by the frame (32 MiB), and a big number reaches your code as it came. ``ctx`` offers:
 
     ctx.kernel         an llmos AsyncClient acting for the caller: infer, embed and the memory calls run as
                        the calling program (its namespace, quotas and fair share), never as the host

@@ -29,6 +29,7 @@ from . import hookspecs
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT, Task
 
 BUILTINS = ("summarize", "classify", "translate", "redact", "moderate", "kb", "support")
+BUILTIN_PREFIX = "builtin."     # their plugin names; their tasks' args must be bounded as the table's are
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 
 
@@ -52,7 +53,7 @@ class TaskEntry:
             spec = {"type": "|".join(a.types), "required": a.required, "doc": a.doc}
             if not a.required:
                 spec["default"] = a.default
-            for key in ("min", "max", "max_len"):
+            for key in ("min", "max", "max_len", "max_items"):
                 if getattr(a, key) is not None:
                     spec[key] = getattr(a, key)
             if a.choices is not None:
@@ -88,15 +89,16 @@ def plugin_manager() -> pluggy.PluginManager:
     return pm
 
 
-def compile_task(service: str, name: str, task: Task) -> TaskEntry:
-    """Compile a Task's args into a validator; RegistrationError if the task or its schema is malformed."""
+def compile_task(service: str, name: str, task: Task, bounded: bool = False) -> TaskEntry:
+    """Compile a Task's args into a validator; RegistrationError if the task or its schema is malformed,
+    or (bounded: the built-ins, held to the syscall table's rule) leaves an argument unbounded."""
     if not isinstance(task, Task):
         raise RegistrationError(f"service '{service}': task '{name}' must be a llmos.services.Task, "
                                 f"got {type(task).__name__}")
     if not callable(task.fn):
         raise RegistrationError(f"service '{service}': task '{name}' has no callable fn")
     try:
-        args = compile_args(f"service '{service}' task '{name}'", task.args or {})
+        args = compile_args(f"service '{service}' task '{name}'", task.args or {}, bounded=bounded)
     except SchemaError as exc:
         raise RegistrationError(str(exc)) from None
     return TaskEntry(service, name, task, Syscall(f"{service}.{name}", "", task.description, "", {}, task.stream, args))
@@ -125,7 +127,7 @@ def build_catalog(pm: pluggy.PluginManager, failed: list[dict] | None = None) ->
             for task_name, task in tasks.items():
                 if not isinstance(task_name, str) or not _NAME.match(task_name):
                     raise RegistrationError(f"service '{name}': task name {task_name!r} must match {_NAME.pattern}")
-                compiled[task_name] = compile_task(name, task_name, task)
+                compiled[task_name] = compile_task(name, task_name, task, bounded=_plugin.startswith(BUILTIN_PREFIX))
             _mine[name] = ServiceEntry(name, _plugin, description or "", compiled)
 
         try:
@@ -172,7 +174,7 @@ def discover(env: dict[str, str] | None = None) -> tuple[pluggy.PluginManager, l
 
     for name in BUILTINS:
         if name not in deny:
-            add(f"builtin.{name}", lambda name=name: importlib.import_module(f"llmos.services.builtin.{name}"))
+            add(f"{BUILTIN_PREFIX}{name}", lambda name=name: importlib.import_module(f"llmos.services.builtin.{name}"))
     seen = set()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in seen or ep.name in deny or (allow is not None and ep.name not in allow):

@@ -4,6 +4,11 @@ The kernel validates with `validate`, `render_markdown` writes specs/syscalls.md
 holds the client library's methods to `SYSCALLS`, so the three read one source and cannot drift.
 `compile_args` is the one compiler of argument declarations: the table's, and the `args` of
 every service plugin's tasks, which are checked by the same validator as a syscall's.
+
+Every argument of the table (and of the built-in services' tasks) is bounded where it is declared:
+a number has a min and a max, a str or bytes a max_len, a list or map a max_items; `compile_args`
+with bounded=True refuses a declaration without them, so a new syscall cannot forget one. An
+argument typed `any` is bounded by the frame alone (max_frame).
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ _PY_TYPES = {
     "map": (dict,),
 }
 TYPES = tuple(_PY_TYPES) + ("any", "null")
-SCHEMA_KEYS = ("type", "default", "nullable", "required", "doc", "min", "max", "max_len", "choices")
+SCHEMA_KEYS = ("type", "default", "nullable", "required", "doc", "min", "max", "max_len", "max_items", "choices")
+_NUMERIC, _TEXT, _ITEMS = {"int", "float"}, {"str", "bytes"}, {"list", "map"}
 _REQUIRED = object()
 
 
@@ -53,7 +59,8 @@ class Arg:
     doc: str = ""
     min: float | None = None
     max: float | None = None
-    max_len: int | None = None
+    max_len: int | None = None      # characters of a str, bytes of a bytes: the argument's or each list item's
+    max_items: int | None = None    # items of a list, entries of a map
     choices: tuple | None = None
     # the Python classes `types` accept, worked out once: check() runs on every syscall
     _classes: tuple | None = field(init=False, repr=False, compare=False)
@@ -86,6 +93,8 @@ class Arg:
                 value = float(value)
         if self.max_len is not None and isinstance(value, (str, bytes)) and len(value) > self.max_len:
             raise ArgError(f"{syscall}: argument '{self.name}' is longer than {self.max_len}")
+        if isinstance(value, (list, tuple, dict)):
+            self._check_items(syscall, value)
         if self.choices is not None and value not in self.choices:
             raise ArgError(f"{syscall}: argument '{self.name}' must be one of "
                            f"{', '.join(map(str, self.choices))}, got {value!r}")
@@ -93,14 +102,44 @@ class Arg:
             value = list(value)
         return value
 
+    def _check_items(self, syscall: str, value: list | tuple | dict) -> None:
+        if self.max_items is not None and len(value) > self.max_items:
+            what = "entries" if isinstance(value, dict) else "items"
+            raise ArgError(f"{syscall}: argument '{self.name}' has more than {self.max_items} {what}")
+        if self.max_len is not None and not isinstance(value, dict):
+            for i, item in enumerate(value):
+                if isinstance(item, (str, bytes)) and len(item) > self.max_len:
+                    raise ArgError(f"{syscall}: argument '{self.name}'[{i}] is longer than {self.max_len}")
 
-def compile_args(where: str, schema: Any) -> dict[str, Arg]:
+
+def compile_args(where: str, schema: Any, bounded: bool = False) -> dict[str, Arg]:
     """Argument declarations, `{name: {type, default or nullable or required, doc, min, max,
-    max_len, choices}}`, compiled into Args; SchemaError naming `where` and the argument if one
-    is malformed."""
+    max_len, max_items, choices}}`, compiled into Args; SchemaError naming `where` and the argument
+    if one is malformed, or (bounded) leaves a size or a number unbounded."""
     if not isinstance(schema, dict):
         raise SchemaError(f"{where}: args must be a map of argument name -> schema, got {type(schema).__name__}")
-    return {name: _compile_arg(f"{where} argument '{name}'", name, spec) for name, spec in schema.items()}
+    args = {name: _compile_arg(f"{where} argument '{name}'", name, spec) for name, spec in schema.items()}
+    if bounded:
+        for name, arg in args.items():
+            _check_bounded(f"{where} argument '{name}'", arg)
+    return args
+
+
+def _check_bounded(where: str, arg: Arg) -> None:
+    """SchemaError unless every value the argument takes has a declared limit, and its default keeps it."""
+    types = set(arg.types)
+    if types & _NUMERIC and (arg.min is None or arg.max is None):
+        raise SchemaError(f"{where}: a number needs both min and max (what the engine and the model can "
+                          f"represent: int64, a vocabulary, a context length)")
+    if types & _TEXT and arg.max_len is None and arg.choices is None:
+        raise SchemaError(f"{where}: a str or bytes needs a max_len (or choices)")
+    if types & _ITEMS and arg.max_items is None:
+        raise SchemaError(f"{where}: a list or map needs a max_items")
+    if not arg.required and arg.default is not None:
+        try:
+            arg.check(where, arg.default)
+        except ArgError as exc:
+            raise SchemaError(f"{where}: its default breaks its own bounds ({exc})") from None
 
 
 def _compile_arg(where: str, name: str, spec: Any) -> Arg:
@@ -118,11 +157,18 @@ def _compile_arg(where: str, name: str, spec: Any) -> Arg:
     choices = spec.get("choices")
     if choices is not None and (not isinstance(choices, (list, tuple)) or not choices):
         raise SchemaError(f"{where}: 'choices' must be a non-empty list of the allowed values")
+    for key in ("min", "max", "max_len", "max_items"):
+        bound = spec.get(key)
+        if bound is not None and (not isinstance(bound, (int, float)) or isinstance(bound, bool)
+                                  or not math.isfinite(bound) or (key.startswith("max_") and bound < 0)):
+            raise SchemaError(f"{where}: '{key}' must be a finite number{' >= 0' if key.startswith('max_') else ''}")
+    if spec.get("min") is not None and spec.get("max") is not None and spec["min"] > spec["max"]:
+        raise SchemaError(f"{where}: its min {spec['min']} is over its max {spec['max']}")
     default = None if spec.get("nullable") else spec.get("default", _REQUIRED)
     if spec.get("nullable") and "null" not in types:
         types += ("null",)
     return Arg(name, types, default, spec.get("doc", ""), spec.get("min"), spec.get("max"), spec.get("max_len"),
-               None if choices is None else tuple(choices))
+               spec.get("max_items"), None if choices is None else tuple(choices))
 
 
 @dataclass(frozen=True)
@@ -164,7 +210,7 @@ def _load() -> dict[str, Syscall]:
         raise RuntimeError(f"syscalls.toml is ABI {table['version']}, protocol.py says {ABI_VERSION}")
     calls = {}
     for name, spec in table["syscalls"].items():
-        args = compile_args(f"syscalls.toml: {name}", spec.get("args", {}))
+        args = compile_args(f"syscalls.toml: {name}", spec.get("args", {}), bounded=True)
         for errno in spec["errors"]:
             if errno not in ERRNOS:
                 raise RuntimeError(f"syscalls.toml: {name} lists unknown errno {errno}")
@@ -204,8 +250,10 @@ def render_markdown() -> str:
                     limits.append(f">= {a.min}")
                 if a.max is not None:
                     limits.append(f"<= {a.max}")
+                if a.max_items is not None:
+                    limits.append(f"items <= {a.max_items}")
                 if a.max_len is not None:
-                    limits.append(f"length <= {a.max_len}")
+                    limits.append(f"length <= {a.max_len}" + (" (each string)" if "list" in a.types else ""))
                 if a.choices is not None:
                     limits.append("one of " + ", ".join(f"`{c!r}`" for c in a.choices))
                 out.append(f"| `{a.name}` | {' or '.join(a.types).replace('null', 'nil')} | {default} | "

@@ -77,3 +77,73 @@ def test_bools_are_not_ints_and_ints_are_floats():
     with pytest.raises(ArgError):
         SYSCALLS["kill"].validate({"pid": True})
     assert SYSCALLS["infer"].validate({"prompt": "x", "temperature": 1})["temperature"] == 1.0
+
+
+# -- every argument bounded where it is declared (issue 25, item 1) ------------------------------
+
+NUMERIC, SIZED_TEXT, SIZED_ITEMS = {"int", "float"}, {"str", "bytes"}, {"list", "map"}
+ALL_ARGS = [(name, arg) for name, s in SYSCALLS.items() for arg in s.args.values()]
+
+
+def unbounded(arg) -> list[str]:
+    """What a declaration leaves unbounded: a number without min or max, a string without max_len
+    (choices bound one too), a list or map without max_items."""
+    types, missing = set(arg.types), []
+    if types & NUMERIC and (arg.min is None or arg.max is None):
+        missing.append("min and max")
+    if types & SIZED_TEXT and arg.max_len is None and arg.choices is None:
+        missing.append("max_len")
+    if types & SIZED_ITEMS and arg.max_items is None:
+        missing.append("max_items")
+    return missing
+
+
+@pytest.mark.parametrize("name, arg", ALL_ARGS, ids=[f"{n}.{a.name}" for n, a in ALL_ARGS])
+def test_every_argument_of_the_table_has_both_bounds_or_a_length(name, arg):
+    assert not unbounded(arg), f"{name}.{arg.name} lacks {', '.join(unbounded(arg))}"
+
+
+@pytest.mark.parametrize("call, arg, key", [("infer", "top_k", "max"), ("infer", "seed", "min"),
+                                            ("infer", "prompt", "max_len"), ("embed", "input", "max_items"),
+                                            ("svc_call", "args", "max_items")])
+def test_a_table_leaving_an_argument_unbounded_is_refused_when_it_loads(monkeypatch, call, arg, key):
+    with pytest.raises(abi.SchemaError, match=f"{call} argument '{arg}'.*{key}"):
+        load_broken_table(monkeypatch, lambda table: table["syscalls"][call]["args"][arg].pop(key))
+
+
+def test_a_table_whose_default_breaks_its_own_bounds_is_refused(monkeypatch):
+    with pytest.raises(abi.SchemaError, match="max_tokens.*default"):
+        load_broken_table(monkeypatch, lambda table: table["syscalls"]["infer"]["args"]["max_tokens"].update(max=8))
+
+
+def test_a_table_whose_minimum_passes_its_maximum_is_refused(monkeypatch):
+    with pytest.raises(abi.SchemaError, match="priority.*min"):
+        load_broken_table(monkeypatch, lambda table: table["syscalls"]["infer"]["args"]["priority"].update(min=11))
+
+
+FLOATS = [(name, arg) for name, arg in ALL_ARGS if "float" in arg.types]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name, arg", FLOATS, ids=[f"{n}.{a.name}" for n, a in FLOATS])
+def test_no_float_argument_takes_nan_or_an_infinity(name, arg, value):
+    with pytest.raises(ArgError, match=f"'{arg.name}' must be finite"):
+        arg.check(name, value)
+
+
+def test_a_list_past_max_items_or_with_an_item_past_max_len_is_refused_naming_it():
+    stop = SYSCALLS["infer"].args["stop"]
+    with pytest.raises(ArgError, match=f"'stop' has more than {stop.max_items} items"):
+        SYSCALLS["infer"].validate({"prompt": "x", "stop": ["s"] * (stop.max_items + 1)})
+    with pytest.raises(ArgError, match=r"'stop'\[1\] is longer than"):
+        SYSCALLS["infer"].validate({"prompt": "x", "stop": ["s", "s" * (stop.max_len + 1)]})
+    quotas = SYSCALLS["user_add"].args["quotas"]
+    with pytest.raises(ArgError, match=f"'quotas' has more than {quotas.max_items} entries"):
+        SYSCALLS["user_add"].validate({"name": "x", "quotas": {str(i): 0 for i in range(quotas.max_items + 1)}})
+    assert SYSCALLS["infer"].validate({"prompt": "x", "stop": ["s"] * stop.max_items})["stop"]
+
+
+def test_integers_past_int64_are_refused_wherever_the_kernel_keys_by_them():
+    for call, arg in [("cancel", "id"), ("free", "handle"), ("kill", "pid"), ("infer", "seed"), ("infer", "top_k")]:
+        with pytest.raises(ArgError, match=f"'{arg}' must be <="):
+            SYSCALLS[call].args[arg].check(call, 2**63)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from llmos.specs import SYSCALLS
 from llmos.specs.protocol import ERRNOS
 from llmos.userland.gateway.app import ROUTES
 from llmos.userland.gateway.errors import STATUS_OF_ERRNO
-from llmos.userland.gateway.openai import CHAT_PARAMS, COMPLETION_PARAMS, EMBED_PARAMS, NEUTRAL
+from llmos.userland.gateway.openai import CHAT_PARAMS, COMPLETION_PARAMS, EMBED_PARAMS, NEUTRAL, chat_request
 
 DOC = (Path(__file__).resolve().parent.parent / "specs" / "GATEWAY.md").read_text()
 
@@ -31,3 +32,9 @@ def test_every_errno_has_a_status_in_the_doc(errno):
     status, kind = STATUS_OF_ERRNO[errno]
     row = next(line for line in DOC.splitlines() if line.startswith(f"| {status} |"))
     assert errno in row and kind in row
+
+
+@pytest.mark.parametrize("seed", [-1, -2**63, 0, 7, 2**63 - 1, 2**63, 2**64 - 1])
+def test_any_64_bit_seed_reaches_infer_inside_its_bounds_as_the_engine_read_it(seed):
+    args, _ = chat_request({"messages": [{"role": "user", "content": "hi"}], "seed": seed})
+    assert SYSCALLS["infer"].validate(args)["seed"] == seed % 2**63    # what the engine made of it before

@@ -125,6 +125,46 @@ def test_a_malformed_registration_fails_only_that_plugin(tasks, message):
         pm.unregister(name="good-plugin")
 
 
+def unbounded_args(entry) -> list[str]:
+    """The task's arguments that a value of any size or magnitude would pass (the syscall table's rule)."""
+    out = []
+    for a in entry.schema.args.values():
+        types = set(a.types)
+        if (types & {"int", "float"} and (a.min is None or a.max is None)
+                or types & {"str", "bytes"} and a.max_len is None and a.choices is None
+                or types & {"list", "map"} and a.max_items is None):
+            out.append(a.name)
+    return out
+
+
+def test_every_builtin_task_bounds_each_of_its_arguments():
+    catalog = plugins.load({"LLMOS_PLUGINS": ""})
+    assert not catalog.failed and BUILTINS <= set(catalog.services), catalog.failed
+    loose = {f"{s.name}.{t.name}": unbounded_args(t) for s in catalog.services.values() for t in s.tasks.values()}
+    assert not {task: args for task, args in loose.items() if args}
+
+
+def test_a_builtin_with_an_unbounded_argument_is_refused_and_a_third_party_one_is_not():
+    class Loose:
+        def __init__(self, service):
+            self.service = service
+
+        @hookimpl
+        def register_services(self, register):
+            register(self.service, {"t": Task(lambda ctx, n: {"n": n}, args={"n": {"type": "int", "min": 0}})})
+
+    pm = plugins.plugin_manager()
+    pm.register(Loose("loose-builtin"), name=plugins.BUILTIN_PREFIX + "loose")
+    pm.register(Loose("loose-plugin"), name="loose-plugin")
+    try:
+        catalog = plugins.build_catalog(pm)
+        assert "loose-builtin" not in catalog.services and "loose-plugin" in catalog.services
+        assert "argument 'n': a number needs both min and max" in catalog.failed[0]["error"]
+    finally:
+        pm.unregister(name=plugins.BUILTIN_PREFIX + "loose")
+        pm.unregister(name="loose-plugin")
+
+
 def test_the_environment_allowlist_and_denylist_choose_the_plugins(tmp_path):
     saved = list(sys.path)
     try:

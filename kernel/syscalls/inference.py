@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING
 
-from llmos.specs import registry
+from llmos.specs import SYSCALLS, registry
 from llmos.specs.protocol import reply_ok
 
 from ..adapters import AdapterNameError, split_name
@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from ..process import Process
 
 ROLES = ("system", "user", "assistant", "tool")
-MAX_STOPS, MAX_STOP_CHARS = 16, 256
-MAX_EMBED_INPUTS = 1024
+_INFER = SYSCALLS["infer"].args          # the bounds are the table's; the validator has checked them
+MAX_STOPS, MAX_STOP_CHARS = _INFER["stop"].max_items, _INFER["stop"].max_len
+MAX_MESSAGE_CHARS = _INFER["prompt"].max_len     # all contents together: a chat is no longer than a prompt
+MAX_EMBED_INPUTS = SYSCALLS["embed"].args["input"].max_items
 
 
 async def model_for(k: "Kernel", ctx: "CallContext", name: str | None, kind: str) -> "ModelEntry":
@@ -72,12 +74,16 @@ def checked_messages(messages: list) -> list[dict]:
     """Chat messages as the driver gets them: role and content strings, nothing else."""
     if not messages:
         raise einval("infer: 'messages' must not be empty")
-    out = []
+    out, chars = [], 0
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise einval(f"infer: messages[{i}] must be a map with string 'role' and 'content'")
         if m["role"] not in ROLES:
             raise einval(f"infer: messages[{i}].role must be one of {', '.join(ROLES)}, got '{m['role'][:32]}'")
+        chars += len(m["content"])
+        if chars > MAX_MESSAGE_CHARS:
+            raise einval(f"infer: the contents of 'messages' hold more than {MAX_MESSAGE_CHARS} characters "
+                         f"(by messages[{i}]), as a prompt may")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 

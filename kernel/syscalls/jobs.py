@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmos.specs import registry, trainset
+from llmos.specs import SYSCALLS, registry, trainset
 
 from ..adapters import NAME
 from ..errors import eagain, einval, enoent
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..jobs import Job
     from ..kernel import Kernel
 
-MAX_EXAMPLES = 100_000                 # per job; its bytes are bounded by the frame (max_frame)
+MAX_EXAMPLES = SYSCALLS["tune"].args["examples"].max_items     # per job; its bytes are bounded by the frame
 MAX_ACTIVE_JOBS_PER_PRINCIPAL = 2      # queued or running: each holds a copy of its base model on a device
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DEFAULT_TARGETS = ["q_proj", "v_proj"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmos.specs import channel
+from llmos.specs import SYSCALLS, channel
 
 from ..errors import einval
 from .inference import model_and_adapter
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..dispatch import CallContext
     from ..kernel import Kernel
 
-MAX_SCORE_TEXTS = 64
+MAX_SCORE_TEXTS = SYSCALLS["score"].args["texts"].max_items
 MAX_SCORE_CHARS = 262144      # all texts of one call together: about the context of a few large models
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from llmos.services import ServiceError, Task, hookimpl
 from llmos.services import nlp
 
+MAX_LABELS = 64           # each label is embedded with its description and examples
 TEMPERATURE = 0.04        # softmax temperature over cosine scores: 0.04 apart is e:1
 LEXICON_WEIGHT = 0.06     # how far one lexicon hit moves a sentiment score, in cosine units (up to 3 hits)
 
@@ -190,10 +191,11 @@ def register_services(register):
         "labels": Task(labels, "Zero-shot: which of the caller's labels fits the text, with a confidence per label "
                                "(embedding similarity to each label, its description and examples).",
                        args={"text": {"type": "str", "max_len": 1 << 20},
-                             "labels": {"type": "list", "doc": "two or more label names"},
-                             "descriptions": {"type": "map|null", "nullable": True,
+                             "labels": {"type": "list", "max_items": MAX_LABELS, "max_len": 256,
+                                        "doc": f"two to {MAX_LABELS} label names"},
+                             "descriptions": {"type": "map|null", "nullable": True, "max_items": MAX_LABELS,
                                               "doc": "label -> a sentence describing it (improves accuracy)"},
-                             "examples": {"type": "map|null", "nullable": True,
+                             "examples": {"type": "map|null", "nullable": True, "max_items": MAX_LABELS,
                                           "doc": "label -> example texts of that label"}}),
         "sentiment": Task(sentiment, "Positive, negative or neutral, with a confidence per label "
                                      "(similarity to a dozen prototype sentences per label, plus a lexicon).",

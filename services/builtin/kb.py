@@ -249,8 +249,8 @@ def register_services(register):
                                          "doc": "sentences or paragraphs repeated at the start of the next chunk"}}),
         "ingest_texts": Task(ingest_texts, "Add documents the caller read itself: [{name, text}], chunked and "
                                            "stored as ingest does (how `llmos support --kb DIR` sends a folder).",
-                             args={"kb": _KB, "docs": {"type": "list", "doc": f"documents: [{{name, text}}, ...], "
-                                                                             f"at most {MAX_FILES}"},
+                             args={"kb": _KB, "docs": {"type": "list", "max_items": MAX_FILES,
+                                                       "doc": f"documents: [{{name, text}}, ...], at most {MAX_FILES}"},
                                    "chunk_chars": {"type": "int", "default": 700, "min": 100, "max": 4000},
                                    "overlap": {"type": "int", "default": 1, "min": 0, "max": 5}}),
         "ask": Task(ask, "Answer a question from the knowledge base by quoting the most relevant sentence, with "

@@ -152,6 +152,7 @@ def register_services(register):
                                "with a score and the reason (the phrase or the similar prototype that triggered it).",
                      args={"text": {"type": "str", "max_len": 1 << 20},
                            "categories": {"type": "list|null", "nullable": True,
+                                          "max_items": len(CATEGORIES), "max_len": 32,
                                           "doc": f"only these (default all): {', '.join(CATEGORIES)}"},
                            "threshold": {"type": "float", "default": THRESHOLD, "min": 0.0, "max": 1.0,
                                          "doc": "embedding similarity to a prototype above which its category is flagged"}}),

@@ -26,6 +26,7 @@ TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "SSN", "IP", "NAME")
 # two that English text uses most, which cannot be confused (a NANP number never starts with 0,
 # a British one always does). Numbers written with + are found whatever this says.
 PHONE_REGIONS = ("US", "GB")
+MAX_REGIONS = 16          # each one is a pass of the phone matcher over the whole text
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
@@ -209,9 +210,9 @@ def register_services(register):
                              "placeholders like [EMAIL_1]; returns the redacted text and each finding's type and span "
                              "in the original text.",
                      args={"text": {"type": "str", "max_len": 4 << 20, "doc": "the text to redact"},
-                           "types": {"type": "list|null", "nullable": True,
+                           "types": {"type": "list|null", "nullable": True, "max_items": len(TYPES), "max_len": 16,
                                      "doc": f"only these types (default all): {', '.join(TYPES)}"},
-                           "regions": {"type": "list|null", "nullable": True,
+                           "regions": {"type": "list|null", "nullable": True, "max_items": MAX_REGIONS, "max_len": 8,
                                        "doc": "countries whose national phone formats to read (default "
                                               f"{', '.join(PHONE_REGIONS)}); numbers with + are found anyway"}}),
     }, description="Find personal data by checked patterns (phone rules, Luhn, IBAN, SSN) and a names heuristic, "

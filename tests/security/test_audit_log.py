@@ -21,7 +21,7 @@ from llmos.kernel import auditrate
 from llmos.kernel.audit import AuditLog
 from llmos.kernel.auditsink import DEFAULT_SYSLOG
 from llmos.kernel.config import ConfigError, load
-from llmos.specs import auditlog
+from llmos.specs import SYSCALLS, auditlog
 from llmos.userland.cli.exits import EXIT_FAILED
 
 
@@ -87,11 +87,19 @@ def test_a_bounded_line_is_bounded_again_unchanged():
     assert json.loads(auditlog.make_line(prev, record)) == {**record, "prev": prev}
 
 
-def test_a_denied_hello_asking_for_200000_caps_writes_one_bounded_line(tcp_kernel, make_user):
+def test_a_hello_asking_for_200000_caps_is_einval_at_the_door_and_writes_no_line(tcp_kernel, make_user):
     name, key = make_user()
-    caps = [f"cap{i:07d}" for i in range(200_000)]
+    error = raised(tcp_kernel.client, "greedy", caps=[f"cap{i:07d}" for i in range(200_000)], key=key)
+    assert error.errno == "EINVAL" and "'caps' has more than" in error.message
+    assert not [r for r in events(tcp_kernel.state_dir, "denied") if r.get("principal") == name]
+
+
+def test_a_denied_hello_asking_for_the_most_caps_it_may_writes_one_bounded_line(tcp_kernel, make_user):
+    name, key = make_user()
+    caps_arg = SYSCALLS["hello"].args["caps"]
+    caps = [f"c{i:0{caps_arg.max_len - 1}d}" for i in range(caps_arg.max_items)]
     error = raised(tcp_kernel.client, "greedy", caps=caps, key=key)
-    assert error.errno == "EPERM" and "and 199992 more" in error.message and len(error.message) < 1024
+    assert error.errno == "EPERM" and f"and {len(caps) - 8} more" in error.message and len(error.message) < 1024
     denied = [r for r in events(tcp_kernel.state_dir, "denied") if r.get("principal") == name]
     assert len(denied) == 1
     full = json.dumps(sorted(caps), separators=(",", ":")).encode()

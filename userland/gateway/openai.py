@@ -46,9 +46,11 @@ def _max_tokens(param: str) -> Callable[[Any], int]:
 
 
 def _seed(v):
+    """OpenAI's seed is any 64-bit integer; infer's is a non-negative int64, and the engine used to fold
+    every seed into that range itself: folded here the same way, a seed keeps the text it gave."""
     if not _is_int(v) or not -2**63 <= v < 2**64:
         raise bad_param("seed", "'seed' must be an integer")
-    return v
+    return v % (_INFER["seed"].max + 1)
 
 
 def _stop(v):
