@@ -79,8 +79,8 @@ class Settings:
     max_running_per_process: int = 16       # requests of one process in a device's batch at once
     reserve_quota_bytes: int | None = None  # per process; None: no quota beyond the device
     max_value_bytes: int = 16 << 20
-    quotas: dict[str, int] = field(default_factory=dict)          # [quotas]: defaults for every user
-    operator_quotas: dict[str, int] = field(default_factory=dict) # [quotas.operator]: none unless given
+    quotas: dict[str, int | str] = field(default_factory=dict)          # [quotas]: over the defaults of quotas.py
+    operator_quotas: dict[str, int | str] = field(default_factory=dict) # [quotas.operator]: none unless given
     default_caps: tuple[str, ...] = DEFAULT_CAPS
     grantable_caps: tuple[str, ...] = GRANTABLE_CAPS
     service_read_dirs: list[str] = field(default_factory=list)  # [services] read_dirs: where kb.ingest may read
@@ -236,11 +236,18 @@ def _audit_section(path: Path, table: Any) -> tuple[str | None, str]:
     return syslog, facility
 
 
-def _quota(path: Path, key: str, value: Any) -> int:
-    from .quotas import QUOTA_NAMES
+def _quota(path: Path, key: str, value: Any) -> int | str:
+    """A quota's value: a count, a size for *_bytes, or for reserve_bytes a share of each device ("25%")."""
+    from .quotas import QUOTA_NAMES, share_of
 
     if key.split(".")[-1] not in QUOTA_NAMES:
         raise ConfigError(f"config file {path}: unknown quota '{key}'; known: {', '.join(QUOTA_NAMES)}")
+    if key.endswith("reserve_bytes") and isinstance(value, str) and "%" in value:
+        try:
+            share_of(value)
+        except ValueError as exc:
+            raise ConfigError(f"config file {path}: [quotas] {key}: {exc}") from None
+        return value.strip()
     return parse_bytes(value, f"[quotas] {key}") if key.endswith("bytes") else int(value)
 
 

@@ -4,7 +4,8 @@ Each device has a fair scheduler (kernel/scheduler.py) of queued generations and
 requests running at its driver, as wide as the driver's engine batches (it says so in its
 Hello). `pump` moves requests from the scheduler into that window whenever a slot frees up.
 Driver messages arrive typed (specs/channel.py): token events fan out to the clients that
-stream them and are charged to the process they count against; results and errors end requests.
+stream them and are charged to the process they count against and to its principal's token rate
+(a generation that uses the rest of the minute's ends with EDQUOT); results and errors end requests.
 A device whose driver is given up (`down`) fails what waits on it and every new request with EIO.
 """
 
@@ -201,12 +202,13 @@ class Devices:
             req = k.requests.get(ev.rid)
             if req is None:
                 continue   # cancelled or reaped while the step ran
+            over_quota = None
             if ev.tokens:
                 req.completion_tokens += ev.tokens
                 proc = k.procs.get(req.share)
                 if proc is not None:
                     proc.tokens += ev.tokens
-                    k.quotas.charge_tokens(proc.principal, ev.tokens)
+                over_quota = k.quotas.charge_tokens(req.payer, ev.tokens)
                 sched.charge(req.share, ev.tokens)
             if ev.ids:
                 req.generated += ev.ids
@@ -218,6 +220,8 @@ class Devices:
                 done, total = ev.prefill
                 k.dispatch.send_more(req, {"progress": {"phase": "prefill", "done": done, "total": total}})
             if ev.finish is None:
+                if over_quota is not None:     # its principal's token rate is used up: it ends here
+                    k.requests.end(req, over_quota)
                 continue
             if ev.finish == "error":
                 k.requests.end(req, SyscallError(ev.errno, ev.message or "driver error"))

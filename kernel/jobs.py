@@ -32,6 +32,7 @@ from .errors import SyscallError, eio
 from .job import FINISHED, DriverRestarted, Job, TrainTurn, model_shape, steps_of, train_bytes
 from .jobstore import JobStore
 from .placement import gib
+from .quotas import reservations_of
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -132,9 +133,8 @@ class JobTable:
         shape = await asyncio.to_thread(model_shape, entry.spec.path)
         need = train_bytes(entry.weight_bytes, shape, r["hyper"])
         k = self.k
-        used = sum(p.reserved_bytes for p in k.procs if p.principal == job.owner)
-        used += sum(j.reserved for j in self.jobs.values() if j.owner == job.owner)
-        k.quotas.check(job.owner, "reserve_bytes", used, need, what="tune")
+        k.quotas.check_reserve(job.owner, job.device, k.memory.devices[job.device].total_bytes,
+                               reservations_of(k, job.owner), need, "tune")
         if not k.memory.devices[job.device].can_fit(need):
             k.models.make_room(job.device, need, f"fine-tune job {job.id} ({gib(entry.weight_bytes)} weights to "
                                                  f"train, activations of {r['hyper']['batch_size']} x "

@@ -9,13 +9,18 @@ Two kinds of figure, kept two ways so neither can drift:
 Labels are bounded (specs/ABI.md, Metrics and health): a syscall name from the table (or
 "unknown"), an errno name, a device, a model in the model table, a finish reason. Never a pid,
 a request id or a string a client chose. Per-process figures live only in the `stats` window.
+
+`stats` shows a non-admin only its own principal's activity, so beside the exported counters the
+same events are kept per principal (replies by syscall and errno, tokens, the window's samples and
+seconds): bounded by the user table (a removed user's are forgotten) and the syscall table.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import defaultdict, deque
+from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -40,6 +45,10 @@ E2E_BUCKETS = (0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20
                480.0, 960.0, 1920.0, 7680.0)
 LATENCIES = ("ttft_s", "itl_s", "e2e_s")
 
+# The principal whose frame is being answered. The kernel sets it while it dispatches a frame, and a
+# call's task copies it, so each reply is also counted for the principal that asked (kernel.py).
+CALLER: ContextVar[str | None] = ContextVar("llmos_caller", default=None)
+
 
 def syscall_label(call: object) -> str:
     """A call's name as a label: the table's names only, so a client cannot mint label values."""
@@ -47,37 +56,40 @@ def syscall_label(call: object) -> str:
 
 
 class RecentWindow:
-    """The last WINDOW_S seconds: latency samples, and tokens per second in one-second buckets by pid."""
+    """The last WINDOW_S seconds: latency samples, and tokens per second in one-second buckets by pid,
+    each marked with the principal it counts for; a reader given principal=None reads every one's."""
 
     def __init__(self) -> None:
-        self.samples: dict[str, deque[tuple[float, float]]] = {k: deque(maxlen=MAX_SAMPLES) for k in LATENCIES}
-        self.seconds: deque[tuple[int, dict[int, int]]] = deque(maxlen=int(WINDOW_S) + 1)
+        self.samples: dict[str, deque[tuple[float, float, str]]] = {k: deque(maxlen=MAX_SAMPLES) for k in LATENCIES}
+        self.seconds: deque[tuple[int, dict[tuple[int, str], int]]] = deque(maxlen=int(WINDOW_S) + 1)
 
-    def latency(self, kind: str, seconds: float, now: float) -> None:
-        self.samples[kind].append((now, seconds))
+    def latency(self, kind: str, seconds: float, now: float, principal: str = "") -> None:
+        self.samples[kind].append((now, seconds, principal))
 
-    def tokens(self, pid: int, n: int, now: float) -> None:
+    def tokens(self, pid: int, n: int, now: float, principal: str = "") -> None:
         second = int(now)
         if not self.seconds or self.seconds[-1][0] != second:
             self.seconds.append((second, {}))
         by_pid = self.seconds[-1][1]
-        by_pid[pid] = by_pid.get(pid, 0) + n
+        by_pid[pid, principal] = by_pid.get((pid, principal), 0) + n
 
-    def percentiles(self, kind: str, now: float) -> dict:
-        values = sorted(v for t, v in self.samples[kind] if now - t <= WINDOW_S)
+    def percentiles(self, kind: str, now: float, principal: str | None = None) -> dict:
+        values = sorted(v for t, v, who in self.samples[kind]
+                        if now - t <= WINDOW_S and principal in (None, who))
         if not values:
             return {"p50": None, "p95": None, "count": 0}
         return {"p50": nearest_rank(values, 0.50), "p95": nearest_rank(values, 0.95), "count": len(values)}
 
-    def tokens_per_s(self, now: float, span: float) -> tuple[float, dict[int, float]]:
+    def tokens_per_s(self, now: float, span: float, principal: str | None = None) -> tuple[float, dict[int, float]]:
         """Generated tokens per second over the window (or over `span`, if the kernel is younger), in
         all and by pid."""
         span = max(1.0, min(WINDOW_S, span))
         by_pid: dict[int, int] = {}
         for second, counts in self.seconds:
             if now - second <= WINDOW_S:
-                for pid, n in counts.items():
-                    by_pid[pid] = by_pid.get(pid, 0) + n
+                for (pid, who), n in counts.items():
+                    if principal in (None, who):
+                        by_pid[pid] = by_pid.get(pid, 0) + n
         return sum(by_pid.values()) / span, {pid: n / span for pid, n in by_pid.items()}
 
 
@@ -106,6 +118,8 @@ class Metrics:
         self.auth_failures = Counter("llmos_auth_failures", "Connections or keys refused", ["reason"], registry=r)
         self.kv_usage: dict[str, float] = {}     # device -> fraction, as its driver last said
         self.window = RecentWindow()
+        self.calls: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)    # principal -> (syscall, errno) -> n
+        self.tokens: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "generated": 0})  # by principal
         r.register(TableCollector(kernel, self))
 
     def exposition(self) -> bytes:
@@ -114,8 +128,18 @@ class Metrics:
     # -- observations ------------------------------------------------------------------------------
 
     def reply(self, call: object, errno: str) -> None:
-        """One final reply to a client: errno "OK" for a result."""
-        self.syscalls.labels(syscall_label(call), errno if errno == "OK" or errno in ERRNOS else "EIO").inc()
+        """One final reply to a client: errno "OK" for a result; counted for its principal too."""
+        key = (syscall_label(call), errno if errno == "OK" or errno in ERRNOS else "EIO")
+        self.syscalls.labels(*key).inc()
+        principal = CALLER.get()
+        if principal:
+            counts = self.calls[principal]
+            counts[key] = counts.get(key, 0) + 1
+
+    def forget(self, principal: str) -> None:
+        """A removed user's own figures (the totals keep what it did)."""
+        self.calls.pop(principal, None)
+        self.tokens.pop(principal, None)
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
@@ -132,41 +156,51 @@ class Metrics:
                     self.token_event(req, ev.tokens, now)
 
     def token_event(self, req: "Request", tokens: int, now: float) -> None:
+        """Tokens of a request, counted for its payer (a service's generation is its caller's)."""
         if req.first_token_at is None:
             req.first_token_at = now
             self.ttft.labels(req.model).observe(now - req.created)
-            self.window.latency("ttft_s", now - req.created, now)
+            self.window.latency("ttft_s", now - req.created, now, req.payer)
         else:
             self.itl.labels(req.model).observe(now - req.last_token_at)
-            self.window.latency("itl_s", now - req.last_token_at, now)
+            self.window.latency("itl_s", now - req.last_token_at, now, req.payer)
         req.last_token_at = now
         self.generation_tokens.labels(req.model).inc(tokens)
-        self.window.tokens(req.share, tokens, now)
+        self.tokens[req.payer]["generated"] += tokens
+        self.window.tokens(req.share, tokens, now, req.payer)
 
     def generation_finished(self, req: "Request", result: dict) -> None:
         now = time.monotonic()
+        prompt = (result.get("usage") or {}).get("prompt_tokens", 0)
         self.e2e.labels(req.model).observe(now - req.created)
-        self.window.latency("e2e_s", now - req.created, now)
+        self.window.latency("e2e_s", now - req.created, now, req.payer)
         self.success.labels(req.model, str(result.get("finish_reason"))).inc()
-        self.prompt_tokens.labels(req.model).inc((result.get("usage") or {}).get("prompt_tokens", 0))
+        self.prompt_tokens.labels(req.model).inc(prompt)
+        self.tokens[req.payer]["prompt"] += prompt
 
     # -- read back, for `stats` --------------------------------------------------------------------
 
-    def replies(self) -> dict:
+    def replies(self, principal: str | None = None) -> dict:
+        """Replies by syscall and errno since boot: every principal's, or one's."""
+        if principal is None:
+            counts = [(s.labels["syscall"], s.labels["errno"], int(s.value)) for s in _totals(self.syscalls)]
+        else:
+            counts = [(call, errno, n) for (call, errno), n in self.calls.get(principal, {}).items()]
         total = errors = 0
         by_syscall: dict[str, dict] = {}
-        for s in _totals(self.syscalls):
-            n = int(s.value)
-            row = by_syscall.setdefault(s.labels["syscall"], {"ok": 0, "errors": {}})
+        for call, errno, n in counts:
+            row = by_syscall.setdefault(call, {"ok": 0, "errors": {}})
             total += n
-            if s.labels["errno"] == "OK":
+            if errno == "OK":
                 row["ok"] += n
             else:
                 errors += n
-                row["errors"][s.labels["errno"]] = n
+                row["errors"][errno] = n
         return {"total": total, "errors": errors, "by_syscall": by_syscall}
 
-    def token_totals(self) -> dict:
+    def token_totals(self, principal: str | None = None) -> dict:
+        if principal is not None:
+            return dict(self.tokens.get(principal, {"prompt": 0, "generated": 0}))
         return {"prompt": int(sum(s.value for s in _totals(self.prompt_tokens))),
                 "generated": int(sum(s.value for s in _totals(self.generation_tokens)))}
 

@@ -56,6 +56,7 @@ class Request:
     seq: int = 0                  # arrival order, for FIFO among equals
     share: int = 0                # pid it is scheduled and accounted as: pid, or the caller a service serves
     principal: str = ""           # whose quota of requests in flight it counts against
+    payer: str = ""               # whose tokens and figures it counts as: share's principal (a service's caller)
     state: RequestState = RequestState.QUEUED
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0
@@ -108,6 +109,8 @@ class RequestTable:
         self._by_rid[req.rid] = req
         quotas.requests[proc.principal] += 1
         req.principal = proc.principal
+        payer = self.k.procs.get(req.share)
+        req.payer = payer.principal if payer is not None else proc.principal
         if entry is not None:
             entry.in_use += 1
             entry.last_used = time.monotonic()

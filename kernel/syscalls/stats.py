@@ -1,8 +1,13 @@
 """The stats syscall: the kernel's figures for userland, the same ones the Prometheus metrics carry.
 
 Totals come back from the metrics' counters, recent figures from their 60-s window, state from
-the tables, so `llmos top`, the gateway and a Prometheus scrape never disagree. Only processes
-are per-principal: a non-admin sees its own principal's.
+the tables, so `llmos top`, the gateway and a Prometheus scrape never disagree.
+
+An admin sees the whole kernel. Anyone else sees its own principal's activity and no other
+tenant's: its replies by syscall, its tokens, its latencies and tokens per second (a service's
+generation counts as its caller's), its processes. The machine's figures stay whole: devices
+(memory, queue and batch, as `devices` shows them), models, the service host, auth failures,
+readiness.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ async def sys_stats(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     metrics = k.metrics
     now = time.monotonic()
     uptime = time.time() - k.started
-    tokens_per_s, by_pid = metrics.window.tokens_per_s(now, uptime)
     everyone = "admin" in ctx.proc.caps
+    whose = None if everyone else ctx.proc.principal
+    tokens_per_s, by_pid = metrics.window.tokens_per_s(now, uptime, whose)
     return {
         "uptime_s": round(uptime, 3),
-        "requests": metrics.replies(),
-        "tokens": metrics.token_totals(),
-        "latency": {kind: metrics.window.percentiles(kind, now) for kind in LATENCIES},
+        "requests": metrics.replies(whose),
+        "tokens": metrics.token_totals(whose),
+        "latency": {kind: metrics.window.percentiles(kind, now, whose) for kind in LATENCIES},
         "throughput": {"tokens_per_s": round(tokens_per_s, 3)},
         "devices": [device_row(k, name) for name in k.devices.names],
         "models": [{"name": e.name, "device": e.device, "state": e.state} for e in k.models],

@@ -12,21 +12,32 @@ from typing import TYPE_CHECKING
 from ..errors import einval
 from ..job import FINISHED
 from ..principals import PrincipalError
-from ..quotas import QUOTA_NAMES
+from ..quotas import QUOTA_NAMES, share_of
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
     from ..kernel import Kernel
 
 
-def _checked_quotas(quotas: dict | None) -> dict[str, int]:
+def _checked_quotas(quotas: dict | None) -> dict[str, int | str]:
     quotas = quotas or {}
     for key, value in quotas.items():
         if key not in QUOTA_NAMES:
             raise einval(f"user_add: unknown quota '{str(key)[:32]}'; known: {', '.join(QUOTA_NAMES)}")
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise einval(f"user_add: quota '{key}' must be a non-negative integer")
+        if key == "reserve_bytes" and isinstance(value, str):
+            try:
+                share_of(value)
+            except ValueError as exc:
+                raise einval(f"user_add: quota reserve_bytes: {exc}") from None
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise einval(f"user_add: quota '{key}' must be a non-negative integer"
+                         + (" or a share of each device such as \"25%\"" if key == "reserve_bytes" else ""))
     return dict(quotas)
+
+
+def _described(k: "Kernel", principal) -> dict:
+    """A user as the user syscalls answer it: its overrides (`quotas`) and what applies (`effective_quotas`)."""
+    return {**principal.describe(), "effective_quotas": k.quotas.effective(principal.name)}
 
 
 def reachable_at(url: str) -> str:
@@ -62,11 +73,11 @@ def sys_user_add(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise einval(f"user_add: {exc}") from None
     k.audit.record("user_add", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name,
                    caps=sorted(principal.caps), quotas=principal.quotas)
-    return {**principal.describe(), "key_file": str(path)}
+    return {**_described(k, principal), "key_file": str(path)}
 
 
 def sys_user_list(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return {"users": [p.describe() for p in k.principals.users()]}
+    return {"users": [_described(k, p) for p in k.principals.users()]}
 
 
 def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
@@ -76,6 +87,7 @@ def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise einval(f"user_remove: {exc}") from None
     reaped = _reap_all(k, principal.name, "its user was removed")
     jobs = _cancel_jobs(k, principal.name)
+    k.metrics.forget(principal.name)      # a user added again under the name starts its figures afresh
     k.audit.record("user_remove", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped,
                    jobs_cancelled=jobs)
     return {"name": principal.name, "reaped": reaped}
@@ -88,7 +100,7 @@ def sys_user_rotate(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise einval(f"user_rotate: {exc}") from None
     reaped = _reap_all(k, principal.name, "its user's key was rotated")
     k.audit.record("user_rotate", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped)
-    return {**principal.describe(), "key_file": str(path)}
+    return {**_described(k, principal), "key_file": str(path)}
 
 
 HANDLERS = {"user_add": sys_user_add, "user_list": sys_user_list, "user_remove": sys_user_remove,

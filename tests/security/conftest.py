@@ -1,4 +1,5 @@
-"""A kernel on loopback tcp (CurveZMQ), its operator console, and users made through it."""
+"""A kernel on loopback tcp (CurveZMQ), its operator console, and users made through it; one that
+generates (the tiny model) for the tests that need tokens."""
 
 from __future__ import annotations
 
@@ -14,6 +15,15 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def tcp_kernel(tmp_path_factory):
     k = KernelProcess(tmp_path_factory.mktemp("tcp-kernel"), tcp=True, env={"LLMOS_NO_SERVICES": "1"}).start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def tcp_model_kernel(tmp_path_factory, tiny_llama):
+    """A tcp kernel on the tiny model (no service host): for tests of what users' generations cost and show."""
+    k = KernelProcess(tmp_path_factory.mktemp("tcp-model-kernel"), tcp=True, model=tiny_llama,
+                      env={"LLMOS_NO_SERVICES": "1"}).start()
     yield k
     k.stop()
 

@@ -19,17 +19,32 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
-def parse_quotas(ctx, param, items: tuple[str, ...]) -> dict[str, int]:
-    """--quota name=value: a count, or a size such as 512MiB for the *_bytes quotas."""
+def parse_quotas(ctx, param, items: tuple[str, ...]) -> dict[str, int | str]:
+    """--quota name=value: a count, a size such as 512MiB for the *_bytes quotas, or a share of each
+    device such as 50% for reserve_bytes (the kernel checks the share)."""
     quotas = {}
     for item in items:
         name, sep, raw = item.partition("=")
+        if sep and name == "reserve_bytes" and raw.strip().endswith("%"):
+            quotas[name] = raw.strip()
+            continue
         m = _SIZE.fullmatch(raw)
         if not sep or not name or not m:
-            raise click.BadParameter(f"wants name=number (e.g. requests=8 or mem_bytes=512MiB), got '{item}'",
-                                     ctx, param)
+            raise click.BadParameter(f"wants name=number (e.g. requests=8, mem_bytes=512MiB or reserve_bytes=50%), "
+                                     f"got '{item}'", ctx, param)
         quotas[name] = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
     return quotas
+
+
+def shown_quota(name: str, value: int | str | None) -> str:
+    """A quota as `user add` prints it: sizes in whole KiB/MiB/GiB where they are, none as unlimited."""
+    if value is None:
+        return f"{name}=unlimited"
+    if name.endswith("_bytes") and isinstance(value, int):
+        for unit in ("TiB", "GiB", "MiB", "KiB"):
+            if value and value % _UNITS[unit.lower()] == 0:
+                return f"{name}={value // _UNITS[unit.lower()]}{unit}"
+    return f"{name}={value}"
 
 
 def parse_caps(ctx, param, value: str | None) -> list[str] | None:
@@ -61,12 +76,14 @@ def _show_key(r: dict) -> None:
               help="the capabilities it may hold (default: the kernel's default set; admin only if named)")
 @click.option("--quota", "quotas", multiple=True, callback=parse_quotas, metavar="NAME=VALUE",
               help="a limit of its own over the kernel's defaults: processes, requests, tokens_per_minute, "
-                   "reserve_bytes, mem_bytes, mem_keys (sizes take KiB, MiB, GiB)")
-def user_add(name: str, caps: list[str] | None, quotas: dict[str, int]) -> None:
+                   "reserve_bytes, mem_bytes, mem_keys (sizes take KiB, MiB, GiB; reserve_bytes also a share "
+                   "of each device, e.g. 50%)")
+def user_add(name: str, caps: list[str] | None, quotas: dict[str, int | str]) -> None:
     with _admin() as c:
         r = c.user_add(name, caps=caps, quotas=quotas or None)
-    click.echo(f"user {r['name']}: caps {','.join(r['caps']) or '-'}"
-               + (f", quotas {' '.join(f'{k}={v}' for k, v in r['quotas'].items())}" if r["quotas"] else ""))
+    click.echo(f"user {r['name']}: caps {','.join(r['caps']) or '-'}")
+    click.echo(f"quotas: {' '.join(shown_quota(k, v) for k, v in r['effective_quotas'].items())}")
+    click.echo("        (raise them with --quota NAME=VALUE for this user, [quotas] in the config for every user)")
     _show_key(r)
 
 
