@@ -160,7 +160,7 @@ def test_a_principal_keeps_its_16_latest_ended_jobs(tiny_kernel, c):
 def test_more_examples_than_a_job_takes_is_einval(c):
     many = [PAIRS[0]] * 100_001
     err = raised(c.tune, base="tiny", name="many", examples=many)
-    assert err.errno == "EINVAL" and "at most 100000" in err.message
+    assert err.errno == "EINVAL" and "examples" in err.message and "100000" in err.message
 
 
 def test_examples_past_the_frame_limit_are_einval(c):
