@@ -235,8 +235,8 @@ class Engine:
         print(f"engine: request {seq.id} failed alone: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         if seq.admitted is not None:
             self.scheduler.remove(seq)
-        return self._event(seq, "", "error", errno_of(exc), f"this request failed in its step ({exc.__class__.__name__}: "
-                                                            f"{str(exc)[:500]}); the rest of its batch went on")
+        why = f"{exc.__class__.__name__}: {str(exc)[:500]}"
+        return self._event(seq, "", "error", errno_of(exc), f"this request failed in its step ({why}); its batch went on")
 
     @staticmethod
     def _prefill_progress(plan: Plan) -> list[StepEvent]:

@@ -7,6 +7,20 @@ message. A step pauses between layers: there the driver takes in new submissions
 cut-in prompt may run right away) and keeps the rest for the step's end. Model loads run on a
 thread, so a load never holds up requests to models already loaded.
 
+No computation holds the loop past the kernel's heartbeat (a ping unanswered for two periods
+is a crash: kernel/supervisor.py), and none holds up other tenants' generations for its whole
+length. An embed or a score is a call in progress: a generator of slices bounded in tokens
+(embedding.py, scoring.py); each turn of the loop runs one slice of the oldest call (then it goes
+to the back of the line) and one engine step, so a minute of embedding and a stream share the
+device turn by turn. Within a slice, and within a training step (trainer.py), a long forward
+pauses after its layers (slices.pausing) to take in pings and submissions; an engine step pauses
+after each layer anyway, and bounds its prefill in tokens (engine.py).
+
+Why not answer pings from a thread of their own: the ping is the kernel's only sign that this
+loop still moves. A thread would answer for a loop stuck in a kernel bug or a hung device just
+as well, and the watchdog would then need a second signal of progress; with slices, an answer
+means progress, and a stuck driver is still caught and restarted.
+
     python -m llmos.drivers.host --connect ipc://... --device cpu
 """
 
@@ -19,6 +33,7 @@ import signal
 import sys
 import threading
 import traceback
+from collections import deque
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -45,6 +60,7 @@ class DriverLoop:
         self.deferred: list[DriverMessage] = []   # arrived while a step was paused
         self.loading: dict[str, list[channel.Submit]] = {}   # model being loaded -> submits waiting for it
         self.load_lock = threading.Lock()
+        self.calls: deque = deque()     # embeds and scores in progress: (rid, what, their slices)
         self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
                          channel.Embed: self._embed, channel.Score: self._score, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
@@ -87,6 +103,9 @@ class DriverLoop:
     def _cancel(self, msg: channel.Cancel) -> None:
         for waiting in self.loading.values():
             waiting[:] = [m for m in waiting if m.rid != msg.rid]
+        for call in [c for c in self.calls if c[0] == msg.rid]:
+            self.calls.remove(call)
+            call[2].close()
         self.driver.cancel(msg.rid)
 
     def _load_ended(self, msg: channel.Loaded | channel.LoadFailed) -> None:
@@ -99,18 +118,27 @@ class DriverLoop:
                 self.send(channel.Events([channel.TokenEvent.failed(waiting.rid, "EIO", f"loading {msg.model} failed")]))
 
     def _embed(self, msg: channel.Embed) -> None:
-        try:
-            self.send(self.driver.embed(msg))
-        except Exception as exc:   # a bad batch fails its request, not the driver
-            traceback.print_exc()
-            self.send(channel.Error(msg.rid, "EIO", f"embedding failed: {exc.__class__.__name__}: {exc}"))
+        self.calls.append((msg.rid, "embedding", self.driver.embed_slices(msg, self._pause_in_call)))
 
     def _score(self, msg: channel.Score) -> None:
+        self.calls.append((msg.rid, "scoring", self.driver.score_slices(msg, self._pause_in_call)))
+
+    def _advance_call(self) -> None:
+        """One slice of the oldest call in progress, which then waits behind the others; its reply
+        when it ends. A call that raises fails alone, never the driver."""
+        rid, what, slices = call = self.calls.popleft()
         try:
-            self.send(self.driver.score(msg))
-        except Exception as exc:   # as an embed: a bad batch fails its request, not the driver
+            next(slices)
+        except StopIteration as end:
+            self.send(end.value)
+        except Exception as exc:
             traceback.print_exc()
-            self.send(channel.Error(msg.rid, "EIO", f"scoring failed: {exc.__class__.__name__}: {exc}"))
+            self.send(channel.Error(rid, "EIO", f"{what} failed: {exc.__class__.__name__}: {str(exc)[:500]}"))
+        else:
+            self.calls.append(call)
+
+    def _pause_in_call(self) -> None:
+        self.pause([])
 
     def _load(self, msg: channel.Load) -> None:
         self.loading.setdefault(msg.model, [])
@@ -141,7 +169,7 @@ class DriverLoop:
         poller.register(self.sock, zmq.POLLIN)
         while os.getppid() == parent_pid:   # else the kernel died without telling us: nothing to serve
             pending, self.deferred = self.deferred, []
-            if poller.poll(0 if self.driver.has_work() or pending else IDLE_POLL_MS):
+            if poller.poll(0 if self.driver.has_work() or self.calls or pending else IDLE_POLL_MS):
                 pending += self.receive()
             if not all(self.handle(msg) for msg in pending):
                 return
@@ -151,6 +179,8 @@ class DriverLoop:
                     self._load_ended(done)
                 else:
                     self.send(done)
+            if self.calls:
+                self._advance_call()
             if self.driver.has_work():
                 events = self.driver.step(self.pause)
                 if events:

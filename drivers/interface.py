@@ -8,10 +8,12 @@ the same few methods and is served by the same loop (host.py) on the same typed 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from collections.abc import Callable, Generator
 
 from llmos.specs import channel
 from llmos.specs.channel import TokenEvent
+
+Reply = channel.Result | channel.Error
 
 
 class Driver(ABC):
@@ -56,6 +58,17 @@ class Driver(ABC):
     def score(self, msg: channel.Score) -> channel.Result | channel.Error:
         """The summed log-loss of each of msg.texts under msg.model; a runtime that cannot score says so."""
         return channel.Error(msg.rid, "EINVAL", f"this driver ({type(self).__name__}) cannot score texts")
+
+    def embed_slices(self, msg: channel.Embed, pause: Callable[[], None]) -> Generator[None, None, Reply]:
+        """embed as slices of bounded work: the driver loop steps engines and answers pings at each
+        yield, and pause() may be called within a slice for the same. By default, in one slice."""
+        return self.embed(msg)
+        yield   # a generator: the loop advances every call in progress the same way
+
+    def score_slices(self, msg: channel.Score, pause: Callable[[], None]) -> Generator[None, None, Reply]:
+        """score as slices of bounded work, as embed_slices. By default, in one slice."""
+        return self.score(msg)
+        yield
 
     @abstractmethod
     def has_work(self) -> bool:

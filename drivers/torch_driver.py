@@ -12,12 +12,14 @@ import contextlib
 import os
 import time
 import traceback
+from collections.abc import Generator
 
 from llmos.specs import channel
 from llmos.specs.channel import TokenEvent, device_kind
 from llmos.specs.registry import ModelSpec
 
-from .interface import Driver
+from .interface import Driver, Reply
+from .slices import run_to_end
 
 # Sequences per step, tokens per step, and prompt tokens that may cut into a step. A GPU step
 # costs about the same at batch 256 as at 64, so it wants wide batches and big prefill chunks.
@@ -25,7 +27,6 @@ from .interface import Driver
 # the prefill attention grows faster than the matmuls), and a short interactive prompt cuts in.
 ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens": 64},
                 "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
-SCORE_BATCH_TOKENS = 2048   # padded tokens per scoring forward: bounds the [tokens, vocab] logits it holds
 
 
 def _given(value, default):
@@ -160,18 +161,27 @@ class TorchDriver(Driver):
             engine.runner.drop_adapter(rid)
 
     def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
-        from .embedding import embed
+        return run_to_end(self.embed_slices(msg))
+
+    def embed_slices(self, msg: channel.Embed, pause=lambda: None) -> Generator[None, None, Reply]:
+        """embed in slices (embedding.py): the driver loop steps engines and answers pings between."""
+        from .embedding import embed_slices
 
         lm = self.embedders.get(msg.model)
         if lm is None:
             return channel.Error(msg.rid, "EIO", f"embedding model '{msg.model}' is not loaded on {self.device}")
-        vectors, tokens = embed(lm, msg.input, msg.normalize)
+        vectors, tokens = yield from embed_slices(lm, msg.input, msg.normalize, pause)
         return channel.Result(msg.rid, {"model": msg.model, "dim": len(vectors[0]), "vectors": vectors,
                                         "usage": {"prompt_tokens": tokens}})
 
     def score(self, msg: channel.Score) -> channel.Result | channel.Error:
-        """Each text's summed log-loss under the model (the `score` syscall): a plain no-grad forward,
-        outside the engine and its KV cache, run between steps like an embed."""
+        return run_to_end(self.score_slices(msg))
+
+    def score_slices(self, msg: channel.Score, pause=lambda: None) -> Generator[None, None, Reply]:
+        """Each text's summed log-loss under the model (the `score` syscall, scoring.py): no-grad
+        forwards outside the engine and its KV cache, in slices between steps like an embed's."""
+        from .scoring import nll_slices
+
         engine = self.engines.get(msg.model)
         if engine is None:
             return channel.Error(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
@@ -184,8 +194,8 @@ class TorchDriver(Driver):
                 return channel.Error(msg.rid, "EINVAL", f"score: texts[{i}] is {len(row)} tokens, more than the "
                                                         f"{lm.context_length} of {msg.model}'s context")
         # the adapter's update on every row of these forwards (its wrappers sit in lm.model's projections)
-        with engine.runner.lora.using({msg.adapter: None}) if msg.adapter else contextlib.nullcontext():
-            nll = summed_nll(lm, rows)
+        around = contextlib.nullcontext if not msg.adapter else lambda: engine.runner.lora.using({msg.adapter: None})
+        nll = yield from nll_slices(lm, rows, pause, around)
         return channel.Result(msg.rid, {"model": msg.model, "tokens": [max(len(row) - 1, 0) for row in rows],
                                         "nll": nll})
 
@@ -202,8 +212,6 @@ class TorchDriver(Driver):
         pause(events), if given, is called between slices of each step with the events of
         any cut-in (often none): the moment to send them and to take in new submissions.
         """
-        from .slices import run_to_end
-
         out: list[TokenEvent] = []
         for name, engine in list(self.engines.items()):
             if not engine.has_work():
@@ -211,7 +219,7 @@ class TorchDriver(Driver):
             try:
                 events = run_to_end(engine.step_slices(),
                                     lambda cut_in: (pause or out.extend)(self._token_events(cut_in)))
-            except Exception as exc:  # an engine bug fails its requests, not the driver
+            except Exception as exc:  # a fault no request explains (faults.py) fails the engine's requests, not the driver
                 traceback.print_exc()
                 events = engine.fail_all(f"engine failure: {exc.__class__.__name__}: {exc}")
             out += self._token_events(events)
@@ -233,33 +241,3 @@ class TorchDriver(Driver):
                 out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage))
         return out
 
-
-def summed_nll(lm, rows: list[list[int]]) -> list[float]:
-    """-log p(token | the tokens before it), natural log, summed over each row's tokens after its first.
-
-    Rows are batched by length and padded on the right, where padding precedes no token it could
-    change; a batch holds at most SCORE_BATCH_TOKENS padded tokens (a longer row goes alone)."""
-    import torch
-    import torch.nn.functional as F
-
-    nll = [0.0] * len(rows)
-    order = sorted((i for i, row in enumerate(rows) if len(row) > 1), key=lambda i: len(rows[i]))
-    start = 0
-    with torch.inference_mode():
-        while start < len(order):
-            end = start + 1
-            while end < len(order) and (end + 1 - start) * len(rows[order[end]]) <= SCORE_BATCH_TOKENS:
-                end += 1
-            batch = order[start:end]
-            ids = torch.zeros(len(batch), len(rows[batch[-1]]), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for j, i in enumerate(batch):
-                ids[j, :len(rows[i])] = torch.tensor(rows[i])
-                mask[j, :len(rows[i])] = 1
-            ids, mask = ids.to(lm.device), mask.to(lm.device)
-            logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none") * mask[:, 1:]
-            for i, total in zip(batch, losses.sum(1).tolist()):
-                nll[i] = total
-            start = end
-    return nll
