@@ -23,7 +23,6 @@ from llmos.specs.protocol import (ABI_VERSION, KEY_REVOKED, MAX_FRAME_BYTES, UNR
 from . import logs
 from .errors import SyscallError, eperm
 from .process import Process
-from .transport import UnreadReplies
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -57,11 +56,9 @@ class Dispatcher:
     def __init__(self, kernel: "Kernel", handlers: dict[str, Callable]):
         self.k = kernel
         self.handlers = handlers
-        self.unread = UnreadReplies()
 
     async def serve(self, transport: "Transport") -> None:
-        if transport.inbound is not None:
-            self.k.spawn(transport.inbound.run(), f"inbound-{transport.url}")
+        self.k.spawn(transport.peers.run(), f"peers-{transport.url}")
         while True:
             try:
                 routing, frames, principal, fd = await transport.recv()
@@ -150,7 +147,7 @@ class Dispatcher:
     def _reply_ok(self, ctx: CallContext, result) -> None:
         """The result, unless the client has too much unread already (EAGAIN, retry_after)."""
         frame = reply_ok(ctx.client_id, result)
-        if not self.unread.charge(ctx.principal, ctx.connection, ctx.fd, len(frame)):
+        if not ctx.transport.fits(ctx.routing, len(frame)):
             self._fail(ctx, SyscallError("EAGAIN", f"a reply of {len(frame)} bytes would pass the bytes this "
                                          "connection or principal may leave unread; read the replies, then retry",
                                          retry_after=UNREAD_RETRY_AFTER_S))

@@ -22,12 +22,13 @@ KERNEL_VERSION = "0.1.0"
 # while it arrives, which costs the sender its connection. A value (16 MiB) fits well inside.
 MAX_FRAME_BYTES = 32 * 1024 * 1024
 MAX_WIRE_FRAME_BYTES = MAX_FRAME_BYTES + 8 * 1024 * 1024
-# Replies of at least BULK_REPLY_BYTES are counted as unread until the connection's socket has
-# sent everything it held (its OS send queue is empty). A reply that would take a connection's
-# unread bytes past UNREAD_BYTES_PER_CONNECTION, or its principal's (all its connections) past
-# UNREAD_BYTES_PER_PRINCIPAL, is answered EAGAIN with retry_after instead: a client that never
-# reads cannot make the kernel hold more for it. Smaller replies are bounded by SEND_HWM frames.
-BULK_REPLY_BYTES = 4 * 1024
+# Every frame sent to a client (replies, streamed parts, errors, notices) is counted as unread
+# until the connection's socket has sent everything it held (its OS send queue is empty). A reply
+# that would take a connection's unread bytes past UNREAD_BYTES_PER_CONNECTION, or its principal's
+# (all its connections together) past UNREAD_BYTES_PER_PRINCIPAL, is answered EAGAIN with
+# retry_after instead; any other frame cuts the connections holding most (they are not reading)
+# until it fits. So neither a client that never reads nor a principal opening many such
+# connections can make the kernel hold more for it. Frames per connection are bounded by SEND_HWM.
 UNREAD_BYTES_PER_CONNECTION = 64 * 1024 * 1024
 UNREAD_BYTES_PER_PRINCIPAL = 256 * 1024 * 1024
 UNREAD_RETRY_AFTER_S = 0.5

@@ -1,7 +1,7 @@
 """Bounded memory per connection: what one client can make the kernel hold, and what it gets past it.
 
-The bounds live in specs/protocol.py (MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES, BULK_REPLY_BYTES,
-UNREAD_BYTES_PER_*, SEND_HWM). Each test reaches one of them on a kernel of its own (no model, no services).
+The bounds live in specs/protocol.py (MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES, UNREAD_BYTES_PER_*,
+SEND_HWM, INBOUND_HELD_*). Each test reaches one of them on a kernel of its own (no model, no services).
 """
 
 from __future__ import annotations
@@ -19,11 +19,14 @@ import zmq
 import zmq.asyncio
 
 from harness import dealer
-from llmos.kernel.transport import InboundGuard, UnreadReplies
-from llmos.specs.protocol import BULK_REPLY_BYTES, INBOUND_HELD_PER_CONNECTION, MAX_FRAME_BYTES
+from llmos.kernel.bounds import InboundGuard, UnreadReplies
+from llmos.kernel.peers import Peers
+from llmos.kernel.transport import Transport
+from llmos.specs.protocol import INBOUND_HELD_PER_CONNECTION, MAX_FRAME_BYTES
 from llmos.userland.testing import KernelProcess, wait_until
 
 MiB = 1 << 20
+BULK_REPLY_BYTES = 4 << 10    # a reply's size, as the unread bounds' tests count
 VALUE_BYTES = 16 * MiB    # the largest value memwrite takes
 RSS_GROWTH_LIMIT = 600 << 20
 
@@ -102,11 +105,80 @@ def test_a_principal_s_connections_share_one_bound_and_others_have_their_own():
     assert unread.charge("bob", b"c4", 4, 2 * BULK_REPLY_BYTES)
 
 
-def test_small_replies_are_not_counted():
+def test_small_frames_count_towards_their_principal_s_bound_however_many_connections_it_opens():
+    """Finding 9: frames under 4 KiB were bounded only per connection (SEND_HWM of them), so a principal
+    with N connections that never read made the kernel hold N times that."""
     sockets = FakeSockets()
-    sockets.unsent[1] = 1
-    unread = UnreadReplies(per_connection=BULK_REPLY_BYTES, per_principal=BULK_REPLY_BYTES, unsent=sockets)
-    assert all(unread.charge("alice", b"c1", 1, BULK_REPLY_BYTES - 1) for _ in range(1000))
+    sockets.unsent.update({fd: 1 for fd in range(1, 9)})          # nobody reads
+    unread = UnreadReplies(per_connection=64 * BULK_REPLY_BYTES, per_principal=16 * BULK_REPLY_BYTES, unsent=sockets)
+    accepted = sum(unread.charge("alice", b"c%d" % fd, fd, BULK_REPLY_BYTES - 1) for fd in range(1, 9) for _ in range(10))
+    assert accepted * (BULK_REPLY_BYTES - 1) <= 16 * BULK_REPLY_BYTES
+    assert unread.held("alice") <= 16 * BULK_REPLY_BYTES
+    assert unread.charge("bob", b"c9", 9, 8 * BULK_REPLY_BYTES)       # another principal has its own
+
+
+def test_past_its_principal_s_bound_the_connections_holding_most_unread_are_cut_first():
+    sockets = FakeSockets()
+    sockets.unsent.update({1: 1, 2: 1})                               # c1 and c2 do not read; c3 does
+    cut = []
+    unread = UnreadReplies(per_connection=8 * BULK_REPLY_BYTES, per_principal=6 * BULK_REPLY_BYTES, unsent=sockets)
+
+    def charge(connection, fd, nbytes):
+        return unread.charge("alice", connection, fd, nbytes, cut=lambda conn, why: cut.append(conn))
+
+    assert charge(b"c1", 1, 4 * BULK_REPLY_BYTES) and charge(b"c2", 2, 2 * BULK_REPLY_BYTES)
+    assert charge(b"c3", 3, 100)                      # over the bound: c1, holding most, goes
+    assert cut == [b"c1"] and unread.held("alice") == 2 * BULK_REPLY_BYTES + 100
+    assert not charge(b"c2", 2, 7 * BULK_REPLY_BYTES)   # alone past the bound of one connection: c2 itself
+    assert cut == [b"c1", b"c2"] and unread.held("alice") == 0      # c3 has read its 100 bytes
+
+
+def test_a_principal_s_connections_that_never_read_are_cut_once_they_hold_its_bound(tmp_path):
+    """Real sockets: six connections of one principal that read nothing and one that reads, each sent
+    small frames; what the six may hold stays under the principal's bound and the reader gets all of its."""
+    bound, frame = 1 << 20, b"r" * 3000
+    folder = tmp_path / "sock"
+    folder.mkdir(mode=0o700)
+    url = f"ipc://{folder}/kernel.sock"
+
+    async def scenario():
+        actx, ctx, cut = zmq.asyncio.Context(), zmq.Context(), []
+        transport = Transport(actx, url, None, lambda connection, why: cut.append(why),
+                              unread=UnreadReplies(per_principal=bound))
+        socks = [ctx.socket(zmq.DEALER) for _ in range(7)]
+        try:
+            routing = {}
+            for i, sock in enumerate(socks):
+                sock.setsockopt(zmq.LINGER, 0)
+                if i < 6:                                   # sleepers: take almost nothing off the socket
+                    sock.setsockopt(zmq.RCVHWM, 1)
+                    sock.setsockopt(zmq.RCVBUF, 4096)
+                sock.connect(url)
+                sock.send(b"%d" % i)
+                envelope, frames, _, _ = await asyncio.wait_for(transport.recv(), 5)
+                routing[int(frames[0])] = envelope
+            for burst in (50, 200):             # 750 kB each, 4.5 MB in all; the first burst fills their sockets
+                for i in range(6):
+                    for _ in range(burst):
+                        transport.send(routing[i], frame)
+                await asyncio.sleep(0.2)
+            held = transport.peers.unread.held("operator")
+            sent = sum(transport.send(routing[6], frame) for _ in range(200))
+            received = 0
+            while socks[6].poll(2000) and received < 200:
+                received += socks[6].recv() == frame
+            return held, cut, sent, received
+        finally:
+            for sock in socks:
+                sock.close(0)
+            transport.close()
+            ctx.term()
+            actx.term()
+
+    held, cut, sent, received = asyncio.run(scenario())
+    assert 0 < held <= bound                            # what the sleepers kept stays under the bound
+    assert 4 <= len(cut) < 6 and all("not reading" in why for why in cut)
+    assert sent == received == 200
 
 
 class PeakRss:
@@ -189,23 +261,25 @@ def send_until_cut(s: socket.socket, data: bytes, times: int) -> int:
 
 
 def guarded_router(scenario, **bounds):
-    """Run scenario(port, router) beside a tcp ROUTER watched by an InboundGuard whose reader
-    tells it what was delivered."""
+    """Run scenario(port, router) beside a tcp ROUTER watched by an InboundGuard (its connections
+    followed by a Peers) whose reader tells it what was delivered."""
 
     async def main():
         ctx = zmq.asyncio.Context()
         router = ctx.socket(zmq.ROUTER)
         router.setsockopt(zmq.LINGER, 0)
         port = router.bind_to_random_port("tcp://127.0.0.1")
-        guard = InboundGuard(router, period_s=0.02, **bounds)
+        guard = InboundGuard(**bounds)
+        peers = Peers(router, inbound=guard, period_s=0.02)
 
         async def read():
             while True:
                 parts = await router.recv_multipart(copy=False)
+                peers.follow()
                 guard.delivered(parts[-1].get(zmq.SRCFD), parts[1:])
                 await router.send_multipart([parts[0].bytes, b"got %d" % len(parts[-1])])
 
-        tasks = [asyncio.create_task(guard.run()), asyncio.create_task(read())]
+        tasks = [asyncio.create_task(peers.run()), asyncio.create_task(read())]
         try:
             return await asyncio.to_thread(scenario, port)
         finally:
