@@ -4,9 +4,13 @@ No thread and no web framework: /health/live answering must prove that the loop 
 syscalls answers. So the HTTP is the smallest that Prometheus, curl and load balancers need,
 with every bound explicit: one GET per connection (the answer closes it), a request line plus
 headers of at most MAX_HEAD_BYTES (else 431), READ_TIMEOUT_S to send them (else 408),
-MAX_CONNECTIONS at once (more are closed unanswered), WRITE_TIMEOUT_S for a reader to take the
-answer. Anything else is 400, 404 or 405. The data is read-only and unauthenticated: bind it to
-loopback, or to an address only the scrapers reach.
+WRITE_TIMEOUT_S for a reader to take the answer. Anything else is 400, 404 or 405. The data is
+read-only and unauthenticated: bind it to loopback, or to an address only the scrapers reach.
+
+Connections: MAX_CONNECTIONS at once, MAX_CONNECTIONS_PER_CLIENT from one address. Past either, a
+new connection takes the place of the oldest one (of that address, or anyone's) that is still
+sending its request; only when none is, is it closed unanswered. So slow clients (slowloris) can
+hold slots for at most READ_TIMEOUT_S each, and never the one a scraper or load balancer needs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -28,6 +33,7 @@ log = logs.get("llmos.metrics")
 
 MAX_HEAD_BYTES = 8 << 10
 MAX_CONNECTIONS = 64
+MAX_CONNECTIONS_PER_CLIENT = 8
 READ_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 10.0
 READY_WAIT_S = 12.0        # /health/ready waits this long for a probe it started (or found running)
@@ -59,7 +65,7 @@ class MetricsServer:
         self.k = kernel
         self.host, self.port = split_listen(listen)
         self.server: asyncio.Server | None = None
-        self.open = 0
+        self.open: dict[asyncio.StreamWriter, Slot] = {}     # insertion-ordered: the oldest first
 
     async def start(self) -> None:
         try:
@@ -83,13 +89,16 @@ class MetricsServer:
                 pass
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.open >= MAX_CONNECTIONS:
+        peer = writer.get_extra_info("peername")
+        slot = Slot(peer[0] if isinstance(peer, tuple) else "")
+        if not self._make_room(slot.client):
             writer.close()
             return
-        self.open += 1
+        self.open[writer] = slot
         try:
             try:
                 path = await self._read_request(reader)
+                slot.reading = False
                 status, ctype, body = await self._answer(path)
             except HttpError as exc:
                 status, ctype, body = exc.status, "application/json", _json({"error": str(exc)})
@@ -105,8 +114,24 @@ class MetricsServer:
         except (asyncio.TimeoutError, ConnectionError):
             pass
         finally:
-            self.open -= 1
+            self.open.pop(writer, None)
             writer.close()
+
+    def _make_room(self, client: str) -> bool:
+        """Room for one more connection from `client`, if need be by closing the oldest connection (its
+        own, then anyone's) still sending its request; False when there is none to close."""
+        mine = [w for w, slot in self.open.items() if slot.client == client]
+        if len(mine) >= MAX_CONNECTIONS_PER_CLIENT and not self._close_oldest_reading(mine):
+            return False
+        return len(self.open) < MAX_CONNECTIONS or self._close_oldest_reading(list(self.open))
+
+    def _close_oldest_reading(self, writers: list[asyncio.StreamWriter]) -> bool:
+        for writer in writers:
+            if self.open[writer].reading:
+                del self.open[writer]
+                writer.close()      # its read ends at once; it answers nothing
+                return True
+        return False
 
     async def _read_request(self, reader: asyncio.StreamReader) -> str:
         """The path of one GET, from a head within MAX_HEAD_BYTES read within READ_TIMEOUT_S."""
@@ -150,6 +175,12 @@ async def _discard(reader: asyncio.StreamReader, limit: int = 1 << 20, within_s:
             limit -= len(chunk)
     except (asyncio.TimeoutError, ConnectionError):
         pass
+
+
+@dataclass
+class Slot:
+    client: str                 # the peer's address
+    reading: bool = True        # still sending its request line and headers
 
 
 def _json(obj: dict) -> bytes:

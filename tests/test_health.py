@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from harness import KernelProcess
+from harness import KernelProcess, wait_until
+from llmos.kernel.httpserve import MAX_CONNECTIONS_PER_CLIENT, READ_TIMEOUT_S
 from llmos.userland.testing import LLMOS_COMMAND, free_tcp_port
 
 
@@ -133,6 +135,57 @@ def test_a_silent_connection_does_not_hold_up_the_others(ready_kernel):
     with socket.create_connection(("127.0.0.1", ready_kernel.metrics_port), timeout=30) as silent:
         silent.sendall(b"GET /metrics HTTP/1.1\r\n")       # and never the rest
         assert get(ready_kernel, "/health/live")[0] == 200
+
+
+def slow_connections(kernel: KernelProcess, count: int, source: str = "127.0.0.1") -> list[socket.socket]:
+    """Connections from `source` that start a request and never finish it (slowloris)."""
+    socks = []
+    for _ in range(count):
+        s = socket.create_connection(("127.0.0.1", kernel.metrics_port), timeout=10, source_address=(source, 0))
+        s.sendall(b"GET /health/live HTTP/1.1\r\nX-Slow: ")
+        socks.append(s)
+    return socks
+
+
+def closed_by_server(s: socket.socket) -> bool:
+    s.settimeout(0.01)
+    try:
+        return s.recv(1 << 16) == b""
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
+def test_slow_connections_cannot_starve_health_live(modelless_kernel):
+    """Finding 10: 64 connections that never finished their request took every slot for 5 s."""
+    socks = slow_connections(modelless_kernel, 80)
+    try:
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{modelless_kernel.metrics_port}/health/live", timeout=2) as r:
+            assert r.status == 200
+        assert time.monotonic() - started < 2
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_one_client_holds_at_most_its_share_of_connections(modelless_kernel):
+    socks = slow_connections(modelless_kernel, 20, source="127.0.0.2")
+    try:
+        assert wait_until(lambda: sum(map(closed_by_server, socks)) >= 20 - MAX_CONNECTIONS_PER_CLIENT, timeout=3)
+        assert not any(closed_by_server(s) for s in socks[-MAX_CONNECTIONS_PER_CLIENT:])   # the newest are kept
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_a_request_head_not_sent_within_the_deadline_gets_408(modelless_kernel):
+    with socket.create_connection(("127.0.0.1", modelless_kernel.metrics_port), timeout=READ_TIMEOUT_S + 5) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        started = time.monotonic()
+        assert s.recv(1 << 16).startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - started < READ_TIMEOUT_S + 2
 
 
 def test_a_taken_metrics_port_fails_the_boot(tmp_path, ready_kernel):

@@ -56,6 +56,7 @@ def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, socke
     import uvicorn
 
     from ..gateway.app import DEFAULT_MAX_STREAMS, MAX_BODY_BYTES, Settings, configure_logging, make_app
+    from ..gateway.http import uvicorn_options
 
     root = ctx.find_root().params
     path = Path(keys_path) if keys_path else default_keys_path()
@@ -74,7 +75,7 @@ def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, socke
     click.echo(f"llmos serve: OpenAI API at http://{host}:{port}/v1", err=True)
     configure_logging()
     uvicorn.run(make_app(settings), host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, **uvicorn_options())
 
 
 @serve.group(cls=OrderedGroup, help="API keys of the gateway: add, list, rm")
