@@ -130,9 +130,16 @@ class RayDrivers:
     async def join(self) -> None:
         """ray.init off the loop's thread: in the main thread it would take SIGTERM from the kernel."""
         await asyncio.to_thread(ray.init, address=self.settings.address, namespace=NAMESPACE,
-                                logging_level=logging.WARNING)
+                                logging_level=logging.WARNING, **self._node_ip())
         self.actor_class = ray.remote(DriverHost)
         log.info("ray.joined", address=self.settings.address)
+
+    def _node_ip(self) -> dict:
+        """The kernel joins the cluster at the address it listens on, when `[ray] listen` names one: Ray
+        otherwise takes the machine's routable address, which a cluster on loopback (127.0.0.2 and up,
+        as the tests run it) does not know."""
+        host = split_listen(self.settings.listen)[0] if self.settings.listen else ""
+        return {"_node_ip_address": host} if host and host not in ("0.0.0.0", "::", "*", "localhost") else {}
 
     async def start(self) -> None:
         """Open the tcp driver socket, place drivers on every alive node, then watch for changes."""

@@ -12,6 +12,7 @@ only the driver socket, a client's only the client socket, a driver only its own
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from harness import raised, wait_until
 from llmos.userland.testing import KernelProcess, make_tiny_llama
 
 PROMPT = "Once upon a time, in a land far away, there lived"
+HEAD_IP = "127.0.0.2"
+NODE_IPS = (f"127.0.0.{n}" for n in itertools.count(3))   # each node Ray starts: a loopback address of its own
 LONG = 400      # tokens: the tiny model writes them slower than Ray takes to kill an actor
 
 
@@ -33,11 +36,14 @@ def cluster():
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # Loopback only: Ray advertises the machine's routable address unless each node is given its own
+    # 127.0.0.x (the kernel joins at its driver socket's address, [ray] listen)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                      "node_ip_address": HEAD_IP})
     try:
-        c.add_node(num_cpus=1)
+        c.add_node(num_cpus=1, node_ip_address=next(NODE_IPS))
         c.wait_for_nodes()
-        ray.init(address=c.address, logging_level="warning")    # this process too, to kill actors
+        ray.init(address=c.address, _node_ip_address=HEAD_IP, logging_level="warning")   # this process too, to kill actors
         yield c
     finally:
         ray.shutdown()
@@ -49,8 +55,11 @@ def ray_kernel(cluster, tmp_path_factory):
     one_thread = {"OMP_NUM_THREADS": "1"}    # the local driver as Ray runs its actors: 2 cores, 4 drivers
     # float32: in bfloat16 the default model's resumed text parts from the undisturbed one (a prefill
     # of prompt and tokens so far is not bit-equal to decoding them one by one)
-    k = KernelProcess(tmp_path_factory.mktemp("ray-kernel"), env={"LLMOS_NO_SERVICES": "1", **one_thread},
-                      extra=["--ray", cluster.address, "--dtype", "float32"]).start()
+    work = tmp_path_factory.mktemp("ray-kernel")
+    config = work / "config.toml"
+    config.write_text(f'[ray]\nlisten = "{HEAD_IP}:0"\n')
+    k = KernelProcess(work, env={"LLMOS_NO_SERVICES": "1", **one_thread},
+                      extra=["--ray", cluster.address, "--dtype", "float32", "--config", str(config)]).start()
     try:
         with k.client("watcher") as c:
             assert wait_until(lambda: _states(c) == {"cpu": "up", "cpu:1": "up", "cpu:2": "up"}, 120), _states(c)
@@ -121,6 +130,13 @@ def _stream_while(c, model: str, disturb) -> str:
 
 # -- placement -------------------------------------------------------------------------------------
 
+def test_the_cluster_and_the_driver_socket_stay_on_loopback(cluster, ray_kernel):
+    import ray
+    assert {n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]} <= {f"127.0.0.{i}" for i in range(2, 255)}
+    (socket,) = ray_kernel.events("ray.driver_socket")
+    assert socket["bound"].startswith(f"tcp://{HEAD_IP}:") and socket["connect"].startswith(f"tcp://{HEAD_IP}:")
+
+
 def test_each_node_gets_a_driver_named_after_the_local_devices_with_its_node(cluster, ray_kernel):
     with ray_kernel.client() as c:
         devices = {d["name"]: d for d in c.devices()}
@@ -187,7 +203,7 @@ def test_a_node_that_leaves_takes_its_device_down_and_its_stream_finishes_on_a_r
 
 
 def test_a_node_that_joins_adds_a_device(cluster, ray_kernel):
-    node = cluster.add_node(num_cpus=1)
+    node = cluster.add_node(num_cpus=1, node_ip_address=next(NODE_IPS))
     with ray_kernel.client() as c:
         assert wait_until(lambda: _states(c).get("cpu:3") == "up", 120), _states(c)
         devices = {d["name"]: d for d in c.devices()}
