@@ -65,7 +65,8 @@ class Dispatcher:
             except zmq.ZMQError:
                 return
             if len(frames) != 1:
-                self._error(transport, routing, None, None, "EINVAL", f"a request is one frame, not {len(frames)}")
+                self._error(transport, routing, None, None, "EINVAL", f"a request is one frame, not {len(frames)}",
+                            principal=principal)
             else:
                 self.on_frame(transport, routing, frames[0], principal, fd)
 
@@ -108,10 +109,10 @@ class Dispatcher:
             if spec.cap and spec.cap not in proc.caps:
                 raise eperm(f"'{call}' needs the '{spec.cap}' capability, which this process does not hold")
         except (FrameError, ArgError) as exc:
-            self._error(transport, routing, client_id, call, "EINVAL", str(exc))
+            self._error(transport, routing, client_id, call, "EINVAL", str(exc), principal=principal)
             return
         except SyscallError as exc:
-            self._error(transport, routing, client_id, call, exc.errno, exc.message, exc.retry_after)
+            self._error(transport, routing, client_id, call, exc.errno, exc.message, exc.retry_after, principal)
             return
         ctx = CallContext(transport, routing, client_id, proc, principal, fd, call)
         if asyncio.iscoroutinefunction(handler):
@@ -152,16 +153,18 @@ class Dispatcher:
                                          "connection or principal may leave unread; read the replies, then retry",
                                          retry_after=UNREAD_RETRY_AFTER_S))
             return
-        self.k.metrics.reply(ctx.call, "OK")
+        self.k.metrics.reply(ctx.call, "OK", ctx.principal)
         ctx.transport.send(ctx.routing, frame)
 
     def _fail(self, ctx: CallContext, exc: SyscallError) -> None:
-        self._error(ctx.transport, ctx.routing, ctx.client_id, ctx.call, exc.errno, exc.message, exc.retry_after)
+        self._error(ctx.transport, ctx.routing, ctx.client_id, ctx.call, exc.errno, exc.message, exc.retry_after,
+                    ctx.principal)
 
     def _error(self, transport: "Transport", routing: list[bytes], client_id: int | None, call: str | None,
-               errno: str, message: str, retry_after: float | None = None) -> None:
-        """An errno reply, counted under its syscall (or "unknown", before a name from the table is read)."""
-        self.k.metrics.reply(call, errno)
+               errno: str, message: str, retry_after: float | None = None, principal: str | None = None) -> None:
+        """An errno reply, counted under its syscall (or "unknown", before a name from the table is read), and
+        for the principal the transport proved, whose `stats` shows it its own."""
+        self.k.metrics.reply(call, errno, principal)
         transport.send(routing, reply_error(client_id, errno, message, retry_after))
 
     def send_more(self, req: "Request", result: dict) -> None:

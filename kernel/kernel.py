@@ -32,7 +32,7 @@ from .health import Readiness
 from .httpserve import MetricsServer
 from .jobs import JobTable
 from .memstore import MemoryStore
-from .metrics import CALLER, Metrics
+from .metrics import Metrics
 from .sealing import ValueSeal
 from .models import ModelTable
 from .principals import PrincipalTable
@@ -47,19 +47,6 @@ from .transport import Transport
 log = logs.get("llmos.kernel")
 
 
-class CountingDispatcher(Dispatcher):
-    """The syscall path, with metrics.CALLER set to the principal whose frame it answers (a call's task
-    copies it), so each reply is also counted for that principal: `stats` shows a tenant its own."""
-
-    def on_frame(self, transport: Transport, routing: list[bytes], frame: bytes, principal: str,
-                 fd: int | None = None) -> None:
-        token = CALLER.set(principal)
-        try:
-            super().on_frame(transport, routing, frame, principal, fd)
-        finally:
-            CALLER.reset(token)
-
-
 class Kernel:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -70,7 +57,7 @@ class Kernel:
         self.requests = RequestTable(self)
         self.devices = Devices(self, resolve_devices(settings.devices))
         self.jobs = JobTable(self)           # fine-tune jobs
-        self.dispatch = CountingDispatcher(self, HANDLERS)
+        self.dispatch = Dispatcher(self, HANDLERS)
         self.metrics = Metrics(self)
         self.health = Readiness(self)
         self.metrics_server = MetricsServer(self, settings.metrics_listen) if settings.metrics_listen else None

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict, deque
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -44,11 +43,6 @@ ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0
 E2E_BUCKETS = (0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 240.0,
                480.0, 960.0, 1920.0, 7680.0)
 LATENCIES = ("ttft_s", "itl_s", "e2e_s")
-
-# The principal whose frame is being answered. The kernel sets it while it dispatches a frame, and a
-# call's task copies it, so each reply is also counted for the principal that asked (kernel.py).
-CALLER: ContextVar[str | None] = ContextVar("llmos_caller", default=None)
-
 
 def syscall_label(call: object) -> str:
     """A call's name as a label: the table's names only, so a client cannot mint label values."""
@@ -127,11 +121,10 @@ class Metrics:
 
     # -- observations ------------------------------------------------------------------------------
 
-    def reply(self, call: object, errno: str) -> None:
+    def reply(self, call: object, errno: str, principal: str | None = None) -> None:
         """One final reply to a client: errno "OK" for a result; counted for its principal too."""
         key = (syscall_label(call), errno if errno == "OK" or errno in ERRNOS else "EIO")
         self.syscalls.labels(*key).inc()
-        principal = CALLER.get()
         if principal:
             counts = self.calls[principal]
             counts[key] = counts.get(key, 0) + 1

@@ -88,16 +88,12 @@ def test_a_principals_own_figures_are_bounded_and_forgotten_with_its_user():
     """Kept per principal (the user table bounds them) and per syscall and errno (the table bounds those)."""
     from types import SimpleNamespace
 
-    from llmos.kernel.metrics import CALLER, Metrics
+    from llmos.kernel.metrics import Metrics
 
     metrics = Metrics(SimpleNamespace())
-    token = CALLER.set("alice")
-    try:
-        for _ in range(100):
-            metrics.reply("ping", "OK")
-            metrics.reply(f"made-up-{_}", "ENOSYS")
-    finally:
-        CALLER.reset(token)
+    for _ in range(100):
+        metrics.reply("ping", "OK", "alice")
+        metrics.reply(f"made-up-{_}", "ENOSYS", "alice")
     assert metrics.calls["alice"] == {("ping", "OK"): 100, ("unknown", "ENOSYS"): 100}
     metrics.forget("alice")
     assert "alice" not in metrics.calls and metrics.replies("alice")["total"] == 0
