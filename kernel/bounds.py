@@ -16,7 +16,8 @@ import struct
 import termios
 from typing import Callable
 
-from llmos.specs.protocol import (INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_TOTAL, UNREAD_BYTES_PER_CONNECTION,
+from llmos.specs.protocol import (INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_PER_PRINCIPAL, INBOUND_HELD_TOTAL,
+                                  UNREAD_BYTES_PER_CONNECTION,
                                   UNREAD_BYTES_PER_PRINCIPAL)
 
 from . import logs
@@ -131,16 +132,25 @@ class InboundGuard:
     FRAME_OVERHEAD = 64            # a frame's ZMTP header and CurveZMQ box, over its body
     HANDSHAKE_BYTES = 64 * 1024    # greeting, handshake and heartbeats, which deliver nothing
 
-    def __init__(self, per_connection: int = INBOUND_HELD_PER_CONNECTION, total: int = INBOUND_HELD_TOTAL):
+    def __init__(self, per_connection: int = INBOUND_HELD_PER_CONNECTION, total: int = INBOUND_HELD_TOTAL,
+                 per_principal: int = INBOUND_HELD_PER_PRINCIPAL):
         self.per_connection = per_connection
         self.total = total
+        self.per_principal = per_principal
         self._delivered: dict[int, int] = {}    # fd of each accepted connection -> bytes delivered from it
+        self._principal: dict[int, str] = {}    # fd -> whose it is, once a message of it was admitted
 
     def accepted(self, fd: int) -> None:
         self._delivered[fd] = 0
+        self._principal.pop(fd, None)
+
+    def owned_by(self, fd: int, principal: str) -> None:
+        if fd in self._delivered:
+            self._principal[fd] = principal
 
     def closed(self, fd: int) -> None:
         self._delivered.pop(fd, None)
+        self._principal.pop(fd, None)
 
     def delivered(self, fd: int, frames: list) -> None:
         """Credit what a message brought; call it after the monitor's events so far were taken (Peers
@@ -158,13 +168,22 @@ class InboundGuard:
             else:
                 held[fd] = max(0, received - delivered - self.HANDSHAKE_BYTES)
         total, cut = sum(held.values()), []
+        by_principal: dict[str, int] = {}
+        for fd, nbytes in held.items():
+            who = self._principal.get(fd)
+            if who is not None:
+                by_principal[who] = by_principal.get(who, 0) + nbytes
         for fd, nbytes in sorted(held.items(), key=lambda item: -item[1]):
-            if nbytes <= self.per_connection and total <= self.total:
-                break
-            log.warning("transport.inbound_cut", fd=fd, held=nbytes, held_total=total)
+            who = self._principal.get(fd)
+            over_principal = who is not None and by_principal[who] > self.per_principal
+            if nbytes <= self.per_connection and total <= self.total and not over_principal:
+                continue
+            log.warning("transport.inbound_cut", fd=fd, held=nbytes, held_total=total, principal=who)
             shutdown(fd)
-            del self._delivered[fd]
+            self.closed(fd)
             total -= nbytes
+            if who is not None:
+                by_principal[who] -= nbytes
             cut.append(fd)
         return cut
 

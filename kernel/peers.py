@@ -97,6 +97,8 @@ class Peers:
             self._peers[routing_id] = Peer(fd, accept, principal, self.connection(routing_id))
             if fd is not None:
                 self._ids_on.setdefault(fd, []).append(routing_id)
+                if self.inbound is not None:
+                    self.inbound.owned_by(fd, principal)     # what it holds counts towards its principal's bound
         elif (peer.fd, peer.accept) != (fd, accept):
             return "its routing id belongs to another connection"
         return None

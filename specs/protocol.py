@@ -38,6 +38,9 @@ UNREAD_RETRY_AFTER_S = 0.5
 # together hold more than INBOUND_HELD_TOTAL the ones holding most are cut.
 INBOUND_HELD_PER_CONNECTION = MAX_WIRE_FRAME_BYTES + 1024 * 1024
 INBOUND_HELD_TOTAL = 512 * 1024 * 1024
+# ... and while one principal's connections together hold more than INBOUND_HELD_PER_PRINCIPAL, its
+# connections holding most are cut: many connections of one user add up to no more than one's share.
+INBOUND_HELD_PER_PRINCIPAL = 128 * 1024 * 1024
 SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
 NOTICE_ID = 0
 # The start of the EPERM message every frame gets once its connection's key is no longer a

@@ -355,3 +355,36 @@ def test_a_curve_client_that_sends_more_than_the_inbound_bound_in_whole_requests
         for _ in range(4 * INBOUND_HELD_PER_CONNECTION // len(payload)):   # four times what a cut would allow
             assert c.ping(payload)["payload"] == payload
         assert c.pid in [p["pid"] for p in c.ps()]      # still its process: the connection was never cut
+
+
+def test_many_connections_of_one_principal_hold_no_more_than_its_inbound_share():
+    """Inbound bytes ZeroMQ holds count per principal too: bob's three connections (1, 1.5 and 2 MiB held)
+    pass his 3 MiB share, so his biggest is cut; alice's 2 MiB, alone, is within hers."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * MiB)    # room to hold what is sent, unread
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        clients, accepted = [], []
+        try:
+            for size in (1, 1.5, 2, 2):
+                c = socket.create_connection(("127.0.0.1", port))
+                conn, _ = server.accept()
+                clients.append(c)
+                accepted.append(conn)
+                c.sendall(b"x" * int(size * MiB + InboundGuard.HANDSHAKE_BYTES))
+            guard = InboundGuard(per_connection=8 * MiB, total=64 * MiB, per_principal=3 * MiB)
+            for conn, who in zip(accepted, ("bob", "bob", "bob", "alice")):
+                guard.accepted(conn.fileno())
+                guard.owned_by(conn.fileno(), who)
+            assert wait_until(lambda: all(tcp_held(conn) for conn in accepted), timeout=5)
+            assert guard.check() == [accepted[2].fileno()]      # bob's biggest; then he is within his share
+            assert guard.check() == []
+        finally:
+            for s in clients + accepted:
+                s.close()
+
+
+def tcp_held(conn) -> bool:
+    from llmos.kernel.bounds import tcp_bytes_received
+    return (tcp_bytes_received(conn.fileno()) or 0) >= MiB
