@@ -9,6 +9,10 @@ A request is one infer, embed or svc_call of a process. Its life is short and on
 `end` is the one way out: a result, an error, a cancel, a deadline, a reaped process or a
 crashed driver all finish a request through it, exactly once, and it frees what the request
 held (its scheduler slot, its place at the driver, its model's in-use count).
+
+A request the service host makes for an svc_call (for_call: `share` is the caller's pid) is in the
+host's table, which cancels it and reaps it with the host, but counts against the caller: its
+process's requests in flight and its principal's quota, never the host's, which every tenant shares.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import enum
 import itertools
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -74,6 +79,13 @@ class RequestTable:
         self._by_rid: dict[int, Request] = {}
         self._rids = itertools.count(1)
         self._seq = itertools.count()
+        self._served: Counter[int] = Counter()       # pid -> requests the service host has in flight for it
+        self._for_others: Counter[int] = Counter()   # pid -> requests in its table that count against another
+        self._counted_for: dict[int, int] = {}       # rid -> the pid it counts against, when not its own
+
+    def held(self, proc) -> int:
+        """The requests in flight that count against a process: its own, and those made for it."""
+        return len(proc.requests) - self._for_others[proc.pid] + self._served[proc.pid]
 
     def get(self, rid: int) -> Request | None:
         return self._by_rid.get(rid)
@@ -92,14 +104,17 @@ class RequestTable:
         """A request of ctx's process, on entry's model and device (or, without a model, on device);
         share: the pid it is scheduled and accounted as (default: its own)."""
         proc = ctx.proc
+        served = self.k.procs.get(share) if share is not None and share != proc.pid else None
+        owner = served or proc         # whose limits it counts against
         limit = self.k.settings.max_requests_per_process
-        if len(proc.requests) >= limit:
-            raise eagain(f"process {proc.pid} already has {len(proc.requests)} requests in flight "
-                         f"(limit {limit}); wait for some to finish")
+        if self.held(owner) >= limit:
+            raise eagain(f"process {owner.pid} already has {self.held(owner)} requests in flight "
+                         f"(limit {limit}{', with those services make for it' if served else ''}); "
+                         f"wait for some to finish")
         if ctx.client_id in proc.requests:
             raise einval(f"request id {ctx.client_id} is already in flight; use a new id per request")
         quotas = self.k.quotas
-        quotas.check(proc.principal, "requests", quotas.requests[proc.principal], what=call)
+        quotas.check(owner.principal, "requests", quotas.requests[owner.principal], what=call)
         loop = asyncio.get_running_loop()
         req = Request(next(self._rids), proc.pid, ctx.transport, ctx.routing, ctx.client_id, call,
                       entry.name if entry else "", entry.device if entry else device, payload, loop.create_future(),
@@ -107,8 +122,12 @@ class RequestTable:
                       share=proc.pid if share is None else share)
         proc.requests[ctx.client_id] = req
         self._by_rid[req.rid] = req
-        quotas.requests[proc.principal] += 1
-        req.principal = proc.principal
+        req.principal = owner.principal
+        quotas.requests[req.principal] += 1
+        if served is not None:
+            self._counted_for[req.rid] = served.pid
+            self._served[served.pid] += 1
+            self._for_others[proc.pid] += 1
         payer = self.k.procs.get(req.share)
         req.payer = payer.principal if payer is not None else proc.principal
         if entry is not None:
@@ -160,6 +179,12 @@ class RequestTable:
         k.quotas.requests[req.principal] -= 1
         if not k.quotas.requests[req.principal]:
             del k.quotas.requests[req.principal]
+        served = self._counted_for.pop(req.rid, None)
+        if served is not None:
+            for counts, pid in ((self._served, served), (self._for_others, req.pid)):
+                counts[pid] -= 1
+                if not counts[pid]:
+                    del counts[pid]
         if was is RequestState.QUEUED:
             k.devices.dequeue(req)
         elif was is RequestState.RUNNING:

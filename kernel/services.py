@@ -6,7 +6,8 @@ back-off), on a private channel of its own. A svc_call becomes a Request of the 
 an infer: counted against its limit, cancelled by `cancel`, its deadline, reaping or shutdown
 (the host is then told to cancel the task); a host that dies fails the calls it held with EIO
 and nobody else notices. The catalog the host sends when it comes up is kept here, so svc_list
-answers even while the host restarts.
+answers even while the host restarts. A program's svc_calls hold at most half its request slots (the
+host's work for them takes the rest), a user's MAX_CALLS_PER_PRINCIPAL in all: past that, EAGAIN at once.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import os
 import sys
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from llmos.specs import channel
@@ -37,14 +39,13 @@ UP_TIMEOUT_S = 60.0           # how long a call or a reload waits for the host t
 STABLE_S = 60.0               # a host that ran this long before crashing is restarted at once again
 STOP_TIMEOUT_S = 5.0          # a host told to shut down for a reload is killed after this
 DISABLE_ENV = "LLMOS_NO_SERVICES"
+MAX_CALLS_PER_PRINCIPAL = 64  # svc_calls of one user in flight (the host's queue for them holds as many)
 
 
 class ServiceSupervisor(Supervisor):
-    """The driver supervisor, spawning the service host instead of a driver.
-
-    The host proves itself to the kernel with a token it reads from an inherited pipe at start
-    (and closes): not from its environment, which any process of the same uid can read in
-    /proc/PID/environ. Only the host gets the pipe; drivers inherit nothing."""
+    """The driver supervisor, spawning the service host instead of a driver. The host proves itself with a
+    token it reads from an inherited pipe at start (and closes): not from its environment, which any
+    process of the same uid can read in /proc/PID/environ. Only the host gets the pipe."""
 
     role = "services"
     speaks = ServiceMessage
@@ -119,6 +120,7 @@ class ServiceManager:
         self.k = kernel
         self.catalog: dict = {"services": [], "failed": []}
         self.calls: dict[int, Request] = {}        # rid -> call the host is running
+        self.per_principal: Counter[str] = Counter()   # svc_calls in flight (waiting for the host too)
         self.supervisor: ServiceSupervisor | None = None
         self.reload_lock = asyncio.Lock()
         self.enabled = os.environ.get(DISABLE_ENV, "") in ("", "0")
@@ -154,8 +156,7 @@ class ServiceManager:
         return self.supervisor.drivers.get(HOST_ID) if self.supervisor else None
 
     def describe(self) -> dict:
-        drv = self.handle
-        hello = drv.hello if drv else None
+        drv, hello = self.handle, self.handle.hello if self.handle else None
         return {"state": drv.state if drv else "down", "os_pid": hello.pid if hello else None,
                 "restarts": self.supervisor.restarts if self.supervisor else 0, "in_flight": len(self.calls)}
 
@@ -166,13 +167,20 @@ class ServiceManager:
 
     async def call(self, ctx: "CallContext", args: dict) -> dict:
         proc = ctx.proc
+        mine = sum(r.call == "svc_call" for r in proc.requests.values())
+        cap, theirs = max(1, self.k.settings.max_requests_per_process // 2), self.per_principal[proc.principal]
+        if mine >= cap or theirs >= MAX_CALLS_PER_PRINCIPAL:
+            raise eagain(f"svc_call: {mine} service calls of this program and {theirs} of user '{proc.principal}' are "
+                         f"in flight (at most {cap} and {MAX_CALLS_PER_PRINCIPAL}); wait for some to finish")
         req = self.k.requests.new(ctx, "svc_call", None, {"service": args["service"], "task": args["task"]},
                                   stream=args["stream"], deadline_s=args["deadline"], device=HOST_ID)
+        self.per_principal[req.principal] += 1
         self.k.requests.at_service(req)
         req.future.add_done_callback(lambda _f: self._finished(req))
         if not await self._wait_up(req):
             return await req.future
-        self._track(req)
+        self.calls[req.rid] = req
+        self._idle.clear()
         sent = self.supervisor.send(HOST_ID, channel.Call(
             rid=req.rid, service=args["service"], task=args["task"], args=args["args"] or {}, stream=args["stream"],
             deadline=None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
@@ -215,13 +223,10 @@ class ServiceManager:
                 await drv.up.wait()
                 await asyncio.sleep(0)         # let a reload that is starting take its lock first
 
-    def _track(self, req: Request) -> None:
-        self.calls[req.rid] = req
-        self._idle.clear()
-
     def _finished(self, req: Request) -> None:
         """The call ended (result, error, deadline, cancel, reaping): make sure the host stops working on it."""
         failed = req.future.cancelled() or req.future.exception() is not None
+        self.per_principal -= Counter({req.principal: 1})      # (drops a user at 0)
         if self.calls.pop(req.rid, None) is not None and failed:
             self.supervisor.send(HOST_ID, channel.Cancel(req.rid))
         if not self.calls:

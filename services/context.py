@@ -1,5 +1,6 @@
 """What a task gets besides its arguments (ctx in hookspecs.py): the kernel as the caller's agent,
-who called, its private regions and files, and a way to stream text back.
+who called, its private regions and files, a way to stream text back, and worker threads for its
+CPU-heavy work (services/workers.py: the host's event loop must stay free to answer pings).
 
 A task runs in the service host, which is a process of the kernel like any program; `ctx.kernel`
 passes `for_call` so a generation counts against the caller, not the host, and `ctx.files` reads
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llmos.specs import channel
 from llmos.specs.channel import ServiceMessage
@@ -36,6 +37,7 @@ class TaskContext:
         self.kernel = ForCaller(host.client, cid) if host.client.service_token else host.client
         self.service = service
         self.caller = caller
+        self.key = str(caller.get("principal") or caller.get("pid") or "?")   # whose queue and threads
         self.stream = stream
         self.emitted: list[str] = []
         self.files = AllowedFiles(host.read_dirs, caller,   # the only way a task should read a file
@@ -65,6 +67,12 @@ class TaskContext:
             self._host.send(msg)
         else:
             self._loop.call_soon_threadsafe(self._host.send, msg)
+
+    async def cpu(self, fn, /, *args, **kwargs) -> Any:
+        """fn(*args, **kwargs) on a worker thread: an async task's CPU-heavy work (text processing, big
+        loops), so the host's event loop answers every other call and the kernel's pings meanwhile. Long
+        loops in fn may call `llmos.services.workers.checkpoint()` to stop once the call is over."""
+        return await self._host.workers.run(self.key, fn, *args, **kwargs)
 
     def run(self, awaitable) -> Any:
         """From a plain (threaded) task: run a coroutine such as a kernel call on the host's loop."""

@@ -29,6 +29,11 @@ is bounded only by the frame (32 MiB), and a big number reaches your code as it 
     ctx.stream         whether the caller streams; ctx.emit(delta) sends it text as it is made
     ctx.deadline       seconds left before the caller's deadline, or None
     ctx.run(aw)        from a plain task: run an awaitable (a kernel call) and return its result
+    ctx.cpu(fn, *a)    from an async task: `await` fn(*a) on a worker thread; CPU-heavy work goes there
+
+The host's event loop serves every caller: an async task must not compute for long between awaits
+(past 2 s it is interrupted, ETIMEDOUT), so it hands heavy work to ``ctx.cpu``. A call ends with
+ETIMEDOUT after ``Task.cost_limit_s`` seconds of running (or at the caller's deadline, if sooner).
 
 Raise ServiceError(errno, message) to answer with an errno (EINVAL, ENOENT...); any other
 exception answers EIO with its message. Services run in the service host, a process of its own:
@@ -73,6 +78,7 @@ class Task:
     description: str = ""
     args: dict[str, dict] = field(default_factory=dict)
     stream: bool = False          # True: it emits text deltas (ctx.emit) when the caller streams
+    cost_limit_s: float = 60.0    # the longest one call may run (its work and its syscalls); then ETIMEDOUT
 
 
 class ServiceError(Exception):

@@ -13,6 +13,10 @@ is two things at once:
 
     python -m llmos.services.host --channel ipc://... --kernel ipc://... --token-fd N [--read-dir DIR ...]
 
+Calls wait in a queue per caller and run in turn (callqueue.py); a task's CPU-heavy work runs on
+worker threads, within a budget, and a task that holds the loop anyway is interrupted (workers.py): the
+loop answers the kernel's pings whatever one caller sends.
+
 It proves to the kernel that it is the kernel's own host with a token it reads from the pipe
 `--token-fd` at start and closes at once: never from its environment or its command line, which
 other processes of the same uid can read in /proc.
@@ -39,8 +43,10 @@ from llmos.specs.channel import ChannelError, ServiceMessage
 from llmos.userland.client import AsyncClient, LLMOSError
 
 from . import plugins
+from .callqueue import CallQueue
 from .context import TaskContext
 from .hookspecs import ServiceError
+from .workers import Budget, LoopHeld, LoopWatch, Workers
 
 HOST_ID = b"services"
 PROGRAM_NAME = "llmos-services"
@@ -74,6 +80,8 @@ class ServiceHost:
         self.sock = None
         self.outbox: asyncio.Queue = asyncio.Queue()
         self.calls: dict[int, asyncio.Task] = {}
+        self.queue = CallQueue()
+        self.workers = Workers()
         self.stopping = asyncio.Event()
         self.say_goodbye = False      # exit cleanly from the kernel (a reload); at kernel shutdown nobody listens
 
@@ -101,9 +109,12 @@ class ServiceHost:
         log.info("services.up", services=sorted(self.catalog.services), failed=self.catalog.failed,
                  start_s=round(time.monotonic() - started, 3))
         reader = asyncio.create_task(self._read_loop())
+        watch_loop = LoopWatch(asyncio.get_running_loop(), lambda task: task.get_name().startswith("call-"))
+        watch_loop.start()
         try:
             await self.stopping.wait()
         finally:
+            watch_loop.stop()
             reader.cancel()
             watch.cancel()
             for task in list(self.calls.values()):
@@ -151,6 +162,10 @@ class ServiceHost:
             result = await self._run_task(msg)
         except asyncio.CancelledError:
             return     # the kernel already answered the caller (deadline, cancel, reaped, shutdown)
+        except LoopHeld as exc:
+            log.warning("services.loop_held", service=msg.service, task=msg.task, caller=msg.caller)
+            self.send(channel.Error(msg.rid, "ETIMEDOUT", f"{msg.service}.{msg.task}: {exc}; a task must run "
+                                                          f"CPU-heavy work with `await ctx.cpu(fn, ...)`"))
         except ServiceError as exc:     # CallError makes an errno the ABI does not know EIO
             self.send(channel.Error(msg.rid, exc.errno, exc.message))
         except ArgError as exc:
@@ -175,13 +190,16 @@ class ServiceHost:
                                          f"it has {', '.join(service.tasks)}")
         args = entry.schema.validate(msg.args or {})
         ctx = TaskContext(self, msg.rid, service.name, msg.caller or {}, bool(msg.stream), msg.deadline)
-        fn = entry.task.fn
-        if inspect.iscoroutinefunction(fn):
-            result = await fn(ctx, **args)
-        else:
-            result = await asyncio.to_thread(fn, ctx, **args)
-            if inspect.isawaitable(result):
-                result = await result
+        async with self.queue.slot(ctx.key):        # its turn among this caller's calls, and the others'
+            budget = Budget(f"{service.name}.{msg.task}", entry.task.cost_limit_s, ctx.deadline)
+            with budget:
+                try:
+                    async with asyncio.timeout(budget.seconds) as limit:
+                        result = await self._run(entry.task.fn, ctx, args)
+                except TimeoutError:
+                    if limit.expired():
+                        raise budget.error() from None
+                    raise
         if isinstance(result, str):
             result = {"text": result}
         elif result is None:
@@ -191,6 +209,14 @@ class ServiceHost:
         if ctx.emitted and "text" not in result:
             result["text"] = "".join(ctx.emitted)
         return result
+
+    @staticmethod
+    async def _run(fn, ctx: TaskContext, args: dict):
+        """An async task on the loop; a plain one on a worker thread of the caller's (ctx.cpu)."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(ctx, **args)
+        result = await ctx.cpu(fn, ctx, **args)
+        return await result if inspect.isawaitable(result) else result
 
 
 def read_token(fd: int) -> str:

@@ -21,7 +21,10 @@ EMBED_BATCH = 256                  # texts per embed syscall (the kernel takes u
 _ABBREV = {"mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "no",
            "fig", "approx", "dept", "est", "min", "max", "mt", "jan", "feb", "mar", "apr", "jun", "jul", "aug",
            "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "a.m", "p.m"}
-_SENT_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n\s*\n+|\n(?=\s*(?:[-*+•]|\d+[.)])\s)")
+# A sentence ends at a run of .!? (matched at its start: inside "!!!..." it re-read the run), a blank line, a list item
+_SENT_END = re.compile(r"(?<![.!?])[.!?]+[\"')\]]*\s+|\n\s*\n+|\n(?=\s*(?:[-*+•]|\d+[.)])\s)")
+_ABBREV_TAIL = re.compile(r"([A-Za-z.]+)\.$")
+_SPACES = re.compile(r"\s*")
 _WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'\-]*")
 STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
 below between both but by can could did do does doing down during each few for from further had has have having he her
@@ -40,17 +43,18 @@ class Span:
 
 
 def sentences(text: str) -> list[Span]:
-    """Sentences with their offsets; knows common abbreviations, blank lines and list items."""
+    """Sentences with their offsets; knows common abbreviations, blank lines and list items. Linear: an
+    abbreviation is seen in the 16 characters before its dot (re-reading the sentence so far was quadratic)."""
     out: list[Span] = []
     start = 0
     for m in _SENT_END.finditer(text):
-        end = m.end()
-        piece = text[start:m.start() + len(m.group(0).rstrip())]
-        last = re.search(r"([A-Za-z.]+)\.\s*$", piece)
-        if last and last.group(1).lower().rstrip(".") in _ABBREV and "\n" not in m.group(0):
-            continue      # "Dr. Smith": not the end of a sentence
-        _add(out, text, start, m.start() + len(m.group(0).rstrip()))
-        start = end
+        end = m.start() + len(m.group(0).rstrip())
+        if "\n" not in m.group(0):
+            last = _ABBREV_TAIL.search(text, max(start, end - 16), end)
+            if last and last.group(1).lower().rstrip(".") in _ABBREV:
+                continue      # "Dr. Smith": not the end of a sentence
+        _add(out, text, start, end)
+        start = m.end()
     _add(out, text, start, len(text))
     return out
 
@@ -109,14 +113,12 @@ def pack(pieces: list[str], max_chars: int, overlap: int = 0) -> list[str]:
     current: list[str] = []
     size = 0
     for piece in pieces:
-        while len(piece) > max_chars:          # cut at a space near the limit
-            cut = piece.rfind(" ", 0, max_chars)
-            cut = cut if cut > max_chars // 2 else max_chars
-            head, piece = piece[:cut].strip(), piece[cut:].strip()
+        if len(piece) > max_chars:
+            heads, piece = _cut(piece, max_chars)
             if current:
                 chunks.append(current)
                 current, size = [], 0
-            chunks.append([head])
+            chunks += [[head] for head in heads]
         if current and size + len(piece) + 1 > max_chars:
             chunks.append(current)
             carried = current[-overlap:] if overlap else []
@@ -130,15 +132,28 @@ def pack(pieces: list[str], max_chars: int, overlap: int = 0) -> list[str]:
     return [" ".join(c) for c in chunks if c]
 
 
+def _cut(piece: str, max_chars: int) -> tuple[list[str], str]:
+    """A piece longer than max_chars cut at a space near each limit: the heads, and the tail that fits.
+    It walks an index along the piece: cutting the head off a copy each time was quadratic."""
+    heads, pos, end, trimmed = [], 0, len(piece), len(piece.rstrip())
+    while end - pos > max_chars:
+        cut = piece.rfind(" ", pos, pos + max_chars)
+        cut = cut if cut - pos > max_chars // 2 else pos + max_chars
+        heads.append(piece[pos:cut].strip())
+        pos, end = _SPACES.match(piece, cut).end(), trimmed      # the rest, stripped as a copy of it would be
+    return heads, piece[pos:end]
+
+
 @dataclass
 class Section:
     heading: str        # "Title > Section", "" before the first heading
     paragraphs: list[str]
 
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_HEADING = re.compile(r"(#{1,6})\s(.+)")
 _EMPHASIS = re.compile(r"\*\*|__|(?<![\w*])\*(?=\S)|(?<=\S)\*(?![\w*])")
 _TABLE_RULE = re.compile(r"^:?-{2,}:?$")
+HEADING_CHARS = 200      # of a section's heading path: it is repeated in every chunk of the section
 
 
 def table_cells(line: str) -> list[str] | None:
@@ -193,9 +208,10 @@ def markdown_sections(text: str) -> list[Section]:
             end_para()
             if current.paragraphs:
                 sections.append(current)
-            level = len(m.group(1))
-            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, m.group(2).strip())]
-            current = Section(" > ".join(t for _, t in path), [])
+            level, rest = len(m.group(1)), m.group(2)    # closing #s stripped by hand: as a regex, cubic in spaces
+            title = rest.rstrip().rstrip("#").strip() or rest.strip()[:1]
+            path = [(lvl, t) for lvl, t in path if lvl < level] + [(level, title)]
+            current = Section(" > ".join(t for _, t in path)[:HEADING_CHARS], [])
         elif not line.strip():
             end_para()
         elif re.match(r"^\s*(?:[-*+•]|\d+[.)])\s", line):

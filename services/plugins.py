@@ -31,6 +31,7 @@ from .hookspecs import ENTRY_POINT_GROUP, PROJECT, Task
 BUILTINS = ("summarize", "classify", "translate", "redact", "moderate", "kb", "support")
 BUILTIN_PREFIX = "builtin."     # their plugin names; their tasks' args must be bounded as the table's are
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
+MAX_COST_LIMIT_S = 3600       # a task's cost_limit_s: the longest any one call may run
 
 
 class RegistrationError(ValueError):
@@ -59,7 +60,8 @@ class TaskEntry:
             if a.choices is not None:
                 spec["choices"] = list(a.choices)
             args[a.name] = spec
-        return {"name": self.name, "description": self.task.description, "stream": self.task.stream, "args": args}
+        return {"name": self.name, "description": self.task.description, "stream": self.task.stream, "args": args,
+                "cost_limit_s": self.task.cost_limit_s}
 
 
 @dataclass
@@ -97,6 +99,10 @@ def compile_task(service: str, name: str, task: Task, bounded: bool = False) -> 
                                 f"got {type(task).__name__}")
     if not callable(task.fn):
         raise RegistrationError(f"service '{service}': task '{name}' has no callable fn")
+    limit = task.cost_limit_s
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit <= MAX_COST_LIMIT_S:
+        raise RegistrationError(f"service '{service}': task '{name}': cost_limit_s must be seconds in (0, "
+                                f"{MAX_COST_LIMIT_S}], got {limit!r}")
     try:
         args = compile_args(f"service '{service}' task '{name}'", task.args or {}, bounded=bounded)
     except SchemaError as exc:

@@ -20,6 +20,7 @@ import numpy as np
 from llmos.services import nlp
 
 SHORT_ANSWER_WORDS = 8     # a sentence this short joins its neighbour in the quote ("No. Do this instead.")
+MAX_CANDIDATES = 256       # sentences scored per question: a pool of 4 passages of ~700 characters holds ~40
 # A sentence that opens like this points back at the one before it for what it is about.
 _LEANS_BACK = re.compile(r"^\s*(?:A:\s*)?(?:it|this|that|these|those|they|them|its|their|he|she|there|"
                          r"yes|no|also|otherwise|instead|however|then)\b", re.I)
@@ -39,7 +40,8 @@ def _is_question(text: str) -> bool:
 
 
 def candidate_sentences(passages: list[dict]) -> list[Candidate]:
-    """The answer candidates among the passages' sentences (questions and fragments are not)."""
+    """The answer candidates among the passages' sentences (questions and fragments are not), the first
+    MAX_CANDIDATES of them: a passage is the caller's own memory value, which may be far longer than a chunk."""
     out = []
     for i, p in enumerate(passages):
         heading, body = "", p["text"]
@@ -62,6 +64,8 @@ def candidate_sentences(passages: list[dict]) -> list[Candidate]:
             if joined and _is_question(previous.text):
                 read_as = f"{previous.text} {read_as}"
             out.append(Candidate(i, s.text, body[start:end], read_as, heading))
+            if len(out) == MAX_CANDIDATES:
+                return out
     return out
 
 
@@ -75,14 +79,15 @@ def _is_body(text: str) -> bool:
 # check (as classic extractive QA systems do) that keeps "How much...?" from being answered
 # with the right topic but no price in it. The first kind the question asks for decides.
 _MONEY = r"[£$€]\s?\d|\d\s?(?:%|percent\b|dollars?\b|pounds?\b|euros?\b)|\bfree\b|\bno charge\b|\bat no cost\b"
-_DURATION = (r"\d+(?:\s*(?:-|to)\s*\d+)?[\s-]*(?:business\s+|working\s+)?(?:minutes?|hours?|days?|weeks?|months?|"
-             r"years?)\b|\blifetime\b|\bnext (?:business |working )?day\b|\bsame day\b")
+_DURATION = (r"(?<!\d)\d+(?:\s*(?:-|to)\s*\d+)?[\s-]*(?:business\s+|working\s+)?"     # (?<!\d): linear on digits
+             r"(?:minutes?|hours?|days?|weeks?|months?|years?)\b|\blifetime\b|\bnext (?:business |working )?day\b|"
+             r"\bsame day\b")
 _CLOCK = r"\d{1,2}(?::\d{2})?\s?(?:[ap]\.?m\b\.?)|\bnoon\b|\bmidnight\b"
 _ANSWER_TYPES = [
     (re.compile(r"\bhow much\b|\bcost|\bprice|\bfees?\b|\bcharge|\bpay for\b|\bdiscount\b", re.I), re.compile(_MONEY, re.I)),
     (re.compile(r"\bhow (?:long|quickly|soon)\b|\bhow many (?:days|weeks|hours|minutes|months|years)\b", re.I),
      re.compile(_DURATION, re.I)),
-    (re.compile(r"\bwhat time\b|\bhours\b|\bwhen\b.*\bopen", re.I),
+    (re.compile(r"\bwhat time\b|\bhours\b|^(?>.*?\bwhen\b).*\bopen", re.I | re.M),
      re.compile(_CLOCK, re.I)),
     (re.compile(r"\bhow (?:far|fast)\b", re.I), re.compile(r"\d\s*(?:miles?|mi|km|kilomet\w*|mph|km/h)\b", re.I)),
     (re.compile(r"\be-?mail address\b|\bwhat(?:'s| is) the e-?mail\b", re.I), re.compile(r"@")),
@@ -107,18 +112,30 @@ def rerank(question: str, passages: list[dict]) -> list[dict]:
     return sorted(passages, key=lambda p: -p["rank_score"])
 
 
+async def _here(fn, *args):
+    return fn(*args)
+
+
 async def score_sentences(kernel, principal: str, question: str, pool: list[dict], candidates: list[Candidate],
-                          focus: str | None = None) -> np.ndarray:
+                          focus: str | None = None, cpu=_here) -> np.ndarray:
     """How well each candidate answers: meaning, its passage's rank, shared words, answer type.
 
     Meaning is that of the sentence as read with what it leans on; shared words count its
     section's heading too ("Paying in instalments" over "...3 monthly payments with Klarna");
     the answer type must be in the quote itself. focus: the part of the question that is new (a
-    follow-up's own words); its words count again.
+    follow-up's own words); its words count again. cpu: how to run the word counting (ctx.cpu).
     """
     asked = (await nlp.embed(kernel, [question]))[0]
     # a principal's document sentences come back question after question: cached under its name
     sims = await nlp.embed(kernel, [c.read_as for c in candidates], cache=principal) @ asked
-    return np.array([sims[j] + 0.5 * pool[c.passage]["rank_score"] + 0.3 * nlp.overlap(question, f"{c.heading} {c.read_as}")
-                     + (0.3 * nlp.overlap(focus, c.read_as) if focus else 0.0)
-                     + answer_type_bonus(question, c.quote) for j, c in enumerate(candidates)])
+    return sims + np.array(await cpu(_word_scores, question, pool, candidates, focus))
+
+
+def _word_scores(question: str, pool: list[dict], candidates: list[Candidate], focus: str | None) -> list[float]:
+    q, f = nlp.stems(question), nlp.stems(focus) if focus else set()      # once, not once per candidate
+
+    def shared(words: set[str], text: str) -> float:
+        return len(words & nlp.stems(text)) / len(words) if words else 0.0
+
+    return [0.5 * pool[c.passage]["rank_score"] + 0.3 * shared(q, f"{c.heading} {c.read_as}")
+            + 0.3 * shared(f, c.read_as) + answer_type_bonus(question, c.quote) for c in candidates]

@@ -26,6 +26,7 @@ from llmos.services import ServiceError, Task, hookimpl
 from llmos.services import nlp
 
 MAX_LABELS = 64           # each label is embedded with its description and examples
+MAX_PROTOTYPES = 1024     # labels, descriptions and examples of one call together (each is embedded)
 TEMPERATURE = 0.04        # softmax temperature over cosine scores: 0.04 apart is e:1
 LEXICON_WEIGHT = 0.06     # how far one lexicon hit moves a sentiment score, in cosine units (up to 3 hits)
 
@@ -129,18 +130,22 @@ async def prototype_scores(kernel, text: str, prototypes: dict[str, list[str]], 
     flat = [(label, p) for label, ps in prototypes.items() for p in ps]
     vectors = await nlp.embed(kernel, [p for _, p in flat], cache=scope)
     query = (await nlp.embed(kernel, [text]))[0]
-    sims = vectors @ query
-    scores = {}
-    for label in prototypes:
-        mine = np.sort(np.array([s for (lab, _), s in zip(flat, sims) if lab == label]))[::-1]
-        scores[label] = float(mine[:top].mean())
-    return scores
+    return label_scores(flat, vectors @ query, top)
 
 
-async def sentiment_scores(kernel, text: str, use_lexicon: bool = True) -> dict[str, float]:
-    scores = await prototype_scores(kernel, text, SENTIMENT_PROTOTYPES)
+def label_scores(flat: list[tuple[str, str]], sims: np.ndarray, top: int) -> dict[str, float]:
+    """Per label, the mean of its `top` best similarities: the prototypes grouped in one pass (a pass over
+    all of them per label was quadratic in a caller's labels and examples)."""
+    by_label: dict[str, list[int]] = {}
+    for i, (label, _) in enumerate(flat):
+        by_label.setdefault(label, []).append(i)
+    return {label: float(np.sort(sims[idx])[::-1][:top].mean()) for label, idx in by_label.items()}
+
+
+async def sentiment_scores(ctx, text: str, use_lexicon: bool = True) -> dict[str, float]:
+    scores = await prototype_scores(ctx.kernel, text, SENTIMENT_PROTOTYPES)
     if use_lexicon:
-        pos, neg = lexicon_hits(text)
+        pos, neg = await ctx.cpu(lexicon_hits, text)
         scores["positive"] += LEXICON_WEIGHT * min(pos, 3)
         scores["negative"] += LEXICON_WEIGHT * min(neg, 3)
         if pos == neg == 0:
@@ -158,7 +163,7 @@ def _result(scores: dict[str, float], method: str) -> dict:
 
 
 async def sentiment(ctx, text: str, lexicon: bool = True) -> dict:
-    scores = await sentiment_scores(ctx.kernel, text, lexicon)
+    scores = await sentiment_scores(ctx, text, lexicon)
     return _result(scores, "prototypes+lexicon" if lexicon else "prototypes")
 
 
@@ -181,6 +186,9 @@ async def labels(ctx, text: str, labels: list, descriptions: dict | None = None,
             ps.append(descriptions[label])
         ps += [e for e in examples.get(label, []) if isinstance(e, str)]
         prototypes[label] = ps
+    if sum(map(len, prototypes.values())) > MAX_PROTOTYPES:
+        raise ServiceError("EINVAL", f"classify.labels: at most {MAX_PROTOTYPES} labels, descriptions and examples "
+                                     f"in all (each is embedded); send fewer examples")
     scores = await prototype_scores(ctx.kernel, text, prototypes, top=1, scope=ctx.caller.get("principal", "?"))
     return _result(scores, "prototypes")
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import re
 from pathlib import Path
@@ -37,7 +38,8 @@ POOL_GAP = 0.2
 TEXT_SUFFIXES = {".md", ".markdown", ".txt", ".text", ".rst"}
 MAX_FILE_BYTES = 2 << 20
 MAX_FILES = 10_000
-INGEST_CONCURRENCY = 8
+INGEST_CONCURRENCY = 8      # memwrites in flight per ingest: the host runs 4 calls of a caller at once, so 32
+INGEST_LIMIT_S = 600        # 16 MiB of text is ~24,000 chunks to embed: minutes on a CPU
 _KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 DONT_KNOW = "I don't know: nothing in the knowledge base answers that."
 
@@ -82,7 +84,7 @@ async def ingest(ctx, kb: str, text: str | None = None, path: str | None = None,
         docs = [(source or f"text-{hashlib.sha1(text.encode()).hexdigest()[:8]}", text)]
         skipped = []
     else:      # only under the operator's [services] read_dirs (services/files.py)
-        found, skipped = await asyncio.to_thread(ctx.files.collect, path, TEXT_SUFFIXES, "kb.ingest")
+        found, skipped = await ctx.cpu(ctx.files.collect, path, TEXT_SUFFIXES, "kb.ingest")
         docs = [(d.source, d.text) for d in found]
     return await _store(ctx, kb, region, docs, skipped, chunk_chars, overlap)
 
@@ -100,31 +102,40 @@ async def ingest_texts(ctx, kb: str, docs: list, chunk_chars: int = 700, overlap
 async def _store(ctx, kb: str, region: str, docs: list[tuple[str, str]], skipped: list[dict],
                  chunk_chars: int, overlap: int) -> dict:
     k = ctx.kernel
-    existing = set()
+    existing: dict[str, list[str]] = {}         # source -> its keys stored before
     try:
-        existing = set((await k.memread(region))["keys"])
+        for key in (await k.memread(region))["keys"]:
+            existing.setdefault(split_key(key)[0], []).append(key)
     except LLMOSError as exc:
         if exc.errno != "ENOENT":
             raise
-    gate = asyncio.Semaphore(INGEST_CONCURRENCY)
 
-    async def write(key: str, value: str) -> None:
-        async with gate:
+    async def write(pairs) -> None:
+        for key, value in pairs:
             await k.memwrite(region, key, value, embed=True, model=nlp.EMBED_MODEL)
 
     report, total = [], 0
     for src, body in docs:
-        chunks = nlp.chunk_document(body, chunk_chars, overlap)
-        keys = [f"{src}#{i:04d}" for i in range(len(chunks))]
-        values = [f"{heading}\n{chunk}" if heading else chunk for heading, chunk in chunks]
-        if keys:       # the first alone: it loads the embedding model if need be, then the rest in parallel
-            await write(keys[0], values[0])
-            await asyncio.gather(*(write(key, value) for key, value in zip(keys[1:], values[1:])))
-        for stale in sorted(key for key in existing if split_key(key)[0] == src and key not in keys):
-            await k.memdel(region, stale)      # the document got shorter since it was last ingested
-        report.append({"source": src, "chunks": len(chunks)})
-        total += len(chunks)
+        entries, stale = await ctx.cpu(_entries, src, body, chunk_chars, overlap, existing.get(src, ()))
+        if entries:    # the first alone: it loads the embedding model if need be, then the rest in parallel
+            await write(entries[:1])
+            rest = itertools.islice(entries, 1, None)     # INGEST_CONCURRENCY writers share it: no task per chunk
+            await asyncio.gather(*(write(rest) for _ in range(INGEST_CONCURRENCY)))
+        for key in stale:
+            await k.memdel(region, key)      # the document got shorter since it was last ingested
+        report.append({"source": src, "chunks": len(entries)})
+        total += len(entries)
     return {"kb": kb, "documents": report, "chunks": total, "skipped": skipped}
+
+
+def _entries(src: str, body: str, chunk_chars: int, overlap: int, before: list[str]) -> tuple[list, list[str]]:
+    """A document's (key, value) entries, its chunks with their headings; and its keys from before that it
+    no longer has. On a worker thread: 16 MiB of text is ~170,000 chunks."""
+    chunks = nlp.chunk_document(body, chunk_chars, overlap)
+    entries = [(f"{src}#{i:04d}", f"{heading}\n{chunk}" if heading else chunk)
+               for i, (heading, chunk) in enumerate(chunks)]
+    fresh = {key for key, _ in entries}
+    return entries, sorted(key for key in before if key not in fresh)
 
 
 async def _search(ctx, kb: str, query: str, k: int) -> list[dict]:
@@ -152,14 +163,15 @@ async def answer_question(ctx, kb: str, question: str, k: int = 3, min_score: fl
         return {"answer": DONT_KNOW, "found": False, "quote": None, "citations": [],
                 "passages": passages[:k], "best_score": passages[0]["score"] if passages else None}
     top_score = passages[0]["score"]
-    passages = rerank(question, passages)
+    passages = await ctx.cpu(rerank, question, passages)
     best_rank = passages[0]["rank_score"]
     pool = [p for p in passages[:POOL_SIZE] if p["rank_score"] >= best_rank - POOL_GAP]
-    candidates = candidate_sentences(pool)
+    candidates = await ctx.cpu(candidate_sentences, pool)
     if not candidates:
         best_passage, quote = pool[0], pool[0]["text"]
     else:
-        scores = await score_sentences(ctx.kernel, ctx.caller.get("principal", "?"), question, pool, candidates, focus)
+        scores = await score_sentences(ctx.kernel, ctx.caller.get("principal", "?"), question, pool, candidates, focus,
+                                       ctx.cpu)
         best = int(np.argmax(scores))
         best_passage, quote = pool[candidates[best].passage], candidates[best].quote
     answer = quote
@@ -246,13 +258,15 @@ def register_services(register):
                                         "doc": "name for a text document (default: a hash of it)"},
                              "chunk_chars": {"type": "int", "default": 700, "min": 100, "max": 4000},
                              "overlap": {"type": "int", "default": 1, "min": 0, "max": 5,
-                                         "doc": "sentences or paragraphs repeated at the start of the next chunk"}}),
+                                         "doc": "sentences or paragraphs repeated at the start of the next chunk"}},
+                       cost_limit_s=INGEST_LIMIT_S),
         "ingest_texts": Task(ingest_texts, "Add documents the caller read itself: [{name, text}], chunked and "
                                            "stored as ingest does (how `llmos support --kb DIR` sends a folder).",
                              args={"kb": _KB, "docs": {"type": "list", "max_items": MAX_FILES,
                                                        "doc": f"documents: [{{name, text}}, ...], at most {MAX_FILES}"},
                                    "chunk_chars": {"type": "int", "default": 700, "min": 100, "max": 4000},
-                                   "overlap": {"type": "int", "default": 1, "min": 0, "max": 5}}),
+                                   "overlap": {"type": "int", "default": 1, "min": 0, "max": 5}},
+                             cost_limit_s=INGEST_LIMIT_S),
         "ask": Task(ask, "Answer a question from the knowledge base by quoting the most relevant sentence, with "
                          "citations (chunk ids and source files); says it does not know when nothing matches.",
                     args={"kb": _KB, "question": {"type": "str", "max_len": 4096},

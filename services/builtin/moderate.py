@@ -102,6 +102,17 @@ def _spam_signals(text: str) -> list[str]:
     return signals
 
 
+def _first_sentences(text: str) -> list[str]:
+    return [s.text for s in nlp.sentences(text)][:64] or [text]
+
+
+def _evidence(text: str, wanted: list[str]) -> dict[str, tuple]:
+    """Per category, what needs no model: (the phrase that matched, spam signals, kinds of personal data).
+    Linear in the text; run on a worker thread (ctx.cpu)."""
+    return {c: (_pattern_hit(c, text), _spam_signals(text) if c == "spam" else [],
+                sorted({f.type for f in find_pii(text)}) if c == "pii" else []) for c in wanted}
+
+
 async def moderate(ctx, text: str, categories: list | None = None, threshold: float = THRESHOLD) -> dict:
     wanted = [c for c in (categories or CATEGORIES) if c in CATEGORIES]
     result: dict[str, dict] = {}
@@ -110,7 +121,7 @@ async def moderate(ctx, text: str, categories: list | None = None, threshold: fl
     if semantic:
         flat = [(c, p) for c in semantic for p in PROTOTYPES[c]]
         vectors = await nlp.embed(ctx.kernel, [p for _, p in flat], cache=nlp.SHARED)
-        pieces = [s.text for s in nlp.sentences(text)][:64] or [text]
+        pieces = await ctx.cpu(_first_sentences, text)
         query = await nlp.embed(ctx.kernel, pieces if len(pieces) > 1 else [text])
         scores = query @ vectors.T                      # sentence x prototype: a single bad sentence is enough
         best = scores.max(axis=0)
@@ -118,9 +129,10 @@ async def moderate(ctx, text: str, categories: list | None = None, threshold: fl
             idx = [i for i, (c, _) in enumerate(flat) if c == category]
             j = idx[int(np.argmax(best[idx]))]
             sims[category] = (min(1.0, float(best[j])), flat[j][1])
+    evidence = await ctx.cpu(_evidence, text, wanted)
     for category in wanted:
         reasons, score = [], 0.0
-        hit = _pattern_hit(category, text)
+        hit, signals, kinds = evidence[category]
         if hit:
             reasons.append(f"matched the phrase '{hit}'")
             score = 1.0
@@ -130,12 +142,10 @@ async def moderate(ctx, text: str, categories: list | None = None, threshold: fl
             if sim > threshold:
                 reasons.append(f"close in meaning ({sim:.2f}) to '{proto}'")
         if category == "spam":
-            signals = _spam_signals(text)
             if len(signals) >= 2 or (signals and reasons):
                 reasons.append("spam signals: " + ", ".join(signals))
                 score = max(score, 0.9)
         if category == "pii":
-            kinds = sorted({f.type for f in find_pii(text)})
             if kinds:
                 reasons.append("contains personal data: " + ", ".join(k.lower() for k in kinds))
                 score = 1.0

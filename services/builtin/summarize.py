@@ -6,6 +6,10 @@ document's opening sentence) and the best few are kept, with maximal marginal re
 they do not repeat each other. Reduce: the kept sentences compete again against the whole
 text's centroid, and the winners are put back in document order.
 
+A text of more than MAX_SENTENCES sentences is summarized from every k-th of them (MAX_SENTENCES in
+all, spread over the whole text): what the kernel embeds and what the host compares stays bounded,
+whatever the length. Splitting and picking run on a worker thread (ctx.cpu), not the host's loop.
+
 That is `mode="extractive"`, the default: every sentence of the summary is a sentence of the
 text, so a small model cannot slip in facts that are not there. `mode="abstractive"` then lets
 the model rewrite the extract in the chosen style; its rewrite is kept only when most of its
@@ -26,6 +30,8 @@ DEFAULT_COUNT = {"one_line": 1, "bullets": 5, "paragraph": 4}
 CHUNK_CHARS = 3000             # a map step: ~750 tokens, well inside SmolLM2's context
 LEAD_BONUS = 0.08             # a document's first sentence often says what it is about
 MIN_FAITHFUL = 0.7             # share of a rewrite's content words that must occur in the source
+MAX_SENTENCES = 2048           # sentences embedded and compared per call, at most
+MAX_SENTENCE_CHARS = 2000      # a longer "sentence" (text without a full stop) is cut: a summary stays small
 
 
 def _select(vectors: np.ndarray, ids: list[int], target: np.ndarray, n: int, lead: set[int]) -> list[int]:
@@ -35,13 +41,33 @@ def _select(vectors: np.ndarray, ids: list[int], target: np.ndarray, n: int, lea
     return [ids[j] for j in picked]
 
 
-async def extract(kernel, text: str, n: int, chunk_chars: int = CHUNK_CHARS) -> tuple[list[nlp.Span], int]:
-    """The n sentences that best summarize text (map-reduce over chunks), in document order; and the chunk count."""
-    spans = [s for s in nlp.sentences(text) if len(nlp.words(s.text)) >= 4 and not s.text.startswith("#")] \
-        or nlp.sentences(text)
+def candidates(text: str) -> list[nlp.Span]:
+    """The sentences that may be picked: those of four words or more (else all), at most MAX_SENTENCES,
+    evenly spread over the text, each cut at MAX_SENTENCE_CHARS."""
+    every = nlp.sentences(text)
+    spans = [s for s in every if len(nlp.words(s.text)) >= 4 and not s.text.startswith("#")] or every
+    return [s if len(s.text) <= MAX_SENTENCE_CHARS else nlp.Span(s.text[:MAX_SENTENCE_CHARS], s.start,
+                                                                  s.start + MAX_SENTENCE_CHARS)
+            for s in spans[::max(1, -(-len(spans) // MAX_SENTENCES))]]
+
+
+async def _here(fn, *args):
+    return fn(*args)
+
+
+async def extract(kernel, text: str, n: int, chunk_chars: int = CHUNK_CHARS, cpu=_here) -> tuple[list[nlp.Span], int]:
+    """The n sentences that best summarize text (map-reduce over chunks), in document order; and the chunk
+    count. cpu: how to run the pure-Python parts (a task passes ctx.cpu)."""
+    spans = await cpu(candidates, text)
     if len(spans) <= n:
         return spans, 1
     vectors = await nlp.embed(kernel, [s.text for s in spans])
+    best, chunks = await cpu(_pick, vectors, spans, n, chunk_chars)
+    return [spans[i] for i in best], chunks
+
+
+def _pick(vectors: np.ndarray, spans: list[nlp.Span], n: int, chunk_chars: int) -> tuple[list[int], int]:
+    """Map, then reduce: the indexes of the n best spans in order, and how many chunks there were."""
     chunks: list[list[int]] = [[]]
     size = 0
     for i, s in enumerate(spans):
@@ -60,7 +86,7 @@ async def extract(kernel, text: str, n: int, chunk_chars: int = CHUNK_CHARS) -> 
         kept += _select(vectors, ids, c, min(len(ids), max(n, 3)), lead)
     overall = nlp.centroid(np.array(centroids) * np.array(weights)[:, None])
     best = _select(vectors, kept, overall, n, lead)        # reduce
-    return [spans[i] for i in sorted(best)], len(chunks)
+    return sorted(best), len(chunks)
 
 
 def render(sentences: list[str], style: str) -> list[str]:
@@ -88,7 +114,7 @@ def faithful(summary: str, source: str) -> bool:
 async def summarize(ctx, text: str, style: str = "paragraph", sentences: int | None = None,
                     mode: str = "extractive", chunk_chars: int = CHUNK_CHARS) -> dict:
     n = sentences or DEFAULT_COUNT[style]
-    picked, chunks = await extract(ctx.kernel, text, n, chunk_chars)
+    picked, chunks = await extract(ctx.kernel, text, n, chunk_chars, ctx.cpu)
     extract_pieces = render([s.text for s in picked], style)
     result = {"style": style, "mode": mode, "chunks": chunks, "fallback": False,
               "sentences": [{"text": " ".join(s.text.split()), "start": s.start, "end": s.end} for s in picked]}
@@ -100,7 +126,7 @@ async def summarize(ctx, text: str, style: str = "paragraph", sentences: int | N
         rewrite = out["text"].strip()
         if style == "one_line":
             rewrite = rewrite.split("\n")[0].strip()
-        if faithful(rewrite, text):
+        if await ctx.cpu(faithful, rewrite, text):
             ctx.emit(rewrite)
             result["text"] = rewrite
             return result
@@ -124,7 +150,7 @@ def register_services(register):
                            "mode": {"type": "str", "default": "extractive", "choices": ["extractive", "abstractive"]},
                            "chunk_chars": {"type": "int", "default": CHUNK_CHARS, "min": 500, "max": 32000,
                                            "doc": "size of a map step"}},
-                     stream=True),
+                     stream=True, cost_limit_s=300),     # up to 2,048 sentences embedded, and a rewrite
     }, description="Summaries of any length of text: extractive by default, optionally rewritten by the model.")
 
 

@@ -109,7 +109,7 @@ async def chat(ctx, conversation: str, message: str, kb_name: str | None = None)
         state["kb"] = kb_name
         turn = {"role": "customer", "text": message, "time": time.time()}
         reply, citations, handoff_reason = None, [], None
-        mood = await classify.sentiment_scores(ctx.kernel, message)
+        mood = await classify.sentiment_scores(ctx, message)
         turn["sentiment"] = max(mood, key=mood.get)
         if state["handoff"]:
             reply = WAITING

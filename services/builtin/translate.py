@@ -36,10 +36,13 @@ _PROFILES = {
 }
 
 
+_PROFILE_SETS = {lang: frozenset(words) for lang, words in _PROFILES.items()}
+
+
 def detect(text: str) -> tuple[str | None, float]:
     """(language code, confidence) from stopword profiles; None when no profile fits."""
     tokens = [w.lower() for w in nlp._WORD.findall(text)] or [""]
-    counts = {lang: sum(t in set(words) for t in tokens) for lang, words in _PROFILES.items()}
+    counts = {lang: sum(t in words for t in tokens) for lang, words in _PROFILE_SETS.items()}
     best = max(counts, key=counts.get)
     total = sum(counts.values())
     if counts[best] == 0:
@@ -67,7 +70,7 @@ async def translate(ctx, text: str, target: str = "en", source: str = "auto", be
     if target not in LANGUAGES:
         raise ServiceError("EINVAL", f"translate: unknown target '{target}'; languages: "
                                      f"{', '.join(f'{c} ({n})' for c, n in LANGUAGES.items())}")
-    detected, confidence = detect(text)
+    detected, confidence = await ctx.cpu(detect, text)
     src = detected if source == "auto" else source.lower()
     if src is None:
         raise ServiceError("EINVAL", "translate: cannot tell the text's language; pass 'source'")
@@ -87,7 +90,7 @@ async def translate(ctx, text: str, target: str = "en", source: str = "auto", be
         raise ServiceError("EINVAL", f"translate: model '{model_name}' cannot translate {LANGUAGES[src]} into "
                                      f"{LANGUAGES[target]} reliably (pairs it handles: {can}). Pass best_effort=true "
                                      f"for an unreliable draft, or a larger model as 'model'.")
-    pieces = nlp.pack([s.text for s in nlp.sentences(text)] or [text], 600)
+    pieces = await ctx.cpu(_pieces, text)
     out = []
     for i, piece in enumerate(pieces):
         translated = await _translate_piece(ctx.kernel, model, piece, src, target)
@@ -95,7 +98,7 @@ async def translate(ctx, text: str, target: str = "en", source: str = "auto", be
         out.append(translated)
     translated = " ".join(out)
     verified = model_name in MODEL_PAIRS and (src, target) in pairs
-    landed, _ = detect(translated)
+    landed, _ = await ctx.cpu(detect, translated)
     warnings = []
     if not verified:
         warnings.append(f"{model_name}: this pair is not verified for this model")
@@ -111,8 +114,13 @@ async def languages(ctx, model: str | None = None) -> dict:
             "verified": model_name in MODEL_PAIRS, "detectable": sorted(_PROFILES)}
 
 
+def _pieces(text: str) -> list[str]:
+    """The text in pieces of about 600 characters, cut between sentences: one generation each."""
+    return nlp.pack([s.text for s in nlp.sentences(text)] or [text], 600)
+
+
 async def detect_task(ctx, text: str) -> dict:
-    lang, confidence = detect(text)
+    lang, confidence = await ctx.cpu(detect, text)
     return {"language": lang, "name": LANGUAGES.get(lang), "confidence": confidence}
 
 
@@ -130,7 +138,7 @@ def register_services(register):
                                            "doc": "translate even an unsupported pair; the result says reliable=false"},
                            "model": {"type": "str|null", "nullable": True, "max_len": 4096,
                                      "doc": "default: the kernel's default model"}},
-                     stream=True),
+                     stream=True, cost_limit_s=600),     # a generation per 600 characters
         "languages": Task(languages, "The languages and the pairs the model can translate, and whether that was measured.",
                           args={"model": {"type": "str|null", "nullable": True, "max_len": 4096}}),
         "detect": Task(detect_task, "Which language a text is in (stopword profiles; en fr es de it pt nl).",
