@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from llmos.specs import SYSCALLS, channel
 
 from ..errors import einval
-from .inference import model_and_adapter
+from .inference import caller_served, model_and_adapter
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -35,8 +35,9 @@ async def sys_score(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     if chars > MAX_SCORE_CHARS:
         raise einval(f"score: the texts hold {chars} characters, more than {MAX_SCORE_CHARS} per call; "
                      f"send them in several calls")
+    share = caller_served(k, ctx, args["for_call"], "score")           # the service host scoring for a caller
     entry, adapter = await model_and_adapter(k, ctx, args["model"], "generate")
-    req = k.requests.new(ctx, "score", entry, {"adapter": adapter})    # holds its adapter against eviction
+    req = k.requests.new(ctx, "score", entry, {"adapter": adapter}, share=share)   # holds its adapter against eviction
     k.requests.running(req)      # beside the batch window, as an embed: one call, not a batch slot
     k.supervisor.send(req.device, channel.Score(req.rid, req.model, adapter, texts))
     return await req.future

@@ -118,6 +118,6 @@ def test_another_users_support_conversation_is_not_found(alice, bob):
 
 
 @pytest.mark.parametrize("call,args", [("memwrite", ("r", "k", "v")), ("memread", ("r",)), ("memdel", ("r",)),
-                                       ("embed", ("hello",))])
+                                       ("embed", ("hello",)), ("score", ("hello",))])
 def test_only_the_service_host_may_act_for_a_call(alice, call, args):
     assert errno_of(getattr(alice, call), *args, for_call=1) == "EPERM"
