@@ -18,8 +18,9 @@ Peers on each client socket that
 - when a connection closes, reaps its process at once, and never routes to its id again (the last
   MAX_CLOSED_IDS are remembered; libzmq never gives its own ids out twice). Nothing is sent to an
   id the kernel did not hear from.
-It also keeps the socket's bounds (kernel/bounds.py): every frame sent is counted as unread, and
-the connections of a principal that hold too much are cut.
+It also keeps the socket's bounds (kernel/bounds.py): every frame sent is counted as unread (its
+bytes and what ZeroMQ spends to queue it, FRAME_OVERHEAD_BYTES), and the connections of a principal
+that hold too much are cut.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Callable
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
+
+from llmos.specs.protocol import FRAME_OVERHEAD_BYTES
 
 from . import logs
 from .bounds import InboundGuard, UnreadReplies, shutdown
@@ -111,7 +114,8 @@ class Peers:
     def fits(self, routing_id: bytes, nbytes: int) -> bool:
         """Whether a frame of nbytes to this peer stays within its connection's and principal's bounds."""
         peer = self._peers.get(routing_id)
-        return peer is None or self.unread.fits(peer.principal, peer.connection, peer.fd, nbytes)
+        return peer is None or self.unread.fits(peer.principal, peer.connection, peer.fd,
+                                                nbytes + FRAME_OVERHEAD_BYTES)
 
     def deliverable(self, routing_id: bytes, nbytes: int) -> bool:
         """Count a frame of nbytes to this peer; False if it must not be sent: the kernel never heard
@@ -120,7 +124,7 @@ class Peers:
         peer = self._peers.get(routing_id)
         if peer is None or peer.cut:
             return False
-        return self.unread.charge(peer.principal, peer.connection, peer.fd, nbytes,
+        return self.unread.charge(peer.principal, peer.connection, peer.fd, nbytes + FRAME_OVERHEAD_BYTES,
                                   cut=lambda connection, why: self._cut(routing_id, why))
 
     def _cut(self, routing_id: bytes, why: str) -> None:

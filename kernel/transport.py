@@ -7,13 +7,16 @@ so the kernel can cut it off. Nobody waits on a slow or dead client, driver or s
 Who may use which routing id, and so where a reply may go, is kernel/peers.py's: a reply goes
 only to the connection that sent the request. What one client can make the kernel hold is
 bounded (the limits are in specs/protocol.py): frames by ZMQ_MAXMSGSIZE, frames it has not read
-by UnreadReplies, per connection and per principal, and bytes ZeroMQ holds from a tcp peer
-without delivering them (a frame still arriving, an unfinished multipart message) by
-InboundGuard (both in kernel/bounds.py).
+by UnreadReplies, per connection and per principal, requests ZeroMQ queues from a connection
+before the kernel takes them by RCVHWM (RECV_HWM: each keeps a whole receive buffer alive), and
+bytes ZeroMQ holds from a tcp peer without delivering them (requests queued, a frame still
+arriving, an unfinished multipart message) by InboundGuard (both in kernel/bounds.py), whose
+checks run however busy clients keep the socket (recv yields to the loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +24,7 @@ import zmq
 import zmq.asyncio
 
 from llmos.specs.keys import private_umask
-from llmos.specs.protocol import MAX_WIRE_FRAME_BYTES, SEND_HWM
+from llmos.specs.protocol import MAX_WIRE_FRAME_BYTES, RECV_HWM, SEND_HWM
 
 from . import logs
 from .auth import RevokedConnections, principal_of, proved_key, secure
@@ -30,6 +33,8 @@ from .peers import Peers, seed_routing_ids
 from .principals import PrincipalTable
 
 log = logs.get("llmos.transport")
+
+YIELD_EVERY = 32    # messages a Transport's recv hands over before it lets the loop run others
 
 
 class Router:
@@ -85,12 +90,13 @@ class Transport:
         if self.ipc_path and self.ipc_path.exists():
             self.ipc_path.unlink()   # stale: the boot lock proved no kernel owns it
         self.router = Router(ctx, url, before_bind=lambda sock: secure(sock, url, principals),
-                             MAXMSGSIZE=MAX_WIRE_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=SEND_HWM)
+                             MAXMSGSIZE=MAX_WIRE_FRAME_BYTES, SNDHWM=SEND_HWM, RCVHWM=RECV_HWM)
         self._ipc_inode = self.ipc_path.stat().st_ino if self.ipc_path else None
         # Who is at the other end of each routing id, and how much each connection and principal
         # has not read (the principals of one socket never use another: users tcp, the operator ipc).
         self.peers = Peers(self.router.sock, self.connection, on_unreachable, unread,
                            InboundGuard() if url.startswith("tcp://") else None)
+        self._received = 0
 
     async def recv(self) -> tuple[list[bytes], list[bytes], str, int | None]:
         """The next message: its routing id, its frames after it, the principal the transport proved
@@ -98,7 +104,14 @@ class Transport:
         socket it came in on (to see later whether the peer reads what it is sent).
 
         A request is one frame; the dispatcher answers any other count EINVAL, to the routing id alone.
-        A message whose routing id its connection may not use is dropped, and that connection cut."""
+        A message whose routing id its connection may not use is dropped, and that connection cut.
+
+        While messages are waiting, zmq.asyncio hands them over without ever giving the loop back; so
+        every YIELD_EVERY messages recv does, or nothing else would run while a client keeps the
+        socket busy: not the InboundGuard's checks, not heartbeats, not other sockets."""
+        self._received += 1
+        if self._received % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
         while True:
             parts = await self.router.recv_frames()
             try:

@@ -42,6 +42,22 @@ INBOUND_HELD_TOTAL = 512 * 1024 * 1024
 # connections holding most are cut: many connections of one user add up to no more than one's share.
 INBOUND_HELD_PER_PRINCIPAL = 128 * 1024 * 1024
 SEND_HWM = 2_000   # frames queued to one connection before it counts as not reading
+# Requests ZeroMQ queues from one connection before the kernel has taken them (its RCVHWM; past it
+# ZeroMQ reads no more from that socket, and the rest waits with the sender). A process has at most
+# 64 requests in flight, so a longer queue serves nobody. It must stay short: libzmq receives into
+# 8 KiB buffers (18 KiB with a header for each message in them) and does not copy a request under
+# 8 KiB out of its buffer, so each one waiting keeps a whole buffer alive (ZMQ_ZERO_COPY_RECV,
+# which would stop that, is a draft option). With 2,000 of them, connections sending 4 KiB requests
+# faster than the kernel took them made it hold 2.7 times their bytes (1 GB for 64 connections).
+# Now a connection holds at most RECV_HELD_PER_CONNECTION (1.2 MiB) beyond the bytes themselves,
+# which INBOUND_HELD_* count: measured, requests of 40 to 2,000 bytes arriving one by one.
+RECV_HWM = 64
+RECV_BUFFER_BYTES = 8192 + 8 + (8192 // 33) * 40     # libzmq's buffer, its counter, a header per message in it
+RECV_HELD_PER_CONNECTION = (RECV_HWM + 4) * (RECV_BUFFER_BYTES + 64)   # a few more than RCVHWM; a queue slot each
+# What a frame queued to a client costs ZeroMQ beyond its bytes (its slot in the queue, its header
+# and allocation): counted with each frame towards the UNREAD_BYTES_* bounds, so frames of a few
+# bytes cannot hold more than those bounds say.
+FRAME_OVERHEAD_BYTES = 128
 NOTICE_ID = 0
 # The start of the EPERM message every frame gets once its connection's key is no longer a
 # principal's (the user's key was rotated, or the user removed): how a client tells a revoked

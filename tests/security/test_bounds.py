@@ -1,7 +1,7 @@
 """Bounded memory per connection: what one client can make the kernel hold, and what it gets past it.
 
 The bounds live in specs/protocol.py (MAX_FRAME_BYTES, MAX_WIRE_FRAME_BYTES, UNREAD_BYTES_PER_*,
-SEND_HWM, INBOUND_HELD_*). Each test reaches one of them on a kernel of its own (no model, no services).
+SEND_HWM, RECV_HWM, INBOUND_HELD_*). Each test reaches one of them on a kernel of its own (no model, no services).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from harness import dealer
 from llmos.kernel.bounds import InboundGuard, UnreadReplies
 from llmos.kernel.peers import Peers
 from llmos.kernel.transport import Transport
-from llmos.specs.protocol import INBOUND_HELD_PER_CONNECTION, MAX_FRAME_BYTES
+from llmos.specs.keys import KERNEL_KEY_META, read_key_file
+from llmos.specs.protocol import (INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_PER_PRINCIPAL, MAX_FRAME_BYTES,
+                                  RECV_HELD_PER_CONNECTION, UNREAD_BYTES_PER_PRINCIPAL)
 from llmos.userland.testing import KernelProcess, wait_until
 
 MiB = 1 << 20
@@ -388,3 +390,44 @@ def test_many_connections_of_one_principal_hold_no_more_than_its_inbound_share()
 def tcp_held(conn) -> bool:
     from llmos.kernel.bounds import tcp_bytes_received
     return (tcp_bytes_received(conn.fileno()) or 0) >= MiB
+
+
+def test_many_connections_of_one_principal_that_never_read_grow_the_kernel_only_within_its_bounds(tmp_path):
+    """Finding 9, end to end: 64 CurveZMQ connections of bob's read nothing, and each sends 2,000 pings of
+    3,900 bytes whose replies echo them (500 MB asked for). The kernel grew by 0.9 to 1 GB, and kept it:
+    ZeroMQ queued up to 2,000 requests per connection (RCVHWM) ahead of the kernel, each keeping its
+    18 KiB receive buffer alive, and the InboundGuard never ran while requests kept coming. Now the
+    kernel grows by no more than bob's bounds add up to (unread replies, inbound bytes, and the
+    receive buffers of RECV_HWM requests per connection), and alice is answered meanwhile."""
+    conns, per_conn, payload = 64, 2000, b"x" * 3900
+    k = KernelProcess(tmp_path, tcp=True, env={"LLMOS_NO_SERVICES": "1"}).start()
+    ctx, socks = zmq.Context(), []
+    try:
+        with k.client("op", caps=["admin"]) as op:
+            bob = read_key_file(op.user_add("bob")["key_file"])
+            alice = op.user_add("alice")["key_file"]
+        rss = PeakRss(k.proc.pid)
+        for _ in range(conns):
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.RCVHWM, 1)              # read nothing: replies stay with the kernel
+            sock.setsockopt(zmq.RCVBUF, 4096)
+            sock.setsockopt(zmq.SNDHWM, 2 * per_conn)   # every request goes out, none waits here
+            sock.curve_secretkey, sock.curve_publickey = bob["secret-key"].encode(), bob["public-key"].encode()
+            sock.curve_serverkey = bob[KERNEL_KEY_META].encode()
+            sock.connect(k.socket)
+            socks.append(sock)
+        for sock in socks:
+            for i in range(1, per_conn + 1):
+                sock.send(frame(i, "ping", payload=payload))
+        with k.client("alice", key=alice) as c:         # another principal, while bob's requests are served
+            assert c.ping(b"still served")["payload"] == b"still served"
+        assert wait_until(lambda: kernel_idle(k.proc.pid), timeout=120)
+        growth = rss.growth()
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
+        k.stop()
+    bound = UNREAD_BYTES_PER_PRINCIPAL + INBOUND_HELD_PER_PRINCIPAL + conns * RECV_HELD_PER_CONNECTION
+    assert growth < bound, f"the kernel grew by {growth >> 20} MiB; bob's bounds add up to {bound >> 20} MiB"
