@@ -220,6 +220,59 @@ def _closed(s: socket.socket) -> bool:
         return True
 
 
+def routing_ids_chosen_by_peers(lab: Lab):
+    """A peer choosing its routing id: its own, a zero-led one like libzmq's, and the ids an unseeded libzmq
+    would hand out next (claiming the next one made libzmq abort the kernel)."""
+    claims = [b"victim-conn"] + [b"\x00" + (value + k & 0xFFFFFFFF).to_bytes(4, "big")
+                                 for value in unseeded_zmq_ids(8) for k in range(2)]
+    raws = [Raw(lab, "bob", routing_id) for routing_id in claims]
+    answered = sum(raw.ask("ping").get("ok", False) for raw in raws[:1])     # its own choice: cut unanswered
+    for raw in raws[1:]:
+        raw.send("ping")
+    time.sleep(2)
+    for raw in raws:
+        raw.close()
+    alive = lab.kernel.proc.poll() is None
+    alive = alive and outcome(lambda: lab.client("alice", program="after").close()) == "ok"
+    return f"chosen id answered: {bool(answered)}; kernel alive and serving after 16 predicted ids: {alive}", \
+        alive and not answered
+
+
+def unseeded_zmq_ids(count: int) -> list[int]:
+    """The first values libzmq numbers a ROUTER's peers from when nobody seeded libc's rand()."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    libc.srand(1)
+    values = [(libc.rand() | (libc.rand() << 31)) & 0xFFFFFFFF for _ in range(count)]
+    libc.srand(int.from_bytes(os.urandom(4), "big") >> 1)
+    return values
+
+
+def unread_across_connections(lab: Lab):
+    """64 connections of bob's that never read, each sent 2,000 small replies (pings of 3,900 bytes, under
+    the size that used to be counted): what the kernel holds for him must stay within his bounds, which
+    add up to 256 MiB of replies, 128 MiB of requests and 1.2 MiB of receive buffers a connection."""
+    import psutil
+    from llmos.specs.protocol import INBOUND_HELD_PER_PRINCIPAL, RECV_HELD_PER_CONNECTION, UNREAD_BYTES_PER_PRINCIPAL
+    bound = (UNREAD_BYTES_PER_PRINCIPAL + INBOUND_HELD_PER_PRINCIPAL + 64 * RECV_HELD_PER_CONNECTION) >> 20
+    kernel = psutil.Process(lab.kernel.proc.pid)
+    before = peak = kernel.memory_info().rss
+    raws = [Raw(lab, "bob", never_reads=True) for _ in range(64)]
+    payload = b"x" * 3900
+    for raw in raws:
+        for _ in range(2000):
+            raw.send("ping", payload=payload)
+        peak = max(peak, kernel.memory_info().rss)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        peak = max(peak, kernel.memory_info().rss)
+        time.sleep(0.1)
+    for raw in raws:
+        raw.close()
+    grew = (peak - before) >> 20
+    return f"500 MB of replies asked for: the kernel grew {grew} MiB at its peak (bound {bound} MiB)", grew < bound
+
+
 def audit_cuts(state_dir: Path):
     """After the kernel stopped: a copy of its state with the log's last lines cut, and one with its first."""
     seen = []
@@ -242,19 +295,27 @@ class Raw:
     """A bare CurveZMQ DEALER with a user's key, which keeps sending whatever it is told (the client
     library gives up at the first refusal; an attacker does not)."""
 
-    def __init__(self, lab: Lab, who: str):
+    def __init__(self, lab: Lab, who: str, routing_id: bytes | None = None, never_reads: bool = False):
         keys = read_key_file(lab.keys[who])
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if routing_id is not None:
+            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
+        if never_reads:                # takes almost nothing off its socket
+            self.sock.setsockopt(zmq.RCVHWM, 1)
+            self.sock.setsockopt(zmq.RCVBUF, 4096)
         self.sock.curve_secretkey, self.sock.curve_publickey = keys["secret-key"].encode(), keys["public-key"].encode()
         self.sock.curve_serverkey = keys[KERNEL_KEY_META].encode()
         self.sock.connect(lab.kernel.socket)
         self.next_id = 0
 
-    def ask(self, call: str, **args) -> dict:
+    def send(self, call: str, **args) -> None:
         self.next_id += 1
         self.sock.send(msgpack.packb({"v": 1, "id": self.next_id, "call": call, "args": args}))
+
+    def ask(self, call: str, **args) -> dict:
+        self.send(call, **args)
         while self.sock.poll(5000):
             reply = msgpack.unpackb(self.sock.recv(), raw=False)
             if reply.get("id") == self.next_id:
@@ -273,6 +334,10 @@ ATTACKS = [
      old_connection_after_remove_and_add),
     ("3", "a hello asking for 200,000 caps, then 300 denied hellos", "lines <= 4 KiB, a few lines + summary",
      audit_flood),
+    ("6", "routing ids a peer chose: its own, and the ones the kernel gives next", "cut unanswered; kernel lives",
+     routing_ids_chosen_by_peers),
+    ("9", "64 connections of one user that never read", "within its bounds (459 MiB)",
+     unread_across_connections),
     ("5", "kb ingest past the caller's mem_bytes quota", "EDQUOT (the caller's)", kb_ingest_past_the_quota),
     ("7", "a new user reserves half the device's memory", "EDQUOT (default share 25%)", alloc_all_device_memory),
     ("8", "one request past tokens_per_minute 200", "EDQUOT near 200 tokens", tokens_past_the_rate),
