@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import termios
+import time
 from typing import Callable
 
 from llmos.specs.protocol import (INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_PER_PRINCIPAL, INBOUND_HELD_TOTAL,
@@ -130,18 +131,25 @@ class InboundGuard:
     """
 
     FRAME_OVERHEAD = 64            # a frame's ZMTP header and CurveZMQ box, over its body
-    HANDSHAKE_BYTES = 64 * 1024    # greeting, handshake and heartbeats, which deliver nothing
+    HANDSHAKE_BYTES = 64 * 1024    # greeting and handshake, which deliver nothing
+    # ZMTP heartbeats deliver nothing either and come for as long as a connection lives (a client's
+    # PING every few seconds, ~60 bytes with CurveZMQ): each connection is allowed this many bytes a
+    # second of its age, or a day-old idle connection would look as if it held a few MiB.
+    HEARTBEAT_BYTES_PER_S = 128
 
     def __init__(self, per_connection: int = INBOUND_HELD_PER_CONNECTION, total: int = INBOUND_HELD_TOTAL,
-                 per_principal: int = INBOUND_HELD_PER_PRINCIPAL):
+                 per_principal: int = INBOUND_HELD_PER_PRINCIPAL, clock=time.monotonic):
+        self.clock = clock
         self.per_connection = per_connection
         self.total = total
         self.per_principal = per_principal
         self._delivered: dict[int, int] = {}    # fd of each accepted connection -> bytes delivered from it
         self._principal: dict[int, str] = {}    # fd -> whose it is, once a message of it was admitted
+        self._since: dict[int, float] = {}      # fd -> when it was accepted
 
     def accepted(self, fd: int) -> None:
         self._delivered[fd] = 0
+        self._since[fd] = self.clock()
         self._principal.pop(fd, None)
 
     def owned_by(self, fd: int, principal: str) -> None:
@@ -151,6 +159,7 @@ class InboundGuard:
     def closed(self, fd: int) -> None:
         self._delivered.pop(fd, None)
         self._principal.pop(fd, None)
+        self._since.pop(fd, None)
 
     def delivered(self, fd: int, frames: list) -> None:
         """Credit what a message brought; call it after the monitor's events so far were taken (Peers
@@ -160,13 +169,14 @@ class InboundGuard:
 
     def check(self) -> list[int]:
         """Cut whoever holds too much; the fds cut."""
-        held = {}
+        held, now = {}, self.clock()
         for fd, delivered in list(self._delivered.items()):
             received = tcp_bytes_received(fd)
             if received is None:
-                del self._delivered[fd]
+                self.closed(fd)
             else:
-                held[fd] = max(0, received - delivered - self.HANDSHAKE_BYTES)
+                heartbeats = int((now - self._since.get(fd, now)) * self.HEARTBEAT_BYTES_PER_S)
+                held[fd] = max(0, received - delivered - self.HANDSHAKE_BYTES - heartbeats)
         total, cut = sum(held.values()), []
         by_principal: dict[str, int] = {}
         for fd, nbytes in held.items():

@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from harness import dealer
-from llmos.kernel.bounds import InboundGuard, UnreadReplies
+from llmos.kernel.bounds import InboundGuard, UnreadReplies, tcp_bytes_received
 from llmos.kernel.peers import Peers
 from llmos.kernel.transport import Transport
 from llmos.specs.keys import KERNEL_KEY_META, read_key_file
@@ -431,3 +431,29 @@ def test_many_connections_of_one_principal_that_never_read_grow_the_kernel_only_
         k.stop()
     bound = UNREAD_BYTES_PER_PRINCIPAL + INBOUND_HELD_PER_PRINCIPAL + conns * RECV_HELD_PER_CONNECTION
     assert growth < bound, f"the kernel grew by {growth >> 20} MiB; bob's bounds add up to {bound >> 20} MiB"
+
+
+def test_a_long_lived_connection_is_allowed_its_heartbeats():
+    """ZMTP pings deliver nothing but count as received: an hour-old connection that received 300 kB of
+    them holds nothing; the same bytes on a new connection are held."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * MiB)    # room to hold what is sent, unread
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        try:
+            client.sendall(b"p" * (InboundGuard.HANDSHAKE_BYTES + 300_000))
+            now = [1000.0]
+            guard = InboundGuard(per_connection=200_000, total=64 * MiB, clock=lambda: now[0])
+            guard.accepted(conn.fileno())
+            assert wait_until(lambda: (tcp_bytes_received(conn.fileno()) or 0) >= InboundGuard.HANDSHAKE_BYTES + 300_000,
+                              timeout=5)
+            now[0] += 3600                      # an hour: 460 kB of heartbeats allowed
+            assert guard.check() == []
+            fresh = InboundGuard(per_connection=200_000, total=64 * MiB, clock=lambda: now[0])
+            fresh.accepted(conn.fileno())
+            assert fresh.check() == [conn.fileno()]
+        finally:
+            client.close()
+            conn.close()
