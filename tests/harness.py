@@ -37,3 +37,17 @@ def raised(fn, *args, **kwargs) -> LLMOSError:
 def errno_of(fn, *args, **kwargs) -> str:
     """The errno of the LLMOSError that fn(*args, **kwargs) must raise."""
     return raised(fn, *args, **kwargs).errno
+
+
+def services_kernel(workdir, embed_model: str, model: str | None = None, env: dict | None = None) -> KernelProcess:
+    """A tcp kernel (CurveZMQ on loopback) whose service host is up, its services embedding with
+    `embed_model`; the caller stops it."""
+    k = KernelProcess(workdir, tcp=True, model=model,
+                      env={"LLMOS_SERVICES_EMBED_MODEL": embed_model, **(env or {})}).start()
+    try:
+        with k.client("svc-waiter") as c:
+            assert wait_until(lambda: c.svc_list()["host"]["state"] == "up", timeout=60), "the service host is not up"
+    except BaseException:
+        k.stop()
+        raise
+    return k

@@ -21,7 +21,7 @@ from llmos.drivers.loader import LoadedModel, load
 from llmos.drivers.quant import Int8Embedding, Int8Linear, UnsupportedModel, quantize
 from llmos.drivers.sequence import Chunk
 from llmos.specs import registry
-from llmos.userland.testing import CORPUS, make_tiny_llama
+from llmos.userland.testing import CORPUS, make_tiny_bert, make_tiny_llama
 
 KV_BYTES = 1 << 22   # holds thousands of tiny-model tokens
 
@@ -175,11 +175,12 @@ def test_an_unknown_quant_is_einval_naming_the_choices(kernel, tiny_copy):
     assert error.errno == "EINVAL" and "none, int8" in error.message
 
 
-def test_quant_on_an_embedding_model_is_einval_with_nothing_loaded_or_charged(kernel, tiny_bert):
+def test_quant_on_an_embedding_model_is_einval_with_nothing_loaded_or_charged(kernel, tmp_path):
+    bert = make_tiny_bert(tmp_path / "bert")      # a path of its own: the shared kernel may hold tiny_bert already
     with kernel.client("quant") as c:
         before = cpu_row(c)["models_bytes"]
-        error = raised(c.load_model, tiny_bert, quant="int8")
-        assert tiny_bert not in [m["name"] for m in c.models()["loaded"]]
+        error = raised(c.load_model, bert, quant="int8")
+        assert bert not in [m["name"] for m in c.models()["loaded"]]
         assert cpu_row(c)["models_bytes"] == before
     assert error.errno == "EINVAL" and "embedding model" in error.message
 

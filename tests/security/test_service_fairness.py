@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import KernelProcess, errno_of, raised, wait_until
+from harness import errno_of, raised, services_kernel, wait_until
 from llmos.userland.client import AsyncClient, LLMOSError
 
 PLUGINS = Path(__file__).resolve().parents[1] / "data" / "plugins"
@@ -23,11 +23,10 @@ PLUGINS = Path(__file__).resolve().parents[1] / "data" / "plugins"
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory, tiny_bert):
-    k = KernelProcess(tmp_path_factory.mktemp("svc-fair"), tcp=True,
-                      env={"LLMOS_SERVICES_EMBED_MODEL": tiny_bert, "LLMOS_SERVICES_PATH": str(PLUGINS),
-                           "LLMOS_PLUGIN_MODULES": "misbehave,heavy", "LLMOS_PLUGINS": ""}).start()
+    k = services_kernel(tmp_path_factory.mktemp("svc-fair"), tiny_bert,
+                        env={"LLMOS_SERVICES_PATH": str(PLUGINS), "LLMOS_PLUGIN_MODULES": "misbehave,heavy",
+                             "LLMOS_PLUGINS": ""})
     with k.client("svc-waiter") as c:
-        assert wait_until(lambda: c.svc_list()["host"]["state"] == "up", timeout=60)
         assert c.svc_call("heavy", "embeds", {"n": 1})      # the embedding model is loaded before the tests time anything
     yield k
     k.stop()

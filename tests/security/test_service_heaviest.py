@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import KernelProcess, wait_until
+from harness import services_kernel
 from llmos.userland import LLMOSError
 
 MiB = 1 << 20
@@ -65,10 +65,7 @@ OWN_LIMITS = {"ETIMEDOUT", "EDQUOT", "EINVAL", "ENOENT", "EAGAIN"}
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory, tiny_llama, tiny_bert):
-    k = KernelProcess(tmp_path_factory.mktemp("svc-heavy"), tcp=True, model=tiny_llama,
-                      env={"LLMOS_SERVICES_EMBED_MODEL": tiny_bert}).start()
-    with k.client("svc-waiter") as c:
-        assert wait_until(lambda: c.svc_list()["host"]["state"] == "up", timeout=60)
+    k = services_kernel(tmp_path_factory.mktemp("svc-heavy"), tiny_bert, model=tiny_llama)
     yield k
     k.stop()
 

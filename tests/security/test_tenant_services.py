@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import KernelProcess, errno_of, raised, wait_until
+from harness import errno_of, raised, services_kernel
 
 PROGRAM = "llmos-svc"
 DOC = "# Refunds\n\nThe secret refund code is PELICAN-42. Refunds take five working days."
@@ -17,10 +17,7 @@ DOC = "# Refunds\n\nThe secret refund code is PELICAN-42. Refunds take five work
 
 @pytest.fixture(scope="module")
 def svc_tcp_kernel(tmp_path_factory, tiny_bert):
-    k = KernelProcess(tmp_path_factory.mktemp("tenant-svc"), tcp=True,
-                      env={"LLMOS_SERVICES_EMBED_MODEL": tiny_bert}).start()
-    with k.client("svc-waiter") as c:
-        assert wait_until(lambda: c.svc_list()["host"]["state"] == "up", timeout=60)
+    k = services_kernel(tmp_path_factory.mktemp("tenant-svc"), tiny_bert)
     yield k
     k.stop()
 
