@@ -9,12 +9,23 @@ thread, so a load never holds up requests to models already loaded.
 
 No computation holds the loop past the kernel's heartbeat (a ping unanswered for two periods
 is a crash: kernel/supervisor.py), and none holds up other tenants' generations for its whole
-length. An embed or a score is a call in progress: a generator of slices bounded in tokens
-(embedding.py, scoring.py); each turn of the loop runs one slice of the oldest call (then it goes
-to the back of the line) and one engine step, so a minute of embedding and a stream share the
-device turn by turn. Within a slice, and within a training step (trainer.py), a long forward
-pauses after its layers (slices.pausing) to take in pings and submissions; an engine step pauses
-after each layer anyway, and bounds its prefill in tokens (engine.py).
+length. An embed or a score is a call in progress: a generator of slices (embedding.py,
+scoring.py); each turn of the loop runs one slice of the oldest call (then it goes to the back of
+the line) and one engine step, so a minute of embedding and a stream share the device turn by
+turn. A slice is bounded in tokens, and while others wait in time (`_slice_s`): about as long as
+the engines' recent steps, sized from the rate of the call's own slices before it. Turns of equal
+length: a stream beside the heaviest call waits about twice its quiet time between two tokens
+(issue 25's goal is 3x), on a quiet machine or a loaded one, as far as the least slice allows (a
+layer of one text; a score's LEAST_TOKENS positions). Within a slice, and within a training step
+(trainer.py), a long forward pauses after its layers (slices.pausing) to take in pings and
+submissions; an embed's forward also runs an engine step there (one text of an encoder
+is the least a forward takes, and may be longer than a slice should be), a score's does not (its
+model is the engine's own: the step would run inside the score's adapter and forward hooks, and a
+score cuts a long row into chunks of positions instead). An engine step pauses after each layer
+anyway, and bounds its prefill in tokens (engine.py), not in time: the streams decoding in a step
+with 256 prompt tokens of SmolLM2-135M on a CPU wait ~300 ms for it, not ~40 (a tiny model's: a
+few ms); a bound in time there would delay that prompt's own first token, a trade left to a
+change measured on real models.
 
 Why not answer pings from a thread of their own: the ping is the kernel's only sign that this
 loop still moves. A thread would answer for a loop stuck in a kernel bug or a hung device just
@@ -30,8 +41,10 @@ import argparse
 import os
 import queue
 import signal
+import statistics
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 
@@ -44,6 +57,7 @@ from llmos.specs import channel  # noqa: E402
 from llmos.specs.channel import ChannelError, DriverMessage  # noqa: E402
 
 from .interface import Driver  # noqa: E402
+from .slices import ALONE_SLICE_S, MIN_SLICE_S, SLICE_TARGET_S  # noqa: E402
 from .trainer import Training  # noqa: E402
 
 IDLE_POLL_MS = 20
@@ -61,6 +75,7 @@ class DriverLoop:
         self.loading: dict[str, list[channel.Submit]] = {}   # model being loaded -> submits waiting for it
         self.load_lock = threading.Lock()
         self.calls: deque = deque()     # embeds and scores in progress: (rid, what, their slices)
+        self.step_times: deque = deque([0.0], maxlen=8)   # seconds of the engines' last steps
         self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
                          channel.Embed: self._embed, channel.Score: self._score, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
@@ -118,10 +133,12 @@ class DriverLoop:
                 self.send(channel.Events([channel.TokenEvent.failed(waiting.rid, "EIO", f"loading {msg.model} failed")]))
 
     def _embed(self, msg: channel.Embed) -> None:
-        self.calls.append((msg.rid, "embedding", self.driver.embed_slices(msg, self._pause_in_call)))
+        slices = self.driver.embed_slices(msg, self._step_in_call, self._slice_s)
+        self.calls.append((msg.rid, "embedding", slices))
 
     def _score(self, msg: channel.Score) -> None:
-        self.calls.append((msg.rid, "scoring", self.driver.score_slices(msg, self._pause_in_call)))
+        slices = self.driver.score_slices(msg, self._pause_in_call, self._slice_s)
+        self.calls.append((msg.rid, "scoring", slices))
 
     def _advance_call(self) -> None:
         """One slice of the oldest call in progress, which then waits behind the others; its reply
@@ -139,6 +156,30 @@ class DriverLoop:
 
     def _pause_in_call(self) -> None:
         self.pause([])
+
+    def _step_in_call(self) -> None:
+        """Within an embed's forward (its model is no engine's): take in pings and submissions, and
+        step the engines, so the streams beside one long text keep going."""
+        self.pause([])
+        self._step()
+
+    def _slice_s(self) -> float:
+        """How long the next slice of the call whose turn it is (it is off the line) may last: while
+        generations wait, as long as the engines' steps lately (their median: one step the OS held up
+        says little; at least MIN_SLICE_S); while only other calls wait, SLICE_TARGET_S; while nobody
+        waits, ALONE_SLICE_S (someone may come)."""
+        if self.driver.has_work():
+            return max(MIN_SLICE_S, statistics.median(self.step_times))
+        return SLICE_TARGET_S if self.calls else ALONE_SLICE_S
+
+    def _step(self) -> None:
+        """One step of every busy engine; its events."""
+        if self.driver.has_work():
+            started = time.monotonic()
+            events = self.driver.step(self.pause)
+            self.step_times.append(time.monotonic() - started)
+            if events:
+                self.send(channel.Events(events, self.driver.kv_usage()))
 
     def _load(self, msg: channel.Load) -> None:
         self.loading.setdefault(msg.model, [])
@@ -181,10 +222,7 @@ class DriverLoop:
                     self.send(done)
             if self.calls:
                 self._advance_call()
-            if self.driver.has_work():
-                events = self.driver.step(self.pause)
-                if events:
-                    self.send(channel.Events(events, self.driver.kv_usage()))
+            self._step()
 
 
 def serve(connect: str, device: str, dtype: str = "auto", parent: int | None = None,

@@ -59,13 +59,16 @@ class Driver(ABC):
         """The summed log-loss of each of msg.texts under msg.model; a runtime that cannot score says so."""
         return channel.Error(msg.rid, "EINVAL", f"this driver ({type(self).__name__}) cannot score texts")
 
-    def embed_slices(self, msg: channel.Embed, pause: Callable[[], None]) -> Generator[None, None, Reply]:
+    def embed_slices(self, msg: channel.Embed, pause: Callable[[], None],
+                     slice_s: Callable[[], float | None] = lambda: None) -> Generator[None, None, Reply]:
         """embed as slices of bounded work: the driver loop steps engines and answers pings at each
-        yield, and pause() may be called within a slice for the same. By default, in one slice."""
+        yield, and pause() may be called within a slice for the same; slice_s() is how long a slice
+        may last (None: as long as memory allows). By default, in one slice."""
         return self.embed(msg)
         yield   # a generator: the loop advances every call in progress the same way
 
-    def score_slices(self, msg: channel.Score, pause: Callable[[], None]) -> Generator[None, None, Reply]:
+    def score_slices(self, msg: channel.Score, pause: Callable[[], None],
+                     slice_s: Callable[[], float | None] = lambda: None) -> Generator[None, None, Reply]:
         """score as slices of bounded work, as embed_slices. By default, in one slice."""
         return self.score(msg)
         yield

@@ -163,24 +163,27 @@ class TorchDriver(Driver):
     def embed(self, msg: channel.Embed) -> channel.Result | channel.Error:
         return run_to_end(self.embed_slices(msg))
 
-    def embed_slices(self, msg: channel.Embed, pause=lambda: None) -> Generator[None, None, Reply]:
-        """embed in slices (embedding.py): the driver loop steps engines and answers pings between."""
+    def embed_slices(self, msg: channel.Embed, pause=lambda: None,
+                     slice_s=lambda: None) -> Generator[None, None, Reply]:
+        """embed in slices (embedding.py): the driver loop steps engines and answers pings between;
+        slice_s(): how long a slice may last (None: as long as memory allows)."""
         from .embedding import embed_slices
 
         lm = self.embedders.get(msg.model)
         if lm is None:
             return channel.Error(msg.rid, "EIO", f"embedding model '{msg.model}' is not loaded on {self.device}")
-        vectors, tokens = yield from embed_slices(lm, msg.input, msg.normalize, pause)
+        vectors, tokens = yield from embed_slices(lm, msg.input, msg.normalize, pause, slice_s)
         return channel.Result(msg.rid, {"model": msg.model, "dim": len(vectors[0]), "vectors": vectors,
                                         "usage": {"prompt_tokens": tokens}})
 
     def score(self, msg: channel.Score) -> channel.Result | channel.Error:
         return run_to_end(self.score_slices(msg))
 
-    def score_slices(self, msg: channel.Score, pause=lambda: None) -> Generator[None, None, Reply]:
+    def score_slices(self, msg: channel.Score, pause=lambda: None,
+                     slice_s=lambda: None) -> Generator[None, None, Reply]:
         """Each text's summed log-loss under the model (the `score` syscall, scoring.py): no-grad
         forwards outside the engine and its KV cache, in slices between steps like an embed's."""
-        from .scoring import nll_slices
+        from .scoring import nll_slices, token_rows
 
         engine = self.engines.get(msg.model)
         if engine is None:
@@ -188,14 +191,14 @@ class TorchDriver(Driver):
         if msg.adapter and not getattr(engine.runner, "has_adapter", lambda a: False)(msg.adapter):
             return channel.Error(msg.rid, "EIO", f"adapter '{msg.adapter}' is not loaded on {self.device}")
         lm = engine.lm
-        rows = [lm.tokenizer(text)["input_ids"] for text in msg.texts]
+        rows = yield from token_rows(lm, msg.texts, slice_s)
         for i, row in enumerate(rows):
             if len(row) > lm.context_length:
                 return channel.Error(msg.rid, "EINVAL", f"score: texts[{i}] is {len(row)} tokens, more than the "
                                                         f"{lm.context_length} of {msg.model}'s context")
         # the adapter's update on every row of these forwards (its wrappers sit in lm.model's projections)
         around = contextlib.nullcontext if not msg.adapter else lambda: engine.runner.lora.using({msg.adapter: None})
-        nll = yield from nll_slices(lm, rows, pause, around)
+        nll = yield from nll_slices(lm, rows, pause, around, slice_s)
         return channel.Result(msg.rid, {"model": msg.model, "tokens": [max(len(row) - 1, 0) for row in rows],
                                         "nll": nll})
 

@@ -1,6 +1,8 @@
 """No computation blocks the driver loop past its heartbeat (issue 25, item 3, driver side): embed and
-score run in slices, between which the loop answers pings and steps its engines, and within a long
-forward of one slice the loop still takes in pings (specified on the driver loop in-process)."""
+score run in slices, bounded in tokens and, while others wait, in time; between slices the loop
+answers pings and steps its engines, and within a long forward of one slice it still takes in pings
+(and an embed's lets the engines step). Specified on the driver loop in-process; the sizing itself
+with an injected clock in test_slice_budget.py."""
 
 from __future__ import annotations
 
@@ -11,11 +13,16 @@ import time
 import pytest
 import zmq
 
+from llmos.drivers import embedding as embedding_module
+from llmos.drivers import scoring as scoring_module
 from llmos.drivers import slices as slices_module
 from llmos.drivers.host import DriverLoop
+from llmos.drivers.slices import run_to_end
 from llmos.drivers.torch_driver import TorchDriver
 from llmos.specs import channel, registry
 from llmos.specs.channel import DriverMessage
+
+from adapter_files import adapter_files, make_adapter
 
 TEXTS = ["An operating system shares one machine among many programs.", "The quick brown fox", "Paris"]
 
@@ -120,6 +127,118 @@ def test_a_call_in_slices_gives_what_each_text_alone_gives(driver):
     nll = driver.score(msg).result["nll"]
     for i in range(0, 64, 9):
         assert driver.score(channel.Score(4, "tiny", "", [msg.texts[i]])).result["nll"][0] == pytest.approx(nll[i], abs=1e-3)
+
+
+def test_slices_bounded_in_time_give_what_one_slice_gives(driver):
+    """With a target time no work meets, every slice after the first is the least: a text tokenized
+    alone, an embed's forward of one text, a score's of LEAST_TOKENS positions of one text (reading
+    the keys and values of the positions before it from the chunks before)."""
+    embed, score = big_call("embed", 7), big_call("score", 8)
+    embed.input, score.texts = embed.input[:100], score.texts[:8]
+    vectors, nll = driver.embed(embed).result["vectors"], driver.score(score).result["nll"]
+    counts = []
+    for call, msg in ((driver.embed_slices, embed), (driver.score_slices, score)):
+        slices, count = call(msg, lambda: None, lambda: 1e-9), 0
+        while True:
+            try:
+                next(slices)
+                count += 1
+            except StopIteration as end:
+                counts.append(count)
+                reply = end.value
+                break
+        if msg is embed:
+            assert all(got == pytest.approx(want, abs=1e-5) for got, want in zip(reply.result["vectors"], vectors))
+        else:
+            assert reply.result["nll"] == pytest.approx(nll, abs=1e-3)
+    rows = sum(len(driver.engines["tiny"].lm.tokenizer(t)["input_ids"]) - 1 for t in score.texts)
+    assert counts[0] > len(embed.input) - embedding_module.SLICE_TEXTS
+    assert counts[1] >= rows // scoring_module.LEAST_TOKENS
+
+
+def test_a_score_in_chunks_reads_every_chunk_through_its_adapter(driver, tiny_llama, tmp_path):
+    files = adapter_files(make_adapter(tiny_llama, tmp_path, "a", seed=3))
+    assert isinstance(driver.load_adapter(channel.LoadAdapter("tiny", "chunks", files)), channel.AdapterLoaded)
+    msg = channel.Score(9, "tiny", "chunks", big_call("score", 9).texts[:4])
+    whole, base = driver.score(msg).result["nll"], driver.score(channel.Score(9, "tiny", "", msg.texts)).result["nll"]
+    chunked = run_to_end(driver.score_slices(msg, lambda: None, lambda: 1e-9)).result["nll"]   # LEAST_TOKENS each
+    assert chunked == pytest.approx(whole, abs=1e-3)
+    assert all(abs(a - b) > 0.1 for a, b in zip(whole, base))       # the adapter changed what it read
+
+
+class Stepping:
+    """A driver whose calls pause once within their one slice, and whose engines have steps to run
+    (each lasting step_s)."""
+
+    def __init__(self, step_s: float = 0.0):
+        self.log: list = []
+        self.busy, self.step_s = True, step_s
+
+    def has_work(self) -> bool:
+        return self.busy
+
+    def step(self, pause=None) -> list:
+        self.log.append("step")
+        time.sleep(self.step_s)
+        return []
+
+    def kv_usage(self):
+        return None
+
+    def unload_adapter(self, msg) -> None:
+        pass
+
+    def embed_slices(self, msg, pause, slice_s):
+        self.log.append(("slice", slice_s()))
+        pause()
+        self.log.append("embed's layer")
+        return channel.Result(msg.rid, {})
+        yield
+
+    def score_slices(self, msg, pause, slice_s):
+        pause()
+        self.log.append("score's layer")
+        return channel.Result(msg.rid, {})
+        yield
+
+
+class Socket:
+    def __init__(self):
+        self.sent: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def get(self, option) -> int:
+        return 0          # nothing to receive
+
+
+def test_an_embeds_long_forward_lets_the_engines_step_and_a_scores_does_not():
+    """An embedder is no engine's model, so an engine step may run inside its forward; a score's model
+    is the engine's own (its adapter and hooks are on), so its pauses only take in messages."""
+    driver = Stepping()
+    loop = DriverLoop(Socket(), driver)
+    loop.handle(channel.Embed(1, "bert", ["a"]))
+    loop._advance_call()
+    assert driver.log == [("slice", slices_module.MIN_SLICE_S), "step", "embed's layer"]
+    driver.log.clear()
+    loop.handle(channel.Score(2, "tiny", "", ["a"]))
+    loop._advance_call()
+    assert driver.log == ["score's layer"]
+
+
+def test_a_calls_slices_last_about_as_long_as_the_engines_steps():
+    """Turns of equal length: a stream beside the heaviest call waits about twice as long between two
+    tokens as alone, on a tiny model or a big one, on a quiet machine or a loaded one."""
+    driver = Stepping(step_s=0.02)
+    loop = DriverLoop(Socket(), driver)
+    for _ in range(8):
+        loop._step()
+    assert 0.02 <= loop._slice_s() < 0.1                      # the steps lasted 20 ms and more
+    driver.busy = False
+    assert loop._slice_s() == slices_module.ALONE_SLICE_S      # nobody waits: a newcomer waits at most this
+    loop.handle(channel.Embed(1, "bert", ["a"]))
+    assert loop._slice_s() == slices_module.SLICE_TARGET_S     # only another call waits: a turn each
 
 
 def test_a_text_past_the_context_is_read_as_its_start(driver):
