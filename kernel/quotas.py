@@ -124,6 +124,12 @@ class Quotas:
             self._used[principal] -= window.popleft()[1]
         return window
 
+    def forget(self, principal: str) -> None:
+        """A removed user's token window: the table of windows holds only users that exist, and a user
+        added again under the name starts its minute afresh."""
+        self._tokens.pop(principal, None)
+        self._used.pop(principal, None)
+
     @staticmethod
     def _retry(window: deque, now: float) -> float:
         return max(WINDOW_S - (now - window[0][0]), 0.0) if window else 0.0

@@ -88,6 +88,7 @@ def sys_user_remove(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     reaped = _reap_all(k, principal.name, "its user was removed")
     jobs = _cancel_jobs(k, principal.name)
     k.metrics.forget(principal.name)      # a user added again under the name starts its figures afresh
+    k.quotas.forget(principal.name)
     k.audit.record("user_remove", by=ctx.proc.principal, pid=ctx.proc.pid, name=principal.name, reaped=reaped,
                    jobs_cancelled=jobs)
     return {"name": principal.name, "reaped": reaped}

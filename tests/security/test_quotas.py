@@ -163,3 +163,13 @@ def test_a_services_generation_is_charged_to_its_callers_token_rate(table):
 
     asyncio.run(generate())
     assert caller.tokens == 3 and len(ended) == 1 and ended[0][1].errno == "EDQUOT" and "alice" in ended[0][1].message
+
+
+def test_a_removed_users_token_window_is_forgotten(table):
+    table.add("alice", None, {"tokens_per_minute": 100}, "tcp://h:1")
+    quotas = Quotas(Settings(), table)
+    quotas.charge_tokens("alice", 60)
+    assert quotas._used["alice"] == 60
+    quotas.forget("alice")
+    assert "alice" not in quotas._tokens and "alice" not in quotas._used
+    assert quotas.charge_tokens("alice", 60) is None       # a user added again starts its minute afresh
