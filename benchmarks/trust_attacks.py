@@ -26,10 +26,10 @@ import httpx
 import msgpack
 import zmq
 
-from llmos.specs.keys import KERNEL_KEY_META, read_key_file
 from llmos.userland import Client, LLMOSError
 from llmos.userland.gateway.testing import GatewayProcess
-from llmos.userland.testing import LLMOS_COMMAND, KernelProcess, free_tcp_port, make_tiny_bert, make_tiny_llama
+from llmos.userland.testing import (LLMOS_COMMAND, KernelProcess, curve_dealer, free_tcp_port, make_tiny_bert,
+                                   make_tiny_llama)
 from report import log, print_table
 
 SECRET = "# Refunds\n\nThe refund override code is PELICAN-42. Refunds take five working days."
@@ -192,12 +192,14 @@ def slow_gateway_clients(lab: Lab):
         socks = slowloris("127.0.0.1", gw.port, 200)
         try:
             served = httpx.get(gw.url + "/health/live", timeout=10).status_code
-            closed = wait(lambda: all(_closed(s) for s in socks), 30)
-            held = sum(not _closed(s) for s in socks)
+            started = time.monotonic()
+            wait(lambda: all(_closed(s) for s in socks), 30)
+            took, held = time.monotonic() - started, sum(not _closed(s) for s in socks)
         finally:
             for s in socks:
                 s.close()
-    return f"200 slow clients: {held} still held after 30 s, a normal request {served}", held == 0 and served == 200
+    return f"200 slow clients: {200 - held} cut within {took:.1f} s, {held} held; a normal request {served}", \
+        held == 0 and served == 200
 
 
 def slowloris(host: str, port: int, n: int) -> list[socket.socket]:
@@ -296,18 +298,9 @@ class Raw:
     library gives up at the first refusal; an attacker does not)."""
 
     def __init__(self, lab: Lab, who: str, routing_id: bytes | None = None, never_reads: bool = False):
-        keys = read_key_file(lab.keys[who])
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        if routing_id is not None:
-            self.sock.setsockopt(zmq.ROUTING_ID, routing_id)
-        if never_reads:                # takes almost nothing off its socket
-            self.sock.setsockopt(zmq.RCVHWM, 1)
-            self.sock.setsockopt(zmq.RCVBUF, 4096)
-        self.sock.curve_secretkey, self.sock.curve_publickey = keys["secret-key"].encode(), keys["public-key"].encode()
-        self.sock.curve_serverkey = keys[KERNEL_KEY_META].encode()
-        self.sock.connect(lab.kernel.socket)
+        never_reading = {"RCVHWM": 1, "RCVBUF": 4096} if never_reads else {}   # takes almost nothing off its socket
+        self.sock = curve_dealer(self.ctx, lab.kernel.socket, lab.keys[who], routing_id, **never_reading)
         self.next_id = 0
 
     def send(self, call: str, **args) -> None:

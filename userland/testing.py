@@ -257,3 +257,24 @@ def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def curve_dealer(ctx, socket_url: str, key_file: str, routing_id: bytes | None = None, **options: int):
+    """A bare DEALER on a tcp kernel, as the user of `key_file` (CurveZMQ), for tests and benchmarks that
+    write frames by hand (the client library stops at the first refusal; an attacker does not).
+    `options` are further ZeroMQ options by name (RCVHWM=1...); the caller closes the socket."""
+    import zmq
+
+    from llmos.specs.keys import KERNEL_KEY_META, read_key_file
+
+    key = read_key_file(key_file)
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if routing_id is not None:
+        sock.setsockopt(zmq.ROUTING_ID, routing_id)
+    for name, value in options.items():
+        sock.setsockopt(getattr(zmq, name), value)
+    sock.curve_secretkey, sock.curve_publickey = key["secret-key"].encode(), key["public-key"].encode()
+    sock.curve_serverkey = key[KERNEL_KEY_META].encode()
+    sock.connect(socket_url)
+    return sock

@@ -17,7 +17,7 @@ import time
 import msgpack
 import zmq
 
-from llmos.specs.keys import KERNEL_KEY_META, read_key_file
+from llmos.userland.testing import curve_dealer
 
 MSGPACK_INTS = (-2**63, 2**64 - 1)
 BIG_INTS = (-2**63, 2**63, 2**64 - 1)
@@ -89,14 +89,8 @@ class RawCaller:
 
     def __init__(self, socket: str, key_file: str):
         self.socket, self.key_file = socket, key_file
-        key = read_key_file(key_file)
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.curve_secretkey = key["secret-key"].encode()
-        self.sock.curve_publickey = key["public-key"].encode()
-        self.sock.curve_serverkey = key[KERNEL_KEY_META].encode()
-        self.sock.connect(socket)
+        self.sock = curve_dealer(self.ctx, socket, key_file)
         self.ids = itertools.count(1)
 
     def call(self, call: str, args: dict, timeout: float = 60.0) -> dict:

@@ -22,10 +22,9 @@ from harness import dealer
 from llmos.kernel.bounds import InboundGuard, UnreadReplies, tcp_bytes_received
 from llmos.kernel.peers import Peers
 from llmos.kernel.transport import Transport
-from llmos.specs.keys import KERNEL_KEY_META, read_key_file
 from llmos.specs.protocol import (INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_PER_PRINCIPAL, MAX_FRAME_BYTES,
                                   RECV_HELD_PER_CONNECTION, UNREAD_BYTES_PER_PRINCIPAL)
-from llmos.userland.testing import KernelProcess, wait_until
+from llmos.userland.testing import KernelProcess, curve_dealer, wait_until
 
 MiB = 1 << 20
 BULK_REPLY_BYTES = 4 << 10    # a reply's size, as the unread bounds' tests count
@@ -404,19 +403,12 @@ def test_many_connections_of_one_principal_that_never_read_grow_the_kernel_only_
     ctx, socks = zmq.Context(), []
     try:
         with k.client("op", caps=["admin"]) as op:
-            bob = read_key_file(op.user_add("bob")["key_file"])
+            bob = op.user_add("bob")["key_file"]
             alice = op.user_add("alice")["key_file"]
         rss = PeakRss(k.proc.pid)
         for _ in range(conns):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.RCVHWM, 1)              # read nothing: replies stay with the kernel
-            sock.setsockopt(zmq.RCVBUF, 4096)
-            sock.setsockopt(zmq.SNDHWM, 2 * per_conn)   # every request goes out, none waits here
-            sock.curve_secretkey, sock.curve_publickey = bob["secret-key"].encode(), bob["public-key"].encode()
-            sock.curve_serverkey = bob[KERNEL_KEY_META].encode()
-            sock.connect(k.socket)
-            socks.append(sock)
+            # read nothing (replies stay with the kernel); every request goes out, none waits here
+            socks.append(curve_dealer(ctx, k.socket, bob, RCVHWM=1, RCVBUF=4096, SNDHWM=2 * per_conn))
         for sock in socks:
             for i in range(1, per_conn + 1):
                 sock.send(frame(i, "ping", payload=payload))

@@ -14,10 +14,11 @@ import pytest
 import zmq
 
 from harness import raised
-from llmos.specs.keys import KERNEL_KEY_META, read_key_file
+from llmos.specs.keys import read_key_file
 from llmos.userland import Client, KernelUnavailable
 from llmos.userland.errors import KeyRefused
 from llmos.userland.gateway.testing import GatewayProcess
+from llmos.userland.testing import curve_dealer
 
 
 def _public_key(key_file: str) -> str:
@@ -29,14 +30,8 @@ class Raw:
     client that ignores refusals would (the client library stops at the first)."""
 
     def __init__(self, tcp_kernel, key_file: str):
-        keys = read_key_file(key_file)
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.curve_secretkey = keys["secret-key"].encode()
-        self.sock.curve_publickey = keys["public-key"].encode()
-        self.sock.curve_serverkey = keys[KERNEL_KEY_META].encode()
-        self.sock.connect(tcp_kernel.socket)
+        self.sock = curve_dealer(self.ctx, tcp_kernel.socket, key_file)
         self.ids = itertools.count(1)
 
     def ask(self, call: str, **args) -> dict:

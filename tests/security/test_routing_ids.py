@@ -20,21 +20,13 @@ from zmq.utils.monitor import recv_monitor_message
 
 from harness import KernelProcess, wait_until
 from llmos.kernel.transport import Transport
-from llmos.specs.keys import KERNEL_KEY_META, read_key_file
+from llmos.userland import testing
 from llmos.specs.protocol import pack, unpack
 
 
 def curve_dealer(ctx: zmq.Context, kernel: KernelProcess, key_file: str, routing_id: bytes | None = None):
     """A user's bare DEALER on the kernel's tcp socket, optionally with a routing id of its choosing."""
-    key = read_key_file(key_file)
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    if routing_id is not None:
-        sock.setsockopt(zmq.ROUTING_ID, routing_id)
-    sock.curve_secretkey, sock.curve_publickey = key["secret-key"].encode(), key["public-key"].encode()
-    sock.curve_serverkey = key[KERNEL_KEY_META].encode()
-    sock.connect(kernel.socket)
-    return sock
+    return testing.curve_dealer(ctx, kernel.socket, key_file, routing_id)
 
 
 def request(req_id: int, call: str, **args) -> bytes:
