@@ -40,14 +40,16 @@ import torch
 
 from .blocks import BlockAllocator
 from .detokenizer import TextStream
-from .faults import admitted, errno_of, isolate, refusal, sample_isolated
+from .faults import admitted, engine_refusal, errno_of, isolate, sample_isolated
 from .kvcache import KVLayout
 from .loader import LoadedModel
 from .runner import make_runner, supports_paged
-from .sampling import penalize_repeats, sample_rows
+from .constraints import ConstraintError, Grammars
+from .logits import TokenTexts, next_tokens
 from .scheduler import Plan, Scheduler
 from .sequence import GenRequest, Sequence
 from .slices import run_to_end
+from .tools import ToolCallText, family
 
 __all__ = ["Engine", "GenRequest", "PromptTooLong", "StepEvent"]
 
@@ -73,6 +75,8 @@ class StepEvent:
     errno: str | None = None
     message: str | None = None
     prefill: list[int] | None = None   # [computed, prompt tokens] after a chunk of a prompt read in several
+    logprobs: list[dict] | None = None  # with the request's logprobs: an entry per new token (logits.py)
+    tool_calls: list[dict] | None = None   # on the final event of a request with tools that called some
 
 
 class Engine:
@@ -98,6 +102,8 @@ class Engine:
         self._rng = random.Random()  # own state: a caller seeding `random` must not fix our seeds
         self._eos = set(lm.eos_token_ids)
         self.vocab_size = lm.model.get_input_embeddings().num_embeddings
+        self.grammars = Grammars(lm.tokenizer, self.vocab_size, sorted(self._eos))
+        self._token_texts = TokenTexts(lm.tokenizer)
 
     # --- the public API -------------------------------------------------------------------
 
@@ -109,7 +115,7 @@ class Engine:
         n, context = len(req.prompt_ids), self.lm.context_length
         if n >= context:
             raise PromptTooLong(f"the prompt is {n} tokens; model '{self.lm.name}' takes at most {context - 1}")
-        refusal = self._refusal(req)
+        refusal = engine_refusal(req, self.vocab_size, self.blocks, self.kv_budget_bytes, self.decode_text)
         if refusal:
             self._events.append(StepEvent(req.rid, "", 0, "error", None, errno=refusal[0], message=refusal[1]))
             return
@@ -117,6 +123,11 @@ class Engine:
         seed = req.seed % (1 << 63) if req.seed is not None else self._rng.getrandbits(32)
         text = TextStream(self.lm.tokenizer, req.prompt_ids, req.stop) if self.decode_text else None
         seq = Sequence(req, seed, min(req.max_tokens, context - n), text)
+        try:
+            seq.matcher = self.grammars.matcher(req.constraint) if req.constraint else None
+        except ConstraintError as exc:
+            return self._events.append(StepEvent(req.rid, "", 0, "error", None, errno=exc.errno, message=str(exc)))
+        seq.tools = ToolCallText(req.tool_parse, family(self.lm.tokenizer)) if req.tool_parse else None
         if req.resume:
             seq.resume_after(req.resume)
         self.scheduler.add(seq)
@@ -245,17 +256,17 @@ class Engine:
                 for seq, chunk in zip(plan.seqs, plan.chunks)
                 if seq.req.progress and not chunk.sample and seq.num_generated == 0]
 
-    @staticmethod
-    def _sample(seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
-        if any(s.req.repetition_penalty != 1.0 for s in seqs):
-            logits = penalize_repeats(logits, [s.req.repetition_penalty for s in seqs], [s.tokens for s in seqs])
-        if all(s.req.temperature <= 0 for s in seqs):
-            return logits.argmax(-1).tolist()   # what sample() gives, without building its parameter columns
-        return sample_rows(logits, [s.req.temperature for s in seqs], [s.req.top_p for s in seqs],
-                           [s.req.top_k for s in seqs], [s.seed for s in seqs], [s.num_generated for s in seqs])
+    def _sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[tuple[int, dict | None]]:
+        return next_tokens(seqs, logits, sorted(self._eos), self._token_texts)
 
-    def _append(self, seq: Sequence, token: int) -> StepEvent | None:
+    def _append(self, seq: Sequence, sampled: tuple[int, dict | None]) -> StepEvent | None:
         """Add a sampled token; the event to send, if there is news."""
+        token, logprobs = sampled
+        if seq.matcher is not None and not seq.matcher.accept_token(token):
+            raise ConstraintError(f"the constraint allows no token here (sampled {token}): "
+                                  "logit_bias or penalties may have ruled out every token it allows")
+        if logprobs is not None:
+            seq.logprobs.append(logprobs)
         seq.tokens.append(token)
         seq.unreported += 1
         if token in self._eos and not seq.req.ignore_eos:
@@ -265,7 +276,7 @@ class Engine:
             return self._finish(seq, delta, "stop")
         if seq.num_generated >= seq.max_tokens:
             return self._finish(seq, delta + self._flush(seq), "length")
-        return self._event(seq, delta, None) if delta or not seq.text else None
+        return self._event(seq, delta, None) if delta or seq.logprobs or not seq.text else None
 
     @staticmethod
     def _flush(seq: Sequence) -> str:
@@ -281,19 +292,7 @@ class Engine:
         new = seq.tokens[len(seq.tokens) - seq.unreported:]
         seq.unreported = 0
         usage = seq.usage() if finish and finish != "error" else None
-        return StepEvent(seq.id, delta, len(new), finish, usage, new, errno, message)
-
-    def _refusal(self, req: GenRequest) -> tuple[str, str] | None:
-        """(errno, message) if this engine cannot take the request."""
-        n = len(req.prompt_ids)
-        if n == 0:
-            return "EINVAL", "empty prompt: give at least one token"
-        if (why := refusal(req, self.vocab_size)) is not None:
-            return "EINVAL", why
-        if not self.blocks.can_ever_hold(n + 1):
-            return "ENOMEM", (f"prompt of {n} tokens cannot fit in this driver's KV cache "
-                              f"({self.blocks.num_blocks * self.blocks.block_size} tokens, "
-                              f"{self.kv_budget_bytes} bytes); shorten the prompt or give the driver a larger KV budget")
-        if req.stop and not self.decode_text:
-            return "EINVAL", "stop strings need text: this engine emits token ids only (decode_text=False)"
-        return None
+        delta, finish, calls = seq.shown(delta, finish)
+        logprobs, seq.logprobs = seq.logprobs or None, []
+        return StepEvent(seq.id, delta, len(new), finish, usage, new, errno, message, logprobs=logprobs,
+                         tool_calls=calls)

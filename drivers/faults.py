@@ -59,9 +59,40 @@ def refusal(req: GenRequest, vocab_size: int) -> str | None:
         return f"seed must be an integer, got {type(req.seed).__name__}"
     if not all(isinstance(s, str) for s in req.stop or ()):
         return "stop must be a list of strings"
+    for name in ("presence_penalty", "frequency_penalty"):
+        if not number(getattr(req, name), -2.0, 2.0):
+            return f"{name} must be a number from -2 to 2, got {getattr(req, name)!r}"
+    if not isinstance(req.top_logprobs, int) or not 0 <= req.top_logprobs <= 20:
+        return f"top_logprobs must be an integer from 0 to 20, got {req.top_logprobs!r}"
+    if not isinstance(req.min_tokens, int) or req.min_tokens < 0:
+        return f"min_tokens must be an integer >= 0, got {req.min_tokens!r}"
+    for pair in req.logit_bias or ():
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or type(pair[0]) is not int
+                or not 0 <= pair[0] < vocab_size or not number(pair[1], -100.0, 100.0)):
+            return (f"logit_bias takes token ids below this model's vocabulary of {vocab_size} and biases "
+                    f"from -100 to 100, got {str(pair)[:64]}")
     for what, ids in (("prompt", req.prompt_ids), ("resume", req.resume)):
         if not all(type(t) is int and 0 <= t < vocab_size for t in ids):
             return f"{what} holds a token id outside this model's vocabulary of {vocab_size}"
+    return None
+
+
+def engine_refusal(req: GenRequest, vocab_size: int, blocks, kv_budget_bytes: int,
+                   decode_text: bool) -> tuple[str, str] | None:
+    """(errno, message) if an engine of this vocabulary, cache and text mode cannot take the request."""
+    n = len(req.prompt_ids)
+    if n == 0:
+        return "EINVAL", "empty prompt: give at least one token"
+    if (why := refusal(req, vocab_size)) is not None:
+        return "EINVAL", why
+    if not blocks.can_ever_hold(n + 1):
+        return "ENOMEM", (f"prompt of {n} tokens cannot fit in this driver's KV cache "
+                          f"({blocks.num_blocks * blocks.block_size} tokens, {kv_budget_bytes} bytes); "
+                          "shorten the prompt or give the driver a larger KV budget")
+    if req.stop and not decode_text:
+        return "EINVAL", "stop strings need text: this engine emits token ids only (decode_text=False)"
+    if (req.constraint or req.tool_parse or req.logprobs) and not decode_text:
+        return "EINVAL", "constraints, tools and logprobs need text: this engine emits token ids only"
     return None
 
 

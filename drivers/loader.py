@@ -20,6 +20,7 @@ from llmos.specs.registry import ModelSpec
 
 from .quant import quantize
 from .sampling import SamplingDefaults
+from .tools import render_messages
 
 MAX_CONTEXT = 32768  # cap for models that advertise huge windows the KV budget could never hold
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -73,7 +74,8 @@ def load(spec: ModelSpec, device: str = "cpu", dtype: str | None = None,
                        SamplingDefaults.of(getattr(model, "generation_config", None)))
 
 
-def encode_prompt(lm: LoadedModel, prompt: str | None, messages: list[dict] | None) -> list[int]:
+def encode_prompt(lm: LoadedModel, prompt: str | None, messages: list[dict] | None,
+                  tools: list | None = None) -> list[int]:
     """Token ids for a plain prompt, or for chat messages through the model's chat template.
 
     The kernel has checked the arguments against the syscall table (exactly one of the two;
@@ -84,7 +86,8 @@ def encode_prompt(lm: LoadedModel, prompt: str | None, messages: list[dict] | No
         return tok(prompt).input_ids
     if not getattr(tok, "chat_template", None):
         raise ValueError(f"model '{lm.name}' has no chat template: send a plain prompt instead of messages")
-    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    messages, extra = render_messages(tok, messages, tools)
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
     # The template already wrote any BOS it wants; don't let the tokenizer add another.
     return tok(text, add_special_tokens=False).input_ids
 

@@ -52,21 +52,6 @@ class SamplingDefaults:
         return cls(**values)
 
 
-def penalize_repeats(logits: torch.Tensor, penalty: list[float], seen: list[list[int]]) -> torch.Tensor:
-    """transformers' repetition penalty: a token already in row i's sequence (prompt or generated)
-    has its logit divided by penalty[i] if positive and multiplied if negative, so it is less
-    likely to come again. A penalty of 1 leaves the row as it is."""
-    rows = [i for i, p in enumerate(penalty) if p != 1.0]
-    if not rows:
-        return logits
-    logits = logits.clone()
-    for i in rows:
-        ids = torch.tensor(sorted(set(seen[i])), dtype=torch.long, device=logits.device)
-        x = logits[i, ids]
-        logits[i, ids] = torch.where(x > 0, x / penalty[i], x * penalty[i])
-    return logits
-
-
 def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[B, V] floats in (0, 1), a deterministic function of (seed, position, vocab index)."""
     seeds = seeds.to(torch.int64)
@@ -74,8 +59,9 @@ def uniform_noise(seeds: torch.Tensor, positions: torch.Tensor, vocab_size: int)
     row = _mix32(row ^ (positions.to(torch.int64) * _GOLDEN & _MASK32))
     col = torch.arange(vocab_size, dtype=torch.int64, device=seeds.device) * _GOLDEN & _MASK32
     bits = _mix32(_mix32(row[:, None] ^ col[None, :]))
-    # 24 bits are exact in float32; the half-step offset keeps 0 and 1 out of range.
-    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
+    # 23 bits and the half step are exact in float32, so 0 and 1 stay out of range (with 24 bits the
+    # top value rounded to 1.0, whose Gumbel noise is +inf: that token won whatever its logit, even -inf).
+    return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / (1 << 23))
 
 
 def sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, top_k: torch.Tensor,

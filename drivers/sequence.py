@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .detokenizer import TextStream
+    from .tools import ToolCallText
 
 
 @dataclass
@@ -25,10 +26,19 @@ class GenRequest:
     priority: int = 0
     ignore_eos: bool = False   # run to max_tokens even past EOS (benchmarks)
     cut_in: bool = False       # may be prefilled between the slices of a running step (engine.py)
-    repetition_penalty: float = 1.0   # 1: off; drivers/sampling.penalize_repeats
+    repetition_penalty: float = 1.0   # 1: off; drivers/logits.py
     progress: bool = False     # report each prefill chunk of a prompt that takes several (StepEvent.prefill)
     resume: list[int] = field(default_factory=list)   # tokens it had generated elsewhere: go on after them
     cache_salt: str = ""       # its principal: cached prompt blocks are shared only among equal salts
+    # Structured generation (kernel/syscalls/structured.py checked these; logits.py applies them):
+    constraint: dict | None = None     # compiled by constraints.Grammars; its mask applies each step
+    tool_parse: str = ""               # "auto" | "forced": tool calls parsed out of the text (tools.py)
+    logprobs: bool = False
+    top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: list | None = None     # [[token id, bias]]
+    min_tokens: int = 0
 
 
 @dataclass
@@ -60,6 +70,9 @@ class Sequence:
         self.admitted: int | None = None     # admission order while running; None while waiting
         self.unreported = 0                  # generated tokens not yet in an event
         self.block_keys: list[bytes] = []    # prefix-cache keys of its first full blocks, as far as hashed
+        self.matcher = None                  # its constraint's grammar matcher (constraints.py), if any
+        self.tools: ToolCallText | None = None   # holds back tool calls from its text (tools.py)
+        self.logprobs: list[dict] = []       # entries of generated tokens not yet in an event
 
     @property
     def id(self) -> int:
@@ -79,9 +92,23 @@ class Sequence:
         run left it (text held back for a stop string included). The sampler is keyed by seed and
         position, so what follows is what the undisturbed run wrote."""
         self.tokens += generated
-        if self.text is not None:
-            for token in generated:
-                self.text.push(token)
+        for token in generated:
+            if self.matcher is not None:
+                self.matcher.accept_token(token)
+            delta = self.text.push(token)[0] if self.text is not None else ""
+            if self.tools is not None:
+                self.tools.push(delta)
+
+    def shown(self, delta: str, finish: str | None) -> tuple[str, str | None, list | None]:
+        """(text to send, finish reason, tool calls) of an event: with tools, a call is held back from
+        the text, and parsed at the end (finish tool_calls when there are calls)."""
+        if self.tools is None or finish in ("error", "cancelled"):
+            return delta, finish, None
+        delta = self.tools.push(delta)
+        if finish is None:
+            return delta, None, None
+        rest, calls = self.tools.finish()
+        return delta + rest, ("tool_calls" if calls else finish), calls or None
 
     def queue_key(self) -> tuple:
         return (-self.req.priority, self.arrival)

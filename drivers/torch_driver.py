@@ -110,13 +110,17 @@ class TorchDriver(Driver):
             return TokenEvent.failed(msg.rid, "EIO", f"adapter '{msg.adapter}' is not loaded on {self.device}")
         model = engine.lm.sampling      # for what the caller left out (None)
         try:
-            ids = encode_prompt(engine.lm, msg.prompt, msg.messages)
+            ids = encode_prompt(engine.lm, msg.prompt, msg.messages, msg.tools)
             engine.add(GenRequest(rid=msg.rid, prompt_ids=ids, max_tokens=msg.max_tokens,
                                   temperature=_given(msg.temperature, model.temperature),
                                   top_p=_given(msg.top_p, model.top_p), top_k=_given(msg.top_k, model.top_k),
-                                  repetition_penalty=model.repetition_penalty, stop=msg.stop,
-                                  seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in,
-                                  progress=msg.progress, resume=list(msg.resume), cache_salt=msg.cache_salt))
+                                  repetition_penalty=_given(msg.repetition_penalty, model.repetition_penalty),
+                                  stop=msg.stop, seed=msg.seed, priority=msg.priority, cut_in=msg.cut_in,
+                                  progress=msg.progress, resume=list(msg.resume), cache_salt=msg.cache_salt,
+                                  constraint=msg.constraint, tool_parse=msg.tool_parse, logprobs=msg.logprobs,
+                                  top_logprobs=msg.top_logprobs, presence_penalty=msg.presence_penalty,
+                                  frequency_penalty=msg.frequency_penalty, logit_bias=msg.logit_bias,
+                                  min_tokens=msg.min_tokens))
         except PromptTooLong as exc:
             return TokenEvent.failed(msg.rid, exc.errno, str(exc))
         except ValueError as exc:      # the chat template refused the messages
@@ -233,7 +237,8 @@ class TorchDriver(Driver):
         out = []
         for ev in events:
             if ev.finish is None:
-                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, prefill=ev.prefill, ids=ev.token_ids or None))
+                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, prefill=ev.prefill, ids=ev.token_ids or None,
+                                      logprobs=ev.logprobs))
                 continue
             self._ended(self.owner.pop(ev.rid, None), ev.rid)
             if ev.finish == "cancelled":
@@ -241,6 +246,7 @@ class TorchDriver(Driver):
             if ev.finish == "error":
                 out.append(TokenEvent.failed(ev.rid, ev.errno, ev.message, ev.tokens))
             else:
-                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage))
+                out.append(TokenEvent(ev.rid, ev.delta, ev.tokens, ev.finish, ev.usage, logprobs=ev.logprobs,
+                                      tool_calls=ev.tool_calls))
         return out
 

@@ -212,10 +212,12 @@ class Devices:
                 sched.charge(req.share, ev.tokens)
             if ev.ids:
                 req.generated += ev.ids
-            if ev.delta:
+            if ev.logprobs:
+                req.logprobs += ev.logprobs
+            if ev.delta or ev.logprobs:
                 req.text.append(ev.delta)
                 if req.stream:
-                    k.dispatch.send_more(req, {"delta": ev.delta})
+                    k.dispatch.send_more(req, {"delta": ev.delta, **({"logprobs": ev.logprobs} if ev.logprobs else {})})
             elif ev.prefill and req.stream:    # only a request that asked (Submit.progress) gets these
                 done, total = ev.prefill
                 k.dispatch.send_more(req, {"progress": {"phase": "prefill", "done": done, "total": total}})
@@ -229,8 +231,12 @@ class Devices:
             usage = ev.usage or {"prompt_tokens": 0, "completion_tokens": req.completion_tokens}
             sched.charge(req.share, usage.get("prompt_tokens", 0))
             model = req.payload["adapter"].split("/", 1)[1] if req.payload.get("adapter") else req.model
-            k.requests.end(req, result={"text": "".join(req.text), "finish_reason": ev.finish, "model": model,
-                                        "usage": usage})
+            result = {"text": "".join(req.text), "finish_reason": ev.finish, "model": model, "usage": usage}
+            if req.payload.get("logprobs"):
+                result["logprobs"] = req.logprobs
+            if ev.tool_calls:
+                result["tool_calls"] = ev.tool_calls
+            k.requests.end(req, result=result)
 
     async def on_down(self, drv: DriverHandle, why: str) -> None:
         """Its driver died: generations it ran go back to the front of their queues, to resume where

@@ -66,6 +66,7 @@ class Request:
     text: list[str] = field(default_factory=list)
     completion_tokens: int = 0
     generated: list[int] = field(default_factory=list)   # token ids so far: where to resume if its driver dies
+    logprobs: list = field(default_factory=list)   # with infer's logprobs: an entry per token (bounded by the kernel)
     resumes: int = 0              # times it was re-admitted after its driver died
     timer: asyncio.TimerHandle | None = None
     created: float = field(default_factory=time.monotonic)   # accepted: where its latencies start

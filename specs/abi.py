@@ -23,7 +23,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .protocol import ABI_VERSION, ERRNOS
+from .protocol import ABI_MINOR, ABI_VERSION, ERRNOS
 
 # Errors any syscall can answer; the table lists only the ones particular to each call.
 COMMON_ERRORS = ("EINVAL", "EPERM", "ENOSYS", "ECANCELED", "EAGAIN")
@@ -208,6 +208,8 @@ def _load() -> dict[str, Syscall]:
     table = tomllib.loads(text)
     if table["version"] != ABI_VERSION:
         raise RuntimeError(f"syscalls.toml is ABI {table['version']}, protocol.py says {ABI_VERSION}")
+    if table.get("minor", 0) != ABI_MINOR:
+        raise RuntimeError(f"syscalls.toml is ABI minor {table.get('minor', 0)}, protocol.py says {ABI_MINOR}")
     calls = {}
     for name, spec in table["syscalls"].items():
         args = compile_args(f"syscalls.toml: {name}", spec.get("args", {}), bounded=True)
@@ -225,7 +227,7 @@ SYSCALLS: dict[str, Syscall] = _load()
 def render_markdown() -> str:
     """The human-readable syscall reference, generated from the table."""
     out = [
-        "# llmos syscall reference (ABI v%d)" % ABI_VERSION,
+        "# llmos syscall reference (ABI v%d.%d)" % (ABI_VERSION, ABI_MINOR),
         "",
         "Generated from `specs/syscalls.toml` by `python -m llmos.specs render`; do not edit by hand.",
         "Frames, processes and streaming are described in [ABI.md](ABI.md).",

@@ -115,6 +115,17 @@ class Submit(DriverMessage, op="submit"):
     resume: list[int] = field(default_factory=list)   # token ids it had generated on a driver that died
     cache_salt: str = ""          # its principal: cached prompt blocks are shared only among equal salts
     adapter: str = ""             # the LoRA adapter it runs with, as the kernel names it ("alice/base:name"); "": none
+    # Structured generation (ABI 1.1), checked by the kernel (kernel/syscalls/structured.py):
+    constraint: dict | None = None    # {json_schema|json|regex|grammar|choice: ...}: drivers/constraints.py
+    tools: list | None = None         # OpenAI function specs, rendered into the prompt
+    tool_parse: str = ""              # "auto": <tool_call>s parsed out of free text; "forced": the text is one call
+    logprobs: bool = False
+    top_logprobs: int = 0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None   # None: the model's default
+    logit_bias: list | None = None    # [[token id, bias], ...]
+    min_tokens: int = 0
 
 
 @dataclass
@@ -200,6 +211,8 @@ class TokenEvent:
     message: str | None = None
     prefill: list[int] | None = None   # [prompt tokens computed, prompt tokens] while a long prompt is read
     ids: list[int] | None = None       # the `tokens` new token ids: the kernel keeps them to resume elsewhere
+    logprobs: list | None = None       # with Submit.logprobs: one entry per new token (drivers/logprobs.py)
+    tool_calls: list | None = None     # on the final event of a request with tools: the calls parsed
 
     def __post_init__(self):
         if self.finish == "error" and self.errno not in ERRNOS:
@@ -207,7 +220,7 @@ class TokenEvent:
 
     def to_list(self) -> list:
         return [self.rid, self.delta, self.tokens, self.finish, self.usage, self.errno, self.message, self.prefill,
-                self.ids]
+                self.ids, self.logprobs, self.tool_calls]
 
     @classmethod
     def failed(cls, rid: int, errno: str, message: str, tokens: int = 0) -> "TokenEvent":

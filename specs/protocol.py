@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 
 ABI_VERSION = 1
+ABI_MINOR = 1      # 1.1: infer takes constraint, tools, logprobs, penalties, logit_bias, min_tokens
 KERNEL_VERSION = "0.1.0"
 
 # Bounds on what one connection can make the kernel hold (specs/ABI.md, "Security model").

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llmos.drivers import engine as engine_module
+from llmos.drivers import logits as logits_module
 from llmos.drivers.engine import Engine, GenRequest
 from llmos.drivers.loader import LoadedModel, load
 from llmos.specs import registry
@@ -146,14 +147,14 @@ def test_a_poisoned_decode_after_a_good_prefill_ends_alone_and_the_cache_stays_r
 
 def test_a_fault_in_one_requests_sampling_ends_it_alone(lm, monkeypatch):
     reference = quiet(lm)
-    real = engine_module.sample_rows
+    real = logits_module.sample_rows
 
     def sample_rows(logits, temperature, top_p, top_k, seeds, positions):
         if 1004 in seeds and positions[seeds.index(1004)] == 3:
             raise ValueError("injected sampler fault")
         return real(logits, temperature, top_p, top_k, seeds, positions)
 
-    monkeypatch.setattr(engine_module, "sample_rows", sample_rows)
+    monkeypatch.setattr(logits_module, "sample_rows", sample_rows)
     out = run(Engine(lm, BIG_KV), [request(lm, i, p) for i, p in enumerate(PROMPTS)])
     assert out[4]["finish"] == "error" and out[4]["errno"] == "EIO"
     assert len(out[4]["tokens"]) == 3       # what it wrote before the fault came through
@@ -216,8 +217,8 @@ def test_a_submission_the_driver_cannot_encode_fails_alone_and_the_driver_goes_o
 
     real = loader.encode_prompt
     monkeypatch.setattr(loader, "encode_prompt",
-                        lambda lm, prompt, messages: (_ for _ in ()).throw(TypeError("bad")) if prompt == "poison"
-                        else real(lm, prompt, messages))
+                        lambda lm, prompt, messages, tools=None: (_ for _ in ()).throw(TypeError("bad")) if prompt == "poison"
+                        else real(lm, prompt, messages, tools))
     failed = submit(1, "poison")
     assert failed is not None and failed.finish == "error" and failed.errno == "EIO"
     assert submit(2, "The quick brown fox") is None

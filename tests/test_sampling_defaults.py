@@ -10,7 +10,9 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from llmos.drivers.sampling import SamplingDefaults, penalize_repeats
+from llmos.drivers.logits import shape
+from llmos.drivers.sampling import SamplingDefaults, sample_rows
+from llmos.drivers.sequence import GenRequest, Sequence
 from llmos.specs import channel
 from llmos.specs.abi import SYSCALLS
 from llmos.specs.registry import resolve
@@ -37,10 +39,21 @@ def test_a_model_that_does_not_sample_defaults_to_greedy():
 
 def test_repetition_penalty_makes_tokens_already_seen_less_likely():
     logits = torch.tensor([[2.0, 1.0, -1.0, 1.5], [2.0, 1.0, -1.0, 1.5]])
-    out = penalize_repeats(logits, [2.0, 1.0], [[0, 2, 0], [0, 2]])
+    seqs = [Sequence(GenRequest(1, [0, 2], 8, 0.0, 1.0, 0, [], None, repetition_penalty=2.0), 0, 8),
+            Sequence(GenRequest(2, [0, 2], 8, 0.0, 1.0, 0, [], None), 0, 8)]
+    seqs[0].tokens.append(0)
+    out = shape(logits, seqs, eos_ids=[])
     assert out[0].tolist() == [1.0, 1.0, -2.0, 1.5]     # seen: 2.0 / 2 and -1.0 * 2; the rest as they were
     assert out[0].argmax() == 3
     assert torch.equal(out[1], logits[1])               # penalty 1: the row is untouched
+
+
+def test_a_token_whose_logit_is_minus_infinity_is_never_sampled():
+    """Seed 32 at position 65 draws the largest noise value for token 366 of 384: with 24 bits of
+    noise it rounded to 1.0, whose Gumbel noise is +inf, and 366 won over the one token allowed."""
+    logits = torch.full((1, 384), float("-inf"))
+    logits[0, 2] = -0.3
+    assert sample_rows(logits, [1.0], [1.0], [0], [32], [65]) == [2]
 
 
 @pytest.fixture

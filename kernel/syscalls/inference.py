@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from llmos.specs.protocol import reply_ok
 from ..adapters import AdapterNameError, split_name
 from ..errors import SyscallError, eio, einval, enoent, eperm
 from ..loadprogress import wait_telling
+from .structured import MAX_CALLS_PER_MESSAGE, TOOL_NAME, structured_payload
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -71,20 +73,52 @@ async def model_and_adapter(k: "Kernel", ctx: "CallContext", name: str | None, k
 
 
 def checked_messages(messages: list) -> list[dict]:
-    """Chat messages as the driver gets them: role and content strings, nothing else."""
+    """Chat messages as the driver gets them: role and content strings; an assistant's tool_calls
+    and a tool result's tool_call_id, so a tool loop renders back into the template."""
     if not messages:
         raise einval("infer: 'messages' must not be empty")
     out, chars = [], 0
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        calls = m.get("tool_calls") if isinstance(m, dict) and m.get("role") == "assistant" else None
+        content = m.get("content") if isinstance(m, dict) else None
+        if calls is not None and content is None:
+            content = ""
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(content, str):
             raise einval(f"infer: messages[{i}] must be a map with string 'role' and 'content'")
         if m["role"] not in ROLES:
             raise einval(f"infer: messages[{i}].role must be one of {', '.join(ROLES)}, got '{m['role'][:32]}'")
-        chars += len(m["content"])
+        message = {"role": m["role"], "content": content}
+        if calls is not None:
+            message["tool_calls"] = _checked_calls(i, calls)
+            chars += sum(len(c["function"]["arguments"]) for c in message["tool_calls"])
+        if m["role"] == "tool" and m.get("tool_call_id") is not None:
+            if not isinstance(m["tool_call_id"], str) or len(m["tool_call_id"]) > 256:
+                raise einval(f"infer: messages[{i}].tool_call_id must be a string of at most 256 characters")
+            message["tool_call_id"] = m["tool_call_id"]
+        chars += len(content)
         if chars > MAX_MESSAGE_CHARS:
             raise einval(f"infer: the contents of 'messages' hold more than {MAX_MESSAGE_CHARS} characters "
                          f"(by messages[{i}]), as a prompt may")
-        out.append({"role": m["role"], "content": m["content"]})
+        out.append(message)
+    return out
+
+
+def _checked_calls(i: int, calls) -> list[dict]:
+    """An assistant turn's tool calls, in OpenAI's shape: {id, type, function: {name, arguments}}."""
+    if not isinstance(calls, list) or len(calls) > MAX_CALLS_PER_MESSAGE:
+        raise einval(f"infer: messages[{i}].tool_calls must be a list of at most {MAX_CALLS_PER_MESSAGE} calls")
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if (not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not TOOL_NAME.fullmatch(fn["name"])
+                or not isinstance(fn.get("arguments", ""), (str, dict))):
+            raise einval(f"infer: messages[{i}].tool_calls[{j}] must be {{id, type: function, "
+                         "function: {name, arguments}}")
+        arguments = fn.get("arguments", "")
+        call_id = call.get("id") if isinstance(call.get("id"), str) else ""
+        out.append({"id": call_id[:256], "type": "function",
+                    "function": {"name": fn["name"],
+                                 "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments)}})
     return out
 
 
@@ -100,6 +134,7 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise einval("infer: give exactly one of 'prompt' and 'messages'")
     messages = checked_messages(args["messages"]) if args["messages"] is not None else None
     stop = checked_stops(args["stop"])
+    structured = structured_payload(args, chat=messages is not None)
     share = caller_served(k, ctx, args["for_call"], "infer")
     payer = k.procs.get(share) if share is not None else ctx.proc
     k.quotas.check_token_rate(payer.principal if payer else ctx.proc.principal)
@@ -114,7 +149,8 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         entry, adapter = await model_and_adapter(k, ctx, args["model"], "generate")
     payload = {"adapter": adapter, "prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
-               "stop": stop, "seed": _seed(args["seed"]), "priority": args["priority"], "progress": progress}
+               "stop": stop, "seed": _seed(args["seed"]), "priority": args["priority"], "progress": progress,
+               **structured}
     req = k.requests.new(ctx, "infer", entry, payload, stream=args["stream"], priority=args["priority"],
                          deadline_s=args["deadline"], share=share)
     k.devices.submit(req)

@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from llmos.specs.protocol import ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
+from llmos.specs.protocol import ABI_MINOR, ABI_VERSION, KERNEL_VERSION, MAX_FRAME_BYTES
 
 from ..errors import ebusy, einval, enoent, eperm
 from ..principals import OPERATOR, SERVICES
@@ -54,7 +54,7 @@ def sys_hello(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     proc = k.procs.register(ctx.connection, name, caps, principal.name, ctx.principal, ctx.transport)
     proc.serves_calls = token is not None
     k.audit.record("hello", pid=proc.pid, principal=principal.name, program=name, caps=sorted(caps))
-    return {"pid": proc.pid, "name": name, "principal": principal.name, "caps": sorted(caps), "abi": ABI_VERSION,
+    return {"pid": proc.pid, "name": name, "principal": principal.name, "caps": sorted(caps), "abi": ABI_VERSION, "abi_minor": ABI_MINOR,
             "kernel": KERNEL_VERSION, "heartbeat_s": k.settings.heartbeat_s, "max_frame": MAX_FRAME_BYTES,
             "default_model": k.settings.default_model}
 
@@ -97,7 +97,7 @@ def sys_shutdown(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 def sys_sysinfo(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    return {"kernel": KERNEL_VERSION, "abi": ABI_VERSION, "uptime_s": round(time.time() - k.started, 3),
+    return {"kernel": KERNEL_VERSION, "abi": ABI_VERSION, "abi_minor": ABI_MINOR, "uptime_s": round(time.time() - k.started, 3),
             "socket": k.settings.socket, "state_dir": str(k.settings.state_dir), "processes": len(k.procs),
             "devices": list(k.devices.names), "models": k.models.names(), "default_model": k.settings.default_model}
 
