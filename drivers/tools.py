@@ -23,12 +23,9 @@ import secrets
 HERMES, MISTRAL, LLAMA, JSON_ONLY = "hermes", "mistral", "llama", "json"
 OPENERS = {HERMES: "<tool_call>", MISTRAL: "[TOOL_CALLS]", LLAMA: "<|python_tag|>", JSON_ONLY: ""}
 CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
-FALLBACK_PROMPT = (
-    "You can call functions. Their signatures, as JSON Schema, are within <tools></tools>:\n"
-    "<tools>\n{tools}\n</tools>\n"
-    "To call a function, answer with a JSON object of its name and arguments within "
-    "<tool_call></tool_call> tags:\n<tool_call>\n{{\"name\": <function-name>, \"arguments\": <args-json-object>}}\n"
-    "</tool_call>\nIf no function is needed, answer in plain text.")
+FALLBACK_PROMPT = (      # short: a small model's context is small
+    "You may call these functions:\n<tools>\n{tools}\n</tools>\nTo call one, answer only with "
+    "<tool_call>{{\"name\": ..., \"arguments\": {{...}}}}</tool_call>. Otherwise answer in plain text.")
 
 
 def family(tokenizer) -> str | None:

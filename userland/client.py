@@ -122,6 +122,11 @@ class SyncStream:
         return self._stream.progress
 
     @property
+    def logprobs(self) -> list | None:
+        """The logprobs of the delta iteration returned last (infer's logprobs=true)."""
+        return self._stream.logprobs
+
+    @property
     def on_progress(self):
         return self._stream.on_progress
 

@@ -22,6 +22,7 @@ class Stream:
         self._queue = queue
         self.result: dict | None = None
         self.progress: dict | None = None
+        self.logprobs: list | None = None     # the logprobs of the delta iteration returned last (infer's logprobs)
         self.on_progress: Callable[[dict], None] | None = None
         self._error: BaseException | None = None     # how it ended, if it failed
 
@@ -50,6 +51,7 @@ class Stream:
                 self._error = exc
                 raise
         if msg.get("more"):
+            self.logprobs = msg["result"].get("logprobs")
             return msg["result"].get("delta", "")
         self.connection._pending.pop(self.id, None)
         self.result = msg["result"]
