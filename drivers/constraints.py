@@ -109,16 +109,16 @@ def _engine_message(exc: Exception) -> str:
     return text[:1000]
 
 
+_batch = None     # one xgrammar BatchGrammarMatcher: fills every constrained row's mask in one call
+
+
 def mask_rows(logits, matchers: list, rows: list[int]) -> None:
     """Mask, in place, row rows[i] of logits [S, V] by matchers[i]: tokens it does not allow get -inf."""
+    global _batch
     import xgrammar as xgr
 
-    bitmask = xgr.allocate_token_bitmask(len(rows), logits.shape[-1])
-    for i, matcher in enumerate(matchers):
-        matcher.fill_next_token_bitmask(bitmask, i)
-    if len(rows) == logits.shape[0] and rows == list(range(len(rows))):
-        xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device))
-    else:
-        picked = logits[rows]
-        xgr.apply_token_bitmask_inplace(picked, bitmask.to(logits.device))
-        logits[rows] = picked
+    if _batch is None:
+        _batch = xgr.BatchGrammarMatcher(max_threads=1)
+    bitmask = xgr.allocate_token_bitmask(logits.shape[0], logits.shape[-1])
+    _batch.batch_fill_next_token_bitmask(matchers, bitmask, indices=rows)
+    xgr.apply_token_bitmask_inplace(logits, bitmask.to(logits.device), indices=rows)
