@@ -110,7 +110,8 @@ class TorchDriver(Driver):
             return TokenEvent.failed(msg.rid, "EIO", f"adapter '{msg.adapter}' is not loaded on {self.device}")
         model = engine.lm.sampling      # for what the caller left out (None)
         try:
-            ids = encode_prompt(engine.lm, msg.prompt, msg.messages, msg.tools)
+            ids = msg.prompt_ids if msg.prompt_ids is not None else encode_prompt(engine.lm, msg.prompt, msg.messages,
+                                                                                   msg.tools)
             engine.add(GenRequest(rid=msg.rid, prompt_ids=ids, max_tokens=msg.max_tokens,
                                   temperature=_given(msg.temperature, model.temperature),
                                   top_p=_given(msg.top_p, model.top_p), top_k=_given(msg.top_k, model.top_k),

@@ -116,6 +116,7 @@ class Submit(DriverMessage, op="submit"):
     cache_salt: str = ""          # its principal: cached prompt blocks are shared only among equal salts
     adapter: str = ""             # the LoRA adapter it runs with, as the kernel names it ("alice/base:name"); "": none
     # Structured generation (ABI 1.1), checked by the kernel (kernel/syscalls/structured.py):
+    prompt_ids: list[int] | None = None   # the prompt as token ids (/v1/completions' token arrays)
     constraint: dict | None = None    # {json_schema|json|regex|grammar|choice: ...}: drivers/constraints.py
     tools: list | None = None         # OpenAI function specs, rendered into the prompt
     tool_parse: str = ""              # "auto": <tool_call>s parsed out of free text; "forced": the text is one call

@@ -97,3 +97,16 @@ def test_a_tool_loop_renders_back(kernel):
         result = c.infer(messages=turn, max_tokens=8)
         plain = c.infer(messages=ASK, max_tokens=8)
     assert result["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 20
+
+
+def test_a_prompt_as_token_ids_writes_what_its_text_writes(kernel, tiny_llama):
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(tiny_llama)("The quick brown fox").input_ids
+    with kernel.client("structured") as c:
+        by_text = c.infer(prompt="The quick brown fox", max_tokens=8, temperature=0.0)
+        by_ids = c.infer(prompt_ids=ids, max_tokens=8, temperature=0.0)
+        assert by_ids["text"] == by_text["text"] and by_ids["usage"] == by_text["usage"]
+        assert "exactly one of" in raised(c.infer, prompt="x", prompt_ids=ids).message
+        assert "'prompt_ids' must be token ids" in raised(c.infer, prompt_ids=[1, -2]).message
+        assert "vocabulary" in raised(c.infer, prompt_ids=[1, 10**6]).message

@@ -12,7 +12,7 @@ from llmos.specs.protocol import reply_ok
 from ..adapters import AdapterNameError, split_name
 from ..errors import SyscallError, eio, einval, enoent, eperm
 from ..loadprogress import wait_telling
-from .structured import MAX_CALLS_PER_MESSAGE, TOOL_NAME, structured_payload
+from .structured import MAX_CALLS_PER_MESSAGE, MAX_TOKEN_ID, TOOL_NAME, structured_payload
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext
@@ -130,8 +130,11 @@ def checked_stops(stop) -> list[str]:
 
 
 async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    if (args["prompt"] is None) == (args["messages"] is None):
-        raise einval("infer: give exactly one of 'prompt' and 'messages'")
+    if sum(args[name] is not None for name in ("prompt", "messages", "prompt_ids")) != 1:
+        raise einval("infer: give exactly one of 'prompt', 'messages' and 'prompt_ids'")
+    if args["prompt_ids"] is not None and not all(type(t) is int and 0 <= t <= MAX_TOKEN_ID
+                                                  for t in args["prompt_ids"]):
+        raise einval(f"infer: 'prompt_ids' must be token ids, integers from 0 to {MAX_TOKEN_ID}")
     messages = checked_messages(args["messages"]) if args["messages"] is not None else None
     stop = checked_stops(args["stop"])
     structured = structured_payload(args, chat=messages is not None)
@@ -147,7 +150,8 @@ async def sys_infer(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
                                             lambda p: tell_progress(ctx, p))
     else:
         entry, adapter = await model_and_adapter(k, ctx, args["model"], "generate")
-    payload = {"adapter": adapter, "prompt": args["prompt"], "messages": messages, "max_tokens": args["max_tokens"],
+    payload = {"adapter": adapter, "prompt": args["prompt"], "messages": messages, "prompt_ids": args["prompt_ids"],
+               "max_tokens": args["max_tokens"],
                "temperature": args["temperature"], "top_p": args["top_p"], "top_k": args["top_k"],
                "stop": stop, "seed": _seed(args["seed"]), "priority": args["priority"], "progress": progress,
                **structured}
