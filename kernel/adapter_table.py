@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmos.specs import channel
+from llmos.specs.units import format_size
 
 from . import logs
 from .adapters import AdapterInfo, AdapterNotFound, AdapterStore, BadAdapter
 from .errors import SyscallError, eio, einval, enoent
-from .placement import gib
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -138,7 +138,7 @@ class AdapterTable:
             except BadAdapter as exc:
                 raise einval(str(exc)) from None
             estimate = sum(len(b) for b in data.values())
-            k.models.make_room(entry.device, estimate, f"{what} ({gib(estimate)})")
+            k.models.make_room(entry.device, estimate, f"{what} ({format_size(estimate)})")
             entry.bytes = estimate
             k.memory.charge_model(entry.device, entry.account_key, estimate)
             sent = k.supervisor.send(entry.device, channel.LoadAdapter(info.base, info.id, data))

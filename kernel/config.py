@@ -1,13 +1,13 @@
 """Kernel settings: command-line flags over environment variables over a TOML file over defaults.
 
 The TOML file (`--config`, $LLMOS_CONFIG, or ~/.config/llmos/config.toml) is where an operator
-lists models, devices and defaults; see README.md for an example.
+lists models, devices and defaults; see README.md for an example. Every key it may hold, with its
+type, is in configschema.KEYS, which checks a file before any value of it is read.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,13 @@ except ModuleNotFoundError:  # Python 3.10
 
 from llmos.specs.registry import DEFAULT_MODEL
 from llmos.specs.protocol import MAX_FRAME_BYTES, default_socket, runtime_dir
+from llmos.specs.units import format_size, parse_duration, parse_size
+
+from .configschema import DEFAULT_CAPS, GRANTABLE_CAPS, MAX_REPLICAS, ConfigError, validate
 
 MAX_VALUE_CEILING = MAX_FRAME_BYTES - (1 << 20)    # room for the reply's envelope
-DEFAULT_CAPS = ("ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc")
-GRANTABLE_CAPS = DEFAULT_CAPS + ("admin", "tune")    # tune: fine-tune jobs (kernel/jobs.py)
-MAX_REPLICAS = 64          # copies of one model, one per device
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
-          "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tb": 10**12, "tib": 1 << 40}
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the message names the setting and its source."""
+__all__ = ["ConfigError", "DEFAULT_CAPS", "GRANTABLE_CAPS", "MAX_REPLICAS", "RaySettings", "Settings", "load",
+           "parse_bytes", "split_listen"]
 
 
 def split_listen(value: str) -> tuple[str, int]:
@@ -42,13 +38,11 @@ def split_listen(value: str) -> tuple[str, int]:
 
 
 def parse_bytes(value: Any, what: str = "size") -> int:
-    """'8GiB', '512 MB', 1048576 -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(value))
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ConfigError(f"{what}: cannot read '{value}' as a size (write e.g. 512MiB or 8GiB)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """'8GiB', '512 MB', 1048576 -> bytes (units.parse_size); ConfigError naming `what`."""
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
 
 
 @dataclass
@@ -58,9 +52,6 @@ class RaySettings:
     listen: str | None = None               # HOST:PORT of the drivers' tcp socket; default: this host, any port
     num_gpus_per_driver: float = 1.0        # one driver per GPU of a node
     num_cpus_per_driver: float = 1.0        # a node without GPUs gets one CPU driver this big
-
-
-RAY_KEYS = ("address", "listen", "num_gpus_per_driver", "num_cpus_per_driver")
 
 
 @dataclass
@@ -133,6 +124,15 @@ def _apply_file(s: Settings, path: Path) -> None:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: {exc}") from None
+    try:
+        validate(data)
+        _read_file(s, data)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _read_file(s: Settings, data: dict[str, Any]) -> None:
+    """Settings from a file that configschema.validate passed: every type is right, ranges are checked here."""
     for key in ("socket", "default_model", "log_level", "dtype"):
         if key in data:
             setattr(s, key, data[key])
@@ -142,54 +142,46 @@ def _apply_file(s: Settings, path: Path) -> None:
         s.devices = list(data["devices"])
     if "preload" in data:
         s.preload = list(data["preload"])
-    for name, entry in data.get("models", {}).items():
-        if "path" not in entry:
-            raise ConfigError(f"config file {path}: [models.{name}] needs a path")
-        s.models[name] = dict(entry)
+    s.models.update((name, dict(entry)) for name, entry in data.get("models", {}).items())
     for name, n in data.get("replicas", {}).items():
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_REPLICAS:
-            raise ConfigError(f"config file {path}: [replicas] {name} must be a whole number from 1 to {MAX_REPLICAS}")
+        if not 1 <= n <= MAX_REPLICAS:
+            raise ConfigError(f"[replicas] {name} must be a whole number from 1 to {MAX_REPLICAS}")
         s.replicas[name] = n
     for dev, entry in data.get("device", {}).items():
         if "memory" in entry:
-            s.device_memory[dev] = parse_bytes(entry["memory"], f"[device.\"{dev}\"] memory")
+            s.device_memory[dev] = parse_size(entry["memory"])
         if "kv_cache" in entry:
-            s.kv_cache_bytes[dev] = parse_bytes(entry["kv_cache"], f"[device.\"{dev}\"] kv_cache")
+            s.kv_cache_bytes[dev] = parse_size(entry["kv_cache"])
     limits = data.get("limits", {})
-    for key in ("heartbeat_s", "max_requests_per_process", "max_running_per_process"):
+    for key in ("max_requests_per_process", "max_running_per_process"):
         if key in limits:
             setattr(s, key, limits[key])
+    for key in ("heartbeat_s", "load_timeout_s"):
+        if key in limits:
+            setattr(s, key, parse_duration(limits[key]))
     if "reserve_quota" in limits:
-        s.reserve_quota_bytes = parse_bytes(limits["reserve_quota"], "[limits] reserve_quota")
-    if "load_timeout_s" in limits:
-        s.load_timeout_s = float(limits["load_timeout_s"])
+        s.reserve_quota_bytes = parse_size(limits["reserve_quota"])
     if "max_value" in limits:
-        s.max_value_bytes = parse_bytes(limits["max_value"], "[limits] max_value")
+        s.max_value_bytes = parse_size(limits["max_value"])
         if s.max_value_bytes > MAX_VALUE_CEILING:     # a reply carrying it must still fit in a frame
-            raise ConfigError(f"config file {path}: [limits] max_value may be at most "
-                              f"{MAX_VALUE_CEILING >> 20} MiB (a frame is at most {MAX_FRAME_BYTES >> 20} MiB)")
-    for key, value in data.get("quotas", {}).items():
-        if key == "operator" and isinstance(value, dict):
-            s.operator_quotas = {k: _quota(path, f"operator.{k}", v) for k, v in value.items()}
-        else:
-            s.quotas[key] = _quota(path, key, value)
+            raise ConfigError(f"[limits] max_value may be at most {format_size(MAX_VALUE_CEILING, 0)} "
+                              f"(a frame is at most {format_size(MAX_FRAME_BYTES, 0)})")
+    quotas = dict(data.get("quotas", {}))
+    s.operator_quotas = {k: _quota(f"operator.{k}", v) for k, v in quotas.pop("operator", {}).items()}
+    s.quotas = {k: _quota(k, v) for k, v in quotas.items()}
     read_dirs = data.get("services", {}).get("read_dirs", [])
-    if not isinstance(read_dirs, list) or not all(isinstance(d, str) and os.path.isabs(os.path.expanduser(d))
-                                                  for d in read_dirs):
-        raise ConfigError(f"config file {path}: [services] read_dirs must be a list of absolute folder paths")
+    if not all(os.path.isabs(os.path.expanduser(d)) for d in read_dirs):
+        raise ConfigError("[services] read_dirs must be a list of absolute folder paths")
     s.service_read_dirs = [os.path.expanduser(d) for d in read_dirs]
-    encrypt = data.get("memory", {}).get("encrypt", False)
-    if not isinstance(encrypt, bool):
-        raise ConfigError(f"config file {path}: [memory] encrypt must be true or false")
-    s.memory_encrypt = encrypt
+    s.memory_encrypt = data.get("memory", {}).get("encrypt", False)
     listen = data.get("metrics", {}).get("listen")
     if listen is not None:
         split_listen(listen)
         s.metrics_listen = listen
     if "ray" in data:
-        s.ray = _ray_section(path, data["ray"])
+        s.ray = _ray_section(data["ray"])
     if "audit" in data:
-        s.audit_syslog, s.audit_syslog_facility = _audit_section(path, data["audit"])
+        s.audit_syslog, s.audit_syslog_facility = _audit_section(data["audit"])
     caps = data.get("caps", {})
     if "default" in caps:
         s.default_caps = tuple(caps["default"])
@@ -197,58 +189,44 @@ def _apply_file(s: Settings, path: Path) -> None:
         s.grantable_caps = tuple(caps["grantable"])
 
 
-def _ray_section(path: Path, table: Any) -> RaySettings:
-    where = f"config file {path}: [ray]"
-    if not isinstance(table, dict) or set(table) - set(RAY_KEYS):
-        raise ConfigError(f"{where} takes only {', '.join(RAY_KEYS)}")
+def _ray_section(table: dict[str, Any]) -> RaySettings:
     ray = RaySettings(**table)
-    if ray.address is not None and not isinstance(ray.address, str):
-        raise ConfigError(f"{where} address must be a string, e.g. \"ray://head:10001\" or \"auto\"")
     for key in ("num_gpus_per_driver", "num_cpus_per_driver"):
-        value = getattr(ray, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{where} {key} must be a number above 0")
+        if getattr(ray, key) <= 0:
+            raise ConfigError(f"[ray] {key} must be a number above 0")
     if ray.listen is not None:
         try:
             split_listen(ray.listen)
         except ConfigError:
-            raise ConfigError(f"{where} listen '{ray.listen}' is not HOST:PORT (port 0: any)") from None
+            raise ConfigError(f"[ray] listen '{ray.listen}' is not HOST:PORT (port 0: any)") from None
     return ray
 
 
-def _audit_section(path: Path, table: Any) -> tuple[str | None, str]:
+def _audit_section(table: dict[str, Any]) -> tuple[str | None, str]:
     """[audit] syslog = true (/dev/log), false, or a unix socket's absolute path; facility = a syslog name."""
-    from .auditsink import DEFAULT_FACILITY, DEFAULT_SYSLOG, FACILITIES
+    from .auditsink import DEFAULT_FACILITY, DEFAULT_SYSLOG
 
-    where = f"config file {path}: [audit]"
-    if not isinstance(table, dict) or set(table) - {"syslog", "facility"}:
-        raise ConfigError(f"{where} takes only syslog and facility")
     syslog = table.get("syslog", False)
     if syslog is True:
         syslog = DEFAULT_SYSLOG
     elif syslog is False:
         syslog = None
-    elif not isinstance(syslog, str) or not os.path.isabs(syslog):
-        raise ConfigError(f"{where} syslog must be true, false or the absolute path of a syslog socket")
-    facility = table.get("facility", DEFAULT_FACILITY)
-    if not isinstance(facility, str) or facility not in FACILITIES:
-        raise ConfigError(f"{where} facility must be one of {', '.join(sorted(FACILITIES))}")
-    return syslog, facility
+    elif not os.path.isabs(syslog):
+        raise ConfigError("[audit] syslog must be true, false or the absolute path of a syslog socket")
+    return syslog, table.get("facility", DEFAULT_FACILITY)
 
 
-def _quota(path: Path, key: str, value: Any) -> int | str:
+def _quota(key: str, value: int | str) -> int | str:
     """A quota's value: a count, a size for *_bytes, or for reserve_bytes a share of each device ("25%")."""
-    from .quotas import QUOTA_NAMES, share_of
+    from .quotas import share_of
 
-    if key.split(".")[-1] not in QUOTA_NAMES:
-        raise ConfigError(f"config file {path}: unknown quota '{key}'; known: {', '.join(QUOTA_NAMES)}")
     if key.endswith("reserve_bytes") and isinstance(value, str) and "%" in value:
         try:
             share_of(value)
         except ValueError as exc:
-            raise ConfigError(f"config file {path}: [quotas] {key}: {exc}") from None
+            raise ConfigError(f"[quotas] {key}: {exc}") from None
         return value.strip()
-    return parse_bytes(value, f"[quotas] {key}") if key.endswith("bytes") else int(value)
+    return parse_size(value) if key.endswith("bytes") else value
 
 
 def _apply_env(s: Settings, env: dict[str, str]) -> None:

@@ -3,16 +3,17 @@
 Each device has a fair scheduler (kernel/scheduler.py) of queued generations and a window of
 requests running at its driver, as wide as the driver's engine batches (it says so in its
 Hello). `pump` moves requests from the scheduler into that window whenever a slot frees up.
-Driver messages arrive typed (specs/channel.py): token events fan out to the clients that
-stream them and are charged to the process they count against and to its principal's token rate
-(a generation that uses the rest of the minute's ends with EDQUOT); results and errors end requests.
+Driver messages arrive typed (specs/channel.py) and reach their handler through a table by type
+(ON_MESSAGE): token events fan out to the clients that stream them and are charged to the process
+they count against and to its principal's token rate (a generation that uses the rest of the
+minute's ends with EDQUOT); results and errors end requests.
 A device whose driver is given up (`down`) fails what waits on it and every new request with EIO.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from llmos.specs import channel
 from llmos.specs.channel import device_kind
@@ -167,32 +168,32 @@ class Devices:
     # -- what drivers say ------------------------------------------------------------------------
 
     def on_message(self, drv: DriverHandle, msg: channel.DriverMessage) -> None:
-        k = self.k
-        if isinstance(msg, channel.Events):
-            self._on_events(drv.device, msg.events)
-        elif isinstance(msg, channel.Result):
-            req = k.requests.get(msg.rid)
-            if req:
-                k.requests.end(req, result=msg.result)
-        elif isinstance(msg, channel.Error):
-            req = k.requests.get(msg.rid)
-            if req:
-                k.requests.end(req, SyscallError(msg.errno, msg.message))
-        elif isinstance(msg, channel.Loaded):
-            k.models.loaded(drv.device, msg)
-            self.pump(drv.device)
-        elif isinstance(msg, channel.LoadProgress):
-            k.models.load_progress(drv.device, msg)
-        elif isinstance(msg, channel.LoadFailed):
-            k.models.load_failed(drv.device, msg)
-        elif isinstance(msg, (channel.TrainStepped, channel.TrainDone, channel.TrainFailed)):
-            k.jobs.on_driver(drv.device, msg)
-        elif isinstance(msg, channel.AdapterLoaded):
-            k.models.adapters.loaded(drv.device, msg)
-        elif isinstance(msg, channel.AdapterFailed):
-            k.models.adapters.failed(drv.device, msg)
-        elif not isinstance(msg, channel.Pong):
+        """Hand a driver's message to its handler in ON_MESSAGE (Hello and DriverFailed are the supervisor's)."""
+        handler = self.ON_MESSAGE.get(type(msg))
+        if handler is None:
             log.warning("driver.unexpected_message", device=drv.device, op=msg.op)
+            return
+        handler(self, drv, msg)
+
+    def _on_result(self, drv: DriverHandle, msg: channel.Result) -> None:
+        req = self.k.requests.get(msg.rid)
+        if req:
+            self.k.requests.end(req, result=msg.result)
+
+    def _on_error(self, drv: DriverHandle, msg: channel.Error) -> None:
+        req = self.k.requests.get(msg.rid)
+        if req:
+            self.k.requests.end(req, SyscallError(msg.errno, msg.message))
+
+    def _on_loaded(self, drv: DriverHandle, msg: channel.Loaded) -> None:
+        self.k.models.loaded(drv.device, msg)
+        self.pump(drv.device)
+
+    def _on_step(self, drv: DriverHandle, msg: channel.Events) -> None:
+        self._on_events(drv.device, msg.events)
+
+    def _on_job(self, drv: DriverHandle, msg: channel.TrainStepped | channel.TrainDone | channel.TrainFailed) -> None:
+        self.k.jobs.on_driver(drv.device, msg)
 
     def _on_events(self, device: str, events: list[channel.TokenEvent]) -> None:
         """One message per engine step: every sequence's delta, fanned out to its client."""
@@ -286,3 +287,20 @@ class Devices:
         self.k.memory.add_device(device, device_kind(device), total)
         self.k.models.reload_after_crash(device)
         self.pump(device)
+
+    # What each message a driver sends does, by its type; tests/test_devices.py holds the table to
+    # the messages drivers/ sends. A Pong only proves life, which the supervisor has noted already.
+    ON_MESSAGE: dict[type[channel.DriverMessage], Callable[["Devices", DriverHandle, Any], None]] = {
+        channel.Events: _on_step,
+        channel.Result: _on_result,
+        channel.Error: _on_error,
+        channel.Loaded: _on_loaded,
+        channel.LoadProgress: lambda self, drv, msg: self.k.models.load_progress(drv.device, msg),
+        channel.LoadFailed: lambda self, drv, msg: self.k.models.load_failed(drv.device, msg),
+        channel.TrainStepped: _on_job,
+        channel.TrainDone: _on_job,
+        channel.TrainFailed: _on_job,
+        channel.AdapterLoaded: lambda self, drv, msg: self.k.models.adapters.loaded(drv.device, msg),
+        channel.AdapterFailed: lambda self, drv, msg: self.k.models.adapters.failed(drv.device, msg),
+        channel.Pong: lambda self, drv, msg: None,
+    }

@@ -26,12 +26,12 @@ import time
 from typing import TYPE_CHECKING
 
 from llmos.specs import channel
+from llmos.specs.units import format_size
 
 from . import logs
 from .errors import SyscallError, eio
 from .job import FINISHED, DriverRestarted, Job, TrainTurn, model_shape, steps_of, train_bytes
 from .jobstore import JobStore
-from .placement import gib
 from .quotas import reservations_of
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ class JobTable:
         k.quotas.check_reserve(job.owner, job.device, k.memory.devices[job.device].total_bytes,
                                reservations_of(k, job.owner), need, "tune")
         if not k.memory.devices[job.device].can_fit(need):
-            k.models.make_room(job.device, need, f"fine-tune job {job.id} ({gib(entry.weight_bytes)} weights to "
+            k.models.make_room(job.device, need, f"fine-tune job {job.id} ({format_size(entry.weight_bytes)} weights to "
                                                  f"train, activations of {r['hyper']['batch_size']} x "
                                                  f"{r['hyper']['max_seq_len']} tokens)", exclude=entry)
         job.handle, job.reserved = k.memory.reserve(job.device, job.pid, need), need

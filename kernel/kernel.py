@@ -41,6 +41,7 @@ from .quotas import Quotas
 from .requests import RequestTable
 from .services import ServiceManager
 from .supervisor import DriverHandle, Supervisor
+from .tasks import TaskSet
 from .syscalls import HANDLERS
 from .transport import Transport
 
@@ -75,7 +76,7 @@ class Kernel:
         self.stopping = asyncio.Event()
         self.stop_reason = "kernel shutting down"   # what cancelled requests are told; `shutdown` sets it
         self.boot_failure: str | None = None    # why boot failed: `llmos boot` then exits non-zero
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks = TaskSet(log)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -153,8 +154,7 @@ class Kernel:
         for req in self.requests:
             self.requests.end(req, ecanceled(why))
         await asyncio.sleep(0.05)   # let the ECANCELED replies reach the socket
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel_all()
         if self.supervisor:
             await self.supervisor.close()
         if self.ray:
@@ -175,11 +175,8 @@ class Kernel:
         log.info("kernel.stopped")
 
     def spawn(self, coro, name: str) -> asyncio.Task:
-        """A task the kernel owns: kept alive while it runs, cancelled at shutdown."""
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        """A task the kernel owns: kept alive while it runs, its exception logged, cancelled at shutdown."""
+        return self._tasks.spawn(coro, name)
 
     # -- processes -------------------------------------------------------------------------------
 

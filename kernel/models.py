@@ -23,12 +23,13 @@ from typing import TYPE_CHECKING
 
 from llmos.specs import channel, registry
 from llmos.specs.registry import ModelSpec
+from llmos.specs.units import format_size
 
 from . import logs
 from .adapter_table import AdapterTable
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
-from .placement import eviction_victims, gib, kv_budget, replica_devices
+from .placement import eviction_victims, kv_budget, replica_devices
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -183,7 +184,7 @@ class ModelTable:
             dtype_bytes = 4 if drv.hello.dtype == "float32" else 2
             weights = await asyncio.to_thread(registry.estimate_bytes, spec, dtype_bytes)
             kv = kv_budget(self.k.settings, device) if spec.kind == "generate" else 0
-            self.make_room(device, weights + kv, f"model '{name}' ({gib(weights)} weights + {gib(kv)} KV cache)",
+            self.make_room(device, weights + kv, f"model '{name}' ({format_size(weights)} weights + {format_size(kv)} KV cache)",
                            exclude=entry)
             entry.weight_bytes, entry.kv_bytes = weights, kv
             k.memory.charge_model(device, name, entry.bytes)
@@ -215,13 +216,13 @@ class ModelTable:
         """Evict idle models on `device` until `need` bytes are free; ENOMEM (saying why) if they cannot be."""
         account = self.k.memory.devices[device]
         if need > account.total_bytes:
-            raise enomem(f"{what} needs {gib(need)} but {device} has {gib(account.total_bytes)} in all; "
+            raise enomem(f"{what} needs {format_size(need)} but {device} has {format_size(account.total_bytes)} in all; "
                          f"it can never fit here")
         victims = eviction_victims([*self, *self.adapters.entries()], device, need, account.free_bytes)
         if victims is None:
-            held = ", ".join(f"{e.name} {gib(e.bytes)}" for e in self.on_device(device) if e is not exclude)
-            raise enomem(f"{what} needs {gib(need)} but {device} has {gib(account.free_bytes)} free; "
-                         f"in use: {held or 'nothing'}, reservations {gib(account.reserved_bytes)}; "
+            held = ", ".join(f"{e.name} {format_size(e.bytes)}" for e in self.on_device(device) if e is not exclude)
+            raise enomem(f"{what} needs {format_size(need)} but {device} has {format_size(account.free_bytes)} free; "
+                         f"in use: {held or 'nothing'}, reservations {format_size(account.reserved_bytes)}; "
                          f"unload a model or free reservations")
         for victim in victims:
             (self.adapters.evict if victim.kind == "adapter" else self.evict)(victim, f"making room for {what}")

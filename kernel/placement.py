@@ -56,10 +56,6 @@ def replica_devices(k: "Kernel", name: str, have: set[str], more: int) -> list[s
     return spare[:more]
 
 
-def gib(n: int) -> str:
-    return f"{n / (1 << 30):.2f} GiB"
-
-
 def resolve_devices(wanted: list[str]) -> list[str]:
     """'auto' means every CUDA device if there are any, else the CPU."""
     out: list[str] = []

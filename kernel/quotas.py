@@ -20,6 +20,7 @@ import time
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING
 
+from .configschema import DEFAULT_QUOTAS, QUOTA_NAMES   # the [quotas] table: its names and defaults
 from .errors import SyscallError, edquot
 from .principals import OPERATOR, SERVICES
 
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
     from .kernel import Kernel
     from .principals import PrincipalTable
 
-QUOTA_NAMES = ("processes", "requests", "tokens_per_minute", "reserve_bytes", "mem_bytes", "mem_keys")
-DEFAULT_QUOTAS = {"processes": 64, "requests": 256, "tokens_per_minute": 60_000, "reserve_bytes": "25%",
-                  "mem_bytes": 1 << 30, "mem_keys": 100_000}
 WINDOW_S = 60.0
 _SHARE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
 

@@ -32,6 +32,7 @@ from llmos.specs.channel import ChannelError, DriverMessage, Message
 
 from . import logs
 from .auth import proved_key
+from .tasks import TaskSet
 from .transport import Router
 
 log = logs.get("llmos.supervisor")
@@ -107,14 +108,15 @@ class Supervisor:
         self.dtype = dtype
         self.drivers: dict[str, DriverHandle] = {}
         self.router = Router(ctx, endpoint)
-        self._tasks: list[asyncio.Task] = []
+        self._loops: list[asyncio.Task] = []     # the reader and the watchdog, cancelled at close
+        self._tasks = TaskSet(log)               # the rest: exits awaited, crashes handled, ups announced
         self._closing = False
 
     async def start(self, devices: list[str]) -> None:
         for device in devices:
             await self.add(device)
-        self._tasks.append(asyncio.create_task(self._read_loop(), name="driver-reader"))
-        self._tasks.append(asyncio.create_task(self._watchdog(), name="driver-watchdog"))
+        self._loops.append(self._tasks.spawn(self._read_loop(), f"{self.role}-reader"))
+        self._loops.append(self._tasks.spawn(self._watchdog(), f"{self.role}-watchdog"))
 
     async def add(self, device: str, launcher: Launcher | None = None) -> None:
         """Supervise one more device's child, at boot or after (a node joined the cluster)."""
@@ -170,7 +172,7 @@ class Supervisor:
             await self._give_up(drv, str(exc))
             return
         log.info(f"{self.role}.spawned", device=drv.device, os_pid=drv.proc.pid)
-        asyncio.create_task(self._wait_exit(drv, drv.proc))
+        self._tasks.spawn(self._wait_exit(drv, drv.proc), f"{self.role}-exit-{drv.device}")
 
     async def _wait_exit(self, drv: DriverHandle, proc: Child) -> None:
         code = await proc.wait()
@@ -225,14 +227,14 @@ class Supervisor:
                 continue
             drv.last_heard = time.monotonic()
             if isinstance(msg, channel.DriverFailed):
-                asyncio.create_task(self._failed_to_start(drv, msg.message))
+                self._tasks.spawn(self._failed_to_start(drv, msg.message), f"{self.role}-failed-{drv.device}")
                 continue
             if isinstance(msg, self.hello):
                 drv.hello = msg
                 drv.state = "up"
                 drv.ever_up = True
                 log.info(f"{self.role}.up", device=drv.device, os_pid=drv.proc.pid if drv.proc else None)
-                asyncio.create_task(self._announce_up(drv))
+                self._tasks.spawn(self._announce_up(drv), f"{self.role}-up-{drv.device}")
                 continue
             try:
                 self.on_message(drv, msg)
@@ -272,9 +274,11 @@ class Supervisor:
                 if drv.state == "up":
                     self.send(drv.device, self.ping(now))
                     if now - drv.last_heard > 2 * PING_PERIOD_S:
-                        asyncio.create_task(self._crashed(drv, f"driver for {drv.device} stopped answering pings"))
+                        self._tasks.spawn(self._crashed(drv, f"driver for {drv.device} stopped answering pings"),
+                                          f"{self.role}-crashed-{drv.device}")
                 elif drv.state == "starting" and now - drv.started > START_GRACE_S:
-                    asyncio.create_task(self._crashed(drv, f"driver for {drv.device} did not start in {START_GRACE_S:.0f}s"))
+                    self._tasks.spawn(self._crashed(drv, f"driver for {drv.device} did not start in {START_GRACE_S:.0f}s"),
+                                      f"{self.role}-crashed-{drv.device}")
 
     def begin_close(self) -> None:
         """From now on a driver that exits is stopping, not crashing."""
@@ -282,7 +286,7 @@ class Supervisor:
 
     async def close(self) -> None:
         self._closing = True
-        for t in self._tasks:
+        for t in self._loops:
             t.cancel()
         for drv in self.drivers.values():
             self.send(drv.device, self.shutdown())

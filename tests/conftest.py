@@ -11,6 +11,16 @@ from llmos.userland.testing import KernelProcess, make_tiny_bert, make_tiny_llam
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+REAL_MODEL_TIMEOUT_S = 900    # the first such test also waits for real_kernel's boot (up to 300 s)
+
+
+def pytest_collection_modifyitems(items):
+    """Every test is bounded by pyproject's timeout (300 s); a real_model one, unless it says
+    otherwise, by REAL_MODEL_TIMEOUT_S."""
+    for item in items:
+        if item.get_closest_marker("real_model") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(REAL_MODEL_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> str:

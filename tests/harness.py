@@ -12,13 +12,18 @@ from llmos.userland.testing import KernelProcess, wait_until
 
 __all__ = ["KernelProcess", "dealer", "errno_of", "raised", "wait_until"]
 
+RECV_TIMEOUT_MS = 30_000      # a bare recv() on dealer() waits at most this
+
 
 @contextmanager
 def dealer(socket: str):
-    """A bare DEALER on the kernel's socket, for tests that write frames by hand; closed after."""
+    """A bare DEALER on the kernel's socket, for tests that write frames by hand; closed after.
+    A recv() that waits past RECV_TIMEOUT_MS raises zmq.Again: a kernel that never answers fails
+    the test instead of hanging it."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
     sock.connect(socket)
     try:
         yield sock

@@ -140,7 +140,8 @@ def test_adapters_and_their_base_served_at_once_give_what_each_gives_alone(adapt
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a stream did not end within 120 s"
     assert [together[m] for m in models] == alone
     assert alone[0] != alone[2] and alone[1] != alone[2]
 

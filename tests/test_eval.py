@@ -21,6 +21,7 @@ from llmos.userland.testing import KernelProcess
 from adapter_files import make_adapter
 from harness import errno_of, raised
 
+pytestmark = pytest.mark.timeout(600)    # an eval run through the CLI may take its 300 s (kernel.cli timeout)
 TEXTS = ["The quick brown fox jumps over the lazy dog.",
          "Kernels schedule requests fairly across processes, and drivers batch them on each device.",
          "hi",

@@ -16,6 +16,7 @@ from llmos.specs.protocol import MAX_FRAME_BYTES
 from llmos.userland import LLMOSError
 from llmos.userland.testing import KernelProcess, wait_until
 
+pytestmark = pytest.mark.timeout(900)   # beside_a_canary waits up to 600 s for the heaviest attack
 CANARY = dict(prompt="The quick brown fox", max_tokens=250, temperature=0.7, top_p=0.95, seed=11)
 ASCII = ("An operating system shares one machine among many programs; a kernel owns the resources "
          "and drivers talk to devices. Paris is the capital of France, Rome is the capital of Italy. ")

@@ -1,6 +1,7 @@
 """Processes: reaping the dead, shutdown, one kernel per socket, memory across restarts, concurrency."""
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ def test_a_client_killed_with_sigkill_is_reaped_and_its_holdings_freed(kernel, t
     """)
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
+        assert select.select([child.stdout], [], [], 60)[0], "the doomed client never began its stream"
         assert child.stdout.readline().strip() == "ready"
         with kernel.client("watcher") as c:
             doomed = [p for p in c.ps() if p["name"] == "doomed"]

@@ -3,6 +3,8 @@ being read, told in stream frames that carry no delta, only to a caller that ask
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from llmos.kernel.models import ModelEntry
@@ -37,10 +39,14 @@ def config_kernel(fresh_kernel, tiny_llama, tmp_path):
 def test_a_stream_waiting_for_a_load_is_told_which_model_and_its_stage_before_any_text(config_kernel):
     k = config_kernel()
     with k.client() as c:
+        started = time.monotonic()
         seen, result = frames(c, prompt="hello", model="tiny", max_tokens=3)
+        waited = time.monotonic() - started
     loading = [p for p in seen if p["phase"] == "loading"]
     assert loading, seen
-    assert all(p["model"] == "tiny" and p["stage"] in LOADING_STAGES and p["elapsed_s"] >= 0 for p in loading)
+    assert all(p["model"] == "tiny" and p["stage"] in LOADING_STAGES for p in loading)
+    elapsed = [p["elapsed_s"] for p in loading]
+    assert elapsed == sorted(elapsed) and elapsed[-1] <= waited + 0.1, (elapsed, waited)
     assert loading[0]["expected_s"] is None        # never loaded on this state dir: nothing to go by
     assert result["usage"]["completion_tokens"] == 3
 
@@ -78,8 +84,10 @@ def test_no_progress_frame_reaches_a_stream_that_did_not_ask(kernel):
 async def test_a_loading_entry_in_models_carries_its_progress_and_a_ready_one_none():
     entry = ModelEntry("tiny", None, "cpu", "generate")
     entry.stage = "tokenizer"
+    entry.started = time.monotonic() - 5.0          # the load began five seconds ago
     progress = entry.describe(expected_s=12.5)["progress"]
     assert progress["model"] == "tiny" and progress["stage"] == "tokenizer" and progress["expected_s"] == 12.5
+    assert 5.0 <= progress["elapsed_s"] < 6.0
     entry.state = "ready"
     assert "progress" not in entry.describe()
 

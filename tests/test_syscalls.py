@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -43,10 +44,15 @@ def test_ping_echoes_its_payload(client):
     assert client.ping({"x": [1, 2]})["payload"] == {"x": [1, 2]}
 
 
-def test_ps_lists_the_caller_with_its_counters(client):
-    client.infer(prompt="count me", max_tokens=3, temperature=0)
-    me = next(p for p in client.ps() if p["pid"] == client.pid)
-    assert me["tokens"] >= 1 and me["requests"] == 0 and me["age_s"] >= 0
+def test_ps_lists_the_caller_with_its_counters(kernel):
+    before = time.monotonic()
+    with kernel.client("counted") as client:
+        client.infer(prompt="count me", max_tokens=3, temperature=0)
+        time.sleep(0.2)
+        me = next(p for p in client.ps() if p["pid"] == client.pid)
+        lived = time.monotonic() - before
+    assert me["name"] == "counted" and me["tokens"] == 3 and me["requests"] == 0
+    assert 0.2 <= me["age_s"] <= lived, f"age {me['age_s']} s of a process that has lived 0.2 to {lived:.3f} s"
 
 
 def test_kill_needs_admin_and_an_existing_pid(kernel, client):

@@ -35,12 +35,14 @@ def test_a_user_without_admin_may_not_name_a_path(tcp_kernel, make_user, tiny_ll
         assert errno_of(c.embed, "x", model="/no/such/folder") == "EPERM"     # existence is not probed
 
 
+@pytest.mark.timeout(120)    # a kernel that opened the FIFO would hang the load: the client's 60 s, then this
 def test_a_fifo_named_safetensors_is_einval(admin, model_folder):
     os.mkfifo(model_folder / "model.safetensors")
     error = raised(admin.load_model, str(model_folder))
     assert error.errno == "EINVAL" and "regular file" in error.message
 
 
+@pytest.mark.timeout(120)
 def test_a_fifo_as_the_model_path_is_einval(admin, tmp_path):
     os.mkfifo(tmp_path / "weights.gguf")
     assert errno_of(admin.load_model, str(tmp_path / "weights.gguf")) == "EINVAL"

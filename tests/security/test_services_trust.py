@@ -114,6 +114,7 @@ def test_a_kernel_without_read_dirs_lets_services_read_no_file(tmp_path):
     assert info.value.errno == "EACCES" and "[services] read_dirs" in info.value.message
 
 
+@pytest.mark.timeout(30)     # opening the FIFO would block for ever: fail fast instead
 def test_a_fifo_in_an_allowed_folder_is_not_opened(tmp_path):
     from llmos.services.files import AllowedFiles
 

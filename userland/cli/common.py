@@ -34,15 +34,6 @@ def connect(name: str, caps: list[str] | None = None) -> Client:
     return Client(socket=root.get("socket"), name=name, caps=caps, timeout=None, key=root.get("key"))
 
 
-def size(n: float) -> str:
-    """Bytes for people: 512 B, 1.5 KiB, 3.2 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     """rows as aligned columns; `columns` lists (key, TITLE) pairs."""
     cells = [[title for _, title in columns]] + [[str(r.get(key, "")) for key, _ in columns] for r in rows]

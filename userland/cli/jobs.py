@@ -12,8 +12,9 @@ import time
 import click
 
 from llmos.specs import trainset
+from llmos.specs.units import format_size
 
-from .common import connect, decode_text, read_input, size, table
+from .common import connect, decode_text, read_input, table
 from .exits import EXIT_INTERRUPTED, fail
 
 POLL_S = 0.5
@@ -57,7 +58,7 @@ def tune(data: str, base: str, name: str, epochs: int, lr: float, rank: int, alp
             click.echo(job["job"])
             return
         click.echo(f"job {job['job']}: {job['model']}, {len(examples)} examples, {job['steps']} steps on "
-                   f"{job['device']} ({size(job['reserved_bytes'])} reserved)", err=True)
+                   f"{job['device']} ({format_size(job['reserved_bytes'])} reserved)", err=True)
         try:
             job = follow(c, job)
         except KeyboardInterrupt:

@@ -6,7 +6,9 @@ import time
 
 import click
 
-from .common import connect, size, table
+from llmos.specs.units import format_size
+
+from .common import connect, table
 
 
 @click.command(help="list devices and their memory")
@@ -15,7 +17,7 @@ def devices() -> None:
         rows = c.devices()
     for r in rows:
         for key in ("total_bytes", "used_bytes", "free_bytes", "models_bytes", "reserved_bytes"):
-            r[key] = size(r[key])
+            r[key] = format_size(r[key])
     click.echo(table(rows, [("name", "DEVICE"), ("driver", "DRIVER"), ("total_bytes", "TOTAL"), ("used_bytes", "USED"),
                             ("free_bytes", "FREE"), ("models_bytes", "MODELS"), ("reserved_bytes", "RESERVED"),
                             ("running", "RUNNING"), ("queued", "QUEUED")]))
@@ -27,7 +29,7 @@ def models() -> None:
         info = c.models()
     loaded = info["loaded"]
     for r in loaded:
-        r["size"] = size(r["bytes"])
+        r["size"] = format_size(r["bytes"])
         r["quant"] = r.get("quant") or "-"
     click.echo(table(loaded, [("name", "MODEL"), ("kind", "KIND"), ("device", "DEVICE"), ("state", "STATE"),
                               ("size", "SIZE"), ("quant", "QUANT"), ("refs", "REFS"), ("in_use", "IN USE"),
@@ -53,7 +55,7 @@ def load(model: str, device: str, quant: str | None, replicas: int) -> None:
         waited = time.monotonic() - started
     how = "already loaded" if r["already_loaded"] else f"loaded in {r['load_s']:.1f}s"
     where = ", ".join(r.get("replicas") or [r["device"]])
-    click.echo(f"{r['name']} on {where}: {size(r['bytes'])}{' int8' if r.get('quant') == 'int8' else ''}, "
+    click.echo(f"{r['name']} on {where}: {format_size(r['bytes'])}{' int8' if r.get('quant') == 'int8' else ''}, "
                f"{how} (waited {waited:.1f}s)")
 
 

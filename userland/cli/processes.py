@@ -6,7 +6,9 @@ import json
 
 import click
 
-from .common import connect, size, table
+from llmos.specs.units import format_size
+
+from .common import connect, table
 
 
 @click.command(help="list processes")
@@ -15,7 +17,7 @@ def ps() -> None:
         rows = c.ps()
     for r in rows:
         r["age"] = f"{r['age_s']:.1f}s"
-        r["reserved"] = size(r["reserved_bytes"])
+        r["reserved"] = format_size(r["reserved_bytes"])
     click.echo(table(rows, [("pid", "PID"), ("name", "NAME"), ("age", "AGE"), ("requests", "REQS"),
                             ("tokens", "TOKENS"), ("reserved", "RESERVED")]))
 

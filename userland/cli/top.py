@@ -23,11 +23,12 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from llmos.specs.units import format_duration, format_latency, size_unit
+
 from ..errors import ERRORS
 from .common import connect
 
 BAR_WIDTH = 10
-SIZE_UNITS = (("B", 1), ("KiB", 1 << 10), ("MiB", 1 << 20), ("GiB", 1 << 30), ("TiB", 1 << 40))
 QUIT_KEYS = ("q", "Q")
 
 
@@ -48,7 +49,7 @@ def header(stats: dict, title: str) -> Text:
     ttft, requests, services = stats["latency"]["ttft_s"], stats["requests"], stats["services"]
     text = Text()
     text.append(title, style="bold")
-    text.append(f"  up {duration(stats['uptime_s'])}\n")
+    text.append(f"  up {format_duration(stats['uptime_s'])}\n")
     if stats["ready"]:
         text.append("ready", style="green")
     else:
@@ -56,7 +57,7 @@ def header(stats: dict, title: str) -> Text:
     text.append(f"  services {services['state']} ({services['restarts']} restarts)",
                 style="" if services["state"] == "up" else "red")
     text.append(f"\nprocesses {len(stats['processes'])}  tokens/s {stats['throughput']['tokens_per_s']:.1f}"
-                f"  TTFT p50 {seconds(ttft['p50'])} p95 {seconds(ttft['p95'])} ({ttft['count']} in the last min)")
+                f"  TTFT p50 {format_latency(ttft['p50'])} p95 {format_latency(ttft['p95'])} ({ttft['count']} in the last min)")
     text.append(f"\nerrors {requests['errors']} of {requests['total']} replies  auth failures {stats['auth_failures']}"
                 f"  tokens {stats['tokens']['prompt']} prompt, {stats['tokens']['generated']} generated")
     return text
@@ -104,29 +105,8 @@ def memory_bar(used: int, reserved: int, total: int, width: int = BAR_WIDTH) -> 
 
 def amounts(*values: int) -> str:
     """Sizes in the unit of the last one: '30.0/8.0/140.0 GiB'."""
-    unit = next(u for u, scale in SIZE_UNITS if values[-1] < scale * 1024 or u == "TiB")
-    scale = dict(SIZE_UNITS)[unit]
+    unit, scale = size_unit(values[-1])
     return "/".join(f"{v / scale:.1f}" for v in values) + f" {unit}"
-
-
-def duration(s: float) -> str:
-    """Uptime for people: 42s, 3m05s, 2h07m, 3d04h."""
-    s = int(s)
-    days, hours, minutes, secs = s // 86400, s // 3600 % 24, s // 60 % 60, s % 60
-    if days:
-        return f"{days}d{hours:02d}h"
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def seconds(value: float | None) -> str:
-    """A latency: 850us, 12ms, 1.25s; '-' when nothing was measured."""
-    if value is None:
-        return "-"
-    if value < 1e-3:
-        return f"{value * 1e6:.0f}us"
-    return f"{value * 1e3:.0f}ms" if value < 1 else f"{value:.2f}s"
 
 
 def _table(*columns: str) -> Table:

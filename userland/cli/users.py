@@ -6,17 +6,12 @@ the one line the user runs with it, since that file is all they need to connect.
 
 from __future__ import annotations
 
-import re
-
 import click
 
 from llmos.specs.keys import SOCKET_META, read_key_file
+from llmos.specs.units import exact_size, parse_size
 
 from .common import OrderedGroup, connect, table
-
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
 
 
 def parse_quotas(ctx, param, items: tuple[str, ...]) -> dict[str, int | str]:
@@ -28,11 +23,11 @@ def parse_quotas(ctx, param, items: tuple[str, ...]) -> dict[str, int | str]:
         if sep and name == "reserve_bytes" and raw.strip().endswith("%"):
             quotas[name] = raw.strip()
             continue
-        m = _SIZE.fullmatch(raw)
-        if not sep or not name or not m:
+        try:
+            quotas[name] = parse_size(raw if sep and name else "")
+        except ValueError:
             raise click.BadParameter(f"wants name=number (e.g. requests=8, mem_bytes=512MiB or reserve_bytes=50%), "
-                                     f"got '{item}'", ctx, param)
-        quotas[name] = int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()])
+                                     f"got '{item}'", ctx, param) from None
     return quotas
 
 
@@ -41,9 +36,7 @@ def shown_quota(name: str, value: int | str | None) -> str:
     if value is None:
         return f"{name}=unlimited"
     if name.endswith("_bytes") and isinstance(value, int):
-        for unit in ("TiB", "GiB", "MiB", "KiB"):
-            if value and value % _UNITS[unit.lower()] == 0:
-                return f"{name}={value // _UNITS[unit.lower()]}{unit}"
+        return f"{name}={exact_size(value)}"
     return f"{name}={value}"
 
 
