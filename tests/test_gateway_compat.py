@@ -101,6 +101,15 @@ def test_token_arrays_are_400_naming_prompt(client, prompt):
     assert err.value.body["param"] == "prompt" and "token ids" in err.value.body["message"]
 
 
+def test_each_prompt_holds_one_of_the_keys_streams(tiny_kernel, tiny_llama):
+    with GatewayProcess(tiny_kernel.cli_env(), extra=["--max-streams", "2"]) as gw, \
+            openai.OpenAI(base_url=gw.url + "/v1", api_key="-", max_retries=0, timeout=60) as c:
+        with pytest.raises(openai.RateLimitError):
+            c.completions.create(model=tiny_llama, prompt=["a", "b", "c"], max_tokens=2)
+        for _ in range(3):       # the slots taken before the refusal were given back, and each answer's too
+            assert len(c.completions.create(model=tiny_llama, prompt=["a", "b"], max_tokens=2).choices) == 2
+
+
 def test_more_prompts_than_the_bound_is_400(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=client.model_name, prompt=["x"] * (MAX_PROMPTS + 1), max_tokens=1)
@@ -174,7 +183,8 @@ def test_responses_stream_openais_events(client):
 
 @pytest.mark.parametrize("extra, param", [({"store": True}, "store"), ({"previous_response_id": "resp_1"},
                                                                         "previous_response_id"),
-                                          ({"input": [{"type": "function_call_output"}]}, "input[0]")])
+                                          ({"input": [{"type": "function_call_output"}]}, "input[0]"),
+                                          ({"metadata": {str(i): "v" for i in range(17)}}, "metadata")])
 def test_what_responses_cannot_do_is_400_naming_it(client, extra, param):
     with pytest.raises(openai.BadRequestError) as err:
         client.responses.create(**{"model": client.model_name, "input": "hi", **extra})
