@@ -141,7 +141,7 @@ async def _lines(gen: Generation, first: str | None, model: str, text_of) -> Asy
 async def _generate(request: Request, who, args: dict, params: dict, text_of):
     g = request.app.state.gateway
     model = await g.model_used(request, who, params.get("model"))
-    args = {**args, **infer_options(params.get("options")), "model": model}
+    args = {**args, **infer_options(params.get("options")), **({"model": model} if model else {})}
     gen = Generation(g, request, who)
     try:
         [first] = await gen.open([args])
