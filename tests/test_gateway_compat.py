@@ -110,6 +110,21 @@ def test_each_prompt_holds_one_of_the_keys_streams(tiny_kernel, tiny_llama):
             assert len(c.completions.create(model=tiny_llama, prompt=["a", "b"], max_tokens=2).choices) == 2
 
 
+def test_a_refused_request_costs_the_kernel_no_cancel(client, tiny_kernel):
+    """A stream the kernel ended with an errno has nothing to cancel: a cancel would be an ENOENT in its error
+    counts (and on the dashboard) for every refused request."""
+    with tiny_kernel.client("gw-compat-stats", caps=["ps"]) as c:
+        def cancels() -> dict:
+            return c.stats()["requests"]["by_syscall"].get("cancel", {"ok": 0, "errors": {}})
+
+        before = cancels()
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="no-such-model", prompt=["a", "b"], max_tokens=2)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="no-such-model", messages=[USER], stream=True)
+        assert cancels() == before
+
+
 def test_more_prompts_than_the_bound_is_400(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model=client.model_name, prompt=["x"] * (MAX_PROMPTS + 1), max_tokens=1)

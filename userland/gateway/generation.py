@@ -108,6 +108,7 @@ class Generation:
         self.streams: list[Stream] = []
         self.slots = 0
         self.handed_over = False
+        self.cancelled = False
         self.started = time.perf_counter()
         self.first_at: float | None = None
 
@@ -118,7 +119,12 @@ class Generation:
             self.gateway.principals.take_stream(self.who)
             self.slots += 1
             self.streams.append(await self.gateway.call(self.request, self.who, "stream", **args))
-        firsts = await self.unless_gone(all_of(map(first_delta, self.streams)))
+        # Every first frame is awaited, failed or not, so that a stream the kernel refused is known to have
+        # ended (the same refusal usually ends them all: nothing is then cancelled in vain).
+        firsts = await self.unless_gone(asyncio.gather(*map(first_delta, self.streams), return_exceptions=True))
+        for first in firsts:
+            if isinstance(first, BaseException):
+                raise first
         self.first_at = time.perf_counter()
         return firsts
 
@@ -130,7 +136,11 @@ class Generation:
         return await unless_gone(self.request.receive, work, self.cancel)
 
     async def cancel(self) -> None:
-        await asyncio.gather(*(cancel_quietly(s) for s in self.streams if s.result is None))
+        """Cancel, once, the streams that have not ended (a cancel of an ended one would be an ENOENT in the
+        kernel's error counts for every refused request)."""
+        if not self.cancelled:
+            self.cancelled = True
+            await asyncio.gather(*(cancel_quietly(s) for s in self.streams if not s.ended))
 
     def release(self) -> None:
         for _ in range(self.slots):
