@@ -110,6 +110,7 @@ class Metrics:
         self.success = Counter("llmos_request_success", "Finished generations by finish reason",
                                ["model", "finish_reason"], registry=r)
         self.auth_failures = Counter("llmos_auth_failures", "Connections or keys refused", ["reason"], registry=r)
+        self.auth_failures.labels("bad_key")     # exported at 0 from boot: a rate() sees the first failure
         self.kv_usage: dict[str, float] = {}     # device -> fraction, as its driver last said
         self.window = RecentWindow()
         self.calls: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)    # principal -> (syscall, errno) -> n

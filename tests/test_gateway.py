@@ -114,10 +114,23 @@ def test_max_tokens_over_the_syscall_bound_is_400(client):
     assert err.value.body["param"] == "max_completion_tokens"
 
 
-def test_a_list_of_prompts_is_400(client):
-    with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model=DEFAULT_MODEL, prompt=["a", "b"])
-    assert err.value.body["param"] == "prompt"
+def test_a_list_of_prompts_continues_each_in_its_own_choice(client):
+    r = client.completions.create(model=DEFAULT_MODEL, prompt=["1, 2, 3, 4,", "a, b, c, d,"], max_tokens=4,
+                                  temperature=0, echo=True)
+    assert r.choices[0].text.startswith("1, 2, 3, 4, 5") and r.choices[1].text.startswith("a, b, c, d, e")
+
+
+def test_the_developer_role_instructs_as_system_does(client):
+    r = client.chat.completions.create(model=DEFAULT_MODEL, max_tokens=16, temperature=0, messages=[
+        {"role": "developer", "content": "You answer in one short sentence."},
+        {"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in r.choices[0].message.content
+
+
+def test_responses_answer_with_the_real_model(client):
+    r = client.responses.create(model=DEFAULT_MODEL, instructions="You answer in one short sentence.",
+                                input="What is the capital of France?", max_output_tokens=16, temperature=0)
+    assert "Paris" in r.output_text and r.usage.output_tokens >= 1
 
 
 def test_malformed_json_is_400(gateway):

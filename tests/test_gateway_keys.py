@@ -95,6 +95,32 @@ def test_a_wrong_key_is_401(gateway, api_keys):
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
 
 
+@pytest.mark.parametrize("method, path", [("POST", "/api/chat"), ("POST", "/api/generate"), ("GET", "/api/tags"),
+                                          ("GET", "/api/ps"), ("POST", "/api/show"), ("POST", "/api/embed"),
+                                          ("GET", "/api/version"), ("POST", "/v1/responses"), ("GET", "/v1/models/x"),
+                                          ("GET", "/metrics")])
+def test_every_new_route_needs_a_key_before_its_body_is_read(gateway, operator, method, path):
+    before = sum(p["tokens"] for p in operator.ps())
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "prompt": "hi", "input": "hi"}
+    r = httpx.request(method, gateway.url + path, timeout=30, **({"json": body} if method == "POST" else {}))
+    assert r.status_code == 401
+    assert sum(p["tokens"] for p in operator.ps()) == before
+
+
+def test_the_ollama_client_with_a_key_runs_as_its_principal(gateway, api_keys, operator, tiny_llama):
+    import ollama
+
+    client = ollama.Client(host=gateway.url, headers={"Authorization": f"Bearer {api_keys['bob']}"}, timeout=60)
+    before = sum(p["tokens"] for p in operator.ps() if p["name"] == "llmos-serve:bob")
+    r = client.chat(model=tiny_llama, messages=[{"role": "user", "content": "hi"}], options={"num_predict": 3})
+    assert r.done and r.eval_count >= 1
+    after = sum(p["tokens"] for p in operator.ps() if p["name"] == "llmos-serve:bob")
+    assert after - before >= r.eval_count
+    with pytest.raises(ollama.ResponseError) as err:
+        ollama.Client(host=gateway.url, headers={"Authorization": "Bearer sk-llmos-wrong"}).list()
+    assert err.value.status_code == 401
+
+
 def test_the_key_table_holds_only_hashes_in_a_0600_file(api_keys, keys_file):
     text = keys_file.read_text()
     assert stat.S_IMODE(os.stat(keys_file).st_mode) == 0o600

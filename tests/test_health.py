@@ -18,6 +18,7 @@ import pytest
 
 from harness import KernelProcess, wait_until
 from llmos.kernel.httpserve import MAX_CONNECTIONS_PER_CLIENT, READ_TIMEOUT_S
+from llmos.userland.cli.exits import EXIT_NO_KERNEL
 from llmos.userland.testing import LLMOS_COMMAND, free_tcp_port
 
 
@@ -215,9 +216,9 @@ def test_llmos_health_exits_1_saying_why_when_not_ready(modelless_kernel):
     assert done.stderr.strip() == "llmos health: not ready: this kernel has no default model"
 
 
-def test_llmos_health_exits_1_when_no_kernel_answers(ready_kernel, tmp_path):
+def test_llmos_health_exits_3_the_no_kernel_code_when_no_kernel_answers(ready_kernel, tmp_path):
     done = llmos_health(ready_kernel, socket_url=f"ipc://{tmp_path}/nobody.sock")
-    assert done.returncode == 1
+    assert done.returncode == EXIT_NO_KERNEL == 3
     assert done.stderr.startswith("llmos health: not ready: ") and "nobody.sock" in done.stderr
 
 

@@ -152,6 +152,13 @@ def test_every_metric_of_the_abi_is_exported_with_its_type(metrics_kernel, workl
         assert family is not None and family.type == kind, name
 
 
+def test_the_auth_failure_series_is_exported_at_0_before_any_failure(metrics_kernel):
+    """A rate() or increase() over a series that appears only at the first failure misses that failure."""
+    samples = [s for s in scrape(metrics_kernel)["llmos_auth_failures"].samples
+               if s.name == "llmos_auth_failures_total" and s.labels == {"reason": "bad_key"}]
+    assert [s.value for s in samples] == [0.0]       # this kernel is on ipc only: no key is ever refused
+
+
 def test_state_gauges_are_the_tables(metrics_kernel):
     with metrics_kernel.client("gauges") as c:
         families = scrape(metrics_kernel)

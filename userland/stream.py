@@ -57,6 +57,11 @@ class Stream:
         self.result = msg["result"]
         raise StopAsyncIteration
 
+    @property
+    def ended(self) -> bool:
+        """The kernel's final reply (a result or an errno) has been read: there is nothing left to cancel."""
+        return self.result is not None or self._error is not None
+
     async def cancel(self) -> None:
         """Ask the kernel to end this call; the stream then ends with ECANCELED."""
         await self.connection._call("cancel", {"id": self.id}, self.connection.timeout)

@@ -72,7 +72,7 @@ def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, socke
     else:
         click.echo(f"llmos serve: {len(keys)} API key(s) from {path}; a request without one of them is refused (401)",
                    err=True)
-    click.echo(f"llmos serve: OpenAI API at http://{host}:{port}/v1", err=True)
+    click.echo(f"llmos serve: OpenAI API at http://{host}:{port}/v1, Ollama's at http://{host}:{port}/api", err=True)
     configure_logging()
     uvicorn.run(make_app(settings), host=host, port=port, log_level="warning", access_log=False,
                 timeout_graceful_shutdown=5, **uvicorn_options())

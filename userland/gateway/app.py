@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -24,11 +23,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import KeyRefused, LLMOSError
+from . import ollama, responses
 from .errors import ApiError, from_syscall
-from .generation import ClientGone, EventStream, cancel_quietly, collect, events, first_delta, unless_gone
+from .generation import ClientGone, Generation, events
 from .keys import KeyTable
-from .openai import Shape, chat_request, completion_request, embedding_request, embeddings_answer, models_answer
+from .observe import GatewayMetrics, Observed, metrics_route
+from .openai import chat_request, completion_request, embedding_request
 from .principals import Identity, Principals, is_lost
+from .shapes import Shape, embeddings_answer, model_answer, models_answer, usage
 
 MAX_BODY_BYTES = 4 << 20        # 4 MiB: a request body past it is 413, whatever Content-Length claims
 READY_WAIT_S = 5.0           # how long /health/ready waits for the kernel's readiness probe
@@ -53,6 +55,7 @@ class Gateway:
         self.keys = settings.keys
         self.principals = Principals(settings.socket, settings.key, settings.max_streams)
         self.own = Identity(None)
+        self.default_model: str | None = None     # the kernel's, from sysinfo on first need (fixed at its boot)
 
     async def identify(self, request: Request) -> Identity:
         """Who the request runs as; 401 in keyed mode for a missing or unknown key."""
@@ -108,6 +111,15 @@ class Gateway:
                 return await self.call(request, who, method, retry=False, **args)
             raise from_syscall(exc, "model" if method in ("stream", "embed") else None) from None
 
+    async def model_used(self, request: Request, who: Identity, named: str | None) -> str:
+        """The model a generation runs on: the one named, else the kernel's default, asked once (sysinfo needs
+        no capability), so that even the first streamed chunk names it."""
+        if named:
+            return named
+        if self.default_model is None:
+            self.default_model = (await self.call(request, who, "sysinfo")).get("default_model") or ""
+        return self.default_model
+
     async def ready(self) -> tuple[bool, str]:
         """The `stats` syscall's readiness (the default model loaded and a recent one-token probe through the
         scheduler), waiting up to READY_WAIT_S for a probe that is running, as a load balancer's check wants."""
@@ -128,6 +140,12 @@ async def models(request: Request):
     return JSONResponse(models_answer(await g.call(request, who, "models")))
 
 
+async def model(request: Request):
+    g = _gateway(request)
+    who = await g.identify(request)
+    return JSONResponse(model_answer(await g.call(request, who, "models"), request.path_params["model_id"]))
+
+
 async def chat_completions(request: Request):
     return await _complete(request, chat=True)
 
@@ -139,40 +157,45 @@ async def completions(request: Request):
 async def _complete(request: Request, chat: bool):
     g = _gateway(request)
     who = await g.identify(request)
-    args, params = (chat_request if chat else completion_request)(await g.body(request))
+    body = await g.body(request)
+    if chat:
+        args, params = chat_request(body)
+        calls = [args]
+    else:
+        calls, params = completion_request(body)
     request.state.user = params.get("user")
-    shape = Shape(chat, args.get("model"))
-    g.principals.take_stream(who)
-    handed_over = False
+    shape = Shape(chat, await g.model_used(request, who, params.get("model")))
+    prefixes = [c["prompt"] for c in calls] if params.get("echo") else None
+    gen = Generation(g, request, who)
     try:
-        stream = await g.call(request, who, "stream", **args)
-        try:
-            first = await unless_gone(request.receive, first_delta(stream), lambda: cancel_quietly(stream))
-            if not params.get("stream"):
-                result = await unless_gone(request.receive, collect(stream), lambda: cancel_quietly(stream))
-                _note_usage(request, result)
-                return JSONResponse(shape.full(result))
-        except ClientGone:
-            request.state.disconnected = True
-            return JSONResponse({}, status_code=499)     # nobody reads it: nginx's "client closed request"
-        body = events(stream, shape, first, bool((params.get("stream_options") or {}).get("include_usage")),
-                      lambda result: _note_usage(request, result))
-        handed_over = True
-        return EventStream(body, stream, lambda: g.principals.give_stream(who))
+        firsts = await gen.open(calls)
+        if not params.get("stream"):
+            results = await gen.collect()
+            note_usage(request, results)
+            return JSONResponse(shape.full(results, prefixes))
+        include_usage = bool((params.get("stream_options") or {}).get("include_usage"))
+        return gen.respond(events(gen, shape, firsts, include_usage, lambda rs: note_usage(request, rs), prefixes))
+    except ClientGone:
+        return client_gone(request)
     finally:
-        if not handed_over:
-            g.principals.give_stream(who)
+        await gen.close()
 
 
-def _note_usage(request: Request, result: dict) -> None:
-    request.state.usage = result.get("usage") or {}
+def client_gone(request: Request) -> JSONResponse:
+    request.state.disconnected = True
+    return JSONResponse({}, status_code=499)     # nobody reads it: nginx's "client closed request"
+
+
+def note_usage(request: Request, results: list[dict]) -> None:
+    """The tokens of a request's generations, for its access-log line."""
+    request.state.usage = usage(results)
 
 
 async def embeddings(request: Request):
     g = _gateway(request)
     who = await g.identify(request)
-    args, encoding = embedding_request(await g.body(request))
-    return JSONResponse(embeddings_answer(await g.call(request, who, "embed", **args), encoding))
+    args, encoding, dimensions = embedding_request(await g.body(request))
+    return JSONResponse(embeddings_answer(await g.call(request, who, "embed", **args), encoding, dimensions))
 
 
 async def live(request: Request):
@@ -204,43 +227,14 @@ async def internal_error(request: Request, exc: Exception):
 
 ROUTES = [
     Route("/v1/models", models, methods=["GET"]),
+    Route("/v1/models/{model_id:path}", model, methods=["GET"]),
     Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/completions", completions, methods=["POST"]),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
     Route("/health/live", live, methods=["GET"]),
     Route("/health/ready", ready, methods=["GET"]),
+    Route("/metrics", metrics_route, methods=["GET"]),
 ]
-
-
-class AccessLog:
-    """One log line per request: principal, status, tokens, duration; never the API key."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [0]
-
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        state = scope.setdefault("state", {})
-        try:
-            await self.app(scope, receive, sending)
-        except BaseException:
-            status[0] = status[0] or 500
-            raise
-        finally:
-            usage = state.get("usage") or {}
-            log.info("gateway.request", method=scope["method"], path=scope["path"], status=status[0],
-                     principal=state.get("principal"), user=(state.get("user") or "")[:64] or None,
-                     prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                     disconnected=state.get("disconnected", False),
-                     duration_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
 def make_app(settings: Settings) -> Starlette:
@@ -251,10 +245,11 @@ def make_app(settings: Settings) -> Starlette:
         yield
         await gateway.principals.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=[*ROUTES, *responses.ROUTES, *ollama.ROUTES], lifespan=lifespan,
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error})
     app.state.gateway = gateway
-    app.add_middleware(AccessLog)
+    app.state.metrics = GatewayMetrics()
+    app.add_middleware(Observed, metrics=app.state.metrics, routes=app.routes)
     return app
 
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import AsyncIterator, Awaitable, Callable
 
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from ..client import Stream
 from ..errors import LLMOSError
 from .errors import from_syscall
-from .openai import Shape
+from .shapes import Shape
 
 DONE = b"data: [DONE]\n\n"
+SSE_TYPE = b"text/event-stream; charset=utf-8"
 
 
 class ClientGone(Exception):
@@ -81,61 +84,181 @@ async def collect(stream: Stream) -> dict:
     return stream.result
 
 
+async def all_of(work) -> list:
+    """Each awaitable's result, in order; the first failure cancels the others (gather would leave them running)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Generation:
+    """The infer streams of one HTTP request (one per prompt), holding as many of its principal's stream
+    slots: opened together, read together, and cancelled together unless they all ended.
+
+    The timestamps are for answers that report durations (Ollama's, in ns)."""
+
+    def __init__(self, gateway, request: Request, who):
+        self.gateway = gateway
+        self.request = request
+        self.who = who
+        self.streams: list[Stream] = []
+        self.slots = 0
+        self.handed_over = False
+        self.cancelled = False
+        self.started = time.perf_counter()
+        self.first_at: float | None = None
+
+    async def open(self, calls: list[dict]) -> list[str | None]:
+        """Start one infer stream per argument set and wait for each one's first text, so a request the
+        kernel refuses gets its HTTP status; ClientGone if the client leaves meanwhile."""
+        for args in calls:
+            self.gateway.principals.take_stream(self.who)
+            self.slots += 1
+            self.streams.append(await self.gateway.call(self.request, self.who, "stream", **args))
+        # Every first frame is awaited, failed or not, so that a stream the kernel refused is known to have
+        # ended (the same refusal usually ends them all: nothing is then cancelled in vain).
+        firsts = await self.unless_gone(asyncio.gather(*map(first_delta, self.streams), return_exceptions=True))
+        for first in firsts:
+            if isinstance(first, BaseException):
+                raise first
+        self.first_at = time.perf_counter()
+        return firsts
+
+    async def collect(self) -> list[dict]:
+        """Every stream's final result, in order."""
+        return await self.unless_gone(all_of(map(collect, self.streams)))
+
+    async def unless_gone(self, work: Awaitable):
+        return await unless_gone(self.request.receive, work, self.cancel)
+
+    async def cancel(self) -> None:
+        """Cancel, once, the streams that have not ended (a cancel of an ended one would be an ENOENT in the
+        kernel's error counts for every refused request)."""
+        if not self.cancelled:
+            self.cancelled = True
+            await asyncio.gather(*(cancel_quietly(s) for s in self.streams if not s.ended))
+
+    def release(self) -> None:
+        for _ in range(self.slots):
+            self.gateway.principals.give_stream(self.who)
+        self.slots = 0
+
+    def respond(self, body: AsyncIterator[bytes], media_type: bytes = SSE_TYPE) -> "EventStream":
+        """The streamed answer, which from now on cancels and releases the streams itself."""
+        self.handed_over = True
+        return EventStream(body, self.cancel, self.release, media_type)
+
+    async def close(self) -> None:
+        """After the handler: unless the answer streams on, cancel what still runs and give the slots back."""
+        if not self.handed_over:
+            try:
+                await self.cancel()
+            finally:
+                self.release()
+
+
+async def merged(streams: list[Stream], firsts: list[str | None]) -> AsyncIterator[tuple[int, str]]:
+    """(index, text) from several streams as it comes, past each one's first text; an errno is raised."""
+    if len(streams) == 1:          # the common case, and the hot path of a stream: no queue between
+        if firsts[0] is not None:
+            async for delta in streams[0]:
+                yield 0, delta
+        return
+    queue: asyncio.Queue = asyncio.Queue(maxsize=64)
+
+    async def pump(i: int, stream: Stream) -> None:
+        try:
+            if firsts[i] is not None:
+                async for delta in stream:
+                    await queue.put((i, delta, None))
+        except LLMOSError as exc:
+            await queue.put((i, None, exc))
+        else:
+            await queue.put((i, None, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        for _ in range(len(streams)):
+            while True:
+                i, delta, exc = await queue.get()
+                if exc is not None:
+                    raise exc
+                if delta is None:
+                    break
+                yield i, delta
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def sse(obj: dict) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-def text_event(shape: Shape) -> Callable[[str], bytes]:
+def text_event(shape: Shape, index: int = 0) -> Callable[[str], bytes]:
     """sse(shape.chunk(delta)) for any delta, by splicing the delta's JSON into the chunk's bytes built once:
     one small json.dumps per token instead of the whole chunk's (the hot path of a stream)."""
     marker = "\ue000delta\ue000"
-    head, tail = sse(shape.chunk(marker)).split(json.dumps(marker).encode())
+    head, tail = sse(shape.chunk(marker, index=index)).split(json.dumps(marker).encode())
     return lambda delta: head + json.dumps(delta).encode() + tail
 
 
-async def events(stream: Stream, shape: Shape, first: str | None, include_usage: bool,
-                 finished: Callable[[dict], None]) -> AsyncIterator[bytes]:
-    """The SSE events of one streamed completion: role and first text, the rest, finish_reason, usage, [DONE]."""
-    yield sse(shape.chunk(first or "", first=True))
-    text = text_event(shape)
+async def events(gen: Generation, shape: Shape, firsts: list[str | None], include_usage: bool,
+                 finished: Callable[[list[dict]], None], prefixes: list[str] | None = None) -> AsyncIterator[bytes]:
+    """The SSE events of one streamed completion: for each choice its role and first text (after its prefix:
+    echo's prompt), the rest as it comes, each finish_reason, the usage if asked, [DONE]."""
+    prefixes = prefixes or [""] * len(firsts)
+    for i, first in enumerate(firsts):
+        yield sse(shape.chunk(prefixes[i] + (first or ""), first=True, index=i))
+    texts = [text_event(shape, i) for i in range(len(firsts))]
     try:
-        if first is not None:
-            async for delta in stream:
-                if delta:
-                    yield text(delta)
+        async for i, delta in merged(gen.streams, firsts):
+            if delta:
+                yield texts[i](delta)
     except LLMOSError as exc:
+        await gen.cancel()          # the other choices' requests: nobody will read them
         yield from_syscall(exc).sse()
         return
-    result = stream.result
-    finished(result)
-    shape.model = result.get("model") or shape.model
-    yield sse(shape.chunk(None, result["finish_reason"]))
+    results = [s.result for s in gen.streams]
+    finished(results)
+    for i, result in enumerate(results):
+        yield sse(shape.chunk(None, result["finish_reason"], index=i))
     if include_usage:
-        yield sse(shape.usage_chunk(result))
+        yield sse(shape.usage_chunk(results))
     yield DONE
 
 
 class EventStream:
-    """An ASGI response writing server-sent events; a disconnect cancels the kernel request at once."""
+    """An ASGI response writing a stream of events (SSE, or Ollama's NDJSON); a disconnect cancels the kernel
+    requests at once. Counted in the gateway's open-streams gauge while it runs."""
 
-    headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
-               (b"x-accel-buffering", b"no")]
-
-    def __init__(self, body: AsyncIterator[bytes], stream: Stream, release: Callable[[], None]):
+    def __init__(self, body: AsyncIterator[bytes], cancel: Callable[[], Awaitable[None]], release: Callable[[], None],
+                 media_type: bytes = SSE_TYPE):
         self.body = body
-        self.stream = stream
-        self.release = release       # gives back the principal's stream slot, however the stream ends
+        self.cancel = cancel
+        self.release = release       # gives back the principal's stream slots, however the stream ends
+        self.headers = [(b"content-type", media_type), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
         gone = asyncio.ensure_future(_disconnected(receive))
+        metrics = getattr(scope["app"].state, "metrics", None) if "app" in scope else None
+        if metrics is not None:
+            metrics.open_streams.inc()
         try:
             await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
             if not pump.done() or pump.exception() is not None:    # the client left (or a write to it failed)
                 pump.cancel()
                 scope.setdefault("state", {})["disconnected"] = True
-                await cancel_quietly(self.stream)
+                await self.cancel()
         finally:
+            if metrics is not None:
+                metrics.open_streams.dec()
             pump.cancel()
             gone.cancel()
             await asyncio.gather(pump, gone, return_exceptions=True)

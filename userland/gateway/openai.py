@@ -1,4 +1,4 @@
-"""OpenAI's request bodies checked and turned into syscall arguments, and llmos's results into OpenAI's shapes.
+"""OpenAI's request bodies checked and turned into syscall arguments (shapes.py turns results into answers).
 
 One table per endpoint says what each parameter becomes: passed to the syscall, accepted only at
 the value that changes nothing (n=1, logprobs false, a zero penalty...), or refused with 400
@@ -8,10 +8,6 @@ something llmos does not do learns it at once rather than from odd output.
 
 from __future__ import annotations
 
-import base64
-import struct
-import time
-import uuid
 from typing import Any, Callable
 
 from llmos.specs import SYSCALLS
@@ -21,7 +17,11 @@ from .errors import bad_param, unsupported
 
 _INFER = SYSCALLS["infer"].args
 MAX_TOKENS_LIMIT = _INFER["max_tokens"].max       # the syscall table's bound
-ROLES = ("system", "user", "assistant", "tool")
+MAX_STOPS, MAX_STOP_LEN = _INFER["stop"].max_items, _INFER["stop"].max_len
+MAX_PROMPTS = 16          # prompts in one /v1/completions request: each is a generation in flight, run at once
+MAX_DIMENSIONS = 1 << 16  # past any model's width: a bound on the number before the model's own is known
+ROLES = ("system", "developer", "user", "assistant", "tool")
+AS_ROLE = {"developer": "system"}     # OpenAI's newer name for system instructions; chat templates know system
 MESSAGE_FIELDS = {"role", "content", "name", "tool_call_id"}    # name and tool_call_id: accepted, not sent on
 
 
@@ -54,9 +54,13 @@ def _seed(v):
 
 
 def _stop(v):
-    if isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v)):
-        return v
-    raise bad_param("stop", "'stop' must be a string or a list of strings")
+    """Checked here against infer's bounds, so that the 400 names `stop` (the kernel's EINVAL names no parameter)."""
+    if not (isinstance(v, str) or (isinstance(v, list) and all(isinstance(s, str) for s in v))):
+        raise bad_param("stop", "'stop' must be a string or a list of strings")
+    stops = [v] if isinstance(v, str) else v
+    if len(stops) > MAX_STOPS or any(len(s) > MAX_STOP_LEN for s in stops):
+        raise bad_param("stop", f"'stop' takes at most {MAX_STOPS} strings of at most {MAX_STOP_LEN} characters")
+    return v
 
 
 def _text(param: str) -> Callable[[Any], str]:
@@ -75,6 +79,12 @@ def _bool(param: str) -> Callable[[Any], bool]:
     return check
 
 
+def _dimensions(v):
+    if not _is_int(v) or not 1 <= v <= MAX_DIMENSIONS:
+        raise bad_param("dimensions", "'dimensions' must be a positive integer, at most the model's own dimension")
+    return v
+
+
 def _stream_options(v):
     if not isinstance(v, dict) or not set(v) <= {"include_usage"} or not isinstance(v.get("include_usage", False), bool):
         raise bad_param("stream_options", "'stream_options' supports only {\"include_usage\": true|false}")
@@ -86,15 +96,15 @@ SAMPLING = {"model": _text("model"), "temperature": _number("temperature", 0.0, 
             "top_p": _number("top_p", 0.0, 1.0), "seed": _seed, "stop": _stop, "stream": _bool("stream"),
             "stream_options": _stream_options, "user": _text("user"), "max_tokens": _max_tokens("max_tokens")}
 CHAT_PARAMS = {**SAMPLING, "messages": lambda v: v, "max_completion_tokens": _max_tokens("max_completion_tokens")}
-COMPLETION_PARAMS = {**SAMPLING, "prompt": lambda v: v}
+COMPLETION_PARAMS = {**SAMPLING, "prompt": lambda v: v, "echo": _bool("echo")}
 EMBED_PARAMS = {"model": _text("model"), "input": lambda v: v, "user": _text("user"),
-                "encoding_format": lambda v: v}
+                "encoding_format": lambda v: v, "dimensions": _dimensions}
 
 # Parameters accepted only at the value that asks for nothing llmos lacks; any other value is 400.
 NEUTRAL = {"n": (1,), "logprobs": (False, 0), "top_logprobs": (0,), "presence_penalty": (0, 0.0),
            "frequency_penalty": (0, 0.0), "logit_bias": ({},), "tools": ([],), "functions": ([],),
            "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (False,),
-           "response_format": ({"type": "text"},), "echo": (False,), "best_of": (1,), "suffix": ("",),
+           "response_format": ({"type": "text"},), "best_of": (1,), "suffix": ("",),
            "store": (False,)}
 
 
@@ -143,12 +153,13 @@ def chat_request(body: Any) -> tuple[dict, dict]:
     return {**_infer_args(p), "messages": chat_messages(p["messages"])}, p
 
 
-def chat_messages(messages: Any) -> list[dict]:
+def chat_messages(messages: Any, name: str = "messages") -> list[dict]:
+    """Checked messages as infer takes them; errors name the list as the request did (`input` in /v1/responses)."""
     if not isinstance(messages, list) or not messages:
-        raise bad_param("messages", "'messages' must be a non-empty list")
+        raise bad_param(name, f"'{name}' must be a non-empty list")
     out = []
     for i, m in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(m, dict):
             raise bad_param(where, f"{where} must be an object with 'role' and 'content'")
         extra = set(m) - MESSAGE_FIELDS
@@ -156,7 +167,7 @@ def chat_messages(messages: Any) -> list[dict]:
             raise unsupported(f"{where}.{min(extra)}")
         if m.get("role") not in ROLES:
             raise bad_param(f"{where}.role", f"{where}.role must be one of {', '.join(ROLES)}")
-        out.append({"role": m["role"], "content": _content(m.get("content"), where)})
+        out.append({"role": AS_ROLE.get(m["role"], m["role"]), "content": _content(m.get("content"), where)})
     return out
 
 
@@ -174,18 +185,33 @@ def _content(content: Any, where: str) -> str:
     raise bad_param(f"{where}.content", f"{where}.content must be a string or a list of text parts")
 
 
-def completion_request(body: Any) -> tuple[dict, dict]:
-    """(infer's arguments, the checked parameters) for /v1/completions."""
+def completion_request(body: Any) -> tuple[list[dict], dict]:
+    """(infer's arguments for each prompt, in order; the checked parameters) for /v1/completions."""
     p = checked(body, COMPLETION_PARAMS, ("n", "logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
-                                          "echo", "best_of", "suffix"))
-    prompt = p.get("prompt")
-    if not isinstance(prompt, str):
-        raise bad_param("prompt", "'prompt' must be one string (lists of prompts and token arrays are not supported)")
-    return {**_infer_args(p), "prompt": prompt}, p
+                                          "best_of", "suffix"))
+    args = _infer_args(p)
+    return [{**args, "prompt": prompt} for prompt in prompts(p.get("prompt"))], p
 
 
-def embedding_request(body: Any) -> tuple[dict, str]:
-    """(embed's arguments, the encoding format: float or base64) for /v1/embeddings."""
+def prompts(prompt: Any) -> list[str]:
+    """A prompt string, or a list of 1 to MAX_PROMPTS of them. Token arrays are 400: infer takes text, and the
+    gateway has no tokenizer to turn token ids back into it (a model's tokenizer lives in its driver)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise bad_param("prompt", "'prompt' must be a string or a non-empty list of strings")
+    if all(isinstance(t, str) for t in prompt):
+        if len(prompt) > MAX_PROMPTS:
+            raise bad_param("prompt", f"'prompt' holds {len(prompt)} prompts; at most {MAX_PROMPTS} in one request")
+        return prompt
+    if all(_is_int(t) or (isinstance(t, list) and all(_is_int(i) for i in t)) for t in prompt):
+        raise bad_param("prompt", "'prompt' as token ids is not supported: llmos takes prompts as text "
+                                  "(the gateway has no tokenizer to decode token ids); send the text")
+    raise bad_param("prompt", "'prompt' must be a string or a non-empty list of strings")
+
+
+def embedding_request(body: Any) -> tuple[dict, str, int | None]:
+    """(embed's arguments, the encoding format: float or base64, the dimensions asked) for /v1/embeddings."""
     p = checked(body, EMBED_PARAMS, ())
     texts = p.get("input")
     if not (isinstance(texts, str) or (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts))):
@@ -193,70 +219,4 @@ def embedding_request(body: Any) -> tuple[dict, str]:
     encoding = p.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise bad_param("encoding_format", "'encoding_format' must be float or base64")
-    return {"input": texts, "model": p.get("model") or DEFAULT_EMBED_MODEL}, encoding
-
-
-# --- answers --------------------------------------------------------------------------------------
-
-class Shape:
-    """The id, creation time and object names shared by one answer's body or chunks."""
-
-    def __init__(self, chat: bool, model: str | None):
-        self.chat = chat
-        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-        self.created = int(time.time())
-        self.model = model or ""
-
-    def _head(self, obj: str) -> dict:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    def full(self, result: dict) -> dict:
-        """The whole answer of a call without stream."""
-        self.model = result.get("model") or self.model
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": result["text"]},
-                      "finish_reason": result["finish_reason"], "logprobs": None}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": usage(result)}
-        choice = {"index": 0, "text": result["text"], "finish_reason": result["finish_reason"], "logprobs": None}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage(result)}
-
-    def chunk(self, delta: str | None, finish_reason: str | None = None, first: bool = False) -> dict:
-        """One streamed chunk: text (the first carries the role), or the last with finish_reason."""
-        if self.chat:
-            body: dict = {} if delta is None else {"content": delta}
-            if first:
-                body = {"role": "assistant", **body}
-            choice = {"index": 0, "delta": body, "finish_reason": finish_reason, "logprobs": None}
-            return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": delta or "", "finish_reason": finish_reason, "logprobs": None}
-        return {**self._head("text_completion"), "choices": [choice]}
-
-    def usage_chunk(self, result: dict) -> dict:
-        """stream_options.include_usage: a last chunk with no choices and the usage."""
-        return {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [],
-                "usage": usage(result)}
-
-
-def usage(result: dict) -> dict:
-    u = result.get("usage") or {}
-    prompt, completion = u.get("prompt_tokens", 0), u.get("completion_tokens", 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def embeddings_answer(result: dict, encoding: str) -> dict:
-    def vector(v: list[float]):
-        if encoding == "base64":
-            return base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode()
-        return v
-    data = [{"object": "embedding", "index": i, "embedding": vector(v)} for i, v in enumerate(result["vectors"])]
-    tokens = (result.get("usage") or {}).get("prompt_tokens", 0)
-    return {"object": "list", "data": data, "model": result["model"],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-
-
-def models_answer(result: dict) -> dict:
-    """loaded + available, once each, in OpenAI's list shape."""
-    names: dict[str, None] = {}
-    for m in result.get("loaded", []) + result.get("available", []):
-        names.setdefault(m["name"])
-    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "llmos"} for n in names]}
+    return {"input": texts, "model": p.get("model") or DEFAULT_EMBED_MODEL}, encoding, p.get("dimensions")
