@@ -59,7 +59,7 @@ def test_every_errno_has_a_status_in_the_doc(errno):
 
 @pytest.mark.parametrize("seed", [-1, -2**63, 0, 7, 2**63 - 1, 2**63, 2**64 - 1])
 def test_any_64_bit_seed_reaches_infer_inside_its_bounds_as_the_engine_read_it(seed):
-    args, _ = chat_request({"messages": [{"role": "user", "content": "hi"}], "seed": seed})
+    (args,), _ = chat_request({"messages": [{"role": "user", "content": "hi"}], "seed": seed})
     assert SYSCALLS["infer"].validate(args)["seed"] == seed % 2**63    # what the engine made of it before
 
 

@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from ..errors import KeyRefused, LLMOSError
 from . import ollama, responses
-from .errors import ApiError, from_syscall
+from .errors import ApiError, bad_param, from_syscall
 from .generation import ClientGone, Generation, events
 from .keys import KeyTable
 from .observe import GatewayMetrics, Observed, metrics_route
@@ -158,13 +158,11 @@ async def _complete(request: Request, chat: bool):
     g = _gateway(request)
     who = await g.identify(request)
     body = await g.body(request)
-    if chat:
-        args, params = chat_request(body)
-        calls = [args]
-    else:
-        calls, params = completion_request(body)
+    calls, params = chat_request(body) if chat else completion_request(body)
     request.state.user = params.get("user")
     shape = Shape(chat, await g.model_used(request, who, params.get("model")))
+    if params.get("echo") and any("prompt" not in c for c in calls):
+        raise bad_param("echo", "'echo' needs the prompt as text: the gateway cannot write token ids back as text")
     prefixes = [c["prompt"] for c in calls] if params.get("echo") else None
     gen = Generation(g, request, who)
     try:

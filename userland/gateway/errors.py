@@ -67,15 +67,17 @@ def unsupported(param: str, why: str = "") -> ApiError:
                     code="unsupported_parameter")
 
 
-def from_syscall(exc: LLMOSError, param: str | None = None) -> ApiError:
+def from_syscall(exc: LLMOSError, param: str | None = None, invalid: str | None = None) -> ApiError:
     """The answer for a syscall that failed: a lost kernel is 503 (a refused key is not: 403), each errno its status.
 
     `param` (the model) is named only in a 404: the kernel's EINVAL says what is wrong in its message, not
-    which request parameter it came from, and naming the model there would point the client the wrong way."""
+    which request parameter it came from, and naming the model there would point the client the wrong way;
+    `invalid` is the parameter an EINVAL is about, where the caller could tell it from the message."""
     if isinstance(exc, KernelUnavailable) and not isinstance(exc, KeyRefused):
         return ApiError(503, f"the llmos kernel is unavailable: {exc.message}", "service_unavailable",
                         code="kernel_unavailable", retry_after=DEFAULT_RETRY_AFTER_S)
     status, kind = STATUS_OF_ERRNO.get(exc.errno, (500, "server_error"))
     code = "model_not_found" if exc.errno == "ENOENT" else exc.errno
-    return ApiError(status, exc.message, kind, param=param if status == 404 else None, code=code,
+    named = param if status == 404 else invalid if exc.errno == "EINVAL" else None
+    return ApiError(status, exc.message, kind, param=named, code=code,
                     retry_after=exc.retry_after if status in (429, 503) else None)

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from ..client import Stream
 from ..errors import LLMOSError
 from .errors import from_syscall
+from .structured import param_of
 from .shapes import Shape
 
 DONE = b"data: [DONE]\n\n"
@@ -71,7 +72,7 @@ async def first_delta(stream: Stream) -> str | None:
     except StopAsyncIteration:
         return None
     except LLMOSError as exc:
-        raise from_syscall(exc, "model") from None
+        raise from_syscall(exc, "model", param_of(exc.message)) from None
 
 
 async def collect(stream: Stream) -> dict:
@@ -80,8 +81,15 @@ async def collect(stream: Stream) -> dict:
         async for _ in stream:
             pass
     except LLMOSError as exc:
-        raise from_syscall(exc, "model") from None
+        raise from_syscall(exc, "model", param_of(exc.message)) from None
     return stream.result
+
+
+def same_prompt(calls: list[dict]) -> bool:
+    """Whether the calls generate from one prompt (n choices), differing at most in their seeds."""
+    def key(args: dict) -> dict:
+        return {k: v for k, v in args.items() if k != "seed"}
+    return all(key(c) == key(calls[0]) for c in calls[1:])
 
 
 async def all_of(work) -> list:
@@ -114,18 +122,31 @@ class Generation:
 
     async def open(self, calls: list[dict]) -> list[str | None]:
         """Start one infer stream per argument set and wait for each one's first text, so a request the
-        kernel refuses gets its HTTP status; ClientGone if the client leaves meanwhile."""
+        kernel refuses gets its HTTP status; ClientGone if the client leaves meanwhile.
+
+        n choices of one prompt (calls alike but for their seeds) start one after the first's first
+        token: its prompt is then in the prefix cache, and the others read it there instead of
+        computing it again (the kernel shares cached prompt blocks within a principal)."""
+        head = calls[:1] if len(calls) > 1 and same_prompt(calls) else calls
+        firsts = await self._start(head)
+        if head is not calls:
+            firsts += await self._start(calls[1:])
+        self.first_at = time.perf_counter()
+        return firsts
+
+    async def _start(self, calls: list[dict]) -> list[str | None]:
+        streams = []
         for args in calls:
             self.gateway.principals.take_stream(self.who)
             self.slots += 1
-            self.streams.append(await self.gateway.call(self.request, self.who, "stream", **args))
+            streams.append(await self.gateway.call(self.request, self.who, "stream", **args))
+            self.streams.append(streams[-1])
         # Every first frame is awaited, failed or not, so that a stream the kernel refused is known to have
         # ended (the same refusal usually ends them all: nothing is then cancelled in vain).
-        firsts = await self.unless_gone(asyncio.gather(*map(first_delta, self.streams), return_exceptions=True))
+        firsts = await self.unless_gone(asyncio.gather(*map(first_delta, streams), return_exceptions=True))
         for first in firsts:
             if isinstance(first, BaseException):
                 raise first
-        self.first_at = time.perf_counter()
         return firsts
 
     async def collect(self) -> list[dict]:
@@ -161,12 +182,13 @@ class Generation:
                 self.release()
 
 
-async def merged(streams: list[Stream], firsts: list[str | None]) -> AsyncIterator[tuple[int, str]]:
-    """(index, text) from several streams as it comes, past each one's first text; an errno is raised."""
+async def merged(streams: list[Stream], firsts: list[str | None]) -> AsyncIterator[tuple[int, str, list | None]]:
+    """(index, text, its logprobs if asked) from several streams as it comes, past each one's first text;
+    an errno is raised."""
     if len(streams) == 1:          # the common case, and the hot path of a stream: no queue between
         if firsts[0] is not None:
             async for delta in streams[0]:
-                yield 0, delta
+                yield 0, delta, streams[0].logprobs
         return
     queue: asyncio.Queue = asyncio.Queue(maxsize=64)
 
@@ -174,22 +196,22 @@ async def merged(streams: list[Stream], firsts: list[str | None]) -> AsyncIterat
         try:
             if firsts[i] is not None:
                 async for delta in stream:
-                    await queue.put((i, delta, None))
+                    await queue.put((i, delta, stream.logprobs, None))
         except LLMOSError as exc:
-            await queue.put((i, None, exc))
+            await queue.put((i, None, None, exc))
         else:
-            await queue.put((i, None, None))
+            await queue.put((i, None, None, None))
 
     tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
     try:
         for _ in range(len(streams)):
             while True:
-                i, delta, exc = await queue.get()
+                i, delta, logprobs, exc = await queue.get()
                 if exc is not None:
                     raise exc
                 if delta is None:
                     break
-                yield i, delta
+                yield i, delta, logprobs
     finally:
         for task in tasks:
             task.cancel()
@@ -214,11 +236,13 @@ async def events(gen: Generation, shape: Shape, firsts: list[str | None], includ
     echo's prompt), the rest as it comes, each finish_reason, the usage if asked, [DONE]."""
     prefixes = prefixes or [""] * len(firsts)
     for i, first in enumerate(firsts):
-        yield sse(shape.chunk(prefixes[i] + (first or ""), first=True, index=i))
+        yield sse(shape.chunk(prefixes[i] + (first or ""), first=True, index=i, logprobs=gen.streams[i].logprobs))
     texts = [text_event(shape, i) for i in range(len(firsts))]
     try:
-        async for i, delta in merged(gen.streams, firsts):
-            if delta:
+        async for i, delta, logprobs in merged(gen.streams, firsts):
+            if logprobs:
+                yield sse(shape.chunk(delta, index=i, logprobs=logprobs))
+            elif delta:
                 yield texts[i](delta)
     except LLMOSError as exc:
         await gen.cancel()          # the other choices' requests: nobody will read them
@@ -227,6 +251,8 @@ async def events(gen: Generation, shape: Shape, firsts: list[str | None], includ
     results = [s.result for s in gen.streams]
     finished(results)
     for i, result in enumerate(results):
+        if result.get("tool_calls"):
+            yield sse(shape.chunk(None, index=i, tool_calls=result["tool_calls"]))
         yield sse(shape.chunk(None, result["finish_reason"], index=i))
     if include_usage:
         yield sse(shape.usage_chunk(results))

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from llmos.specs import SYSCALLS
 from llmos.specs.registry import DEFAULT_EMBED_MODEL
 
+from . import structured
 from .errors import bad_param, unsupported
 
 _INFER = SYSCALLS["infer"].args
@@ -22,7 +23,7 @@ MAX_PROMPTS = 16          # prompts in one /v1/completions request: each is a ge
 MAX_DIMENSIONS = 1 << 16  # past any model's width: a bound on the number before the model's own is known
 ROLES = ("system", "developer", "user", "assistant", "tool")
 AS_ROLE = {"developer": "system"}     # OpenAI's newer name for system instructions; chat templates know system
-MESSAGE_FIELDS = {"role", "content", "name", "tool_call_id"}    # name and tool_call_id: accepted, not sent on
+MESSAGE_FIELDS = {"role", "content", "name", "tool_call_id", "tool_calls"}    # name: accepted, not sent on
 
 
 def _is_int(v) -> bool:
@@ -95,17 +96,14 @@ def _stream_options(v):
 SAMPLING = {"model": _text("model"), "temperature": _number("temperature", 0.0, 2.0),
             "top_p": _number("top_p", 0.0, 1.0), "seed": _seed, "stop": _stop, "stream": _bool("stream"),
             "stream_options": _stream_options, "user": _text("user"), "max_tokens": _max_tokens("max_tokens")}
-CHAT_PARAMS = {**SAMPLING, "messages": lambda v: v, "max_completion_tokens": _max_tokens("max_completion_tokens")}
-COMPLETION_PARAMS = {**SAMPLING, "prompt": lambda v: v, "echo": _bool("echo")}
+CHAT_PARAMS = {**SAMPLING, **structured.CHAT, "messages": lambda v: v,
+               "max_completion_tokens": _max_tokens("max_completion_tokens")}
+COMPLETION_PARAMS = {**SAMPLING, **structured.COMPLETION, "prompt": lambda v: v, "echo": _bool("echo")}
 EMBED_PARAMS = {"model": _text("model"), "input": lambda v: v, "user": _text("user"),
                 "encoding_format": lambda v: v, "dimensions": _dimensions}
 
 # Parameters accepted only at the value that asks for nothing llmos lacks; any other value is 400.
-NEUTRAL = {"n": (1,), "logprobs": (False, 0), "top_logprobs": (0,), "presence_penalty": (0, 0.0),
-           "frequency_penalty": (0, 0.0), "logit_bias": ({},), "tools": ([],), "functions": ([],),
-           "tool_choice": ("none",), "function_call": ("none",), "parallel_tool_calls": (False,),
-           "response_format": ({"type": "text"},), "best_of": (1,), "suffix": ("",),
-           "store": (False,)}
+NEUTRAL = {"functions": ([],), "function_call": ("none",), "best_of": (1,), "suffix": ("",), "store": (False,)}
 
 
 def checked(body: Any, params: dict[str, Callable], neutral: tuple[str, ...] = ()) -> dict:
@@ -143,14 +141,23 @@ def _infer_args(p: dict) -> dict:
     return {k: v for k, v in args.items() if v is not None}
 
 
-def chat_request(body: Any) -> tuple[dict, dict]:
-    """(infer's arguments, the checked parameters) for /v1/chat/completions."""
-    p = checked(body, CHAT_PARAMS, ("n", "logprobs", "top_logprobs", "presence_penalty", "frequency_penalty",
-                                    "logit_bias", "tools", "functions", "tool_choice", "function_call",
-                                    "parallel_tool_calls", "response_format", "store"))
+def chat_request(body: Any) -> tuple[list[dict], dict]:
+    """(infer's arguments for each of the n choices, the checked parameters) for /v1/chat/completions."""
+    p = checked(body, CHAT_PARAMS, ("functions", "function_call", "store"))
     if "messages" not in p:
         raise bad_param("messages", "'messages' is required")
-    return {**_infer_args(p), "messages": chat_messages(p["messages"])}, p
+    args = {**_infer_args(p), **structured.infer_args(p, chat=True), "messages": chat_messages(p["messages"])}
+    return choices(args, p.get("n", 1)), p
+
+
+def choices(args: dict, n: int) -> list[dict]:
+    """n generations of one prompt: each its own seed (the request's seed + i, when it gave one), so
+    they differ when sampled and each is reproducible."""
+    if n == 1:
+        return [args]
+    seed = args.get("seed")
+    limit = _INFER["seed"].max + 1
+    return [{**args, **({"seed": (seed + i) % limit} if seed is not None else {})} for i in range(n)]
 
 
 def chat_messages(messages: Any, name: str = "messages") -> list[dict]:
@@ -167,7 +174,17 @@ def chat_messages(messages: Any, name: str = "messages") -> list[dict]:
             raise unsupported(f"{where}.{min(extra)}")
         if m.get("role") not in ROLES:
             raise bad_param(f"{where}.role", f"{where}.role must be one of {', '.join(ROLES)}")
-        out.append({"role": AS_ROLE.get(m["role"], m["role"]), "content": _content(m.get("content"), where)})
+        message = {"role": AS_ROLE.get(m["role"], m["role"])}
+        if m.get("tool_calls") is not None and m["role"] == "assistant":
+            if not isinstance(m["tool_calls"], list):
+                raise bad_param(f"{where}.tool_calls", f"{where}.tool_calls must be a list of calls")
+            message["tool_calls"] = m["tool_calls"]
+            message["content"] = _content(m["content"], where) if m.get("content") else ""
+        else:
+            message["content"] = _content(m.get("content"), where)
+        if m["role"] == "tool" and isinstance(m.get("tool_call_id"), str):
+            message["tool_call_id"] = m["tool_call_id"]
+        out.append(message)
     return out
 
 
@@ -187,27 +204,32 @@ def _content(content: Any, where: str) -> str:
 
 def completion_request(body: Any) -> tuple[list[dict], dict]:
     """(infer's arguments for each prompt, in order; the checked parameters) for /v1/completions."""
-    p = checked(body, COMPLETION_PARAMS, ("n", "logprobs", "presence_penalty", "frequency_penalty", "logit_bias",
-                                          "best_of", "suffix"))
-    args = _infer_args(p)
-    return [{**args, "prompt": prompt} for prompt in prompts(p.get("prompt"))], p
+    p = checked(body, COMPLETION_PARAMS, ("best_of", "suffix"))
+    args = {**_infer_args(p), **structured.infer_args(p, chat=False)}
+    every = [{**args, **prompt} for prompt in prompts(p.get("prompt"))]
+    if len(every) * p.get("n", 1) > MAX_PROMPTS:
+        raise bad_param("n", f"prompts x n is {len(every) * p.get('n', 1)}; at most {MAX_PROMPTS} in one request")
+    return [choice for one in every for choice in choices(one, p.get("n", 1))], p
 
 
-def prompts(prompt: Any) -> list[str]:
-    """A prompt string, or a list of 1 to MAX_PROMPTS of them. Token arrays are 400: infer takes text, and the
-    gateway has no tokenizer to turn token ids back into it (a model's tokenizer lives in its driver)."""
+def prompts(prompt: Any) -> list[dict]:
+    """infer's prompt argument for each prompt: a string, a list of 1 to MAX_PROMPTS strings, a token array
+    (a list of ints: infer's prompt_ids) or a list of token arrays."""
     if isinstance(prompt, str):
-        return [prompt]
+        return [{"prompt": prompt}]
     if not isinstance(prompt, list) or not prompt:
-        raise bad_param("prompt", "'prompt' must be a string or a non-empty list of strings")
+        raise bad_param("prompt", "'prompt' must be a string, a list of strings, or token ids")
+    if all(_is_int(t) for t in prompt):
+        return [{"prompt_ids": prompt}]
     if all(isinstance(t, str) for t in prompt):
-        if len(prompt) > MAX_PROMPTS:
-            raise bad_param("prompt", f"'prompt' holds {len(prompt)} prompts; at most {MAX_PROMPTS} in one request")
-        return prompt
-    if all(_is_int(t) or (isinstance(t, list) and all(_is_int(i) for i in t)) for t in prompt):
-        raise bad_param("prompt", "'prompt' as token ids is not supported: llmos takes prompts as text "
-                                  "(the gateway has no tokenizer to decode token ids); send the text")
-    raise bad_param("prompt", "'prompt' must be a string or a non-empty list of strings")
+        many = [{"prompt": t} for t in prompt]
+    elif all(isinstance(t, list) and t and all(_is_int(i) for i in t) for t in prompt):
+        many = [{"prompt_ids": t} for t in prompt]
+    else:
+        raise bad_param("prompt", "'prompt' must be a string, a list of strings, or token ids")
+    if len(many) > MAX_PROMPTS:
+        raise bad_param("prompt", f"'prompt' holds {len(many)} prompts; at most {MAX_PROMPTS} in one request")
+    return many
 
 
 def embedding_request(body: Any) -> tuple[dict, str, int | None]:

@@ -13,6 +13,7 @@ import time
 import uuid
 
 from .errors import ApiError, bad_param
+from .structured import chat_logprobs, completion_logprobs, tool_call_deltas
 
 OWNER = "llmos"      # owned_by of a model the kernel serves to everyone; an adapter's is its owner principal
 
@@ -39,28 +40,43 @@ class Shape:
         self.model = results[0].get("model") or self.model
         prefixes = prefixes or [""] * len(results)
         if self.chat:
-            choices = [{"index": i, "message": {"role": "assistant", "content": r["text"]},
-                        "finish_reason": r["finish_reason"], "logprobs": None} for i, r in enumerate(results)]
+            choices = [{"index": i, "message": message(r), "finish_reason": r["finish_reason"],
+                        "logprobs": chat_logprobs(r.get("logprobs"))} for i, r in enumerate(results)]
             return {**self._head("chat.completion"), "choices": choices, "usage": usage(results)}
-        choices = [{"index": i, "text": pre + r["text"], "finish_reason": r["finish_reason"], "logprobs": None}
+        choices = [{"index": i, "text": pre + r["text"], "finish_reason": r["finish_reason"],
+                    "logprobs": completion_logprobs(r.get("logprobs"), len(pre))}
                    for i, (r, pre) in enumerate(zip(results, prefixes))]
         return {**self._head("text_completion"), "choices": choices, "usage": usage(results)}
 
-    def chunk(self, delta: str | None, finish_reason: str | None = None, first: bool = False, index: int = 0) -> dict:
-        """One streamed chunk of choice `index`: text (the first carries the role), or the last with finish_reason."""
+    def chunk(self, delta: str | None, finish_reason: str | None = None, first: bool = False, index: int = 0,
+              logprobs: list | None = None, tool_calls: list | None = None) -> dict:
+        """One streamed chunk of choice `index`: text (the first carries the role) with its tokens' logprobs
+        if asked, the tool calls, or the last with finish_reason."""
         if self.chat:
             body: dict = {} if delta is None else {"content": delta}
             if first:
                 body = {"role": "assistant", **body}
-            choice = {"index": index, "delta": body, "finish_reason": finish_reason, "logprobs": None}
+            if tool_calls:
+                body["tool_calls"] = tool_call_deltas(tool_calls)
+            choice = {"index": index, "delta": body, "finish_reason": finish_reason,
+                      "logprobs": chat_logprobs(logprobs)}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": index, "text": delta or "", "finish_reason": finish_reason, "logprobs": None}
+        choice = {"index": index, "text": delta or "", "finish_reason": finish_reason,
+                  "logprobs": completion_logprobs(logprobs)}
         return {**self._head("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, results: list[dict]) -> dict:
         """stream_options.include_usage: a last chunk with no choices and the usage of all of them."""
         return {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [],
                 "usage": usage(results)}
+
+
+def message(result: dict) -> dict:
+    """A chat choice's message: its text, or its tool calls (content null when it is only calls)."""
+    calls = result.get("tool_calls")
+    if not calls:
+        return {"role": "assistant", "content": result["text"]}
+    return {"role": "assistant", "content": result["text"] or None, "tool_calls": calls}
 
 
 def usage(results: list[dict]) -> dict:
