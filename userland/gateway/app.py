@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import KeyRefused, LLMOSError
+from . import console
 from .errors import ApiError, from_syscall
 from .generation import ClientGone, EventStream, cancel_quietly, collect, events, first_delta, unless_gone
 from .keys import KeyTable
@@ -250,8 +251,9 @@ def make_app(settings: Settings) -> Starlette:
     async def lifespan(app):
         yield
         await gateway.principals.close()
+        await console.close(app)
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=ROUTES + console.ROUTES, lifespan=lifespan,
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error})
     app.state.gateway = gateway
     app.add_middleware(AccessLog)
