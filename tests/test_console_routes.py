@@ -187,12 +187,21 @@ def test_load_and_unload_a_model(gateway, tiny_bert, tmp_path):
     copy = shutil.copytree(tiny_bert, tmp_path / "console-bert")
     r = post(gateway, "/console/api/models/load", {"model": str(copy)})
     assert r.status_code == 200, r.text
-    name = r.json()["name"]
+    name = load_result(r)["name"]
     assert wait_until(lambda: any(m["name"] == name and m["state"] == "ready" and m["refs"] == 0    # no ref held
                                   for m in snapshot(gateway)["models"]["loaded"]), timeout=5)
     assert post(gateway, "/console/api/models/unload", {"model": name}).status_code == 200
     assert wait_until(lambda: name not in {m["name"] for m in snapshot(gateway)["models"]["loaded"]}, timeout=5)
     assert post(gateway, "/console/api/models/load", {"model": "no-such-model"}).status_code == 404
+
+
+def load_result(r: httpx.Response) -> dict:
+    """A load's result: its JSON, or the last event when the gateway told progress first."""
+    if not r.headers["content-type"].startswith("text/event-stream"):
+        return r.json()
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    assert all("progress" in e for e in events[:-1]), events
+    return events[-1]["result"]
 
 
 def test_services_are_listed_and_a_task_is_called(gateway):

@@ -10,7 +10,8 @@ denied try is audited by the kernel and the next, smaller set is asked for.
 However many pages a principal has open, the kernel is asked at most once per SNAPSHOT_TTL_S
 for them all (one in-flight snapshot, awaited by every subscriber), and at most MAX_SUBSCRIBERS
 event streams are open at once (MAX_SUBSCRIBERS_PER_PRINCIPAL of one principal): past either,
-a new one is 429. A page gets one event per EVENT_INTERVAL_S.
+a new one is 429. A page gets one event per EVENT_INTERVAL_S. Loads started from the console
+(which tell their progress more often, loading.py) are bounded the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ EVENT_INTERVAL_S = 1.0
 SNAPSHOT_TTL_S = 0.9
 MAX_SUBSCRIBERS = 32
 MAX_SUBSCRIBERS_PER_PRINCIPAL = 8
+MAX_LOADS = 16                  # loads a console request waits on, telling their progress
+MAX_LOADS_PER_PRINCIPAL = 2
 CONSOLE_NAME = "llmos-console"
 
 
@@ -105,13 +108,36 @@ async def take_snapshot(client: AsyncClient) -> dict:
     }
 
 
+class Slots:
+    """A bounded count of things held open, in all and per identity: 429 past either, given back by release()."""
+
+    def __init__(self, what: str, most: int, most_each: int, advice: str, code: str):
+        self.what, self.most, self.most_each, self.advice, self.code = what, most, most_each, advice, code
+        self._held: dict[Identity, int] = {}
+
+    def take(self, who: Identity) -> None:
+        mine = self._held.get(who, 0)
+        if sum(self._held.values()) >= self.most or mine >= self.most_each:
+            raise ApiError(429, f"too many open {self.what} ({self.most} in all, {self.most_each} per principal); "
+                                f"{self.advice}", "rate_limit_error", code=self.code, retry_after=5)
+        self._held[who] = mine + 1
+
+    def release(self, who: Identity) -> None:
+        left = self._held.pop(who, 0) - 1
+        if left > 0:
+            self._held[who] = left
+
+
 class Live:
     """The console's connections, its shared snapshots and its bounded event subscribers."""
 
     def __init__(self, socket: str | None, key: str | None):
         self.connections = ConsoleConnections(socket, key, max_streams=0)
         self._snapshots: dict[Identity, tuple[float, asyncio.Future]] = {}
-        self._subscribers: dict[Identity, int] = {}
+        self.subscribers = Slots("console event streams", MAX_SUBSCRIBERS, MAX_SUBSCRIBERS_PER_PRINCIPAL,
+                                 "close a console page", "too_many_event_streams")
+        self.loads = Slots("model loads from the console", MAX_LOADS, MAX_LOADS_PER_PRINCIPAL,
+                           "wait for one to finish", "too_many_loads")
 
     async def snapshot(self, who: Identity, fetch: Callable[[], Awaitable[dict]]) -> dict:
         """The identity's snapshot, at most SNAPSHOT_TTL_S old; one kernel round (fetch) for all who ask meanwhile."""
@@ -121,20 +147,6 @@ class Live:
             held = (now, asyncio.ensure_future(fetch()))
             self._snapshots[who] = held
         return await asyncio.shield(held[1])
-
-    def subscribe(self, who: Identity) -> None:
-        """Hold one of the event-stream slots; 429 past either bound. unsubscribe() gives it back."""
-        mine = self._subscribers.get(who, 0)
-        if sum(self._subscribers.values()) >= MAX_SUBSCRIBERS or mine >= MAX_SUBSCRIBERS_PER_PRINCIPAL:
-            raise ApiError(429, f"too many open console event streams ({MAX_SUBSCRIBERS} in all, "
-                                f"{MAX_SUBSCRIBERS_PER_PRINCIPAL} per principal); close a console page",
-                           "rate_limit_error", code="too_many_event_streams", retry_after=5)
-        self._subscribers[who] = mine + 1
-
-    def unsubscribe(self, who: Identity) -> None:
-        left = self._subscribers.pop(who, 0) - 1
-        if left > 0:
-            self._subscribers[who] = left
 
     def forget_snapshots(self, keep: set[Identity]) -> None:
         for who in [w for w in self._snapshots if w not in keep]:

@@ -21,14 +21,12 @@ from typing import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ...client import AsyncClient
 from ...errors import KeyRefused, LLMOSError
 from ..errors import ApiError, bad_param, from_syscall
 from ..principals import Identity, is_lost
-from . import static
 from .headers import API_HEADERS, EVENT_HEADERS
 from .live import EVENT_INTERVAL_S, Live, take_snapshot
 
@@ -136,7 +134,7 @@ async def events(request: Request):
     """One server-sent event per second with the principal's snapshot, while the page stays."""
     who = await identify(request)
     live = live_of(request)
-    live.subscribe(who)
+    live.subscribers.take(who)
     return SnapshotEvents(live, who, lambda: call(request, who, take_snapshot))
 
 
@@ -148,14 +146,14 @@ class SnapshotEvents:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
-        gone = asyncio.ensure_future(_disconnected(receive))
+        gone = asyncio.ensure_future(disconnected(receive))
         try:
             await asyncio.wait({pump, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             pump.cancel()
             gone.cancel()
             await asyncio.gather(pump, gone, return_exceptions=True)
-            self.live.unsubscribe(self.who)
+            self.live.subscribers.release(self.who)
 
     async def _pump(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": EVENT_HEADERS})
@@ -170,7 +168,7 @@ class SnapshotEvents:
             await asyncio.sleep(max(0.0, EVENT_INTERVAL_S - (loop.time() - started)))
 
 
-async def _disconnected(receive: Receive) -> None:
+async def disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
 
@@ -179,22 +177,6 @@ async def kill(request: Request):
     who = await identify(request)
     pid = field(await json_body(request), "pid", int)
     return answer(await call(request, who, lambda c: c.kill(pid)))
-
-
-async def load(request: Request):
-    """On a connection of its own, closed after: the model stays loaded but the console holds no reference."""
-    who = await identify(request)
-    body = await json_body(request)
-    model, device = field(body, "model", str), field(body, "device", str, required=False) or "auto"
-
-    async def work(_):
-        client = await live_of(request).connections.open(who)
-        try:
-            return await client.load_model(model, device=device)
-        finally:
-            await client.close()
-
-    return answer(await call(request, who, work))
 
 
 async def unload(request: Request):
@@ -220,18 +202,3 @@ async def call_service(request: Request):
     service, task = field(body, "service", str), field(body, "task", str)
     args = field(body, "args", dict, required=False)
     return answer(await call(request, who, lambda c: c.svc_call(service, task, args)))
-
-
-ROUTES = [
-    Route("/", static.index, methods=["GET"]),
-    Route("/console/api/whoami", whoami, methods=["GET"]),
-    Route("/console/api/snapshot", snapshot, methods=["GET"]),
-    Route("/console/api/events", events, methods=["GET"]),
-    Route("/console/api/processes/kill", kill, methods=["POST"]),
-    Route("/console/api/models/load", load, methods=["POST"]),
-    Route("/console/api/models/unload", unload, methods=["POST"]),
-    Route("/console/api/jobs/cancel", cancel_job, methods=["POST"]),
-    Route("/console/api/services", services, methods=["GET"]),
-    Route("/console/api/services/call", call_service, methods=["POST"]),
-    Route("/console/{path:path}", static.asset, methods=["GET"]),
-]

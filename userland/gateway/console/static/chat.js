@@ -3,6 +3,7 @@
 
 import { failure, headers, readEvents } from "./api.js";
 import { render } from "./md.js";
+import { progressText } from "./system.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -141,9 +142,7 @@ export class Chat {
     const loading = snap && snap.models.loaded.find((m) => m.name === model && m.state === "loading");
     const waited = ((performance.now() - started) / 1000).toFixed(1);
     if (loading && loading.progress) {
-      const p = loading.progress;
-      const of = p.expected_s ? ` of about ${p.expected_s.toFixed(0)} s` : "";
-      $("chat-status").textContent = `loading ${model}: ${p.stage}, ${p.elapsed_s.toFixed(1)} s${of}`;
+      $("chat-status").textContent = `loading ${model}: ${progressText(loading.progress)}`;
     } else {
       $("chat-status").textContent = `waiting for the first token… ${waited} s`;
     }

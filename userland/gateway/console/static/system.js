@@ -2,7 +2,7 @@
 // scheduler (with charts of the last minutes), fine-tune jobs. Actions post to the console's API
 // as the page's principal; the kernel refuses what that principal may not do, and we show why.
 
-import { post } from "./api.js";
+import { failure, headers, post, readEvents } from "./api.js";
 import { History, draw } from "./charts.js";
 
 const $ = (id) => document.getElementById(id);
@@ -47,6 +47,39 @@ async function act(statusId, what, path, body) {
     $(statusId).textContent = `${what}: ${e.message}`;
     $(statusId).classList.add("error");
     setTimeout(() => $(statusId).classList.remove("error"), 4000);
+  }
+}
+
+export function progressText(p) {
+  const elapsed = p.elapsed_s === undefined ? "" : `, ${p.elapsed_s.toFixed(1)} s`;
+  const expected = p.expected_s ? ` of about ${p.expected_s.toFixed(0)} s` : "";
+  return `${p.stage}${elapsed}${expected}`;
+}
+
+// A load tells its progress as server-sent events while the kernel loads (or answers JSON when it was quick).
+async function loadModel(name) {
+  const status = $("models-status");
+  status.textContent = `load ${name}…`;
+  try {
+    const r = await fetch("/console/api/models/load", {
+      method: "POST", headers: headers(true), body: JSON.stringify({ model: name }),
+    });
+    if (!r.ok) throw await failure(r);
+    if (!(r.headers.get("content-type") || "").startsWith("text/event-stream")) {
+      await r.json();
+      status.textContent = `load ${name}: done`;
+      return;
+    }
+    let outcome = "the gateway ended the load's stream";
+    await readEvents(r, (_, data) => {
+      const event = JSON.parse(data);
+      if (event.progress) status.textContent = `loading ${name}: ${progressText(event.progress)}`;
+      else if (event.result) outcome = "done";
+      else if (event.error) outcome = event.error.message;
+    });
+    status.textContent = `load ${name}: ${outcome}`;
+  } catch (e) {
+    status.textContent = `load ${name}: ${e.message}`;
   }
 }
 
@@ -144,7 +177,7 @@ export class System {
         bar.max = p.expected_s || 1;
         if (p.expected_s) bar.value = Math.min(p.elapsed_s, p.expected_s);
         bar.setAttribute("aria-label", `loading ${m.name}`);
-        state.textContent = `loading: ${p.stage}, ${p.elapsed_s.toFixed(1)} s${p.expected_s ? ` of ~${p.expected_s.toFixed(0)} s` : ""} `;
+        state.textContent = `loading: ${progressText(p)} `;
         state.append(bar);
       }
       cell(row, size(m.bytes), "num");
@@ -158,7 +191,7 @@ export class System {
     for (const a of models.available.filter((a) => !loaded.has(a.name))) {
       const li = list.appendChild(document.createElement("li"));
       li.append(`${a.name} (${a.kind}, ${a.source}) `);
-      li.append(button("Load", () => act("models-status", `load ${a.name}`, "/console/api/models/load", { model: a.name }), `Load ${a.name}`));
+      li.append(button("Load", () => loadModel(a.name), `Load ${a.name}`));
     }
   }
 
