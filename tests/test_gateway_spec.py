@@ -9,7 +9,9 @@ import pytest
 
 from llmos.specs import SYSCALLS
 from llmos.specs.protocol import ERRNOS
+from llmos.userland.gateway import console
 from llmos.userland.gateway.app import ROUTES
+from llmos.userland.gateway.console import headers, live
 from llmos.userland.gateway.errors import STATUS_OF_ERRNO
 from llmos.userland.gateway.http import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LIMIT_CONCURRENCY, MAX_CONNECTIONS, MAX_HEAD_BYTES
 from llmos.userland.gateway.openai import CHAT_PARAMS, COMPLETION_PARAMS, EMBED_PARAMS, NEUTRAL, chat_request
@@ -18,9 +20,17 @@ DOC = (Path(__file__).resolve().parent.parent / "specs" / "GATEWAY.md").read_tex
 
 
 def test_the_doc_lists_exactly_the_routes_served():
-    documented = set(re.findall(r"^\| `(/[^`]+)` \| (GET|POST) \|", DOC, re.MULTILINE))
-    served = {(r.path, m) for r in ROUTES for m in r.methods if m != "HEAD"}
+    documented = set(re.findall(r"^\| `(/[^`]*)` \| (GET|POST) \|", DOC, re.MULTILINE))
+    served = {(r.path.replace(":path}", "}"), m) for r in ROUTES + console.ROUTES for m in r.methods if m != "HEAD"}
     assert documented == served
+
+
+def test_the_doc_states_the_consoles_headers_and_bounds():
+    web = DOC.split("## Web console", 1)[1]
+    assert headers.CSP in " ".join(web.split())
+    assert f"| {live.MAX_SUBSCRIBERS} in all, {live.MAX_SUBSCRIBERS_PER_PRINCIPAL} per principal |" in web
+    assert f"| {live.MAX_LOADS} in all, {live.MAX_LOADS_PER_PRINCIPAL} per principal |" in web
+    assert f"per {live.SNAPSHOT_TTL_S:g} s" in web and f"every {console.loading.POLL_S:g} s" in web
 
 
 @pytest.mark.parametrize("param", sorted({*CHAT_PARAMS, *COMPLETION_PARAMS, *EMBED_PARAMS, *NEUTRAL}))
