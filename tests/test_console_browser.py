@@ -195,6 +195,13 @@ def test_a_wrong_key_is_refused_and_a_user_sees_only_their_own_processes(page, k
     assert page.context.cookies() == []
 
 
+def test_an_admin_reads_and_verifies_the_audit_log(page, gateway):
+    page.goto(gateway.url + "/#audit")
+    expect(page.locator("#audit-table tbody")).to_contain_text("hello")
+    page.get_by_role("button", name="Verify").click()
+    expect(page.locator("#audit-status")).to_contain_text("chain intact")
+
+
 def test_the_console_fits_a_phone(browser, gateway):
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     page = context.new_page()

@@ -16,7 +16,8 @@ PLAIN_CAPS = ["ps", "devices", "models", "load", "infer", "embed", "mem", "alloc
 API_ROUTES = [("GET", "/console/api/whoami"), ("GET", "/console/api/snapshot"), ("GET", "/console/api/events"),
               ("GET", "/console/api/services"), ("POST", "/console/api/processes/kill"),
               ("POST", "/console/api/models/load"), ("POST", "/console/api/models/unload"),
-              ("POST", "/console/api/jobs/cancel"), ("POST", "/console/api/services/call")]
+              ("POST", "/console/api/jobs/cancel"), ("POST", "/console/api/services/call"),
+              ("GET", "/console/api/audit"), ("POST", "/console/api/audit/verify")]
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,13 @@ def test_a_user_naming_a_model_path_is_403(keyed):
     gw, keys = keyed
     r = as_user(gw, keys["alice"], "POST", "/console/api/models/load", {"model": "/etc"})
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+
+
+def test_the_audit_log_is_the_kernels_to_refuse_to_a_user_and_an_admins_to_read(keyed):
+    gw, keys = keyed
+    for method, path in (("GET", "/console/api/audit"), ("POST", "/console/api/audit/verify")):
+        r = as_user(gw, keys["alice"], method, path, {})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "EPERM"
+    lines = as_user(gw, keys["ada"], "GET", "/console/api/audit?lines=1000").json()["lines"]
+    assert any(r["event"] == "denied" and r.get("principal") == "alice" for r in lines)   # her refused hellos
+    assert as_user(gw, keys["ada"], "POST", "/console/api/audit/verify", {}).json()["problem"] is None

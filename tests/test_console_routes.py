@@ -64,7 +64,7 @@ def test_the_page_is_served_at_the_root_and_under_console_with_a_strict_policy(g
 def test_the_page_has_no_inline_script_or_style(gateway):
     html = get(gateway, "/").text
     assert "<script>" not in html and "style=" not in html and "<style" not in html
-    for name in ("app.js", "api.js", "chat.js", "md.js", "system.js", "charts.js", "services.js"):
+    for name in ("app.js", "api.js", "chat.js", "md.js", "system.js", "charts.js", "services.js", "audit.js"):
         js = get(gateway, f"/console/{name}").text
         for unsafe in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write", "eval(", '"style"'):
             assert unsafe not in js, (name, unsafe)
@@ -217,3 +217,16 @@ def test_services_are_listed_and_a_task_is_called(gateway):
 
 def test_cancelling_an_unknown_job_is_404(gateway):
     assert post(gateway, "/console/api/jobs/cancel", {"job": "no-such-job"}).status_code == 404
+
+
+def test_the_operator_reads_and_verifies_the_audit_log(gateway):
+    lines = get(gateway, "/console/api/audit?lines=20").json()["lines"]
+    assert 0 < len(lines) <= 20 and any(r["event"] == "hello" for r in lines)
+    verdict = post(gateway, "/console/api/audit/verify", {}).json()
+    assert verdict["problem"] is None and verdict["lines"] > 0
+
+
+@pytest.mark.parametrize("lines", ["-1", "x", "1001"])
+def test_a_bad_audit_line_count_is_400(gateway, lines):
+    r = get(gateway, f"/console/api/audit?lines={lines}")
+    assert r.status_code == 400

@@ -18,6 +18,8 @@ ROUTES = [
     Route("/console/api/jobs/cancel", routes.cancel_job, methods=["POST"]),
     Route("/console/api/services", routes.services, methods=["GET"]),
     Route("/console/api/services/call", routes.call_service, methods=["POST"]),
+    Route("/console/api/audit", routes.audit, methods=["GET"]),
+    Route("/console/api/audit/verify", routes.verify_audit, methods=["POST"]),
     Route("/console/{path:path}", static.asset, methods=["GET"]),
 ]
 

@@ -202,3 +202,19 @@ async def call_service(request: Request):
     service, task = field(body, "service", str), field(body, "task", str)
     args = field(body, "args", dict, required=False)
     return answer(await call(request, who, lambda c: c.svc_call(service, task, args)))
+
+
+async def audit(request: Request):
+    """The audit log's newest lines (?lines=N, default 100): the kernel answers only an admin."""
+    who = await identify(request)
+    raw = request.query_params.get("lines", "100")
+    if not raw.isdigit():
+        raise bad_param("lines", "'lines' must be a whole number of lines, 0 to 1000")
+    lines = int(raw[:6])
+    return answer(await call(request, who, lambda c: c.audit(lines=lines)))
+
+
+async def verify_audit(request: Request):
+    who = await identify(request)
+    await json_body(request)
+    return answer((await call(request, who, lambda c: c.audit(lines=0, verify=True)))["verdict"])

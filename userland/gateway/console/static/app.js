@@ -1,18 +1,20 @@
 // The console's start: who we are (a key to paste where the gateway has keys), the views, the live feed.
 
 import { apiKey, get, subscribe } from "./api.js";
+import { Audit } from "./audit.js";
 import { Chat } from "./chat.js";
 import { Services } from "./services.js";
 import { System } from "./system.js";
 
 const $ = (id) => document.getElementById(id);
-const VIEWS = ["chat", "processes", "devices", "models", "scheduler", "jobs", "services"];
+const VIEWS = ["chat", "processes", "devices", "models", "scheduler", "jobs", "services", "audit"];
 
 let latest = null;
 let unsubscribe = null;
 const chat = new Chat(() => latest);
 const system = new System();
 const services = new Services();
+const audit = new Audit();
 
 function show(view) {
   if (!VIEWS.includes(view)) view = "chat";
@@ -21,6 +23,7 @@ function show(view) {
     if (a.dataset.view === view) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   }
   if (view === "services") services.refresh();
+  if (view === "audit") audit.refresh();
   if (latest) system.update(latest);      // charts need a visible canvas to take their size
 }
 
