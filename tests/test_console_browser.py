@@ -95,6 +95,9 @@ def test_the_live_process_list_shows_the_service_host_and_the_views_have_labels(
     expect(page.locator("#processes-table tbody")).to_contain_text("llmos-services")
     expect(page.locator("#whoami")).to_have_text("operator (admin)")
     expect(page.get_by_role("button", name=re.compile(r"Kill process \d+")).first).to_be_visible()
+    page.goto(gateway.url + "/#devices")
+    expect(page.locator("#devices-list .bar").first).to_have_attribute(
+        "aria-label", re.compile(r"weights [\d.]+ \w+, kv [\d.]+ \w+, reserved [\d.]+ \w+, free [\d.]+ \w+ of "))
     page.goto(gateway.url + "/#chat")
     for label in ("Message", "Model", "System prompt", "Max tokens"):
         expect(page.get_by_label(label, exact=True)).to_be_visible()

@@ -64,6 +64,7 @@ def test_every_api_route_is_401_without_a_known_key(keyed, method, path, key):
     gw, _ = keyed
     r = as_user(gw, key, method, path, {})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.headers["cache-control"] == "no-store" and "frame-ancestors 'none'" in r.headers["content-security-policy"]
 
 
 def test_the_page_itself_needs_no_key(keyed):

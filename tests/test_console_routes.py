@@ -14,7 +14,11 @@ import httpx
 import pytest
 
 from llmos.userland.gateway.console.headers import CSP
-from llmos.userland.gateway.console.live import EVENT_INTERVAL_S, MAX_SUBSCRIBERS_PER_PRINCIPAL
+from llmos.userland.gateway.console.live import (EVENT_INTERVAL_S, MAX_LOADS, MAX_LOADS_PER_PRINCIPAL,
+                                                 MAX_SUBSCRIBERS_PER_PRINCIPAL, Live)
+from llmos.userland.gateway.errors import ApiError
+from llmos.userland.gateway.keys import KeyEntry
+from llmos.userland.gateway.principals import Identity
 from llmos.userland.gateway.testing import GatewayProcess
 from llmos.userland.testing import KernelProcess, wait_until
 
@@ -76,6 +80,8 @@ def test_a_file_not_in_the_console_is_404_in_openais_shape(gateway, path):
     r = get(gateway, path)
     assert r.status_code == 404
     assert r.json()["error"]["type"] == "not_found_error"
+    if r.url.path.startswith("/console/"):        # not "/console/../app.py", which the client made "/app.py"
+        assert_secured(r)
 
 
 def test_whoami_without_keys_is_the_gateways_own_identity_with_admin(gateway):
@@ -230,3 +236,20 @@ def test_the_operator_reads_and_verifies_the_audit_log(gateway):
 def test_a_bad_audit_line_count_is_400(gateway, lines):
     r = get(gateway, f"/console/api/audit?lines={lines}")
     assert r.status_code == 400
+
+
+def test_loads_past_either_bound_are_429_and_a_finished_one_frees_its_slot():
+    """The bookkeeping behind the load route (a tiny model loads too fast to hold slots open end to end)."""
+    loads = Live(None, None).loads
+    users = [Identity(KeyEntry(f"u{i}", "/nonexistent", 0.0)) for i in range(MAX_LOADS)]
+    for _ in range(MAX_LOADS_PER_PRINCIPAL):
+        loads.take(users[0])
+    with pytest.raises(ApiError) as caught:
+        loads.take(users[0])
+    assert caught.value.status == 429 and caught.value.code == "too_many_loads"
+    for who in users[1:MAX_LOADS - MAX_LOADS_PER_PRINCIPAL + 1]:
+        loads.take(who)
+    with pytest.raises(ApiError):
+        loads.take(users[-1])           # its first, but the total is reached
+    loads.release(users[0])
+    loads.take(users[-1])

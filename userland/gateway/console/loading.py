@@ -5,7 +5,7 @@ stage and time meanwhile. So the console's load runs load_model on a connection 
 after: the model stays loaded, evictable, as after `llmos load`) and reads `models` every POLL_S
 on the principal's console connection. A load the kernel refuses at once (an unknown model, a
 path named by a non-admin) is that error's HTTP status; once the kernel says the model is
-loading, the answer is server-sent events: `{"progress": {...}}` as the stage or time changes,
+loading (looked for every FIRST_POLL_S until then), the answer is server-sent events: `{"progress": {...}}` as the stage or time changes,
 then `{"result": {...}}` or `{"error": {...}}`. A client that leaves closes the load's connection.
 """
 
@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
+from ...client import AsyncClient
 from ...errors import LLMOSError
 from ..errors import ApiError, from_syscall
 from ..principals import Identity
@@ -25,6 +26,7 @@ from .headers import API_HEADERS, EVENT_HEADERS
 from .routes import call, disconnected, field, identify, json_body, live_of
 
 POLL_S = 0.25
+FIRST_POLL_S = 0.05
 
 
 async def load(request: Request):
@@ -35,11 +37,17 @@ async def load(request: Request):
     live.loads.take(who)
     handed_over = False
     try:
-        loading = asyncio.ensure_future(_load(request, who, model, device))
+        try:
+            client = await live.connections.open(who)       # first, so the load goes out before the first look
+        except LLMOSError as exc:
+            raise from_syscall(exc) from None
+        loading = asyncio.ensure_future(_load(client, model, device))
         try:
             first = await _first_progress(request, who, model, loading)
         except BaseException:
             loading.cancel()
+            await asyncio.gather(loading, return_exceptions=True)
+            await client.close()        # closed by _load too, unless it was cancelled before it began
             raise
         if first is None:           # done (or refused) before the kernel showed it loading
             return JSONResponse(await loading, headers=API_HEADERS)
@@ -50,8 +58,7 @@ async def load(request: Request):
             live.loads.release(who)
 
 
-async def _load(request: Request, who: Identity, model: str, device: str) -> dict:
-    client = await live_of(request).connections.open(who)
+async def _load(client: AsyncClient, model: str, device: str) -> dict:
     try:
         return await client.load_model(model, device=device)
     except LLMOSError as exc:
@@ -67,12 +74,14 @@ async def _progress(request: Request, who: Identity, model: str) -> dict | None:
 
 
 async def _first_progress(request: Request, who: Identity, model: str, loading: asyncio.Future) -> dict | None:
-    """The load's first progress, or None once it ended without the kernel showing it loading."""
+    """The load's first progress, or None once it ended without the kernel showing it loading (a small
+    model can load within a POLL_S: the first looks come FIRST_POLL_S apart)."""
+    await asyncio.sleep(0)          # the load's frame goes out first
     while not loading.done():
         progress = await _progress(request, who, model)
         if progress is not None:
             return progress
-        await asyncio.wait({loading}, timeout=POLL_S)
+        await asyncio.wait({loading}, timeout=FIRST_POLL_S)
     return None
 
 

@@ -113,6 +113,18 @@ def answer(result) -> JSONResponse:
     return JSONResponse(result, headers=API_HEADERS)
 
 
+def secured(handler: Callable[[Request], Awaitable]) -> Callable[[Request], Awaitable]:
+    """The handler, its errors answered with the console's headers too (a 401 is not cached either)."""
+    async def route(request: Request):
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status, headers={**exc.headers(), **API_HEADERS})
+
+    route.__name__ = handler.__name__
+    return route
+
+
 async def whoami(request: Request):
     who = await identify(request)
     info = await call(request, who, _info)

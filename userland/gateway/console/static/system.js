@@ -142,7 +142,9 @@ export class System {
       bar.className = "bar";
       bar.setAttribute("role", "img");
       const total = d.total_bytes || 1;
-      const parts = [["weights", d.models_bytes], ["kv", d.kv_bytes || 0], ["reserved", d.reserved_bytes], ["free", d.free_bytes]];
+      const kv = d.kv_bytes || 0;
+      const weights = Math.max(0, d.models_bytes - kv);      // a model's bytes count its KV pool too
+      const parts = [["weights", weights], ["kv", kv], ["reserved", d.reserved_bytes], ["free", d.free_bytes]];
       let used = 0;
       for (const [name, bytes] of parts) {
         const share = Math.max(0, Math.min(bytes, total - used));
@@ -154,8 +156,8 @@ export class System {
       bar.setAttribute("aria-label", parts.map(([n, b]) => `${n} ${size(b)}`).join(", ") + ` of ${size(d.total_bytes)}`);
       const facts = card.appendChild(document.createElement("p"));
       facts.className = "note";
-      const kv = d.kv_usage === null || d.kv_usage === undefined ? "-" : `${Math.round(d.kv_usage * 100)}%`;
-      facts.textContent = `weights ${size(d.models_bytes)} · KV pool ${size(d.kv_bytes || 0)} (${kv} in use) · `
+      const inUse = d.kv_usage === null || d.kv_usage === undefined ? "-" : `${Math.round(d.kv_usage * 100)}%`;
+      facts.textContent = `weights ${size(weights)} · KV pool ${size(kv)} (${inUse} in use) · `
         + `reservations ${size(d.reserved_bytes)} · free ${size(d.free_bytes)} of ${size(d.total_bytes)} · `
         + `${d.running} running, ${d.queued} queued`;
     }
