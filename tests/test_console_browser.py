@@ -122,6 +122,24 @@ def test_a_question_streams_its_answer_with_ttft_and_tokens_per_second(page, gat
     assert page.locator(".msg.user").last.text_content() == "Tell me a story"
 
 
+
+def test_a_second_question_carries_the_system_prompt_and_the_turns_before(page, gateway):
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") else None)
+    page.goto(gateway.url + "/")
+    page.get_by_label("System prompt").fill("Be brief.")
+    page.get_by_label("Max tokens").fill("8")
+    for n, question in enumerate(["First?", "Second?"], 1):
+        page.get_by_label("Message", exact=True).fill(question)
+        page.get_by_role("button", name="Send").click()
+        expect(page.locator(".msg.assistant[data-state=done]")).to_have_count(n)
+    first_answer = page.locator(".msg.assistant .body").first.text_content()
+    roles = [(m["role"], m["content"]) for m in sent[-1]["messages"]]
+    assert roles[0] == ("system", "Be brief.") and roles[1] == ("user", "First?") and roles[-1] == ("user", "Second?")
+    assert roles[2][0] == "assistant" and roles[2][1].strip() and len(roles) == 4
+    assert sent[-1]["stream"] is True and first_answer.strip()
+
+
 def test_stop_aborts_the_answer_and_the_kernel_cancels_the_request(page, gateway, operator):
     before = infer_cancelled(operator)
     page.goto(gateway.url + "/")
