@@ -29,16 +29,17 @@ def tcp_kernel(tmp_path_factory, tiny_llama):
 
 @pytest.fixture(scope="module")
 def keyed(tcp_kernel, tmp_path_factory):
-    """(gateway, {user: API key}) for alice, bob and ada (an admin)."""
+    """(gateway, {user: API key}) for alice, bob and ada (an admin), and eve, whose key a test removes."""
     table = tmp_path_factory.mktemp("console-key-table") / "keys.json"
     keys = {}
     with tcp_kernel.client("console-keys-operator", caps=["admin"]) as op:
-        for name in ("alice", "bob", "ada"):
+        for name in ("alice", "bob", "ada", "eve"):
             key_file = op.user_add(name, caps=PLAIN_CAPS + (["admin"] if name == "ada" else []))["key_file"]
             r = tcp_kernel.cli("serve", "keys", "add", name, "--key-file", key_file, "--keys", str(table))
             assert r.returncode == 0, r.stderr
             keys[name] = r.stdout.strip()
     with GatewayProcess(tcp_kernel.cli_env(), keys=table) as gw:
+        gw.table = table
         yield gw, keys
 
 
@@ -118,3 +119,20 @@ def test_the_audit_log_is_the_kernels_to_refuse_to_a_user_and_an_admins_to_read(
     lines = as_user(gw, keys["ada"], "GET", "/console/api/audit?lines=1000").json()["lines"]
     assert any(r["event"] == "denied" and r.get("principal") == "alice" for r in lines)   # her refused hellos
     assert as_user(gw, keys["ada"], "POST", "/console/api/audit/verify", {}).json()["problem"] is None
+
+
+def test_a_removed_keys_event_stream_ends_with_a_401_event(keyed, tcp_kernel):
+    gw, keys = keyed
+    events = []
+    with httpx.stream("GET", gw.url + "/console/api/events", headers={"Authorization": f"Bearer {keys['eve']}"},
+                      timeout=30) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                break                   # one snapshot: the stream is live
+        removed = tcp_kernel.cli("serve", "keys", "rm", "eve", "--keys", str(gw.table))
+        assert removed.returncode == 0, removed.stderr
+        events = [line for line in lines if line.startswith(("event: ", "data: "))]     # to the stream's end
+    assert events[-2] == "event: failure" and '"invalid_api_key"' in events[-1]
+    assert as_user(gw, keys["eve"], "GET", "/console/api/whoami").status_code == 401

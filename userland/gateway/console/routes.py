@@ -53,11 +53,27 @@ async def identify(request: Request) -> Identity:
                        "permission_error", code="cross_origin")
     who = await g.identify(request)
     if g.keys is not None:          # a key removed from the table loses its console connection too
-        live = live_of(request)
-        keep = {Identity(e) for e in g.keys.entries()}
-        await live.connections.keep_only(keep)
-        live.forget_snapshots(keep | {g.own})
+        await _keep_only_keys(request)
     return who
+
+
+async def _keep_only_keys(request: Request) -> set[Identity]:
+    g = request.app.state.gateway
+    live = live_of(request)
+    keep = {Identity(e) for e in g.keys.entries()}
+    await live.connections.keep_only(keep)
+    live.forget_snapshots(keep | {g.own})
+    return keep
+
+
+async def still_holds_key(request: Request, who: Identity) -> bool:
+    """For a request that outlives its start (an event stream): is its API key still in the table?"""
+    g = request.app.state.gateway
+    if g.keys is None:
+        return True
+    if g.keys.reload_if_changed():          # as identify() does, so the gateway's own connections are pruned too
+        await g.principals.keep_only({Identity(e) for e in g.keys.entries()})
+    return who in await _keep_only_keys(request)
 
 
 def _require_loopback_host(request: Request) -> None:
@@ -147,14 +163,16 @@ async def events(request: Request):
     who = await identify(request)
     live = live_of(request)
     live.subscribers.take(who)
-    return SnapshotEvents(live, who, lambda: call(request, who, take_snapshot))
+    return SnapshotEvents(live, who, lambda: call(request, who, take_snapshot), lambda: still_holds_key(request, who))
 
 
 class SnapshotEvents:
-    """An ASGI response: a snapshot event each EVENT_INTERVAL_S; the subscriber slot is given back however it ends."""
+    """An ASGI response: a snapshot event each EVENT_INTERVAL_S, while the request's API key stays in the
+    table (a removed key's stream ends with a 401 event); the subscriber slot is given back however it ends."""
 
-    def __init__(self, live: Live, who: Identity, fetch: Callable[[], Awaitable[dict]]):
-        self.live, self.who, self.fetch = live, who, fetch
+    def __init__(self, live: Live, who: Identity, fetch: Callable[[], Awaitable[dict]],
+                 allowed: Callable[[], Awaitable[bool]]):
+        self.live, self.who, self.fetch, self.allowed = live, who, fetch, allowed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         pump = asyncio.ensure_future(self._pump(send))
@@ -172,6 +190,12 @@ class SnapshotEvents:
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
+            if not await self.allowed():
+                gone = ApiError(401, "this API key was removed from the gateway's table", code="invalid_api_key")
+                await send({"type": "http.response.body", "body": b"event: failure\ndata: " +
+                            json.dumps(gone.body()).encode() + b"\n\n", "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
             try:
                 event = b"data: " + json.dumps(await self.live.snapshot(self.who, self.fetch)).encode() + b"\n\n"
             except ApiError as exc:        # the kernel away, say: the page says so and hears again next second
