@@ -162,6 +162,31 @@ async def test_event_streams_past_the_bound_are_429_and_a_closed_one_frees_its_s
                 await r.aclose()
 
 
+async def test_pages_of_one_principal_share_one_snapshot_a_second(gateway, console_kernel):
+    """Six pages for 4 s ask the kernel for about 4 snapshots, not 24: no polling storm."""
+    pages, seconds = 6, 4.0
+    with console_kernel.client("console-counter", caps=["ps", "admin"]) as op:
+        def ps_calls() -> int:
+            return op.stats()["requests"]["by_syscall"].get("ps", {}).get("ok", 0)
+
+        before = ps_calls()
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=20) as http:
+            async def page():
+                got = 0
+                async with http.stream("GET", "/console/api/events") as r:
+                    async for line in r.aiter_lines():
+                        got += line.startswith("data: ")
+                return got
+
+            tasks = [asyncio.ensure_future(page()) for _ in range(pages)]
+            await asyncio.sleep(seconds)
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        asked = ps_calls() - before
+    assert 1 <= asked <= seconds / 0.9 + 2, asked
+
+
 def test_other_sites_cannot_use_the_api_without_keys(gateway):
     assert get(gateway, "/console/api/whoami", headers={"Host": "evil.example:8000"}).status_code == 403
     r = get(gateway, "/console/api/whoami", headers={"Origin": "http://evil.example"})
