@@ -5,7 +5,8 @@ stage and time meanwhile. So the console's load runs load_model on a connection 
 after: the model stays loaded, evictable, as after `llmos load`) and reads `models` every POLL_S
 on the principal's console connection. A load the kernel refuses at once (an unknown model, a
 path named by a non-admin) is that error's HTTP status; once the kernel says the model is
-loading (looked for every FIRST_POLL_S until then), the answer is server-sent events: `{"progress": {...}}` as the stage or time changes,
+loading past `queued` (looked for every FIRST_POLL_S until then), or has been queued for
+QUEUED_GRACE_S, the answer is server-sent events: `{"progress": {...}}` as the stage or time changes,
 then `{"result": {...}}` or `{"error": {...}}`. A client that leaves closes the load's connection.
 """
 
@@ -27,6 +28,7 @@ from .routes import call, disconnected, field, identify, json_body, live_of
 
 POLL_S = 0.25
 FIRST_POLL_S = 0.05
+QUEUED_GRACE_S = 1.0
 
 
 async def load(request: Request):
@@ -74,14 +76,17 @@ async def _progress(request: Request, who: Identity, model: str) -> dict | None:
 
 
 async def _first_progress(request: Request, who: Identity, model: str, loading: asyncio.Future) -> dict | None:
-    """The load's first progress, or None once it ended without the kernel showing it loading (a small
-    model can load within a POLL_S: the first looks come FIRST_POLL_S apart)."""
+    """The load's first progress past `queued` (the kernel still resolving the name: an unknown model is
+    refused then, and keeps its 404), or `queued` after QUEUED_GRACE_S; None once the load ended first.
+    A small model can load within a POLL_S, so the first looks come FIRST_POLL_S apart."""
     await asyncio.sleep(0)          # the load's frame goes out first
+    started = asyncio.get_running_loop().time()
     while not loading.done():
         progress = await _progress(request, who, model)
-        if progress is not None:
+        waited = asyncio.get_running_loop().time() - started
+        if progress is not None and (progress["stage"] != "queued" or waited >= QUEUED_GRACE_S):
             return progress
-        await asyncio.wait({loading}, timeout=FIRST_POLL_S)
+        await asyncio.wait({loading}, timeout=FIRST_POLL_S if waited < QUEUED_GRACE_S else POLL_S)
     return None
 
 
