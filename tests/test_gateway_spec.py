@@ -10,8 +10,9 @@ import pytest
 
 from llmos.specs import SYSCALLS
 from llmos.specs.protocol import ERRNOS
-from llmos.userland.gateway import ollama, responses
+from llmos.userland.gateway import console, ollama, responses
 from llmos.userland.gateway.app import Settings, make_app
+from llmos.userland.gateway.console import headers, live
 from llmos.userland.gateway.errors import STATUS_OF_ERRNO
 from llmos.userland.gateway.http import HEAD_TIMEOUT_S, KEEP_ALIVE_S, LIMIT_CONCURRENCY, MAX_CONNECTIONS, MAX_HEAD_BYTES
 from llmos.userland.gateway.observe import GatewayMetrics
@@ -22,9 +23,18 @@ DOC = (Path(__file__).resolve().parent.parent / "specs" / "GATEWAY.md").read_tex
 
 
 def test_the_doc_lists_exactly_the_routes_served():
-    documented = set(re.findall(r"^\| `(/[^`]+)` \| (GET|POST) \|", DOC, re.MULTILINE))
-    served = {(r.path, m) for r in make_app(Settings()).routes for m in r.methods if m != "HEAD"}
+    documented = {(path.replace(":path}", "}"), method)
+                  for path, method in re.findall(r"^\| `(/[^`]*)` \| (GET|POST) \|", DOC, re.MULTILINE)}
+    served = {(r.path.replace(":path}", "}"), m) for r in make_app(Settings()).routes for m in r.methods if m != "HEAD"}
     assert documented == served
+
+
+def test_the_doc_states_the_consoles_headers_and_bounds():
+    web = DOC.split("## Web console", 1)[1]
+    assert headers.CSP in " ".join(web.split())
+    assert f"| {live.MAX_SUBSCRIBERS} in all, {live.MAX_SUBSCRIBERS_PER_PRINCIPAL} per principal |" in web
+    assert f"| {live.MAX_LOADS} in all, {live.MAX_LOADS_PER_PRINCIPAL} per principal |" in web
+    assert f"per {live.SNAPSHOT_TTL_S:g} s" in web and f"every {console.loading.POLL_S:g} s" in web
 
 
 @pytest.mark.parametrize("param", sorted({*CHAT_PARAMS, *COMPLETION_PARAMS, *EMBED_PARAMS, *NEUTRAL,

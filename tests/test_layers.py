@@ -119,7 +119,7 @@ TYPED_GRAPH = {name: imports_of(name, path, MODULES, type_only=True) for name, p
 # of the kernel. Each entry is the exact set of modules on one circle; keep the list exact.
 _KERNEL_ROOMS = ("adapter_table", "config", "devices", "dispatch", "health", "httpserve", "jobs", "kernel",
                  "loadprogress", "metrics", "models", "placement", "process", "quotas", "raydrivers",
-                 "requests", "services", "syscalls", "syscalls.adapters", "syscalls.devices",
+                 "requests", "services", "syscalls", "syscalls.adapters", "syscalls.auditread", "syscalls.devices",
                  "syscalls.inference", "syscalls.jobs", "syscalls.memory", "syscalls.models",
                  "syscalls.process", "syscalls.score", "syscalls.services", "syscalls.stats", "syscalls.users")
 KNOWN_CIRCLES = {

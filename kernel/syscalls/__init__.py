@@ -9,8 +9,8 @@ disk. Handlers take the Kernel as their first argument and import it only as a t
 
 from __future__ import annotations
 
-from . import adapters, devices, inference, jobs, memory, models, process, score, services, stats, users
+from . import adapters, auditread, devices, inference, jobs, memory, models, process, score, services, stats, users
 
 HANDLERS = {**process.HANDLERS, **devices.HANDLERS, **models.HANDLERS, **inference.HANDLERS, **memory.HANDLERS,
             **services.HANDLERS, **users.HANDLERS, **stats.HANDLERS, **score.HANDLERS,
-            **adapters.HANDLERS, **jobs.HANDLERS}
+            **adapters.HANDLERS, **jobs.HANDLERS, **auditread.HANDLERS}
