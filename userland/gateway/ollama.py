@@ -27,6 +27,7 @@ from ..errors import LLMOSError
 from .errors import ApiError, bad_param, from_syscall, unsupported
 from .generation import ClientGone, Generation, merged
 from .openai import _bool, _seed, _stop, _text, chat_messages, checked
+from .structured import tools
 
 NDJSON = b"application/x-ndjson"
 ZERO_TIME = "0001-01-01T00:00:00Z"     # Go's zero time: what Ollama itself says for a time it does not know
@@ -63,18 +64,37 @@ OPTIONS = {"temperature": ("temperature", _bounded("temperature", 0.0, _INFER["t
            "num_predict": ("max_tokens", _num_predict), "stop": ("stop", _stop), "seed": ("seed", _seed)}
 COMMON = {"model": _text("model"), "stream": _bool("stream"), "options": lambda v: v,
           "keep_alive": lambda v: v}     # keep_alive: accepted, no effect (the kernel evicts idle models itself)
-CHAT_PARAMS = {**COMMON, "messages": lambda v: v,
-               **{name: functools.partial(_nothing, name, empty=empty) for name, empty in
-                  (("format", ""), ("tools", []), ("think", False))}}
+CHAT_PARAMS = {**COMMON, "messages": lambda v: v, "format": lambda v: v, "tools": tools,
+               **{name: functools.partial(_nothing, name, empty=empty) for name, empty in (("think", False),)}}
 GENERATE_PARAMS = {**COMMON, "prompt": _text("prompt"), "system": _text("system"), "raw": _bool("raw"),
+                   "format": lambda v: v,
                    **{name: functools.partial(_nothing, name, empty=empty) for name, empty in
-                      (("suffix", ""), ("template", ""), ("context", []), ("images", []), ("format", ""),
-                       ("think", False))}}
+                      (("suffix", ""), ("template", ""), ("context", []), ("images", []), ("think", False))}}
 EMBED_PARAMS = {"model": _text("model"), "input": lambda v: v, "truncate": functools.partial(_nothing, "truncate", empty=True),
                 "options": lambda v: v, "keep_alive": lambda v: v}
 LEGACY_EMBED_PARAMS = {"model": _text("model"), "prompt": _text("prompt"), "options": lambda v: v,
                        "keep_alive": lambda v: v}
-MESSAGE_EXTRAS = ("images", "tool_calls", "thinking")    # Ollama's message fields llmos has nothing for
+MESSAGE_EXTRAS = ("images", "thinking")    # Ollama's message fields llmos has nothing for
+
+
+def constraint_of(fmt: Any) -> dict:
+    """Ollama's `format`: "json" (any JSON object) or a JSON schema, as infer's constraint."""
+    if fmt in (None, ""):
+        return {}
+    if fmt == "json":
+        return {"constraint": {"json": True}}
+    if isinstance(fmt, dict):
+        return {"constraint": {"json_schema": fmt}}
+    raise bad_param("format", "'format' must be \"json\" or a JSON schema object")
+
+
+def ollama_calls(calls: list[dict] | None) -> dict:
+    """A message's tool calls in Ollama's shape: the arguments as an object, not a JSON string."""
+    if not calls:
+        return {}
+    return {"tool_calls": [{"function": {"name": c["function"]["name"],
+                                         "arguments": json.loads(c["function"]["arguments"] or "{}")}}
+                           for c in calls]}
 
 
 def infer_options(options: Any) -> dict:
@@ -128,14 +148,17 @@ async def _lines(gen: Generation, first: str | None, model: str, text_of) -> Asy
     if first:
         yield _line({"model": model, "created_at": now(), **text_of(first), "done": False})
     try:
-        async for _, delta in merged(gen.streams, [first]):
+        async for _, delta, _ in merged(gen.streams, [first]):
             if delta:
                 yield _line({"model": model, "created_at": now(), **text_of(delta), "done": False})
     except LLMOSError as exc:
         yield _line({"error": from_syscall(exc).message})
         return
-    gen.request.state.usage = gen.streams[0].result.get("usage")
-    yield _line({**text_of(""), **_done(gen, gen.streams[0].result, model)})
+    result = gen.streams[0].result
+    gen.request.state.usage = result.get("usage")
+    if result.get("tool_calls"):
+        yield _line({"model": model, "created_at": now(), **text_of("", result), "done": False})
+    yield _line({**text_of(""), **_done(gen, result, model)})
 
 
 async def _generate(request: Request, who, args: dict, params: dict, text_of):
@@ -149,7 +172,7 @@ async def _generate(request: Request, who, args: dict, params: dict, text_of):
             return gen.respond(_lines(gen, first, model, text_of), NDJSON)
         [result] = await gen.collect()
         request.state.usage = result.get("usage")
-        return JSONResponse({**text_of(result["text"]), **_done(gen, result, model)})
+        return JSONResponse({**text_of(result["text"], result), **_done(gen, result, model)})
     except ClientGone:
         request.state.disconnected = True
         return JSONResponse({}, status_code=499)
@@ -168,8 +191,10 @@ async def chat(request: Request):
             for extra in MESSAGE_EXTRAS:
                 if isinstance(m, dict) and m.get(extra) in ([], "", None):
                     m.pop(extra, None)
-    args = {"messages": chat_messages(messages)}
-    return await _generate(request, who, args, p, lambda text: {"message": {"role": "assistant", "content": text}})
+    args = {"messages": chat_messages(messages), **constraint_of(p.get("format")),
+            **({"tools": p["tools"]} if p.get("tools") else {})}
+    return await _generate(request, who, args, p, lambda text, result=None: {
+        "message": {"role": "assistant", "content": text, **ollama_calls((result or {}).get("tool_calls"))}})
 
 
 @ollama_errors
@@ -188,7 +213,8 @@ async def generate(request: Request):
     else:
         args = {"messages": ([{"role": "system", "content": p["system"]}] if p.get("system") else [])
                 + [{"role": "user", "content": p["prompt"]}]}
-    return await _generate(request, who, args, p, lambda text: {"response": text})
+    args.update(constraint_of(p.get("format")))
+    return await _generate(request, who, args, p, lambda text, result=None: {"response": text})
 
 
 async def _embed(request: Request, who, params: dict, texts: Any) -> dict:
