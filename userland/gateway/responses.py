@@ -138,7 +138,7 @@ async def _events(gen: Generation, answer: Answer, first: str | None, request: R
         if first:
             parts.append(first)
             yield answer.event("response.output_text.delta", **where, delta=first, logprobs=[])
-        async for _, delta in merged(gen.streams, [first]):
+        async for _, delta, _ in merged(gen.streams, [first]):
             if delta:
                 parts.append(delta)
                 yield answer.event("response.output_text.delta", **where, delta=delta, logprobs=[])
