@@ -8,8 +8,9 @@ sampler; sequences without a constraint in the same batch are not touched. The m
 accepts the token sampled, so every text that ends by the grammar's own end is valid by
 construction.
 
-xgrammar is imported on the first constrained request (it takes seconds to import); its
-tokenizer table is built once per engine. Compiled grammars are cached per constraint (kept by
+xgrammar takes seconds to import and its tokenizer table a fraction of one, which would stall every
+request in the batch if the first constrained request paid it: the driver calls `prepare` when it
+loads a model, beside the load's own seconds. Compiled grammars are cached per constraint (kept by
 its canonical text, up to MAX_CACHED), so a schema sent again costs nothing. A compile error is
 the request's own: EINVAL with the engine's message, raised before the engine admits it.
 """
@@ -41,10 +42,20 @@ class Grammars:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self.compiled = 0          # grammars compiled (not found in the cache)
 
+    def prepare(self) -> bool:
+        """Import xgrammar and build the tokenizer table now; False where xgrammar is not installed."""
+        try:
+            self._compiler or self._make_compiler()
+        except ImportError:
+            return False
+        return True
+
     def matcher(self, constraint: dict):
         """A fresh matcher for the constraint; ConstraintError if it does not compile."""
-        import xgrammar as xgr
-
+        try:
+            import xgrammar as xgr
+        except ImportError:
+            raise ConstraintError("constrained decoding needs the xgrammar package, which this driver lacks") from None
         return xgr.GrammarMatcher(self._compiled(constraint))
 
     def _compiled(self, constraint: dict):

@@ -86,6 +86,8 @@ class TorchDriver(Driver):
         if lm.kind == "generate":
             on_stage("kv cache")
             self.engines[msg.model] = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[self.kind])
+            on_stage("grammars")
+            self.engines[msg.model].grammars.prepare()     # not on the first constrained request's step
         else:
             self.embedders[msg.model] = lm
             kv_bytes = 0

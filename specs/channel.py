@@ -191,7 +191,7 @@ class LoadProgress(DriverMessage, op="load_progress"):
     stage: str
 
 
-LOAD_STAGES = ("reading weights", "tokenizer", "kv cache")
+LOAD_STAGES = ("reading weights", "tokenizer", "kv cache", "grammars")
 
 
 @dataclass
