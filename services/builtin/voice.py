@@ -76,7 +76,8 @@ async def _transcribe(ctx, samples, kb: str | None) -> dict:
     recognizer = await _recognizer(ctx, kb)
     heard = await ctx.cpu(recognizer.transcribe, samples, checkpoint)
     result = {"text": heard.text, "words": heard.words, "confidence": heard.confidence,
-              "duration": round(len(samples) / audio.RATE, 3), "model": "kb" if kb else "general"}
+              "duration": round(len(samples) / audio.RATE, 3), "model": "kb" if kb else "general",
+              "vocabulary": getattr(recognizer, "words", None)}
     if kb is not None and not heard.text:     # nothing in the kb's words: perhaps something else was said
         general = await ctx.cpu(RECOGNIZERS.general)
         heard = await ctx.cpu(general.transcribe, samples, checkpoint)

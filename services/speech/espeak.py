@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +35,7 @@ class Espeak:
         self._lock = threading.Lock()
         self._lib = None
         self._rate = 0
+        self._known: tuple[set[str], set[str]] | None = None
         self._chunks: list[np.ndarray] = []
         self._callback = _CALLBACK(self._collect)      # kept alive as long as the library may call it
 
@@ -61,8 +63,19 @@ class Espeak:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
         return 0                        # 0: go on
 
+    def voices(self) -> tuple[set[str], set[str]]:
+        """The voice names (languages: en, en-us, ...) and variants (f3, m3, ...) in eSpeak's data, lower-case."""
+        import espeakng_loader
+        data = Path(espeakng_loader.get_data_path())
+        return ({p.name.lower() for p in (data / "lang").rglob("*") if p.is_file()},
+                {p.name.lower() for p in (data / "voices" / "!v").glob("*") if p.is_file()})
+
     def _voice(self, voice: str) -> None:
-        if not _VOICE_NAME.match(voice) or self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
+        if self._known is None:
+            self._known = self.voices()
+        name, _, variant = voice.lower().partition("+")
+        known = _VOICE_NAME.match(voice) and name in self._known[0] and (not variant or variant in self._known[1])
+        if not known or self._lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise EspeakError(f"unknown voice '{voice[:40]}': name an eSpeak NG voice such as 'en-us', 'en' (British) "
                               f"or 'en-us+f3' (a variant after '+')")
 

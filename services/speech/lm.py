@@ -77,15 +77,16 @@ def _base_forms(sent: list[str]) -> list[str] | None:
 
 
 def phrases(sents: list[list[str]]) -> Counter:
-    """The kb's content phrases: runs of one to three words, none of them a stopword, that open the
-    run after a stopword ("express delivery", "batteries", "return labels"); and their singular forms."""
+    """The kb's content phrases: one to three words in a row, none of them a stopword ("express delivery",
+    "batteries", "return labels"), counted."""
     found: Counter = Counter()
     for s in sents:
         run: list[str] = []
         for w in s + ["."]:
             if w in STOPWORDS or w == ".":
                 for size in range(1, min(3, len(run)) + 1):
-                    found[tuple(run[-size:])] += 1
+                    for i in range(len(run) - size + 1):
+                        found[tuple(run[i:i + size])] += 1
                 run = []
             else:
                 run.append(w)

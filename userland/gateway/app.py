@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import KeyRefused, LLMOSError
+from . import audio
 from .errors import ApiError, from_syscall
 from .generation import ClientGone, EventStream, cancel_quietly, collect, events, first_delta, unless_gone
 from .keys import KeyTable
@@ -251,7 +252,7 @@ def make_app(settings: Settings) -> Starlette:
         yield
         await gateway.principals.close()
 
-    app = Starlette(routes=ROUTES, lifespan=lifespan,
+    app = Starlette(routes=ROUTES + audio.ROUTES, lifespan=lifespan,
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error})
     app.state.gateway = gateway
     app.add_middleware(AccessLog)
