@@ -104,7 +104,7 @@ def test_ask_and_transcribe_need_an_existing_kb(vc):
     (wav_bytes([0] * (61 * 8000), 8000), None, "over the limit of 60 s"),
     (b"\x00\x01\x02", 16000, "even number of bytes"),
     (wav_bytes([0] * 1000, 4000), None, "sample rate 4000"),
-])
+], ids=["empty", "not-wav", "no-samples", "8-bit", "too-long", "odd-pcm", "low-rate"])
 def test_bad_audio_is_einval_naming_what_is_wrong(vc, audio, rate, words):
     error = raised(vc.svc_call, "voice", "transcribe", {"audio": audio, "sample_rate": rate})
     assert error.errno == "EINVAL" and words in error.message, error.message

@@ -62,11 +62,13 @@ async def _form(request: Request) -> dict:
     except Exception as exc:       # python-multipart's and starlette's parse errors have no common base
         raise ApiError(400, f"the multipart form could not be read: {str(exc)[:200]}", code="invalid_form") from None
     fields = {}
-    async with form:
+    try:
         for name, value in form.multi_items():
             if name not in TRANSCRIBE_FIELDS:
                 raise unsupported(name)
             fields[name] = await value.read() if hasattr(value, "read") else value
+    finally:
+        await form.close()
     return fields
 
 
