@@ -60,9 +60,9 @@ class SphinxRecognizer:
         stop = checkpoint or self._checkpoint
         with self._lock:
             d = self._decoder
-            d.start_utt()
             pad = np.zeros(PAD_SAMPLES, np.int16)
             samples = np.concatenate([pad, samples, pad])
+            d.start_utt()
             for i in range(0, len(samples), BLOCK_SAMPLES):
                 stop()
                 d.process_raw(samples[i:i + BLOCK_SAMPLES].tobytes(), full_utt=False)
