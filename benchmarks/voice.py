@@ -1,6 +1,6 @@
 """The voice assistant, round trip: questions spoken by eSpeak NG, heard by PocketSphinx, answered by kb.
 
-    python benchmarks/voice.py [--quick] [--out benchmarks/results/voice.txt]
+    python benchmarks/voice.py [--quick | --asr-only] [--out benchmarks/results/voice.txt]
 
 A set of our own: three documents (benchmarks/voice_kb/) and 20 questions about them
 (benchmarks/voice_questions.json, each with a fact its answer must hold), each spoken with three
@@ -105,6 +105,7 @@ def end_to_end(items: list[dict], questions: list[dict], docs: list[dict]) -> di
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="one voice, no kernel")
+    p.add_argument("--asr-only", action="store_true", help="every voice, no kernel (the recognizers and speak only)")
     p.add_argument("--out", default=None, help="also write the report here")
     a = p.parse_args()
     questions = json.loads((ROOT / "benchmarks" / "voice_questions.json").read_text())
@@ -119,7 +120,7 @@ def main() -> None:
     for name, r in wer.items():
         report.append(f"{name:<16} {r['wer']:6.3f} {r['rtf']:6.3f}  {r['per_voice']}")
     report.append(f"speak (eSpeak NG) RTF {speak_rtf:.4f}")
-    if not a.quick:
+    if not (a.quick or a.asr_only):
         e2e = end_to_end(items, questions, docs)
         report.append(f"answer holds the expected fact: typed {e2e['typed']:.0%} ({e2e['n_typed']}), "
                       f"spoken {e2e['spoken']:.0%} ({e2e['n_spoken']} clips); voice.ask p50 {e2e['ask_p50_s']:.2f} s, "

@@ -39,6 +39,10 @@ QUESTION_TEMPLATES = [
     "why is my X", "why does the X", "which X do you accept", "which X", "who X", "will i X", "should i X",
     "tell me about X", "i want to X", "i need X", "i need to X", "my X", "the X", "X", "X please",
 ]
+# The same for actions (V: "hold the dial"); its phrase follows "the", "my" or "a" as a speaker puts it.
+ACTION_TEMPLATES = ["how do i V", "how can i V", "can i V", "where do i V", "when can i V", "do i need to V",
+                    "i want to V", "what happens if i V", "how long do i have to V"]
+DETERMINERS = frozenset("the a an your my any every our".split())
 SMALL_TALK = ["hello", "hi", "thank you", "thanks", "yes", "no", "okay", "goodbye"]
 STOPWORDS = frozenset("""a an the and or but if then than of to in on at by for with from into onto about as is are was
 were be been being it its this that these those there here i you we they he she my your our their me us them do does
@@ -64,15 +68,46 @@ def corpus(texts: list[str]) -> list[list[str]]:
     out += [v for v in (_base_forms(s) for s in out) if v]      # "batteries lasts" -> "battery last"
     fills = [" ".join(p) for p, _ in phrases(out).most_common(MAX_PHRASES)]
     asked = [t.replace("X", f).split() for t in QUESTION_TEMPLATES for f in fills]
+    actions = [f"{v} {d} {n}" for v, n in verb_phrases(out).most_common(MAX_PHRASES) for d in ("the", "my", "a")]
+    asked += [t.replace("V", a).split() for t in ACTION_TEMPLATES for a in actions]
     return out + asked + [s.split() for s in SMALL_TALK]
 
 
-def _base_forms(sent: list[str]) -> list[str] | None:
-    """The sentence with its words ending in -s as their dictionary forms (lasts -> last, labels -> label),
-    which a speaker uses as often; None when it has none."""
+def verb_phrases(sents: list[list[str]]) -> Counter:
+    """What the kb says one does to something: a word, a determiner, a phrase ("hold the dial", "change
+    your password", "return any item"), as (verb, "the phrase") in its base form, counted."""
+    found: Counter = Counter()
+    for s in sents:
+        for i in range(len(s) - 2):
+            verb, det = s[i], s[i + 1]
+            if verb in STOPWORDS or det not in DETERMINERS:
+                continue
+            run = []
+            for w in s[i + 2:i + 5]:
+                if w in STOPWORDS:
+                    break
+                run.append(w)
+            if run:
+                found[(_base(verb), " ".join(run[:2]))] += 1
+    return found
+
+
+def _base(word: str) -> str:
+    """The word without -s, -ing or -ed when what is left (or it with an -e) is a dictionary word."""
     from .lexicon import LEXICON
-    out = [w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") and w[:-1] in LEXICON else w
-           for w in sent]
+    for suffix in ("ing", "ed", "s"):
+        stem = word[:-len(suffix)]
+        if word.endswith(suffix) and len(stem) >= 3 and not word.endswith("ss"):
+            for base in (stem + "e", stem):
+                if base in LEXICON:
+                    return base
+    return word
+
+
+def _base_forms(sent: list[str]) -> list[str] | None:
+    """The sentence with its inflected words in their dictionary forms (lasts -> last, tracking -> track,
+    printed -> print), which a speaker uses as often; None when it has none."""
+    out = [_base(w) for w in sent]
     return out if out != sent else None
 
 
