@@ -79,3 +79,22 @@ def test_the_content_hash_ignores_order_and_sees_every_change():
     from llmos.services.speech.backends import content_hash
     a = [("x#0", "one"), ("y#0", "two")]
     assert content_hash(a) == content_hash(a[::-1]) != content_hash([("x#0", "one"), ("y#0", "two!")])
+
+
+@needs_engines
+def test_a_recognizer_stopped_mid_clip_hears_the_next_one():
+    from llmos.services.speech.backends import build_recognizer
+    from voice_audio import spoken
+    rec = build_recognizer([KB_DOC])
+    samples, rate = spoken("How long do the batteries last?")
+    pcm = audio.decode(wav_bytes(samples, rate))
+    calls = []
+
+    def over_budget():
+        calls.append(1)
+        if len(calls) > 3:
+            raise TimeoutError("over budget")
+
+    with pytest.raises(TimeoutError):
+        rec.transcribe(pcm, over_budget)
+    assert "batteries" in rec.transcribe(pcm).text

@@ -71,17 +71,9 @@ class SphinxRecognizer:
             pad = np.zeros(PAD_SAMPLES, np.int16)
             samples = np.concatenate([pad, samples, pad])
             for _ in range(CMN_PASSES):        # the clip's own cepstral mean, from its features alone
-                d.start_utt()
-                for i in range(0, len(samples), BLOCK_SAMPLES):
-                    stop()
-                    d.process_raw(samples[i:i + BLOCK_SAMPLES].tobytes(), no_search=True, full_utt=False)
-                d.end_utt()
+                _utterance(d, samples, stop, search=False)
                 d.set_cmn(d.get_cmn(True))
-            d.start_utt()
-            for i in range(0, len(samples), BLOCK_SAMPLES):
-                stop()
-                d.process_raw(samples[i:i + BLOCK_SAMPLES].tobytes(), full_utt=False)
-            d.end_utt()
+            _utterance(d, samples, stop, search=True)
             hyp = d.hyp()
             words = []
             for seg in d.seg() if hyp is not None else ():
@@ -93,6 +85,18 @@ class SphinxRecognizer:
                               "end": round(max(start, (seg.end_frame + 1) / FRAMES_PER_SECOND - PAD_SAMPLES / RATE), 2)})
             confidence = min(1.0, max(0.0, float(hyp.prob))) if hyp is not None and words else 0.0
         return Transcript(" ".join(w["word"] for w in words), words, round(confidence, 3))
+
+
+def _utterance(d, samples: np.ndarray, stop, search: bool) -> None:
+    """One pass over the clip, in blocks; the utterance is ended however it stops (a call over its budget
+    raises from stop()), so the decoder is ready for the next clip."""
+    d.start_utt()
+    try:
+        for i in range(0, len(samples), BLOCK_SAMPLES):
+            stop()
+            d.process_raw(samples[i:i + BLOCK_SAMPLES].tobytes(), no_search=not search, full_utt=False)
+    finally:
+        d.end_utt()
 
 
 def dictionary(vocab: list[str]) -> str:
