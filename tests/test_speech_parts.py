@@ -98,3 +98,15 @@ def test_a_recognizer_stopped_mid_clip_hears_the_next_one():
     with pytest.raises(TimeoutError):
         rec.transcribe(pcm, over_budget)
     assert "batteries" in rec.transcribe(pcm).text
+
+
+@needs_engines
+def test_each_caller_gets_a_general_recognizer_of_its_own():
+    """A decoder hears one clip at a time: bob's short clip does not wait behind alice's minute."""
+    from llmos.services.speech.backends import Recognizers
+    cache = Recognizers(max_cached=4)
+    alice = cache.general("alice")
+    assert cache.general("alice") is alice and cache.general("bob") is not alice and cache.builds == 2
+    cache.for_kb(("carol", "help", "h"), ["Some text."])
+    cache.general("carol")                        # a third general one: the oldest (alice's) goes, carol's kb stays
+    assert cache.cached(("alice", None, "general")) is None and cache.cached(("carol", "help", "h")) is not None

@@ -65,7 +65,7 @@ async def _kb_texts(ctx, kb: str) -> tuple[list[tuple[str, str]], str]:
 
 async def _recognizer(ctx, kb: str | None):
     if kb is None:
-        return await ctx.cpu(RECOGNIZERS.general)
+        return await ctx.cpu(RECOGNIZERS.general, ctx.caller.get("principal", "?"))
     entries, _ = await _kb_texts(ctx, kb)
     version = await ctx.cpu(content_hash, entries)
     key = (ctx.caller.get("principal", "?"), kb, version)
@@ -79,7 +79,7 @@ async def _transcribe(ctx, samples, kb: str | None) -> dict:
               "duration": round(len(samples) / audio.RATE, 3), "model": "kb" if kb else "general",
               "vocabulary": getattr(recognizer, "words", None)}
     if kb is not None and not heard.text:     # nothing in the kb's words: perhaps something else was said
-        general = await ctx.cpu(RECOGNIZERS.general)
+        general = await ctx.cpu(RECOGNIZERS.general, ctx.caller.get("principal", "?"))
         heard = await ctx.cpu(general.transcribe, samples, checkpoint)
         result.update(text=heard.text, words=heard.words, confidence=heard.confidence, model="general")
     return result

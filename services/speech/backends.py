@@ -19,7 +19,9 @@ from . import lm
 from .espeak import ESPEAK
 from .sphinx import SphinxRecognizer, Transcript, can_say, general_words
 
-MAX_CACHED = 8              # kb recognizers kept (each a decoder: a few MB, a few tens of ms to build)
+MAX_CACHED = 8              # recognizers kept (a kb's: a few MB and tens of ms to build)
+MAX_GENERAL = 2             # of them, the general model's (92 MB and 0.5 s each: its 130,000-word model and dictionary).
+                            # One evicted while a caller uses it serves that caller to the end of its clip.
 
 
 class Recognizer(Protocol):
@@ -51,20 +53,19 @@ def content_hash(items: list[tuple[str, str]]) -> str:
 
 
 class Recognizers:
-    """The general recognizer (made once) and the kbs' (bounded LRU), safe to use from worker threads."""
+    """Recognizers by (owner, kb, version), the general model's as (owner, None, "general"): a bounded LRU,
+    safe to use from worker threads."""
 
     def __init__(self, max_cached: int = MAX_CACHED):
         self.max_cached = max_cached
         self._lock = threading.Lock()
-        self._general: Recognizer | None = None
         self._kbs: OrderedDict[tuple, Recognizer] = OrderedDict()
-        self.builds = 0              # kb recognizers built: the cache's misses
+        self.builds = 0              # recognizers built: the cache's misses
 
-    def general(self) -> Recognizer:
-        with self._lock:
-            if self._general is None:
-                self._general = build_recognizer(None)
-            return self._general
+    def general(self, owner: str) -> Recognizer:
+        """The general model's recognizer of one caller: a decoder serves one clip at a time, so the last
+        MAX_GENERAL callers do not queue behind each other's long clips."""
+        return self.for_kb((owner, None, "general"), None)
 
     def cached(self, key: tuple) -> Recognizer | None:
         with self._lock:
@@ -73,7 +74,7 @@ class Recognizers:
                 self._kbs.move_to_end(key)
             return found
 
-    def for_kb(self, key: tuple, texts: list[str]) -> Recognizer:
+    def for_kb(self, key: tuple, texts: list[str] | None) -> Recognizer:
         """The recognizer for a kb version; key = (owner, kb name, content hash). Other versions of the
         same kb are dropped when a new one is built: they will not be asked for again."""
         found = self.cached(key)
@@ -85,6 +86,9 @@ class Recognizers:
             for stale in [k for k in self._kbs if k[:2] == key[:2] and k != key]:
                 del self._kbs[stale]
             self._kbs[key] = built
+            general = [k for k in self._kbs if k[1] is None]
+            for oldest in general[:max(0, len(general) - MAX_GENERAL)]:
+                del self._kbs[oldest]
             while len(self._kbs) > self.max_cached:
                 self._kbs.popitem(last=False)
         return built
