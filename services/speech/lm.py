@@ -2,8 +2,10 @@
 
 PocketSphinx's general model spreads its bets over 130,000 words, and on synthetic speech of
 support questions it gets most words wrong (WER 0.88 on our set). What users say to a kb is
-mostly the kb's own words, in question shapes: so the model is trained on the kb's sentences and
-on question openings ("how do i", "what is the"...), with interpolated absolute discounting, and
+mostly the kb's own words, in question shapes: so the model is trained on the kb's sentences (and
+their words in dictionary form), on question templates filled with the kb's phrases ("how long does
+X take", X = "standard delivery") and actions ("how do i V", V = "reset the thermostat"), with
+interpolated absolute discounting, and
 its unigrams can be mixed with the most frequent words of the general model (general_weight), so a
 question that strays from the kb's words can still be heard. benchmarks/voice.py measures the mix:
 on our set it cost more than it gained, so the default weight is 0 and the voice service falls
