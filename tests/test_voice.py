@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import KernelProcess, errno_of, raised
+from harness import KernelProcess, raised
 from voice_audio import KB_DOC, QUESTION, needs_engines, resampled, spoken, spoken_wav, wav_bytes
 
 pytestmark = needs_engines
