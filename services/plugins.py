@@ -28,7 +28,7 @@ from llmos.specs.abi import SchemaError, Syscall, compile_args
 from . import hookspecs
 from .hookspecs import ENTRY_POINT_GROUP, PROJECT, Task
 
-BUILTINS = ("summarize", "classify", "translate", "redact", "moderate", "kb", "support")
+BUILTINS = ("summarize", "classify", "translate", "redact", "moderate", "kb", "support", "voice")
 BUILTIN_PREFIX = "builtin."     # their plugin names; their tasks' args must be bounded as the table's are
 _NAME = re.compile(r"^[a-z][a-z0-9_\-]{0,63}$")
 MAX_COST_LIMIT_S = 3600       # a task's cost_limit_s: the longest any one call may run

@@ -23,7 +23,7 @@ from llmos.userland import LLMOSError
 
 DATA = Path(__file__).resolve().parent / "data"
 EXAMPLE_PLUGIN = Path(__file__).resolve().parent.parent / "examples" / "llmos-plugin-echo"
-BUILTINS = {"summarize", "classify", "translate", "redact", "moderate", "kb", "support"}
+BUILTINS = {"summarize", "classify", "translate", "redact", "moderate", "kb", "support", "voice"}
 
 
 def plugin_env(tiny_bert: str, **extra) -> dict:

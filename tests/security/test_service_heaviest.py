@@ -28,6 +28,22 @@ def fill(unit: str, size: int) -> str:
     return unit * (size // len(unit))
 
 
+def loudest_wav(seconds: int = 60, rate: int = 48_000, channels: int = 2) -> bytes:
+    """The longest, densest audio voice reads: 60 s of full-scale noise, 48 kHz stereo (11 MiB)."""
+    import io
+    import wave
+
+    import numpy as np
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.random.default_rng(0).integers(-32768, 32767, seconds * rate * channels, dtype="<i2").tobytes())
+    return buf.getvalue()
+
+
+LOUDEST_WAV = loudest_wav()
 SENTENCES = "Refunds are processed by the billing team within five days. Dr. Smith signed it!!! "
 KB_NAME = "k" * 64
 HEAVY = {
@@ -54,6 +70,9 @@ HEAVY = {
                     "rephrase": True},
     ("kb", "search"): {"kb": KB_NAME, "query": fill("Dr. ", 4096), "k": 100},
     ("kb", "list"): {"kb": KB_NAME},
+    ("voice", "transcribe"): {"audio": LOUDEST_WAV, "kb": KB_NAME},
+    ("voice", "speak"): {"text": fill("Dr. Who!!! 1,234,567.89 ", 4096), "voice": "en-us+f3", "rate": 80},
+    ("voice", "ask"): {"audio": LOUDEST_WAV, "kb": KB_NAME, "voice": "en-us+f3", "rate": 80},
     ("support", "chat"): {"conversation": "c" * 128, "message": fill("and what about it?! ", 16384), "kb": KB_NAME},
     ("support", "status"): {"conversation": "c" * 128, "history": True},
     ("support", "resolve"): {"conversation": "c" * 128},

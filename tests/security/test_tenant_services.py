@@ -118,3 +118,22 @@ def test_another_users_support_conversation_is_not_found(alice, bob):
                                        ("embed", ("hello",)), ("score", ("hello",))])
 def test_only_the_service_host_may_act_for_a_call(alice, call, args):
     assert errno_of(getattr(alice, call), *args, for_call=1) == "EPERM"
+
+
+def test_voice_hears_only_the_callers_own_kb(alice, bob):
+    """bob naming alice's kb in voice.transcribe or voice.ask gets ENOENT, never her kb's words."""
+    import importlib.util
+    if importlib.util.find_spec("pocketsphinx") is None or importlib.util.find_spec("espeakng_loader") is None:
+        pytest.skip("voice needs the pocketsphinx and espeakng-loader wheels")
+    from llmos.services.speech.audio import encode_wav
+    from llmos.services.speech.espeak import ESPEAK
+    clip = encode_wav(*ESPEAK.synthesize("What is the refund code?"))
+    alice.svc_call("kb", "ingest_texts", {"kb": "spoken", "docs": [{"name": "refunds.md", "text": DOC}]})
+    try:
+        for task in ("transcribe", "ask"):
+            error = raised(bob.svc_call, "voice", task, {"audio": clip, "kb": "spoken"}, deadline=120)
+            assert error.errno == "ENOENT" and "PELICAN" not in error.message, (task, error)
+        mine = alice.svc_call("voice", "transcribe", {"audio": clip, "kb": "spoken"}, deadline=120)
+        assert mine["model"] == "kb" and mine["vocabulary"] > 0
+    finally:
+        alice.svc_call("kb", "drop", {"kb": "spoken"})

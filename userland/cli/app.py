@@ -28,6 +28,7 @@ from .services import svc
 from .statefiles import audit, logs
 from .top import top
 from .users import user
+from .voice import voice
 
 
 class Llmos(OrderedGroup):
@@ -67,7 +68,7 @@ class Llmos(OrderedGroup):
 
 BUILT_IN_COMMANDS = (boot, ps, devices, models, sysinfo, load, unload, kill, stop, run, chat, embed, mem, svc, user,
                      logs, audit, top, serve, health, demo, evaluate_command,
-                     tune, jobs)
+                     tune, jobs, voice)
 
 
 def make_cli(add_plugin_commands: Callable[[click.Group], None] = add_installed_commands) -> Llmos:

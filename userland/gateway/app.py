@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ..errors import KeyRefused, LLMOSError
-from . import console, ollama, responses
+from . import audio, console, ollama, responses
 from .errors import ApiError, bad_param, from_syscall
 from .generation import ClientGone, Generation, events
 from .keys import KeyTable
@@ -244,7 +244,8 @@ def make_app(settings: Settings) -> Starlette:
         await gateway.principals.close()
         await console.close(app)
 
-    app = Starlette(routes=[*ROUTES, *responses.ROUTES, *ollama.ROUTES, *console.ROUTES], lifespan=lifespan,
+    app = Starlette(routes=[*ROUTES, *responses.ROUTES, *ollama.ROUTES, *audio.ROUTES, *console.ROUTES],
+                    lifespan=lifespan,
                     exception_handlers={ApiError: api_error, HTTPException: http_error, Exception: internal_error})
     app.state.gateway = gateway
     app.state.metrics = GatewayMetrics()
