@@ -100,8 +100,8 @@ def test_an_unknown_model_is_404(client):
     assert err.value.body["code"] == "model_not_found"
 
 
-@pytest.mark.parametrize("param, value", [("n", 2), ("tools", [{"type": "function", "function": {"name": "f"}}]),
-                                          ("logprobs", True), ("presence_penalty", 0.5), ("frobnicate", 1)])
+@pytest.mark.parametrize("param, value", [("functions", [{"name": "f"}]), ("function_call", "auto"),
+                                          ("store", True), ("frobnicate", 1)])
 def test_a_parameter_llmos_does_not_do_is_400_naming_it(client, param, value):
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model=DEFAULT_MODEL, messages=HELLO, extra_body={param: value})

@@ -94,11 +94,17 @@ def test_a_list_of_prompts_streams_each_choice_under_its_index(client):
     assert set(finished) == {0, 1} and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
 
 
-@pytest.mark.parametrize("prompt", [[1, 2, 3], [[1, 2], [3, 4]]])
-def test_token_arrays_are_400_naming_prompt(client, prompt):
+def test_token_arrays_are_prompts_and_bad_ones_are_400_naming_prompt(client):
+    one = client.completions.create(model=client.model_name, prompt=[1, 2, 3], max_tokens=3, temperature=0)
+    two = client.completions.create(model=client.model_name, prompt=[[1, 2, 3], [3, 4]], max_tokens=3, temperature=0)
+    assert two.choices[0].text == one.choices[0].text and [c.index for c in two.choices] == [0, 1]
+    for bad in ([1, "a"], [[1, 2], []], [10**9]):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=client.model_name, prompt=bad, max_tokens=3)
+        assert err.value.body["param"] == "prompt", err.value.body
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model=client.model_name, prompt=prompt, max_tokens=3)
-    assert err.value.body["param"] == "prompt" and "token ids" in err.value.body["message"]
+        client.completions.create(model=client.model_name, prompt=[1, 2, 3], max_tokens=3, echo=True)
+    assert err.value.body["param"] == "echo"
 
 
 def test_each_prompt_holds_one_of_the_keys_streams(tiny_kernel, tiny_llama):

@@ -124,8 +124,9 @@ def param_of(message: str) -> str | None:
     """The request parameter an EINVAL from infer is about, where its message names one."""
     if "constraint does not compile" in message:
         return "response_format"
-    if message.startswith("logit_bias takes"):
-        return "logit_bias"
+    for arg in ("logit_bias", "prompt"):      # the driver's own refusals (drivers/faults.py) start with the argument
+        if message.startswith(f"{arg} holds") or message.startswith(f"{arg} takes"):
+            return arg
     found = _ARG.search(message)
     return _PARAM_OF_ARG.get(found.group(1)) if found else None
 
