@@ -140,37 +140,55 @@ def other_load(kernel_pid: int, out: list):
     out.append(m.others(clients[0]))
 
 
-def phase(name: str, k, llamas: dict, model: str, text: str, args, hog: bool) -> list[list]:
-    """Single stream and many clients, each llama.cpp and llmos taking turns; one table row per side and measure."""
+def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool) -> list[list]:
+    """Single stream and many clients, every llama.cpp and llmos kernel taking turns; a table row per side and measure.
+    kernels: side name -> a booted kernel (the first is llmos as configured, the reference of the ratios)."""
     rows = []
+    ref = next(iter(kernels))
+    pid = kernels[ref].proc.pid
     with cpu_hog(hog):
-        single = {side: [] for side in [*llamas, "llmos"]}
+        single = {side: [] for side in [*llamas, *kernels]}
         other = {side: [] for side in single}
         for r in range(args.rounds):
             for side in single:
-                with other_load(k.proc.pid, other[side]):
-                    one = llmos_one(k, model, text, args.new) if side == "llmos" else llamas[side].one(text, args.new)
+                with other_load(kernels.get(side, kernels[ref]).proc.pid, other[side]):
+                    one = (llmos_one(kernels[side], model, text, args.new) if side in kernels
+                           else llamas[side].one(text, args.new))
                 single[side].append(one)
             log(f"{name} round {r + 1}: single stream " + ", ".join(
                 f"{s} {v[-1][0] / v[-1][2]:.1f} tok/s" for s, v in single.items()))
         rate = {s: statistics.median(t / w for t, _, w in v) for s, v in single.items()}
         for side, v in single.items():
-            rows.append([name, "single stream", side, f"{rate[side]:.1f}", f"{rate['llmos'] / rate[side]:.2f}x",
+            rows.append([name, "single stream", side, f"{rate[side]:.1f}", f"{rate[ref] / rate[side]:.2f}x",
                          f"{statistics.median(f for _, f, _ in v) * 1000:.0f}", f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
             many = {}
             for side in single:
                 load = []
-                with other_load(k.proc.pid, load) as cpu:
-                    many[side] = (llmos_many(k, model, text, args.new, args.clients, cpu) if side == "llmos"
+                with other_load(kernels[side].proc.pid if side in kernels else pid, load) as cpu:
+                    many[side] = (llmos_many(kernels[side], model, text, args.new, args.clients, cpu) if side in kernels
                                   else llama_many(llamas[side], text, args.new, args.sequential))
                 many[side] += (load[0],)
                 log(f"{name}: {args.clients} clients, {side} {many[side][0] / many[side][1]:.1f} tok/s")
             rate = {s: t / w for s, (t, w, _) in many.items()}
             for side, (_, _, load) in many.items():
                 rows.append([name, f"{args.clients} clients", side, f"{rate[side]:.1f}",
-                             f"{rate['llmos'] / rate[side]:.2f}x", "-", f"{load:.2f}"])
+                             f"{rate[ref] / rate[side]:.2f}x", "-", f"{load:.2f}"])
     return rows
+
+
+@contextlib.contextmanager
+def kernels(model: str, dtype: str, pinned: int | None):
+    """The kernel as configured, and with --llmos-threads one more whose driver is pinned to that many threads."""
+    with contextlib.ExitStack() as stack:
+        out = {"llmos": stack.enter_context(kernel(model, "cpu", dtype=dtype))}
+        if pinned:
+            os.environ["LLMOS_CPU_THREADS"] = str(pinned)     # inherited by that kernel and its driver
+            try:
+                out[f"llmos {pinned} thr pinned"] = stack.enter_context(kernel(model, "cpu", dtype=dtype))
+            finally:
+                del os.environ["LLMOS_CPU_THREADS"]
+        yield out
 
 
 def main() -> None:
@@ -182,6 +200,8 @@ def main() -> None:
     p.add_argument("--sequential", type=int, default=4, help="requests llama.cpp serves one after another for "
                    "the clients' row (its rate does not depend on how many; default 4)")
     p.add_argument("--rounds", type=int, default=3, help="single-stream turns each side takes (default 3)")
+    p.add_argument("--llmos-threads", type=int, default=None, help="also boot a kernel whose CPU driver is pinned "
+                   "to this many torch threads (LLMOS_CPU_THREADS), to measure the thread policy against it")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
@@ -192,19 +212,20 @@ def main() -> None:
     text = chat_text(model)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
     llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
-    with kernel(model, "cpu", dtype=args.dtype) as k:
-        llmos_one(k, model, text, 4)          # warm every side up
+    with kernels(model, args.dtype, args.llmos_threads) as ks:
+        for k in ks.values():                 # warm every side up
+            llmos_one(k, model, text, 4)
         for llama in llamas.values():
             llama.one(text, 4)
-        rows = phase("no hog", k, llamas, model, text, args, hog=False)
+        rows = phase("no hog", ks, llamas, model, text, args, hog=False)
         if not args.no_busy:
-            rows += phase("nice-19 hog", k, llamas, model, text, args, hog=True)
+            rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True)
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
                 ["machine", "load", "side", "tok/s", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1); llmos batches them.",
                  "nice-19 hog: a busy loop at nice 19 on every core; 'other load': cores used by processes "
                  "other than the measured ones (the hog included)."])
-    for side in [*llamas, "llmos"]:
+    for side in [*llamas, *ks]:
         busy = {r[1]: float(r[3]) for r in rows if r[0] == "nice-19 hog" and r[2] == side}
         quiet = {r[1]: float(r[3]) for r in rows if r[0] == "no hog" and r[2] == side}
         for what in busy:

@@ -8,6 +8,9 @@ from 2.0 tokens/s on one thread to 0.3 on two (benchmarks/README.md, "CPU: llmos
 llama.cpp"). So the driver watches the cores that processes other than itself keep busy, and runs
 on the rest. Niced work does not count: the scheduler gives way to a driver at nice 0 over a
 nice-19 job, so a background compile does not cost the driver its cores.
+
+An operator who knows better pins the count: LLMOS_CPU_THREADS=N in the kernel's environment (its
+drivers inherit it) turns the policy off.
 """
 
 from __future__ import annotations
@@ -43,14 +46,23 @@ def competing_busy_seconds() -> float:
 class ThreadPolicy:
     """Sets torch's intra-op threads from what the rest of the machine leaves; `tick` once a loop turn."""
 
-    def __init__(self, torch, cores: int | None = None, period_s: float = PERIOD_S):
+    def __init__(self, torch, cores: int | None = None, period_s: float = PERIOD_S, pinned: int | None = None):
         self.torch = torch
         self.cores = cores or available_cores()
         self.period_s = period_s
+        self.pinned = pinned
         self.proc = psutil.Process()
-        self.threads = self.cores
+        self.threads = pinned or self.cores
         torch.set_num_threads(self.threads)
         self._mark = self._read()
+
+    @classmethod
+    def from_env(cls, torch) -> "ThreadPolicy":
+        """The driver's policy: LLMOS_CPU_THREADS pins the count, else it follows the machine."""
+        pinned = os.environ.get("LLMOS_CPU_THREADS", "").strip()
+        if pinned and not (pinned.isdigit() and int(pinned) > 0):
+            raise ValueError(f"LLMOS_CPU_THREADS={pinned!r}: give a whole number of threads, 1 or more")
+        return cls(torch, pinned=int(pinned) if pinned else None)
 
     def _read(self) -> tuple[float, float, float]:
         own = self.proc.cpu_times()
@@ -59,7 +71,7 @@ class ThreadPolicy:
     def tick(self) -> int:
         """Re-decide at most once a period; the thread count in force."""
         now = time.monotonic()
-        if now - self._mark[0] < self.period_s:
+        if self.pinned or now - self._mark[0] < self.period_s:
             return self.threads
         mark = self._read()
         wall = mark[0] - self._mark[0]

@@ -64,7 +64,7 @@ class TorchDriver(Driver):
         self.engines: dict = {}          # model -> Engine (generate models)
         self.embedders: dict = {}        # model -> LoadedModel (embedding models)
         self.owner: dict[int, str] = {}  # rid -> model, for cancel
-        self.threads = ThreadPolicy(torch) if self.kind == "cpu" else None
+        self.threads = ThreadPolicy.from_env(torch) if self.kind == "cpu" else None
 
     def tune_threads(self) -> None:
         if self.threads is not None:

@@ -54,3 +54,19 @@ def test_the_cpu_driver_gives_up_a_thread_when_other_processes_take_the_cores(to
         driver.tune_threads()
     assert driver.threads.threads == torch.get_num_threads() == 1
 
+
+
+def test_llmos_cpu_threads_pins_the_count_whatever_the_machine_does(torch_threads, monkeypatch):
+    monkeypatch.setenv("LLMOS_CPU_THREADS", "2")
+    policy = ThreadPolicy.from_env(torch)
+    policy.period_s = 0.5
+    with busy_processes(2):
+        time.sleep(0.7)
+        assert policy.tick() == torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_llmos_cpu_threads_is_refused_with_what_to_give(torch_threads, monkeypatch, value):
+    monkeypatch.setenv("LLMOS_CPU_THREADS", value)
+    with pytest.raises(ValueError, match="whole number of threads"):
+        ThreadPolicy.from_env(torch)
