@@ -222,6 +222,7 @@ class DriverLoop:
                     self.send(done)
             if self.calls:
                 self._advance_call()
+            self.driver.tune_threads()
             self._step()
 
 

@@ -73,6 +73,9 @@ class Driver(ABC):
         return self.score(msg)
         yield
 
+    def tune_threads(self) -> None:
+        """Once a loop turn: fit the compute threads to the cores others leave (cpu_threads.py); by default nothing."""
+
     @abstractmethod
     def has_work(self) -> bool:
         """True while any generation is queued or running."""

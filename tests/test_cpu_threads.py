@@ -1,0 +1,72 @@
+"""The CPU driver runs its torch threads on the cores other processes leave (drivers/cpu_threads.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from llmos.drivers.cpu_threads import ThreadPolicy, threads_for
+from llmos.drivers.torch_driver import TorchDriver
+
+
+@pytest.mark.parametrize("cores, others, threads", [
+    (2, 0.0, 2), (2, 0.4, 2), (2, 0.6, 1), (2, 1.9, 1), (2, 8.0, 1),
+    (8, 0.0, 8), (8, 2.7, 5), (8, 12.0, 1), (1, 0.0, 1), (1, 3.0, 1)])
+def test_threads_are_the_cores_others_leave_never_fewer_than_one(cores, others, threads):
+    assert threads_for(cores, others) == threads
+
+
+@contextlib.contextmanager
+def busy_processes(n: int):
+    """n busy loops at nice 0: work that competes with the driver on equal terms."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def torch_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_a_policy_starts_with_every_core(torch_threads):
+    policy = ThreadPolicy(torch, cores=2)
+    assert policy.threads == torch.get_num_threads() == 2
+    assert policy.tick() == 2       # within its first period nothing is re-decided
+
+
+def test_the_cpu_driver_gives_up_a_thread_when_other_processes_take_the_cores(torch_threads):
+    driver = TorchDriver("cpu")
+    driver.threads = ThreadPolicy(torch, cores=2, period_s=1.0)
+    with busy_processes(2):
+        time.sleep(1.2)
+        driver.tune_threads()
+    assert driver.threads.threads == torch.get_num_threads() == 1
+
+
+
+def test_llmos_cpu_threads_pins_the_count_whatever_the_machine_does(torch_threads, monkeypatch):
+    monkeypatch.setenv("LLMOS_CPU_THREADS", "2")
+    policy = ThreadPolicy.from_env(torch)
+    policy.period_s = 0.5
+    with busy_processes(2):
+        time.sleep(0.7)
+        assert policy.tick() == torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_bad_llmos_cpu_threads_is_refused_with_what_to_give(torch_threads, monkeypatch, value):
+    monkeypatch.setenv("LLMOS_CPU_THREADS", value)
+    with pytest.raises(ValueError, match="whole number of threads"):
+        ThreadPolicy.from_env(torch)
