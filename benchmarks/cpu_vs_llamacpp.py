@@ -181,7 +181,11 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
 def kernels(model: str, dtype: str, pinned: int | None):
     """The kernel as configured, and with --llmos-threads one more whose driver is pinned to that many threads."""
     with contextlib.ExitStack() as stack:
-        out = {"llmos": stack.enter_context(kernel(model, "cpu", dtype=dtype))}
+        os.environ["LLMOS_CPU_THREADS"] = "auto"     # the driver's thread policy (drivers/cpu_threads.py)
+        try:
+            out = {"llmos": stack.enter_context(kernel(model, "cpu", dtype=dtype))}
+        finally:
+            del os.environ["LLMOS_CPU_THREADS"]
         if pinned:
             os.environ["LLMOS_CPU_THREADS"] = str(pinned)     # inherited by that kernel and its driver
             try:

@@ -9,8 +9,10 @@ llama.cpp"). So the driver watches the cores that processes other than itself ke
 on the rest. Niced work does not count: the scheduler gives way to a driver at nice 0 over a
 nice-19 job, so a background compile does not cost the driver its cores.
 
-An operator who knows better pins the count: LLMOS_CPU_THREADS=N in the kernel's environment (its
-drivers inherit it) turns the policy off.
+The policy is the operator's choice, LLMOS_CPU_THREADS=auto in the kernel's environment (its drivers
+inherit it), not the default: in bf16 a different thread count can change a greedy answer, and the
+ABI promises the same text for the same seed and arguments. Unset, the driver runs on every core it
+may use, as before; LLMOS_CPU_THREADS=N pins N.
 """
 
 from __future__ import annotations
@@ -58,11 +60,13 @@ class ThreadPolicy:
 
     @classmethod
     def from_env(cls, torch) -> "ThreadPolicy":
-        """The driver's policy: LLMOS_CPU_THREADS pins the count, else it follows the machine."""
-        pinned = os.environ.get("LLMOS_CPU_THREADS", "").strip()
-        if pinned and not (pinned.isdigit() and int(pinned) > 0):
-            raise ValueError(f"LLMOS_CPU_THREADS={pinned!r}: give a whole number of threads, 1 or more")
-        return cls(torch, pinned=int(pinned) if pinned else None)
+        """The driver's policy: LLMOS_CPU_THREADS=auto follows the machine, N pins N, unset pins every core."""
+        given = os.environ.get("LLMOS_CPU_THREADS", "").strip()
+        if given == "auto":
+            return cls(torch)
+        if given and not (given.isdigit() and int(given) > 0):
+            raise ValueError(f"LLMOS_CPU_THREADS={given!r}: give auto, or a whole number of threads, 1 or more")
+        return cls(torch, pinned=int(given) if given else available_cores())
 
     def _read(self) -> tuple[float, float, float]:
         own = self.proc.cpu_times()

@@ -65,6 +65,20 @@ def test_llmos_cpu_threads_pins_the_count_whatever_the_machine_does(torch_thread
         assert policy.tick() == torch.get_num_threads() == 2
 
 
+def test_unset_the_driver_keeps_every_core_and_auto_follows_the_machine(torch_threads, monkeypatch):
+    """Adaptive threads are opt-in: in bf16 they can change a greedy answer, and the ABI promises the
+    same text for the same seed."""
+    monkeypatch.delenv("LLMOS_CPU_THREADS", raising=False)
+    fixed = ThreadPolicy.from_env(torch)
+    monkeypatch.setenv("LLMOS_CPU_THREADS", "auto")
+    follows = ThreadPolicy.from_env(torch)
+    fixed.period_s = follows.period_s = 0.5
+    with busy_processes(2):
+        time.sleep(0.7)
+        assert fixed.tick() == fixed.cores
+        assert follows.tick() == 1
+
+
 @pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
 def test_a_bad_llmos_cpu_threads_is_refused_with_what_to_give(torch_threads, monkeypatch, value):
     monkeypatch.setenv("LLMOS_CPU_THREADS", value)
