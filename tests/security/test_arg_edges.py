@@ -26,6 +26,19 @@ from llmos.kernel.syscalls.inference import MAX_MESSAGE_CHARS
 from llmos.services import plugins
 from llmos.specs import ERRNOS, SYSCALLS
 
+def _short_wav() -> bytes:
+    """A tenth of a second of silence, 16 kHz mono 16-bit: the cheapest audio voice takes."""
+    import io
+    import wave
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(b"\0\0" * 1600)
+    return out.getvalue()
+
+
 CANARY = {"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0.0, "seed": 7}
 ATTACKER_CAPS = ["ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc", "tune"]
 CALL_TIMEOUT_S = 60.0
@@ -60,6 +73,8 @@ BASE = {
     "support.chat": {"conversation": "edges", "message": "hi", "kb": "edges"},
     "support.status": {"conversation": "no-such"}, "support.resolve": {"conversation": "no-such"},
     "support.end": {"conversation": "no-such"},
+    "voice.transcribe": {"audio": _short_wav()}, "voice.speak": {"text": "hi"},
+    "voice.ask": {"audio": _short_wav(), "kb": "edges"},
 }
 # Arguments that exclude another: the edge of the first is sent without the second.
 EXCLUDES = {("infer", "messages"): "prompt", ("kb.ingest", "path"): "text"}
