@@ -128,9 +128,9 @@ def test_a_format_schema_is_decoded_under_it(client, tiny_llama, stream):
     assert set(value) == {"ok", "n"} and isinstance(value["ok"], bool) and 0 <= value["n"] <= 9
 
 
-def test_tools_come_back_as_ollamas_tool_calls(client, tiny_llama, gateway):
-    """A forced call is the OpenAI route's tool_choice; Ollama's own chat lets the model choose, so on the
-    tiny model the call is read from a turn the test writes, as a tool loop sends it back."""
+def test_a_tool_loop_and_its_tools_reach_the_prompt(client, tiny_llama, gateway):
+    """Ollama's chat lets the model choose (the tiny model does not call), so what is checked is the way in:
+    the tools and the earlier call, with its arguments as an object, are rendered into the prompt."""
     tool = {"type": "function", "function": {"name": "get_time", "parameters": {
         "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}}}
     loop = [{"role": "user", "content": "time?"},
@@ -138,7 +138,10 @@ def test_tools_come_back_as_ollamas_tool_calls(client, tiny_llama, gateway):
                                                                                 "arguments": {"zone": "UTC"}}}]},
             {"role": "tool", "content": "12:00"}]
     answer = client.chat(model=tiny_llama, messages=loop, tools=[tool], options=GREEDY)
-    assert answer.done and answer.eval_count >= 1
+    bare = client.chat(model=tiny_llama, messages=[loop[0], {"role": "assistant", "content": "ok"}, loop[2]],
+                       options=GREEDY)
+    no_tools = client.chat(model=tiny_llama, messages=loop, options=GREEDY)
+    assert answer.prompt_eval_count > no_tools.prompt_eval_count > bare.prompt_eval_count
 
 
 def test_an_unknown_model_is_404_in_ollamas_shape(client, gateway):

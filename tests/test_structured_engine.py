@@ -11,8 +11,9 @@ import re
 import jsonschema
 import pytest
 
+from llmos.drivers import constraints
 from llmos.drivers.engine import Engine, GenRequest
-from llmos.drivers.loader import load
+from llmos.drivers.loader import encode_prompt, load
 from llmos.drivers.tools import ToolCallText
 from llmos.kernel.syscalls.structured import tool_plan
 from llmos.specs import registry
@@ -173,6 +174,26 @@ def test_a_forced_tool_call_always_parses_into_a_given_tool_with_valid_arguments
         if isinstance(choice, dict):
             assert call["function"]["name"] == "get_time"
         jsonschema.validate(json.loads(call["function"]["arguments"]), params[call["function"]["name"]])
+
+
+def test_a_template_without_tools_gets_them_as_a_note_and_calls_and_results_as_text(lm):
+    messages = [{"role": "user", "content": "time?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "get_time", "arguments": "{\"zone\": \"UTC\"}"}}]},
+                {"role": "tool", "content": "12:00", "tool_call_id": "c1"}]
+    text = lm.tokenizer.decode(encode_prompt(lm, None, messages, TOOLS))
+    assert '"name": "get_weather"' in text and "<tools>" in text               # the note lists the functions
+    assert '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>' in text
+    assert "<tool_response>\n12:00\n</tool_response>" in text
+
+
+def test_the_grammar_cache_keeps_its_bound(lm, monkeypatch):
+    monkeypatch.setattr(constraints, "MAX_CACHED", 3)
+    grammars = engine(lm).grammars
+    for i in range(5):
+        grammars.matcher({"choice": [f"answer {i}"]})
+    grammars.matcher({"choice": ["answer 4"]})                                 # the newest is still there
+    assert len(grammars._cache) == 3 and grammars.compiled == 5
 
 
 def test_auto_tool_text_shows_prose_and_holds_a_call():
