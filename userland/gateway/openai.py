@@ -14,6 +14,7 @@ from llmos.specs import SYSCALLS
 from llmos.specs.registry import DEFAULT_EMBED_MODEL
 
 from . import structured
+from .checks import boolean as _bool, is_int as _is_int, number as _number, text as _text
 from .errors import bad_param, unsupported
 
 _INFER = SYSCALLS["infer"].args
@@ -26,16 +27,6 @@ AS_ROLE = {"developer": "system"}     # OpenAI's newer name for system instructi
 MESSAGE_FIELDS = {"role", "content", "name", "tool_call_id", "tool_calls"}    # name: accepted, not sent on
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _number(param: str, lo: float, hi: float) -> Callable[[Any], float]:
-    def check(v):
-        if not (_is_int(v) or isinstance(v, float)) or not lo <= v <= hi:
-            raise bad_param(param, f"'{param}' must be a number from {lo:g} to {hi:g}")
-        return float(v)
-    return check
 
 
 def _max_tokens(param: str) -> Callable[[Any], int]:
@@ -64,20 +55,6 @@ def _stop(v):
     return v
 
 
-def _text(param: str) -> Callable[[Any], str]:
-    def check(v):
-        if not isinstance(v, str):
-            raise bad_param(param, f"'{param}' must be a string")
-        return v
-    return check
-
-
-def _bool(param: str) -> Callable[[Any], bool]:
-    def check(v):
-        if not isinstance(v, bool):
-            raise bad_param(param, f"'{param}' must be true or false")
-        return v
-    return check
 
 
 def _dimensions(v):

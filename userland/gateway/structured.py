@@ -9,8 +9,7 @@ the vocabulary): their EINVAL is mapped back to the parameter the client sent (`
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
-
+from .checks import boolean, integer, number
 from .errors import bad_param
 
 MAX_N = 8                 # choices of one request: each is a generation in flight, holding a stream slot
@@ -18,22 +17,6 @@ MAX_TOP_LOGPROBS = 20
 MAX_LEGACY_LOGPROBS = 5   # /v1/completions' logprobs is the number of alternatives, at most 5 in OpenAI's API
 MAX_TOOLS = 64
 MAX_LOGIT_BIAS = 300
-
-
-def _int(param: str, lo: int, hi: int) -> Callable[[Any], int]:
-    def check(v):
-        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-            raise bad_param(param, f"'{param}' must be an integer from {lo} to {hi}")
-        return v
-    return check
-
-
-def _float(param: str, lo: float, hi: float) -> Callable[[Any], float]:
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-            raise bad_param(param, f"'{param}' must be a number from {lo:g} to {hi:g}")
-        return float(v)
-    return check
 
 
 def response_format(v) -> dict | None:
@@ -49,14 +32,8 @@ def response_format(v) -> dict | None:
             raise bad_param("response_format", "'response_format.json_schema' must be {name, schema: {...}, strict?}")
         strict = spec.get("strict")
         return {"json_schema": spec.get("schema", {}),
-                "strict": True if strict is None else _bool_of("response_format.json_schema.strict", strict)}
+                "strict": True if strict is None else boolean("response_format.json_schema.strict")(strict)}
     raise bad_param("response_format", "'response_format.type' must be text, json_object or json_schema")
-
-
-def _bool_of(param: str, v) -> bool:
-    if not isinstance(v, bool):
-        raise bad_param(param, f"'{param}' must be true or false")
-    return v
 
 
 def tools(v) -> list:
@@ -85,13 +62,13 @@ def logit_bias(v) -> dict:
 
 
 # Parameters of both endpoints that reach infer under the same name.
-SHARED = {"n": _int("n", 1, MAX_N), "presence_penalty": _float("presence_penalty", -2.0, 2.0),
-          "frequency_penalty": _float("frequency_penalty", -2.0, 2.0), "logit_bias": logit_bias,
-          "repetition_penalty": _float("repetition_penalty", 0.01, 10.0), "min_tokens": _int("min_tokens", 0, 32768)}
+SHARED = {"n": integer("n", 1, MAX_N), "presence_penalty": number("presence_penalty", -2.0, 2.0),
+          "frequency_penalty": number("frequency_penalty", -2.0, 2.0), "logit_bias": logit_bias,
+          "repetition_penalty": number("repetition_penalty", 0.01, 10.0), "min_tokens": integer("min_tokens", 0, 32768)}
 CHAT = {**SHARED, "response_format": lambda v: v, "tools": tools, "tool_choice": tool_choice,
-        "parallel_tool_calls": lambda v: _bool_of("parallel_tool_calls", v), "logprobs": lambda v: _bool_of("logprobs", v),
-        "top_logprobs": _int("top_logprobs", 0, MAX_TOP_LOGPROBS)}
-COMPLETION = {**SHARED, "logprobs": _int("logprobs", 0, MAX_LEGACY_LOGPROBS)}
+        "parallel_tool_calls": boolean("parallel_tool_calls"), "logprobs": boolean("logprobs"),
+        "top_logprobs": integer("top_logprobs", 0, MAX_TOP_LOGPROBS)}
+COMPLETION = {**SHARED, "logprobs": integer("logprobs", 0, MAX_LEGACY_LOGPROBS)}
 INFER_NAMES = ("presence_penalty", "frequency_penalty", "logit_bias", "repetition_penalty", "min_tokens", "tools",
                "tool_choice")
 
