@@ -26,6 +26,7 @@ from ..errors import KeyRefused, LLMOSError
 from . import audio, console, ollama, responses
 from .errors import ApiError, bad_param, from_syscall
 from .generation import ClientGone, Generation, events
+from .http import read_bounded
 from .keys import KeyTable
 from .observe import GatewayMetrics, Observed, metrics_route
 from .openai import chat_request, completion_request, embedding_request
@@ -76,19 +77,11 @@ class Gateway:
     async def body(self, request: Request):
         """The JSON body: 413 past max_body (declared or streamed), 400 when it is not JSON."""
         limit = self.settings.max_body
-        declared = request.headers.get("content-length", "")
         too_large = ApiError(413, f"the request body is over the gateway's limit of {limit} bytes ({limit >> 20} MiB)",
                              code="request_too_large")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
-        data, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise too_large
-            data.append(chunk)
+        data = await read_bounded(request, limit, too_large)
         try:
-            return json.loads(b"".join(data))
+            return json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:     # RecursionError: nesting too deep
             raise ApiError(400, f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
 

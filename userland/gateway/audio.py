@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from .errors import ApiError, bad_param, unsupported
+from .http import read_bounded
 
 MAX_UPLOAD_BYTES = (16 << 20) + (64 << 10)     # the voice service's 16 MiB of audio, and the form's other fields
 TRANSCRIBE_FORMATS = ("json", "text", "verbose_json")
@@ -36,16 +37,7 @@ VOICES = {"alloy": "en-us", "ash": "en-us+m3", "ballad": "en+m2", "coral": "en-u
 async def _upload(request: Request) -> bytes:
     too_large = ApiError(413, f"the upload is over the gateway's limit of {MAX_UPLOAD_BYTES} bytes "
                               f"(16 MiB of audio, 60 s at most)", code="request_too_large")
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
-        raise too_large
-    data, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_UPLOAD_BYTES:
-            raise too_large
-        data.append(chunk)
-    return b"".join(data)
+    return await read_bounded(request, MAX_UPLOAD_BYTES, too_large)
 
 
 async def _form(request: Request) -> dict:

@@ -93,3 +93,18 @@ def uvicorn_options() -> dict:
     """What `llmos serve` passes uvicorn.run for these bounds."""
     return {"http": BoundedH11Protocol, "limit_concurrency": LIMIT_CONCURRENCY, "timeout_keep_alive": KEEP_ALIVE_S,
             "h11_max_incomplete_event_size": MAX_HEAD_BYTES}
+
+
+async def read_bounded(request, limit: int, too_large: Exception) -> bytes:
+    """A request's body, refused (too_large raised) past limit bytes: at once when Content-Length says
+    so, else as soon as the chunks streamed in pass it, so nothing past the limit is held."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    data, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        data.append(chunk)
+    return b"".join(data)
