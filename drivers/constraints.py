@@ -10,9 +10,11 @@ construction.
 
 xgrammar takes seconds to import and its tokenizer table a fraction of one, which would stall every
 request in the batch if the first constrained request paid it: the driver calls `prepare` when it
-loads a model, beside the load's own seconds. Compiled grammars are cached per constraint (kept by
-its canonical text, up to MAX_CACHED), so a schema sent again costs nothing. A compile error is
-the request's own: EINVAL with the engine's message, raised before the engine admits it.
+loads a model, beside the load's own seconds. Compiled grammars are cached per principal and
+constraint (its canonical text; up to MAX_CACHED), so a schema sent again costs nothing; per
+principal, as the prefix cache is, because a compile takes milliseconds that a cached schema does
+not, and another tenant could time that to learn which schemas its neighbours send. A compile error
+is the request's own: EINVAL with the engine's message, raised before the engine admits it.
 """
 
 from __future__ import annotations
@@ -50,16 +52,17 @@ class Grammars:
             return False
         return True
 
-    def matcher(self, constraint: dict):
-        """A fresh matcher for the constraint; ConstraintError if it does not compile."""
+    def matcher(self, constraint: dict, salt: str = ""):
+        """A fresh matcher for the constraint; ConstraintError if it does not compile. salt: whose cache
+        entry it is (the request's cache_salt: its principal)."""
         try:
             import xgrammar as xgr
         except ImportError:
             raise ConstraintError("constrained decoding needs the xgrammar package, which this driver lacks") from None
-        return xgr.GrammarMatcher(self._compiled(constraint))
+        return xgr.GrammarMatcher(self._compiled(constraint, salt))
 
-    def _compiled(self, constraint: dict):
-        key = json.dumps(constraint, sort_keys=True)
+    def _compiled(self, constraint: dict, salt: str):
+        key = salt + "\x00" + json.dumps(constraint, sort_keys=True)
         grammar = self._cache.get(key)
         if grammar is not None:
             self._cache.move_to_end(key)

@@ -124,7 +124,7 @@ class Engine:
         text = TextStream(self.lm.tokenizer, req.prompt_ids, req.stop) if self.decode_text else None
         seq = Sequence(req, seed, min(req.max_tokens, context - n), text)
         try:
-            seq.matcher = self.grammars.matcher(req.constraint) if req.constraint else None
+            seq.matcher = self.grammars.matcher(req.constraint, req.cache_salt) if req.constraint else None
         except ConstraintError as exc:
             return self._events.append(StepEvent(req.rid, "", 0, "error", None, errno=exc.errno, message=str(exc)))
         seq.tools = ToolCallText(req.tool_parse, family(self.lm.tokenizer)) if req.tool_parse else None

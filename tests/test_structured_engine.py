@@ -196,6 +196,13 @@ def test_the_grammar_cache_keeps_its_bound(lm, monkeypatch):
     assert len(grammars._cache) == 3 and grammars.compiled == 5
 
 
+def test_a_cached_grammar_is_its_principals_alone(lm):
+    """A cache hit is faster than a compile: shared, it would tell one tenant which schemas another sends."""
+    grammars = engine(lm).grammars
+    for salt in ("alice", "bob", "alice"):
+        grammars.matcher({"choice": ["yes", "no"]}, salt)
+    assert grammars.compiled == 2
+
 def test_auto_tool_text_shows_prose_and_holds_a_call():
     text = ToolCallText("auto", "hermes")
     shown = "".join(text.push(d) for d in ["Let me ", "check. <tool", "_call>\n{\"name\": \"get_time\", ",
