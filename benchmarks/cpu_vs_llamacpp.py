@@ -8,11 +8,16 @@ reads it as it is), the same chat prompt rendered to the same text, greedy, `--n
    infer with stream=true, through a real kernel), taking turns for `--rounds` rounds;
 2. `--clients` clients: llmos with that many client processes streaming at once; llama.cpp serving
    requests one after another (what Ollama does with OLLAMA_NUM_PARALLEL=1: `--sequential` of them, as its
-   rate does not depend on how many);
+   rate does not depend on how many), and llama.cpp decoding all of them as parallel sequences, one
+   `llama_decode` per step over every sequence (as llama-server does with `-np`, Ollama with
+   OLLAMA_NUM_PARALLEL): in this process, greedy by numpy's argmax, no sockets;
 3. the same again with a CPU hog at nice 19 on every core (started and stopped here).
 
 llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
 with other work one thread can be the faster; llmos's driver picks its own (drivers/cpu_threads.py).
+
+Every turn starts after `--settle` seconds of quiet (default: a little over the period in which llmos's
+thread policy looks at the machine), so that no side runs on a thread count chosen during the other's turn.
 
 Every rate counts the completion tokens actually produced (a request may end at EOS), over the wall time
 from sending to the last token. llama-cpp-python is an optional extra (`pip install -e '.[llamacpp]'`,
@@ -28,6 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from llmos.drivers.cpu_threads import PERIOD_S
 
 from cpu_meter import CpuMeter
 from kernel_clients import Job, kernel, run_clients
@@ -108,6 +115,68 @@ def llmos_many(k, model: str, text: str, new: int, clients: int, cpu: list) -> t
     return sum(t.completion_tokens for t in timings), max(t.end for t in timings) - run.start
 
 
+class LlamaCppParallel:
+    """llama.cpp's own batching: every request a sequence of one context, all decoded in one llama_decode a step."""
+
+    def __init__(self, llama: LlamaCpp, sequences: int):
+        import llama_cpp.llama_cpp as low
+
+        self.low, self.llm = low, llama.llm
+        params = low.llama_context_default_params()
+        params.n_ctx = 2048 * sequences
+        params.n_batch = params.n_ubatch = 512
+        params.n_seq_max = sequences
+        params.kv_unified = True
+        params.n_threads = params.n_threads_batch = self.llm.n_threads
+        self.ctx = low.llama_init_from_model(self.llm.model, params)
+        self.batch = low.llama_batch_init(512, 0, 1)
+        self.vocab = self.llm.n_vocab()
+
+    def run(self, text: str, new: int, sequences: int) -> tuple[int, float]:
+        """(completion tokens, seconds) for `sequences` greedy requests of the same prompt, all at once:
+        the prompts read as many to a llama_decode as fit, then one llama_decode a step over every
+        sequence that has not ended."""
+        low = self.low
+        low.llama_memory_clear(low.llama_get_memory(self.ctx), True)
+        prompt = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+        n = len(prompt)
+        start = time.perf_counter()
+        last, per_call = {}, max(1, 512 // n)
+        for first in range(0, sequences, per_call):
+            group = range(first, min(sequences, first + per_call))
+            self._decode([(t, i, q, i == n - 1) for q in group for i, t in enumerate(prompt)])
+            last.update({q: self._argmax(j * n + n - 1) for j, q in enumerate(group)})
+        live, tokens, eos = sorted(last), 0, self.llm.token_eos()
+        for step in range(new):
+            tokens += len(live)
+            live = [q for q in live if last[q] != eos]
+            if step == new - 1 or not live:
+                break
+            self._decode([(last[q], n + step, q, True) for q in live])
+            last.update({q: self._argmax(j) for j, q in enumerate(live)})
+        return tokens, time.perf_counter() - start
+
+    def _decode(self, items) -> None:
+        b = self.batch
+        for i, (t, pos, q, want) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = t, pos, 1, want
+            b.seq_id[i][0] = q
+        b.n_tokens = len(items)
+        if self.low.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def _argmax(self, index: int) -> int:
+        """The greedy token after the last call's batch token `index` (one whose logits it asked for)."""
+        import numpy as np
+
+        ptr = self.low.llama_get_logits_ith(self.ctx, index)
+        return int(np.ctypeslib.as_array(ptr, shape=(self.vocab,)).argmax())
+
+
+def settle(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def llama_many(llama: LlamaCpp, text: str, new: int, clients: int) -> tuple[int, float]:
     start = time.perf_counter()
     tokens = sum(llama.one(text, new)[0] for _ in range(clients))
@@ -151,6 +220,7 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
         other = {side: [] for side in single}
         for r in range(args.rounds):
             for side in single:
+                settle(args.settle)
                 with other_load(kernels.get(side, kernels[ref]).proc.pid, other[side]):
                     one = (llmos_one(kernels[side], model, text, args.new) if side in kernels
                            else llamas[side].one(text, args.new))
@@ -163,11 +233,18 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
                          f"{statistics.median(f for _, f, _ in v) * 1000:.0f}", f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
             many = {}
-            for side in single:
+            sides = [*single, *(f"{side} parallel" for side in llamas)]
+            for side in sides:
                 load = []
+                settle(args.settle)
                 with other_load(kernels[side].proc.pid if side in kernels else pid, load) as cpu:
-                    many[side] = (llmos_many(kernels[side], model, text, args.new, args.clients, cpu) if side in kernels
-                                  else llama_many(llamas[side], text, args.new, args.sequential))
+                    if side in kernels:
+                        many[side] = llmos_many(kernels[side], model, text, args.new, args.clients, cpu)
+                    elif side in llamas:
+                        many[side] = llama_many(llamas[side], text, args.new, args.sequential)
+                    else:
+                        parallel = LlamaCppParallel(llamas[side.removesuffix(" parallel")], args.clients)
+                        many[side] = parallel.run(text, args.new, args.clients)
                 many[side] += (load[0],)
                 log(f"{name}: {args.clients} clients, {side} {many[side][0] / many[side][1]:.1f} tok/s")
             rate = {s: t / w for s, (t, w, _) in many.items()}
@@ -207,6 +284,8 @@ def main() -> None:
     p.add_argument("--llmos-threads", type=int, default=None, help="also boot a kernel whose CPU driver is pinned "
                    "to this many torch threads (LLMOS_CPU_THREADS), to measure the thread policy against it")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
+    p.add_argument("--settle", type=float, default=PERIOD_S + 0.5, help="seconds of quiet before each turn "
+                   f"(default {PERIOD_S + 0.5:g}: llmos's thread policy decides from the last {PERIOD_S:g} s)")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     model = args.model or "smollm2-135m-instruct"
@@ -226,7 +305,8 @@ def main() -> None:
             rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True)
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
                 ["machine", "load", "side", "tok/s", "llmos / side", "TTFT p50 ms", "other load"], rows,
-                ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1); llmos batches them.",
+                ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1), or decodes them as "
+                 "parallel sequences (in this process, no sockets); llmos batches them.",
                  "nice-19 hog: a busy loop at nice 19 on every core; 'other load': cores used by processes "
                  "other than the measured ones (the hog included)."])
     for side in [*llamas, *ks]:

@@ -23,7 +23,8 @@ tenants never share), and a new request starts after the longest cached beginnin
 blocks are given out again only when no other block is free, before anyone is preempted. The
 keys and values are the ones the request would have computed itself, so outputs do not change
 (in float32 exactly; in bf16 as exactly as batching with other requests already allows). Only
-the paged runner reads a cache it did not write; under HFRunner the cache is off.
+the paged runner reads a cache it did not write; under HFRunner the cache is off, and on llama.cpp
+the runner keeps ended sequences' tokens in idle slots instead (llamacpp_runner.py).
 
 A fault stays with the request that caused it (faults.py): what cannot work is refused at `add`,
 and a step that fails anyway is run again without the suspect requests, bisecting its batch.
@@ -42,6 +43,7 @@ from .blocks import BlockAllocator
 from .detokenizer import TextStream
 from .faults import admitted, engine_refusal, errno_of, isolate, sample_isolated
 from .kvcache import KVLayout
+from .llamacpp_runner import LlamaCppRunner
 from .loader import LoadedModel
 from .runner import make_runner, supports_paged
 from .constraints import ConstraintError, Grammars
@@ -52,6 +54,9 @@ from .slices import run_to_end
 from .tools import ToolCallText, family
 
 __all__ = ["Engine", "GenRequest", "PromptTooLong", "StepEvent"]
+
+
+KEPT_SHARE = 5   # on llama.cpp, a fifth of the KV budget keeps ended sequences' tokens (llamacpp_runner.py)
 
 
 class PromptTooLong(ValueError):
@@ -84,24 +89,36 @@ class Engine:
 
     def __init__(self, lm: LoadedModel, kv_budget_bytes: int, max_batch_tokens: int = 512, max_seqs: int = 64,
                  decode_text: bool = True, cuda_graphs: bool = True, cut_in_tokens: int = 0,
-                 prefix_cache: bool = True):
+                 prefix_cache: bool = True, gguf_path: str | None = None):
         """decode_text=False: events carry token ids only (no text, no stop strings), which saves
         two detokenizations per token; cuda_graphs=False: decode steps run eagerly on CUDA too;
         cut_in_tokens: prompt tokens that may cut into one step (0: none); prefix_cache=False:
-        every request computes its whole prompt (the baseline the prefix cache is measured by)."""
+        every request computes its whole prompt (the baseline the prefix cache is measured by);
+        gguf_path: run the forward passes on llama.cpp over that file (llamacpp_runner.py), whose
+        cache holds float16 keys and values and serves no prefix cache."""
         self.lm = lm
         self.decode_text = decode_text
         self.kv_budget_bytes = kv_budget_bytes
-        self.layout = KVLayout.of(lm.model.config, lm.dtype)
-        self.blocks = BlockAllocator(self.layout.num_blocks(kv_budget_bytes),
-                                     prefix_cache=prefix_cache and supports_paged(lm))
-        self.runner = make_runner(lm, self.blocks.num_blocks, max(1, max_seqs), cuda_graphs)
+        self.backend = "llama.cpp" if gguf_path else "torch"
+        self.layout = KVLayout.of(lm.model.config, torch.float16 if gguf_path else lm.dtype)
+        num_blocks = self.layout.num_blocks(kv_budget_bytes)
+        kept = num_blocks // KEPT_SHARE if gguf_path and prefix_cache else 0
+        self.blocks = BlockAllocator(num_blocks - kept, prefix_cache=prefix_cache and not gguf_path and supports_paged(lm))
+        self.vocab_size = lm.model.get_input_embeddings().num_embeddings
+        if gguf_path:
+            block = self.blocks.block_size
+            self.runner = LlamaCppRunner(gguf_path, self.blocks.num_blocks * block, max(1, max_seqs), max_batch_tokens,
+                                         kept_tokens=kept * block)
+            if self.runner.vocab_size != self.vocab_size:
+                raise ValueError(f"llama.cpp reads {self.runner.vocab_size} tokens in {gguf_path}, "
+                                 f"transformers {self.vocab_size}: the backends disagree on the vocabulary")
+        else:
+            self.runner = make_runner(lm, self.blocks.num_blocks, max(1, max_seqs), cuda_graphs)
         self.scheduler = Scheduler(self.blocks, max_seqs, max_batch_tokens, cut_in_tokens,
                                    forget=self.runner.release)
         self._events: list[StepEvent] = []   # finished outside a forward pass; sent by the next step
         self._rng = random.Random()  # own state: a caller seeding `random` must not fix our seeds
         self._eos = set(lm.eos_token_ids)
-        self.vocab_size = lm.model.get_input_embeddings().num_embeddings
         self.grammars = Grammars(lm.tokenizer, self.vocab_size, sorted(self._eos))
         self._token_texts = TokenTexts(lm.tokenizer)
 
@@ -180,13 +197,14 @@ class Engine:
         hold; idle cached blocks count as free (they are given out when needed)."""
         bytes_per_block = self.layout.bytes_per_token * self.blocks.block_size
         cache = self.blocks.cache
-        return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
+        return {"backend": self.backend, "running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                 "kv_used_bytes": self.blocks.num_used_blocks * bytes_per_block,
                 "kv_budget_bytes": self.kv_budget_bytes,
                 "kv_free_tokens": self.blocks.num_free_blocks * self.blocks.block_size,
                 "preemptions": self.scheduler.num_preemptions, "cut_ins": self.scheduler.num_cut_ins,
                 "computed_tokens": self.scheduler.num_computed_tokens,
-                "prefix_cache": cache is not None,
+                "prefix_cache": cache is not None or bool(getattr(self.runner, "kept_tokens", 0)),
+                "prefix_reused_tokens": getattr(self.runner, "reused_tokens", 0),
                 "prefix_queried_blocks": cache.queried_blocks if cache else 0,
                 "prefix_hit_blocks": cache.hit_blocks if cache else 0,
                 "prefix_cached_blocks": cache.num_cached_blocks if cache else 0}

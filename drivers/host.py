@@ -3,7 +3,7 @@
 It owns the device's loaded models and their engines, and speaks the typed driver channel
 (specs/channel.py) with the kernel over a DEALER socket. The loop polls the socket, then
 advances every engine that has work by one step, and sends all the step's token events in one
-message. A step pauses between layers: there the driver takes in new submissions (a short
+message (while steps come faster than anyone reads, a few steps' together: outbox.py). A step pauses between layers: there the driver takes in new submissions (a short
 cut-in prompt may run right away) and keeps the rest for the step's end. Model loads run on a
 thread, so a load never holds up requests to models already loaded.
 
@@ -57,6 +57,7 @@ from llmos.specs import channel  # noqa: E402
 from llmos.specs.channel import ChannelError, DriverMessage  # noqa: E402
 
 from .interface import Driver  # noqa: E402
+from .outbox import Outbox  # noqa: E402
 from .slices import ALONE_SLICE_S, MIN_SLICE_S, SLICE_TARGET_S  # noqa: E402
 from .trainer import Training  # noqa: E402
 
@@ -76,6 +77,7 @@ class DriverLoop:
         self.load_lock = threading.Lock()
         self.calls: deque = deque()     # embeds and scores in progress: (rid, what, their slices)
         self.step_times: deque = deque([0.0], maxlen=8)   # seconds of the engines' last steps
+        self.outbox = Outbox()          # steps' events, held while steps are faster than a stream needs
         self.handlers = {channel.Submit: self._submit, channel.Cancel: self._cancel,
                          channel.Embed: self._embed, channel.Score: self._score, channel.Load: self._load,
                          channel.Unload: lambda m: driver.unload(m.model),
@@ -122,6 +124,7 @@ class DriverLoop:
             self.calls.remove(call)
             call[2].close()
         self.driver.cancel(msg.rid)
+        self.outbox.drop(msg.rid)
 
     def _load_ended(self, msg: channel.Loaded | channel.LoadFailed) -> None:
         """Send a finished load on, then the submits that waited for it (they fail with it)."""
@@ -176,10 +179,11 @@ class DriverLoop:
         """One step of every busy engine; its events."""
         if self.driver.has_work():
             started = time.monotonic()
-            events = self.driver.step(self.pause)
+            self.outbox.add(self.driver.step(self.pause))
             self.step_times.append(time.monotonic() - started)
-            if events:
-                self.send(channel.Events(events, self.driver.kv_usage()))
+        events = self.outbox.take(self.driver.has_work())
+        if events:
+            self.send(channel.Events(events, self.driver.kv_usage()))
 
     def _load(self, msg: channel.Load) -> None:
         self.loading.setdefault(msg.model, [])
@@ -199,6 +203,9 @@ class DriverLoop:
         """Between slices of a step: send cut-in events, take in submissions and pings."""
         if events:
             self.send(channel.Events(events))
+        held = self.outbox.take(more_work=True)    # a long step does not hold earlier steps' tokens past their time
+        if held:
+            self.send(channel.Events(held))
         for msg in self.receive():
             if isinstance(msg, MID_STEP):
                 self.handle(msg)

@@ -88,8 +88,11 @@ def _filter(x: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.
     use_k = top_k > 0
     use_p = top_p < 1
     if bool(use_p.any()):
-        ordered, order = x.sort(dim=-1, descending=True, stable=True)
-        rank = torch.arange(vocab, device=x.device)
+        if bool(use_k.all()):    # the nucleus lies within each row's top k: sort those alone, not the vocabulary
+            ordered, order = x.topk(int(top_k.clamp(1, vocab).max()), dim=-1, sorted=True)
+        else:
+            ordered, order = x.sort(dim=-1, descending=True, stable=True)
+        rank = torch.arange(ordered.shape[-1], device=x.device)
         ordered = ordered.masked_fill(use_k[:, None] & (rank[None, :] >= top_k[:, None]), float("-inf"))
         probs = ordered.softmax(-1)
         # Drop a token once the tokens before it already cover top_p; the first always stays.

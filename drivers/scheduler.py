@@ -208,4 +208,4 @@ class Scheduler:
     def _chunk(self, seq: Sequence, n: int) -> Chunk:
         start = seq.num_computed
         return Chunk(seq.id, seq.tokens[start:start + n], start, self.blocks.block_table(seq.id),
-                     sample=start + n == len(seq.tokens))
+                     sample=start + n == len(seq.tokens), salt=seq.req.cache_salt)

@@ -50,6 +50,7 @@ class Chunk:
     start: int               # position of tokens[0]; positions before it are in the cache
     block_table: list[int]   # the allocator's own list: it only grows while the sequence runs
     sample: bool             # whether the logits of the last token are wanted
+    salt: str = ""           # the request's cache salt: a runner reuses computed tokens only among equal salts
 
     @property
     def is_decode(self) -> bool:

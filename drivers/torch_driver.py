@@ -4,6 +4,12 @@ It turns the kernel's typed messages (specs/channel.py) into engine calls and th
 step events back into TokenEvents. Requests arrive already checked against the syscall table;
 what only the driver can know (the prompt's length in tokens against the model's context) it
 checks here, and every failure it reports carries its errno.
+
+On a CPU, a model that comes as a GGUF file generates on llama.cpp where llama-cpp-python is
+installed (llamacpp_runner.py: the file's 4-bit weights, about 4x faster for one stream than the
+dequantized bf16), still batched and scheduled by the same engine; LLMOS_CPU_BACKEND=torch turns
+that off. The torch model stays loaded beside it for what llama.cpp does not serve here: requests
+with a LoRA adapter (their own torch engine, with a quarter of the KV budget) and `score`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from llmos.specs.registry import ModelSpec
 
 from .cpu_threads import ThreadPolicy
 from .interface import Driver, Reply
+from .llamacpp_runner import use_llamacpp
 from .slices import run_to_end
 
 # Sequences per step, tokens per step, and prompt tokens that may cut into a step. A GPU step
@@ -28,6 +35,9 @@ from .slices import run_to_end
 # the prefill attention grows faster than the matmuls), and a short interactive prompt cuts in.
 ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens": 64},
                 "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
+
+
+ADAPTER_KV_SHARE = 4   # beside a llama.cpp engine, the torch engine for adapter requests gets 1/4 of the KV budget
 
 
 def _given(value, default):
@@ -62,8 +72,9 @@ class TorchDriver(Driver):
         self.dtype = auto_dtype(device) if dtype == "auto" else dtype
         self.torch = torch
         self.engines: dict = {}          # model -> Engine (generate models)
+        self.adapter_engines: dict = {}  # model -> the torch Engine beside a llama.cpp one, for adapter requests
         self.embedders: dict = {}        # model -> LoadedModel (embedding models)
-        self.owner: dict[int, str] = {}  # rid -> model, for cancel
+        self.owner: dict = {}            # rid -> the Engine it runs on, for cancel
         self.threads = ThreadPolicy.from_env(torch) if self.kind == "cpu" else None
 
     def tune_threads(self) -> None:
@@ -87,21 +98,36 @@ class TorchDriver(Driver):
         from .loader import load
 
         started = time.monotonic()
-        lm = load(ModelSpec(**msg.spec), self.torch_device, self.dtype, on_stage)
+        spec = ModelSpec(**msg.spec)
+        lm = load(spec, self.torch_device, self.dtype, on_stage)
         kv_bytes = msg.kv_bytes
         if lm.kind == "generate":
             on_stage("kv cache")
-            self.engines[msg.model] = Engine(lm, kv_budget_bytes=kv_bytes, **ENGINE_SIZES[self.kind])
+            gguf = os.path.join(spec.path, spec.gguf_file) if spec.gguf_file and not spec.quant else None
+            sizes = ENGINE_SIZES[self.kind]
+            if use_llamacpp(gguf, self.kind):      # llama.cpp generates; the torch engine beside it serves adapters
+                beside = kv_bytes // ADAPTER_KV_SHARE
+                engines = [Engine(lm, kv_budget_bytes=kv_bytes - beside, gguf_path=gguf, **sizes),
+                           Engine(lm, kv_budget_bytes=beside, **sizes)]
+                self.adapter_engines[msg.model] = engines[1]
+            else:
+                engines = [Engine(lm, kv_budget_bytes=kv_bytes, **sizes)]
+            self.engines[msg.model] = engines[0]
             on_stage("grammars")
-            self.engines[msg.model].grammars.prepare()     # not on the first constrained request's step
+            for engine in engines:
+                engine.grammars.prepare()     # not on the first constrained request's step
         else:
             self.embedders[msg.model] = lm
             kv_bytes = 0
         return channel.Loaded(model=msg.model, bytes=lm.bytes, kv_bytes=kv_bytes, context_length=lm.context_length,
-                              load_s=time.monotonic() - started, kind=lm.kind)
+                              load_s=time.monotonic() - started, kind=lm.kind,
+                              backend=self.engines[msg.model].backend if lm.kind == "generate" else "torch")
 
     def unload(self, model: str) -> None:
-        self.engines.pop(model, None)
+        engine = self.engines.pop(model, None)
+        if engine is not None and hasattr(engine.runner, "close"):
+            engine.runner.close()     # llama.cpp's memory goes now, not when the collector gets to it
+        self.adapter_engines.pop(model, None)
         self.embedders.pop(model, None)
         if self.kind == "cuda":
             self.torch.cuda.empty_cache()
@@ -111,7 +137,7 @@ class TorchDriver(Driver):
         from .loader import encode_prompt
         from .sequence import GenRequest
 
-        engine = self.engines.get(msg.model)
+        engine = self._engine(msg.model, msg.adapter)
         if engine is None:
             return TokenEvent.failed(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
         if msg.adapter and not getattr(engine.runner, "has_adapter", lambda a: False)(msg.adapter):
@@ -137,20 +163,28 @@ class TorchDriver(Driver):
         except Exception as exc:       # fails this request alone, never the driver loop that called us
             traceback.print_exc()
             return TokenEvent.failed(msg.rid, "EIO", f"submit failed: {exc.__class__.__name__}: {str(exc)[:500]}")
-        self.owner[msg.rid] = msg.model
+        self.owner[msg.rid] = engine
         if msg.adapter:
             engine.runner.use_adapter(msg.rid, msg.adapter)
         return None
 
     def cancel(self, rid: int) -> None:
-        model = self.owner.pop(rid, None)
-        if model in self.engines:
-            self.engines[model].cancel(rid)
-            self._ended(model, rid)
+        engine = self.owner.pop(rid, None)
+        if engine is not None:
+            engine.cancel(rid)
+            self._ended(engine, rid)
+
+    def _engine(self, model: str, adapter: str = ""):
+        """The engine a request for model runs on: one with an adapter, on the torch engine that serves
+        adapters (beside a llama.cpp one, or the model's only engine)."""
+        return (adapter and self.adapter_engines.get(model)) or self.engines.get(model)
+
+    def _all_engines(self) -> list:
+        return [*self.engines.values(), *self.adapter_engines.values()]
 
     def load_adapter(self, msg: channel.LoadAdapter) -> channel.AdapterLoaded | channel.AdapterFailed:
         """Install a LoRA adapter over a loaded model (drivers/lora.py); refused whole if it does not fit."""
-        engine = self.engines.get(msg.model)
+        engine = self._engine(msg.model, msg.adapter)
         if engine is None:
             return channel.AdapterFailed(msg.model, msg.adapter, f"model '{msg.model}' is not loaded on {self.device}")
         if not hasattr(engine.runner, "load_adapter"):
@@ -163,13 +197,13 @@ class TorchDriver(Driver):
         return channel.AdapterLoaded(msg.model, msg.adapter, nbytes)
 
     def unload_adapter(self, msg: channel.UnloadAdapter) -> None:
-        engine = self.engines.get(msg.model)
+        engine = self._engine(msg.model, msg.adapter)
         if engine is not None and hasattr(engine.runner, "unload_adapter"):
             engine.runner.unload_adapter(msg.adapter)
 
-    def _ended(self, model: str | None, rid: int) -> None:
+    @staticmethod
+    def _ended(engine, rid: int) -> None:
         """A request ended: its sequence no longer runs with its adapter."""
-        engine = self.engines.get(model)
         if engine is not None and hasattr(engine.runner, "drop_adapter"):
             engine.runner.drop_adapter(rid)
 
@@ -198,7 +232,7 @@ class TorchDriver(Driver):
         forwards outside the engine and its KV cache, in slices between steps like an embed's."""
         from .scoring import nll_slices, token_rows
 
-        engine = self.engines.get(msg.model)
+        engine = self._engine(msg.model, msg.adapter)
         if engine is None:
             return channel.Error(msg.rid, "EIO", f"model '{msg.model}' is not loaded on {self.device}")
         if msg.adapter and not getattr(engine.runner, "has_adapter", lambda a: False)(msg.adapter):
@@ -216,11 +250,12 @@ class TorchDriver(Driver):
                                         "nll": nll})
 
     def kv_usage(self) -> float | None:
-        total = sum(e.blocks.num_blocks for e in self.engines.values())
-        return sum(e.blocks.num_used_blocks for e in self.engines.values()) / total if total else None
+        engines = self._all_engines()
+        total = sum(e.blocks.num_blocks for e in engines)
+        return sum(e.blocks.num_used_blocks for e in engines) / total if total else None
 
     def has_work(self) -> bool:
-        return any(e.has_work() for e in self.engines.values())
+        return any(e.has_work() for e in self._all_engines())
 
     def step(self, pause=None) -> list[TokenEvent]:
         """One step of every busy engine.
@@ -229,7 +264,7 @@ class TorchDriver(Driver):
         any cut-in (often none): the moment to send them and to take in new submissions.
         """
         out: list[TokenEvent] = []
-        for name, engine in list(self.engines.items()):
+        for engine in self._all_engines():
             if not engine.has_work():
                 continue
             try:

@@ -55,6 +55,7 @@ class ModelEntry:
     last_used: float = field(default_factory=time.monotonic)
     load_s: float = 0.0
     context_length: int = 0
+    backend: str = ""               # what the driver generates with: torch | llama.cpp
     stage: str = ""                 # while loading: the driver's last LoadProgress stage
     started: float = field(default_factory=time.monotonic)   # this load's start
     loaded: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -74,6 +75,8 @@ class ModelEntry:
         out = {"name": self.name, "device": self.device, "kind": self.kind, "state": self.state,
                "bytes": self.bytes, "refs": len(self.refs) + (1 if self.pinned else 0), "in_use": self.in_use,
                "context_length": self.context_length, "load_s": round(self.load_s, 3), "quant": self.quant or "none"}
+        if self.backend:
+            out["backend"] = self.backend
         if self.state == "loading":
             out["progress"] = progress_of(self, expected_s)
         return out
@@ -260,7 +263,7 @@ class ModelTable:
         if entry is None:
             return
         entry.weight_bytes, entry.kv_bytes = msg.bytes, msg.kv_bytes
-        entry.context_length, entry.load_s = msg.context_length, msg.load_s
+        entry.context_length, entry.load_s, entry.backend = msg.context_length, msg.load_s, msg.backend
         entry.state, entry.stage = "ready", ""
         self.load_times.record(entry.name, msg.load_s)
         self.k.memory.charge_model(entry.device, entry.name, entry.bytes)

@@ -182,6 +182,7 @@ class Loaded(DriverMessage, op="loaded"):
     context_length: int
     load_s: float
     kind: str
+    backend: str = "torch"    # what generates: "torch", or "llama.cpp" (a GGUF on a CPU driver, drivers/llamacpp_runner.py)
 
 
 @dataclass

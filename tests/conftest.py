@@ -10,6 +10,10 @@ from llmos.userland.testing import KernelProcess, make_tiny_bert, make_tiny_llam
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite runs the torch runner everywhere, as CI (no llama-cpp-python) does, so a machine with the
+# `llamacpp` extra passes and fails the same tests; tests/test_llamacpp_backend.py runs llama.cpp.
+# LLMOS_CPU_BACKEND=auto python -m pytest runs the whole suite on llama.cpp where it is installed.
+os.environ.setdefault("LLMOS_CPU_BACKEND", "torch")
 
 REAL_MODEL_TIMEOUT_S = 900    # the first such test also waits for real_kernel's boot (up to 300 s)
 

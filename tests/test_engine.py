@@ -356,6 +356,30 @@ def test_sampler_is_greedy_at_temperature_zero_and_with_top_k_one():
                               positions), argmax)
 
 
+def test_nucleus_within_top_k_is_the_one_a_sort_of_the_whole_vocabulary_gives():
+    """With a top_k on every row the filter sorts only the top k (3.5 ms -> 0.2 ms a row of 49,152):
+    the tokens it keeps, and their logits, are those of the whole sort, and a row without top_k
+    in the batch takes the whole sort for all."""
+    from llmos.drivers.sampling import _filter
+
+    x = torch.randn(4, 3000, generator=torch.Generator().manual_seed(1)) * 3
+    top_p = torch.tensor([0.9, 0.5, 1.0, 0.97])
+
+    def whole_sort(x, top_k, top_p):
+        ordered, order = x.sort(dim=-1, descending=True, stable=True)
+        rank = torch.arange(x.shape[-1])
+        ordered = ordered.masked_fill((top_k[:, None] > 0) & (rank[None, :] >= top_k[:, None]), float("-inf"))
+        probs = ordered.softmax(-1)
+        ordered = ordered.masked_fill(probs.cumsum(-1) - probs > top_p[:, None], float("-inf"))
+        return torch.full_like(x, float("-inf")).scatter(-1, order, ordered)
+
+    for top_k in (torch.tensor([50, 50, 40, 1000]), torch.tensor([50, 0, 40, 1000])):
+        got, want = _filter(x, top_k, top_p), whole_sort(x, top_k, top_p)
+        assert torch.equal(got.isfinite(), want.isfinite())
+        assert torch.equal(got[got.isfinite()], want[want.isfinite()])
+        assert 1 < int(got[0].isfinite().sum()) < 50      # the nucleus cut inside the top k
+
+
 def test_sampler_keeps_only_the_most_likely_token_at_top_p_zero():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     positions = torch.zeros(4, dtype=torch.long)

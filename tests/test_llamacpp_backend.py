@@ -1,0 +1,207 @@
+"""The CPU driver's llama.cpp backend (drivers/llamacpp_runner.py) on the default model's own GGUF.
+
+Runs where llama-cpp-python is installed (the `llamacpp` extra, built from source; CI has none and
+skips the file). The engine's features are its own on either runner, so these tests check what the
+runner adds: logits as llama.cpp computes them however a prompt is cut or reused, slots reused only
+within a principal and within their bound, the engine's greedy text equal to llama.cpp's own, the
+driver choosing the backend, and a kernel serving chat through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jsonschema
+import pytest
+import torch
+
+pytest.importorskip("llama_cpp")
+
+from llmos.drivers import llamacpp_runner  # noqa: E402
+from llmos.drivers.engine import Engine, GenRequest  # noqa: E402
+from llmos.drivers.llamacpp_runner import LlamaCppRunner, LlamaCppUnavailable, use_llamacpp  # noqa: E402
+from llmos.drivers.loader import encode_prompt, load  # noqa: E402
+from llmos.drivers.sequence import Chunk  # noqa: E402
+from llmos.specs import registry  # noqa: E402
+from llmos.userland.testing import KernelProcess  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def gguf() -> str:
+    spec = registry.resolve(MODEL)
+    return os.path.join(spec.path, spec.gguf_file)
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return load(registry.resolve(MODEL), "cpu", "auto")
+
+
+def runner(gguf, kept_tokens=1024, max_seqs=8) -> LlamaCppRunner:
+    return LlamaCppRunner(gguf, n_tokens=4096, max_seqs=max_seqs, n_batch=64, kept_tokens=kept_tokens)
+
+
+PROMPT = list(range(1000, 1100))     # 100 token ids: two llama_decode calls at n_batch 64
+
+
+def same_prediction(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """llama.cpp's logits move a little with how a batch is cut (one token runs other kernels than
+    many; its cache is float16): the same choice, and probabilities within 5 points (2 were seen)."""
+    return int(a.argmax()) == int(b.argmax()) and float((a.softmax(-1) - b.softmax(-1)).abs().max()) < 0.05
+
+
+def last_logits(r: LlamaCppRunner, seq: int, tokens: list[int], cut: int | None = None, salt: str = "") -> torch.Tensor:
+    if cut is None:
+        return r.forward([Chunk(seq, tokens, 0, [], True, salt)])[0]
+    r.forward([Chunk(seq, tokens[:cut], 0, [], False, salt)])
+    return r.forward([Chunk(seq, tokens[cut:], cut, [], True, salt)])[0]
+
+
+def test_a_prompt_cut_in_chunks_or_pieces_gives_the_logits_it_gives_whole(gguf):
+    r = runner(gguf, kept_tokens=0)
+    whole = last_logits(r, 1, PROMPT)                 # 100 tokens: cut in two pieces of n_batch
+    chunked = last_logits(r, 2, PROMPT, cut=37)       # two chunks, as the scheduler cuts a long prompt
+    assert whole.shape == (r.vocab_size,) and whole.isfinite().all()
+    assert same_prediction(whole, chunked)
+
+
+def test_an_ended_sequence_slot_serves_the_next_that_begins_alike_within_its_principal_only(gguf):
+    r = runner(gguf)
+    fresh = last_logits(r, 1, PROMPT + [5, 6, 7], salt="alice")
+    r.release(1)
+    assert r.reused_tokens == 0
+    reused = last_logits(r, 2, PROMPT + [5, 6, 7], salt="alice")     # all but the last token were kept
+    assert r.reused_tokens == len(PROMPT) + 2
+    assert same_prediction(fresh, reused)
+    r.release(2)
+    other = last_logits(r, 3, PROMPT + [5, 6, 7], salt="bob")          # another principal computes it all
+    assert r.reused_tokens == len(PROMPT) + 2
+    assert same_prediction(fresh, other)
+    r.release(3)
+    last_logits(r, 4, PROMPT[:50] + [9, 9], salt="alice")             # a shorter common beginning
+    assert r.reused_tokens == len(PROMPT) + 2 + 50
+
+
+def test_idle_slots_keep_no_more_tokens_than_their_bound(gguf):
+    r = runner(gguf, kept_tokens=250, max_seqs=8)
+    for seq in range(6):
+        last_logits(r, seq, [2000 + seq] + PROMPT)       # 101 tokens each, none alike at the start
+    for seq in range(6):
+        r.release(seq)
+        assert sum(len(s.tokens) for s in r.idle.values()) <= 250
+    assert sum(1 for s in r.idle.values() if s.tokens) == 2         # the newest two stayed
+    assert len(r.idle) == 8 and not r.active
+
+
+def test_a_sequence_recomputed_from_an_earlier_position_forgets_what_followed(gguf):
+    r = runner(gguf, kept_tokens=0)
+    a = last_logits(r, 1, PROMPT, cut=60)
+    r.forward([Chunk(1, [7, 7, 7], len(PROMPT), [], True)])
+    again = r.forward([Chunk(1, PROMPT[60:], 60, [], True)])[0]    # back to position 60, as after a fault
+    assert len(r.active[1].tokens) == len(PROMPT)
+    assert same_prediction(a, again)
+    with pytest.raises(RuntimeError, match="resumes at position"):
+        r.forward([Chunk(1, [1], len(PROMPT) + 5, [], True)])
+
+
+def greedy_by_hand(r: LlamaCppRunner, prompt: list[int], n: int) -> list[int]:
+    out, logits = [], last_logits(r, 99, prompt)
+    for i in range(n):
+        out.append(int(logits.argmax()))
+        logits = r.forward([Chunk(99, [out[-1]], len(prompt) + i, [], True)])[0]
+    return out
+
+
+def chat_ids(lm, text: str) -> list[int]:
+    return encode_prompt(lm, None, [{"role": "user", "content": text}])
+
+
+def run(engine: Engine, requests: list[GenRequest]) -> dict[int, dict]:
+    for req in requests:
+        engine.add(req)
+    out: dict[int, dict] = {}
+    for _ in range(5000):
+        if not engine.has_work():
+            return out
+        for ev in engine.step():
+            r = out.setdefault(ev.rid, {"text": "", "ids": [], "finish": None})
+            r["text"] += ev.delta
+            r["ids"] += ev.token_ids
+            r.update(finish=ev.finish, errno=ev.errno)
+    raise AssertionError("the engine did not finish")
+
+
+def greedy(rid: int, ids: list[int], n: int = 24, **kw) -> GenRequest:
+    return GenRequest(rid, ids, n, 0.0, 1.0, 0, [], 1, ignore_eos=True, **kw)
+
+
+def test_the_engine_on_llama_cpp_writes_llama_cpp_s_own_greedy_tokens(lm, gguf):
+    """Alone, the engine's greedy tokens are the ones llama.cpp's logits give step by step. (In company
+    they may differ: llama.cpp's numbers move with how many tokens share a call, as bf16 torch's do.)"""
+    prompt = chat_ids(lm, "What is the capital of France?")
+    want = greedy_by_hand(runner(gguf, kept_tokens=0), prompt, 24)
+    engine = Engine(lm, 64 << 20, max_batch_tokens=256, gguf_path=gguf)
+    assert engine.backend == "llama.cpp" and engine.stats()["prefix_cache"] is True
+    assert run(engine, [greedy(1, prompt)])[1]["ids"] == want
+
+
+def test_a_crowd_in_a_small_cache_is_preempted_recomputed_and_finishes(lm, gguf):
+    prompts = [chat_ids(lm, f"{q} ({n})") for q in ("What is the capital of France?", "Name three colours.",
+                                                    "Write a haiku about rain.", "What is 2 + 2?") for n in (1, 2)]
+    per_block = 16 * 23040          # SmolLM2-135M: 30 layers x 3 kv heads x 64 x 2 x fp16, 16 tokens a block
+    tight = Engine(lm, 40 * per_block, max_batch_tokens=64, gguf_path=gguf)    # 32 blocks run (8 x 80 need 40), 8 kept
+    out = run(tight, [greedy(i + 1, p, 40) for i, p in enumerate(prompts)])
+    assert tight.num_preemptions > 0
+    assert all(r["finish"] == "length" and len(r["ids"]) == 40 for r in out.values()), out
+    assert tight.stats()["prefix_reused_tokens"] > 0           # a recompute started from its kept slot
+    assert not tight.runner.active and len(tight.runner.idle) == tight.runner.max_seqs   # every slot came back
+
+
+def test_a_json_schema_constraint_holds_on_llama_cpp(lm, gguf):
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    engine = Engine(lm, 64 << 20, gguf_path=gguf)
+    ids = chat_ids(lm, "Give the largest city of Japan and its population as JSON.")
+    out = run(engine, [GenRequest(i, ids, 96, 0.8, 0.95, 40, [], i, constraint={"json_schema": json.dumps(schema)})
+                       for i in range(1, 5)])
+    for r in out.values():
+        assert r["finish"] == "stop", r
+        jsonschema.validate(json.loads(r["text"]), schema)
+
+
+def test_the_backend_is_the_operator_s_choice(gguf, monkeypatch):
+    monkeypatch.setenv("LLMOS_CPU_BACKEND", "auto")
+    assert use_llamacpp(gguf, "cpu") and not use_llamacpp(gguf, "cuda") and not use_llamacpp(None, "cpu")
+    monkeypatch.setenv("LLMOS_CPU_BACKEND", "torch")
+    assert not use_llamacpp(gguf, "cpu")
+    monkeypatch.setenv("LLMOS_CPU_BACKEND", "llama")
+    with pytest.raises(ValueError, match="give one of auto, torch, llamacpp"):
+        use_llamacpp(gguf, "cpu")
+    monkeypatch.setattr(llamacpp_runner, "available", lambda: False)
+    monkeypatch.setenv("LLMOS_CPU_BACKEND", "auto")
+    assert not use_llamacpp(gguf, "cpu")                       # auto falls back to torch
+    monkeypatch.setenv("LLMOS_CPU_BACKEND", "llamacpp")
+    with pytest.raises(LlamaCppUnavailable, match="pip install"):
+        use_llamacpp(gguf, "cpu")                              # asked for, it is a load error, not a silent torch
+
+
+@pytest.mark.timeout(300)
+def test_a_kernel_serves_chat_on_llama_cpp_and_says_so(tmp_path):
+    with KernelProcess(tmp_path, model=MODEL, env={"LLMOS_CPU_BACKEND": "llamacpp"}).start(timeout=240) as k:
+        with k.client("chat") as c:
+            [m] = [m for m in c.models()["loaded"] if m["name"] == MODEL]
+            assert m["backend"] == "llama.cpp"
+            messages = [{"role": "user", "content": "What is the capital of France? One word."}]
+            stream = c.stream(messages=messages, model=MODEL, max_tokens=24, temperature=0.0)
+            text = "".join(stream)
+            assert text.strip() and stream.result["text"] == text
+            assert stream.result["usage"]["completion_tokens"] >= 1
+            again = c.infer(messages=messages, model=MODEL, max_tokens=24, temperature=0.0)
+            assert again["text"].strip() and again["usage"] == stream.result["usage"] | again["usage"]
+            with pytest.raises(Exception, match="EINVAL"):     # the kernel's checks are the same on either backend
+                c.infer(messages=messages, model=MODEL, max_tokens=24, temperature=-1.0)
