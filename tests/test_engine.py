@@ -380,6 +380,26 @@ def test_nucleus_within_top_k_is_the_one_a_sort_of_the_whole_vocabulary_gives():
         assert 1 < int(got[0].isfinite().sum()) < 50      # the nucleus cut inside the top k
 
 
+def test_sampling_within_the_top_k_picks_what_noise_over_the_whole_vocabulary_picks():
+    """sample() makes noise for the top k tokens alone when every hot row has a top_k: the same
+    choices as the whole-vocabulary Gumbel-max, greedy and unfiltered rows mixed in."""
+    from llmos.drivers.sampling import _filter, uniform_noise
+
+    def whole(x, t, p, k, s, pos):
+        hot = (t > 0).nonzero().squeeze(1)
+        y = _filter(x[hot] / t[hot][:, None], k[hot], p[hot])
+        return x.argmax(-1).index_copy(0, hot, (y - torch.log(-torch.log(uniform_noise(s[hot], pos[hot], y.shape[-1])))).argmax(-1))
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.9, 1.0, 1.0, 0.5, 0.0, 0.99])
+    for trial in range(100):
+        x = torch.randn(6, 2000, generator=g) * 3
+        t = torch.tensor([0.7, 0.0 if trial % 2 else 0.1, 1.5, 1.0, 0.3, 2.0])
+        k = torch.tensor([50, 0 if trial % 3 else 7, 5, 1, 100, 1500])
+        s, pos = torch.randint(0, 1 << 40, (6,), generator=g), torch.randint(0, 500, (6,), generator=g)
+        assert torch.equal(sample(x, t, p, k, s, pos), whole(x, t, p, k, s, pos))
+
+
 def test_sampler_keeps_only_the_most_likely_token_at_top_p_zero():
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
     positions = torch.zeros(4, dtype=torch.long)
