@@ -16,8 +16,9 @@ reads it as it is), the same chat prompt rendered to the same text, greedy, `--n
 llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
 with other work one thread can be the faster; llmos's driver picks its own (drivers/cpu_threads.py).
 
-Every turn starts after `--settle` seconds of quiet (default: a little over the period in which llmos's
-thread policy looks at the machine), so that no side runs on a thread count chosen during the other's turn.
+Every turn starts after `--settle` seconds of quiet (default: a little over two of the periods in which
+llmos's thread policy looks at the machine), so that no side runs on a thread count chosen during the
+other's turn.
 
 Every rate counts the completion tokens actually produced (a request may end at EOS), over the wall time
 from sending to the last token. llama-cpp-python is an optional extra (`pip install -e '.[llamacpp]'`,
@@ -284,8 +285,9 @@ def main() -> None:
     p.add_argument("--llmos-threads", type=int, default=None, help="also boot a kernel whose CPU driver is pinned "
                    "to this many torch threads (LLMOS_CPU_THREADS), to measure the thread policy against it")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
-    p.add_argument("--settle", type=float, default=PERIOD_S + 0.5, help="seconds of quiet before each turn "
-                   f"(default {PERIOD_S + 0.5:g}: llmos's thread policy decides from the last {PERIOD_S:g} s)")
+    p.add_argument("--settle", type=float, default=2 * PERIOD_S + 0.5, help="seconds of quiet before each turn "
+                   f"(default {2 * PERIOD_S + 0.5:g}: llmos's thread policy decides every {PERIOD_S:g} s from the "
+                   "period before, so two periods pass)")
     args = p.parse_args()
     exit_cleanly_on_sigterm()
     model = args.model or "smollm2-135m-instruct"

@@ -172,6 +172,26 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.scheduler.has_work() or self._events)
 
+    @property
+    def load(self) -> int:
+        """Requests in this engine, running or waiting."""
+        return len(self.scheduler.running) + len(self.scheduler.waiting)
+
+    def hand_over(self, other: Engine, keep=lambda seq: False) -> list[int]:
+        """Move this engine's requests (but those `keep` says) to `other`, an engine of the same
+        loaded model on another runner; their ids. Each is recomputed there from its prompt and what
+        it has generated, as after a preemption: its text, constraint, seed and counts go with it.
+        Only between steps (a paused step's sequences hold their runner's cache)."""
+        moved = []
+        for seq in [*self.scheduler.running, *self.scheduler.waiting]:
+            if keep(seq):
+                continue
+            self.scheduler.remove(seq)
+            seq.num_computed, seq.block_keys = 0, []
+            other.scheduler.add(seq)
+            moved.append(seq.id)
+        return moved
+
     def step(self) -> list[StepEvent]:
         """One whole step; the events of its cut-ins come first."""
         events: list[StepEvent] = []

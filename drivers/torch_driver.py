@@ -5,11 +5,11 @@ step events back into TokenEvents. Requests arrive already checked against the s
 what only the driver can know (the prompt's length in tokens against the model's context) it
 checks here, and every failure it reports carries its errno.
 
-On a CPU, a model that comes as a GGUF file generates on llama.cpp where llama-cpp-python is
-installed (llamacpp_runner.py: the file's 4-bit weights, about 4x faster for one stream than the
-dequantized bf16), still batched and scheduled by the same engine; LLMOS_CPU_BACKEND=torch turns
-that off. The torch model stays loaded beside it for what llama.cpp does not serve here: requests
-with a LoRA adapter (their own torch engine, with a quarter of the KV budget) and `score`.
+On a CPU, a model that comes as a GGUF file gets two engines where llama-cpp-python is installed
+(LLMOS_CPU_BACKEND=torch turns that off): one on llama.cpp (llamacpp_runner.py: the file's 4-bit
+weights, about 4x faster than the dequantized bf16 for one stream) and one on torch (faster for a
+crowd, and the one that serves LoRA adapters and `score`), each with half of the KV budget; the
+model's requests run on one or the other as their number says (engine_pair.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from llmos.specs.registry import ModelSpec
 
 from .cpu_threads import ThreadPolicy
 from .interface import Driver, Reply
+from .engine_pair import EnginePair
 from .llamacpp_runner import use_llamacpp
 from .slices import run_to_end
 
@@ -37,7 +38,7 @@ ENGINE_SIZES = {"cpu": {"max_seqs": 64, "max_batch_tokens": 256, "cut_in_tokens"
                 "cuda": {"max_seqs": 256, "max_batch_tokens": 8192, "cut_in_tokens": 0}}
 
 
-ADAPTER_KV_SHARE = 4   # beside a llama.cpp engine, the torch engine for adapter requests gets 1/4 of the KV budget
+PAIR_KV_SHARE = 2   # a llama.cpp engine and the torch engine beside it each get half of the model's KV budget
 
 
 def _given(value, default):
@@ -72,7 +73,7 @@ class TorchDriver(Driver):
         self.dtype = auto_dtype(device) if dtype == "auto" else dtype
         self.torch = torch
         self.engines: dict = {}          # model -> Engine (generate models)
-        self.adapter_engines: dict = {}  # model -> the torch Engine beside a llama.cpp one, for adapter requests
+        self.pairs: dict = {}            # model -> EnginePair, where llama.cpp and torch share its requests
         self.embedders: dict = {}        # model -> LoadedModel (embedding models)
         self.owner: dict = {}            # rid -> the Engine it runs on, for cancel
         self.threads = ThreadPolicy.from_env(torch) if self.kind == "cpu" else None
@@ -105,11 +106,11 @@ class TorchDriver(Driver):
             on_stage("kv cache")
             gguf = os.path.join(spec.path, spec.gguf_file) if spec.gguf_file and not spec.quant else None
             sizes = ENGINE_SIZES[self.kind]
-            if use_llamacpp(gguf, self.kind):      # llama.cpp generates; the torch engine beside it serves adapters
-                beside = kv_bytes // ADAPTER_KV_SHARE
+            if use_llamacpp(gguf, self.kind):      # llama.cpp for a few requests, torch for a crowd (engine_pair.py)
+                beside = kv_bytes // PAIR_KV_SHARE
                 engines = [Engine(lm, kv_budget_bytes=kv_bytes - beside, gguf_path=gguf, **sizes),
                            Engine(lm, kv_budget_bytes=beside, **sizes)]
-                self.adapter_engines[msg.model] = engines[1]
+                self.pairs[msg.model] = EnginePair(*engines)
             else:
                 engines = [Engine(lm, kv_budget_bytes=kv_bytes, **sizes)]
             self.engines[msg.model] = engines[0]
@@ -127,7 +128,7 @@ class TorchDriver(Driver):
         engine = self.engines.pop(model, None)
         if engine is not None and hasattr(engine.runner, "close"):
             engine.runner.close()     # llama.cpp's memory goes now, not when the collector gets to it
-        self.adapter_engines.pop(model, None)
+        self.pairs.pop(model, None)
         self.embedders.pop(model, None)
         if self.kind == "cuda":
             self.torch.cuda.empty_cache()
@@ -175,12 +176,12 @@ class TorchDriver(Driver):
             self._ended(engine, rid)
 
     def _engine(self, model: str, adapter: str = ""):
-        """The engine a request for model runs on: one with an adapter, on the torch engine that serves
-        adapters (beside a llama.cpp one, or the model's only engine)."""
-        return (adapter and self.adapter_engines.get(model)) or self.engines.get(model)
+        """The engine a new request for model runs on: its pair's choice (engine_pair.py), else its only one."""
+        pair = self.pairs.get(model)
+        return pair.engine_for(adapter) if pair is not None else self.engines.get(model)
 
     def _all_engines(self) -> list:
-        return [*self.engines.values(), *self.adapter_engines.values()]
+        return [*self.engines.values(), *(pair.crowd for pair in self.pairs.values())]
 
     def load_adapter(self, msg: channel.LoadAdapter) -> channel.AdapterLoaded | channel.AdapterFailed:
         """Install a LoRA adapter over a loaded model (drivers/lora.py); refused whole if it does not fit."""
@@ -264,6 +265,8 @@ class TorchDriver(Driver):
         any cut-in (often none): the moment to send them and to take in new submissions.
         """
         out: list[TokenEvent] = []
+        for pair in self.pairs.values():
+            self.owner.update(pair.rebalance())
         for engine in self._all_engines():
             if not engine.has_work():
                 continue

@@ -538,3 +538,31 @@ def test_real_model_answers_paris_and_matches_hf_greedy():
     out = run(Engine(real, 64 << 20), [request(0, prompt, max_tokens=30)])[0]
     assert "Paris" in out["text"]
     assert out["tokens"] == hf_greedy(real, prompt, max_tokens=30)
+
+
+# --- handing requests over to another engine of the same model (engine_pair.py) -----------------
+
+
+def test_requests_handed_over_mid_answer_finish_there_as_they_would_have(lm):
+    """hand_over moves running and waiting requests between two engines of one model: each is
+    recomputed from its prompt and what it had generated; greedy and seeded-sampled answers,
+    text and usage come out as on one engine alone."""
+    reqs = [request(i, ids(lm, p), max_tokens=20, temperature=0.0 if i % 2 else 0.9, seed=i, ignore_eos=True)
+            for i, p in enumerate(PROMPTS)]
+    alone = run(Engine(lm, BIG_KV), [dataclasses.replace(r) for r in reqs])
+    first, second = Engine(lm, BIG_KV), Engine(lm, BIG_KV, max_seqs=2)   # two run, two wait there
+    for r in reqs:
+        first.add(dataclasses.replace(r))
+    out: dict = {}
+    for _ in range(5):
+        collect(out, first.step())
+    assert first.load == 4
+    moved = first.hand_over(second, keep=lambda seq: seq.id == 3)
+    assert sorted(moved) == [0, 1, 2] and first.load == 1 and second.load == 3
+    assert first.blocks.num_used_blocks == len(first.blocks.block_table(3))    # the others' blocks came back
+    assert second.blocks.num_used_blocks == 0 and not second.running           # they wait to be recomputed
+    while first.has_work() or second.has_work():
+        collect(out, first.step() + second.step())
+    for rid, want in alone.items():
+        assert out[rid]["tokens"] == want["tokens"] and out[rid]["text"] == want["text"]
+        assert out[rid]["usage"] == want["usage"] and out[rid]["finish"] == "length"

@@ -205,3 +205,50 @@ def test_a_kernel_serves_chat_on_llama_cpp_and_says_so(tmp_path):
             assert again["text"].strip() and again["usage"] == stream.result["usage"] | again["usage"]
             with pytest.raises(Exception, match="EINVAL"):     # the kernel's checks are the same on either backend
                 c.infer(messages=messages, model=MODEL, max_tokens=24, temperature=-1.0)
+
+
+def test_a_crowd_moves_the_model_to_torch_and_the_next_lone_request_back_to_llama_cpp(gguf, monkeypatch):
+    from dataclasses import asdict
+
+    from llmos.drivers import engine_pair
+    from llmos.drivers.torch_driver import TorchDriver
+    from llmos.specs import channel
+
+    monkeypatch.setenv("LLMOS_CPU_BACKEND", "auto")
+    driver = TorchDriver("cpu")
+    loaded = driver.load(channel.Load(MODEL, asdict(registry.resolve(MODEL)), 64 << 20))
+    assert loaded.backend == "llama.cpp"
+    pair = driver.pairs[MODEL]
+
+    def submit(rid: int, n: int = 16):
+        assert driver.submit(channel.Submit(rid, MODEL, f"Count to {rid}:", None, n, 0.0, None, None, [], 1)) is None
+
+    regimes, out = [], {}
+
+    def step() -> None:
+        events = driver.step()
+        regimes.append(pair.regime)
+        for ev in events:
+            out.setdefault(ev.rid, {"n": 0})["n"] += ev.tokens
+            out[ev.rid].update(finish=ev.finish, usage=ev.usage)
+
+    def finish() -> dict[int, dict]:
+        while driver.has_work():
+            step()
+        return out
+
+    for rid in range(1, engine_pair.TORCH_FROM):       # one fewer than a crowd: llama.cpp runs them
+        submit(rid)
+    step()
+    assert pair.regime == "llama.cpp" and pair.fast.load == engine_pair.TORCH_FROM - 1
+    submit(100)                                        # the crowd's ninth: the next step moves them all
+    out = finish()
+    assert regimes[1] == "torch" and pair.moves == 2    # to torch at once, back once the crowd thinned out
+    assert regimes[-1] == "llama.cpp" and pair.load == 0
+    assert all(r["finish"] in ("stop", "length") and r["n"] == r["usage"]["completion_tokens"] for r in out.values())
+    assert len(out) == engine_pair.TORCH_FROM
+    submit(200)
+    out.clear()
+    finish()
+    assert set(regimes[-len(out):]) == {"llama.cpp"} and pair.moves == 2 and out[200]["finish"] in ("stop", "length")
+    driver.unload(MODEL)
