@@ -6,8 +6,10 @@ takes one of the cores, the thread there is descheduled for a whole time slice a
 wait at the next barrier: on a 2-core machine shared with other work, SmolLM2-135M's decode fell
 from 2.0 tokens/s on one thread to 0.3 on two (benchmarks/README.md, "CPU: llmos against
 llama.cpp"). So the driver watches the cores that processes other than itself keep busy, and runs
-on the rest. Niced work does not count: the scheduler gives way to a driver at nice 0 over a
-nice-19 job, so a background compile does not cost the driver its cores.
+on the rest. Niced work counts too: one might expect the scheduler to give way to a driver at nice 0
+over a nice-19 job, but on Linux 6.18 (EEVDF) a two-thread llama.cpp step through the kernel fell
+from ~75 to 4-9 tokens/s beside a nice-19 loop on each core, with stalls of up to 3 s, while one
+thread kept 38-43 (benchmarks/README.md).
 
 The policy is the operator's choice, LLMOS_CPU_THREADS=auto in the kernel's environment (its drivers
 inherit it), not the default: in bf16 a different thread count can change a greedy answer, and the
@@ -35,14 +37,14 @@ def available_cores() -> int:
 
 
 def threads_for(cores: int, others: float) -> int:
-    """Threads to run when other processes keep `others` cores busy (nice 0 and above only)."""
+    """Threads to run when other processes keep `others` cores busy."""
     return max(1, min(cores, int(cores - others + RELEASE_CORES)))
 
 
 def competing_busy_seconds() -> float:
-    """CPU seconds the machine has spent on work at nice <= 0, all cores together."""
+    """CPU seconds the machine has spent on work, niced or not, all cores together."""
     t = psutil.cpu_times()
-    return sum(getattr(t, name, 0.0) for name in ("user", "system", "irq", "softirq", "steal"))
+    return sum(getattr(t, name, 0.0) for name in ("user", "nice", "system", "irq", "softirq", "steal"))
 
 
 class ThreadPolicy:

@@ -163,7 +163,6 @@ class LlamaCppRunner:
     def forward_slices(self, chunks: list[Chunk]) -> Slices:
         """Logits [S, V] (float32) for the chunks with sample=True, in their order; a pause between
         two llama_decode calls when the chunks' tokens take more than one."""
-        self._follow_torch_threads()
         rows: list[torch.Tensor] = []
         part: list[tuple[Slot, Chunk]] = []
         size = 0
@@ -271,9 +270,9 @@ class LlamaCppRunner:
         return [torch.from_numpy(np.ctypeslib.as_array(self.low.llama_get_logits_ith(self.ctx, row),
                                                        shape=(self.vocab_size,)).copy()) for row in outputs]
 
-    def _follow_torch_threads(self) -> None:
-        """The driver's thread policy (cpu_threads.py) sets torch's count; llama.cpp follows it."""
-        threads = torch.get_num_threads()
+    def set_threads(self, threads: int) -> None:
+        """The threads llama.cpp computes on from the next call (the driver's thread policy decides)."""
+        threads = max(1, threads)
         if threads != self.threads:
             self.low.llama_set_n_threads(self.ctx, threads, threads)
             self.threads = threads

@@ -271,13 +271,31 @@ class TorchDriver(Driver):
             if not engine.has_work():
                 continue
             try:
-                events = run_to_end(engine.step_slices(),
-                                    lambda cut_in: (pause or out.extend)(self._token_events(cut_in)))
+                with self._compute_threads(engine):
+                    events = run_to_end(engine.step_slices(),
+                                        lambda cut_in: (pause or out.extend)(self._token_events(cut_in)))
             except Exception as exc:  # a fault no request explains (faults.py) fails the engine's requests, not the driver
                 traceback.print_exc()
                 events = engine.fail_all(f"engine failure: {exc.__class__.__name__}: {exc}")
             out += self._token_events(events)
         return out
+
+    @contextlib.contextmanager
+    def _compute_threads(self, engine):
+        """For a step on llama.cpp: llama.cpp computes on the threads torch would have had (the thread
+        policy's count), and torch's own ops in the step (sampling) run on one. Two OpenMP pools
+        (torch's and llama.cpp's) spinning on the same cores stalled each other: beside a nice-19 job,
+        a lone stream fell from 73 to 0.6-2.3 tokens/s with torch on two threads (benchmarks/README.md)."""
+        if engine.backend != "llama.cpp":
+            yield
+            return
+        threads = self.torch.get_num_threads()
+        engine.runner.set_threads(threads)
+        self.torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            self.torch.set_num_threads(threads)
 
     def _token_events(self, events: list) -> list[TokenEvent]:
         """Engine events as the channel carries them; ended requests are forgotten."""

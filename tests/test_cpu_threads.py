@@ -22,9 +22,9 @@ def test_threads_are_the_cores_others_leave_never_fewer_than_one(cores, others, 
 
 
 @contextlib.contextmanager
-def busy_processes(n: int):
-    """n busy loops at nice 0: work that competes with the driver on equal terms."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+def busy_processes(n: int, nice: int = 0):
+    """n busy loops at `nice` (0: work that competes with the driver on equal terms)."""
+    procs = [subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
         yield
     finally:
@@ -53,6 +53,14 @@ def test_the_cpu_driver_gives_up_a_thread_when_other_processes_take_the_cores(to
         time.sleep(1.2)
         driver.tune_threads()
     assert driver.threads.threads == torch.get_num_threads() == 1
+
+
+def test_niced_work_takes_a_thread_away_too(torch_threads):
+    """Beside nice-19 loops, two compute threads stalled (EEVDF; cpu_threads.py says what was measured)."""
+    policy = ThreadPolicy(torch, cores=2, period_s=1.0)
+    with busy_processes(2, nice=19):
+        time.sleep(1.2)
+        assert policy.tick() == torch.get_num_threads() == 1
 
 
 

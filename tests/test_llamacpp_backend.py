@@ -192,7 +192,7 @@ def test_the_backend_is_the_operator_s_choice(gguf, monkeypatch):
 
 @pytest.mark.timeout(300)
 def test_a_kernel_serves_chat_on_llama_cpp_and_says_so(tmp_path):
-    with KernelProcess(tmp_path, model=MODEL, env={"LLMOS_CPU_BACKEND": "llamacpp"}).start(timeout=240) as k:
+    with KernelProcess(tmp_path, model=MODEL, env={"LLMOS_CPU_BACKEND": "llamacpp"}) as k:
         with k.client("chat") as c:
             [m] = [m for m in c.models()["loaded"] if m["name"] == MODEL]
             assert m["backend"] == "llama.cpp"
