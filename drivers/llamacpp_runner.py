@@ -7,8 +7,8 @@ is installed (the optional `llamacpp` extra) and a model comes as a GGUF file, t
 generation here, behind the same interface as runner.py: the engine hands over `Chunk`s and gets
 logits back, and everything else (continuous batching, fair share, preemption and resume, stop
 strings, constraints, logprobs, penalties, seeds) stays the engine's, unchanged. LoRA adapters
-and the prefix cache are the torch runner's: a request with an adapter goes to a torch engine
-beside this one (torch_driver.py), and here every sequence computes its own prompt.
+are the torch runner's: a request with one runs on the torch engine beside this one, which also
+takes the model's requests when a crowd of them would run faster there (engine_pair.py).
 
 llama.cpp keeps the keys and values itself, in one cache shared by every sequence (its unified
 KV cache). The engine's block allocator still decides who runs and who is preempted, from a budget

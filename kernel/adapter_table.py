@@ -140,7 +140,7 @@ class AdapterTable:
             estimate = sum(len(b) for b in data.values())
             k.models.make_room(entry.device, estimate, f"{what} ({format_size(estimate)})")
             entry.bytes = estimate
-            k.memory.charge_model(entry.device, entry.account_key, estimate)
+            k.devmem.charge_model(entry.device, entry.account_key, estimate)
             sent = k.supervisor.send(entry.device, channel.LoadAdapter(info.base, info.id, data))
             await asyncio.shield(entry.loaded)
 
@@ -162,7 +162,7 @@ class AdapterTable:
     def _forget(self, entry: AdapterEntry) -> None:
         if self._entries.get((entry.info.id, entry.device)) is entry:
             del self._entries[(entry.info.id, entry.device)]
-        self.k.memory.release_model(entry.device, entry.account_key)
+        self.k.devmem.release_model(entry.device, entry.account_key)
 
     def evict(self, entry: AdapterEntry, why: str) -> None:
         self._forget(entry)
@@ -197,7 +197,7 @@ class AdapterTable:
         if entry is None or entry.loaded.done():
             return
         entry.state, entry.bytes = "ready", msg.bytes
-        self.k.memory.charge_model(device, entry.account_key, msg.bytes)
+        self.k.devmem.charge_model(device, entry.account_key, msg.bytes)
         log.info("adapter.loaded", adapter=msg.adapter, device=device, bytes=msg.bytes)
         entry.loaded.set_result(entry)
 

@@ -272,7 +272,7 @@ class Devices:
             if req.device == drv.device:
                 self.k.requests.end(req, error)
         for entry in self.k.models.on_device(drv.device):
-            if drv.device in self.k.memory.devices:
+            if drv.device in self.k.devmem.devices:
                 self.k.models.evict(entry, f"device {drv.device} is down")
             if not entry.loaded.done():
                 entry.loaded.set_exception(error)
@@ -284,7 +284,7 @@ class Devices:
         cpus = [d for d in self.names if device_kind(d) == "cpu" and self.nodes.get(d) == node]
         measured = drv.hello.total_bytes // len(cpus) if device in cpus else drv.hello.total_bytes  # they share a node's RAM
         total = self.k.settings.device_memory.get(device) or measured
-        self.k.memory.add_device(device, device_kind(device), total)
+        self.k.devmem.add_device(device, device_kind(device), total)
         self.k.models.reload_after_crash(device)
         self.pump(device)
 

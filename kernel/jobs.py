@@ -133,19 +133,19 @@ class JobTable:
         shape = await asyncio.to_thread(model_shape, entry.spec.path)
         need = train_bytes(entry.weight_bytes, shape, r["hyper"])
         k = self.k
-        k.quotas.check_reserve(job.owner, job.device, k.memory.devices[job.device].total_bytes,
+        k.quotas.check_reserve(job.owner, job.device, k.devmem.devices[job.device].total_bytes,
                                reservations_of(k, job.owner), need, "tune")
-        if not k.memory.devices[job.device].can_fit(need):
+        if not k.devmem.devices[job.device].can_fit(need):
             k.models.make_room(job.device, need, f"fine-tune job {job.id} ({format_size(entry.weight_bytes)} weights to "
                                                  f"train, activations of {r['hyper']['batch_size']} x "
                                                  f"{r['hyper']['max_seq_len']} tokens)", exclude=entry)
-        job.handle, job.reserved = k.memory.reserve(job.device, job.pid, need), need
+        job.handle, job.reserved = k.devmem.reserve(job.device, job.pid, need), need
 
     def _release(self, job: Job) -> None:
         """Give back what the job holds: its turn, its reservation, its hold on the base model."""
         self._drop_turn(job)
-        if job.handle is not None and job.device in self.k.memory.devices:
-            self.k.memory.release(job.device, job.handle)
+        if job.handle is not None and job.device in self.k.devmem.devices:
+            self.k.devmem.release(job.device, job.handle)
         job.handle, job.reserved = None, 0
         for entry in self.k.models.replicas(job.record["base"]):
             entry.refs.discard(job.pid)

@@ -53,7 +53,7 @@ class Kernel:
         self.settings = settings
         self.started = time.time()
         self.procs = ProcessTable()
-        self.memory = DeviceMemory()
+        self.devmem = DeviceMemory()   # device memory: what each device holds for models, KV and reservations
         self.models = ModelTable(self)
         self.requests = RequestTable(self)
         self.devices = Devices(self, resolve_devices(settings.devices))
@@ -209,7 +209,7 @@ class Kernel:
         for req in list(proc.requests.values()):
             self.requests.end(req, ecanceled(f"process {proc.pid} was reaped: {why}"), notify=False)
         for handle, (device, _) in list(proc.reservations.items()):
-            self.memory.release(device, handle)
+            self.devmem.release(device, handle)
         self.models.drop_refs(proc)
         self.devices.forget(proc.pid, f"process {proc.pid}, whom it served, was reaped: {why}")
         log.info("process.reaped", pid=proc.pid, name=proc.name, reason=why)

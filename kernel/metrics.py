@@ -238,7 +238,7 @@ class TableCollector:
             waiting.add_metric([device], queue["queued"])
             if device in self.metrics.kv_usage:
                 kv.add_metric([device], self.metrics.kv_usage[device])
-            acct = k.memory.devices.get(device)
+            acct = k.devmem.devices.get(device)
             used.add_metric([device], acct.used_bytes if acct else 0)
             reserved.add_metric([device], acct.reserved_bytes if acct else 0)
             total.add_metric([device], acct.total_bytes if acct else 0)

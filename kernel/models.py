@@ -190,7 +190,7 @@ class ModelTable:
             self.make_room(device, weights + kv, f"model '{name}' ({format_size(weights)} weights + {format_size(kv)} KV cache)",
                            exclude=entry)
             entry.weight_bytes, entry.kv_bytes = weights, kv
-            k.memory.charge_model(device, name, entry.bytes)
+            k.devmem.charge_model(device, name, entry.bytes)
             log.info("model.loading", model=name, device=device, source=spec.source, estimate_bytes=entry.bytes)
             sent = k.supervisor.send(device, entry.load_message())
             await asyncio.shield(entry.loaded)
@@ -207,7 +207,7 @@ class ModelTable:
         except BaseException as exc:
             if self.entry(name, device) is entry:
                 self._forget(entry)
-                k.memory.release_model(device, name)
+                k.devmem.release_model(device, name)
                 if sent:       # the driver may still be loading it: it drops it
                     k.supervisor.send(device, channel.Unload(name))
             if not entry.loaded.done():
@@ -217,7 +217,7 @@ class ModelTable:
 
     def make_room(self, device: str, need: int, what: str, exclude: ModelEntry | None = None) -> None:
         """Evict idle models on `device` until `need` bytes are free; ENOMEM (saying why) if they cannot be."""
-        account = self.k.memory.devices[device]
+        account = self.k.devmem.devices[device]
         if need > account.total_bytes:
             raise enomem(f"{what} needs {format_size(need)} but {device} has {format_size(account.total_bytes)} in all; "
                          f"it can never fit here")
@@ -240,7 +240,7 @@ class ModelTable:
     def evict(self, entry: ModelEntry, why: str) -> None:
         self._forget(entry)
         self.adapters.base_gone(entry.name, entry.device)
-        self.k.memory.release_model(entry.device, entry.name)
+        self.k.devmem.release_model(entry.device, entry.name)
         self.k.supervisor.send(entry.device, channel.Unload(entry.name))
         log.info("model.unloaded", model=entry.name, device=entry.device, reason=why)
 
@@ -266,7 +266,7 @@ class ModelTable:
         entry.context_length, entry.load_s, entry.backend = msg.context_length, msg.load_s, msg.backend
         entry.state, entry.stage = "ready", ""
         self.load_times.record(entry.name, msg.load_s)
-        self.k.memory.charge_model(entry.device, entry.name, entry.bytes)
+        self.k.devmem.charge_model(entry.device, entry.name, entry.bytes)
         log.info("model.loaded", model=entry.name, device=entry.device, bytes=entry.bytes, duration_s=round(entry.load_s, 2))
         if not entry.loaded.done():
             entry.loaded.set_result(entry)

@@ -48,11 +48,11 @@ def replica_devices(k: "Kernel", name: str, have: set[str], more: int) -> list[s
     free memory first; EINVAL when there are not enough."""
     kind = device_kind(next(iter(have))) if have else None
     spare = [d for d in k.devices.names
-             if d not in have and (kind is None or device_kind(d) == kind) and d in k.memory.devices]
+             if d not in have and (kind is None or device_kind(d) == kind) and d in k.devmem.devices]
     if len(spare) < more:
         raise einval(f"{len(have) + more} replicas of '{name}' asked for, but this kernel has "
                      f"{len(have) + len(spare)} {kind or ''} device(s) up for it")
-    spare.sort(key=lambda d: -k.memory.devices[d].free_bytes)
+    spare.sort(key=lambda d: -k.devmem.devices[d].free_bytes)
     return spare[:more]
 
 

@@ -204,7 +204,7 @@ def adapter_table(tmp_path, requests):
 
     memory = DeviceMemory()
     memory.add_device("cpu", "cpu", 1000)
-    k = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path), memory=memory, requests=requests,
+    k = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path), devmem=memory, requests=requests,
                         supervisor=SimpleNamespace(send=lambda device, msg: True))
     return AdapterTable(k)
 
@@ -227,7 +227,7 @@ async def test_an_adapter_with_a_request_in_flight_is_never_evicted_and_idle_one
 
     table = adapter_table(tmp_path, [SimpleNamespace(payload={"adapter": "alice/tiny:busy"}, device="cpu")])
     newer, busy, older = (loaded_adapter(table, n, t) for n, t in (("newer", 3.0), ("busy", 1.0), ("older", 2.0)))
-    assert table.k.memory.devices["cpu"].models_bytes == 300
+    assert table.k.devmem.devices["cpu"].models_bytes == 300
     assert eviction_victims(table.entries(), "cpu", need=50, free=0) == [older]
     assert eviction_victims(table.entries(), "cpu", need=150, free=0) == [older, newer]
     assert eviction_victims(table.entries(), "cpu", need=250, free=0) is None
@@ -240,7 +240,7 @@ async def test_unloading_a_base_drops_its_adapters_and_their_charge(tmp_path):
     other = loaded_adapter(table, "b", 1.0, base="other")
     table.base_gone("tiny", "cpu")
     assert table.entries() == [other]
-    assert table.k.memory.devices["cpu"].models_bytes == 100
+    assert table.k.devmem.devices["cpu"].models_bytes == 100
 
 
 def test_a_retrained_adapter_serves_its_new_version(adapter_kernel, tiny_llama):

@@ -18,7 +18,7 @@ def sys_devices(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     out = []
     for name in k.devices.names:
         drv = k.devices.driver(name)
-        acct = k.memory.devices.get(name)
+        acct = k.devmem.devices.get(name)
         row = {"name": name, "kind": device_kind(name), "driver": drv.state,
                "os_pid": drv.hello.pid if drv.hello else None,
                "total_bytes": 0, "used_bytes": 0, "free_bytes": 0, "models_bytes": 0, "reserved_bytes": 0,
@@ -32,7 +32,7 @@ def sys_devices(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 def sys_alloc_gpu(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     device = k.devices.pick(args["device"])
-    acct = k.memory.devices.get(device)
+    acct = k.devmem.devices.get(device)
     if acct is None:
         raise eagain(f"the driver for {device} is still starting; retry in a few seconds")
     nbytes = args["bytes"]
@@ -44,7 +44,7 @@ def sys_alloc_gpu(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
                      f"(it holds {ctx.proc.reserved_bytes})")
     if not acct.can_fit(nbytes):
         k.models.make_room(device, nbytes, f"a reservation of process {ctx.proc.pid}")
-    handle = k.memory.reserve(device, ctx.proc.pid, nbytes)
+    handle = k.devmem.reserve(device, ctx.proc.pid, nbytes)
     ctx.proc.reservations[handle] = (device, nbytes)
     return {"handle": handle, "device": device, "bytes": nbytes}
 
@@ -54,7 +54,7 @@ def sys_free(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     if held is None:
         raise enoent(f"process {ctx.proc.pid} holds no reservation {args['handle']}")
     device, _ = held
-    return {"handle": args["handle"], "bytes": k.memory.release(device, args["handle"])}
+    return {"handle": args["handle"], "bytes": k.devmem.release(device, args["handle"])}
 
 
 HANDLERS = {"devices": sys_devices, "alloc_gpu": sys_alloc_gpu, "free": sys_free}

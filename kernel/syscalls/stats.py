@@ -52,7 +52,7 @@ async def sys_stats(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 def device_row(k: "Kernel", name: str) -> dict:
     drv = k.supervisor.drivers.get(name)
-    acct = k.memory.devices.get(name)
+    acct = k.devmem.devices.get(name)
     return {"name": name, "kind": device_kind(name), "driver": drv.state if drv else "starting",
             **k.devices.describe(name), "kv_usage": k.metrics.kv_usage.get(name),
             "used_bytes": acct.used_bytes if acct else 0, "reserved_bytes": acct.reserved_bytes if acct else 0,
