@@ -1,6 +1,6 @@
 """The batching engine: many generation requests share each forward pass of one model.
 
-Each `step()` schedules (scheduler.py: running decodes first, then prefill chunks of newly
+Each `step()` schedules (batch_scheduler.py: running decodes first, then prefill chunks of newly
 admitted requests, within a token budget and the KV cache, preempting when the cache runs out),
 runs the model once over all of it (runner.py), and turns the sampled tokens into text events
 (detokenizer.py). A preempted sequence is recomputed from its prompt plus what it had
@@ -48,7 +48,7 @@ from .loader import LoadedModel
 from .runner import make_runner, supports_paged
 from .constraints import ConstraintError, Grammars
 from .logits import TokenTexts, next_tokens
-from .scheduler import Plan, Scheduler
+from .batch_scheduler import BatchScheduler, Plan
 from .sequence import GenRequest, Sequence
 from .slices import run_to_end
 from .tools import ToolCallText, family
@@ -114,7 +114,7 @@ class Engine:
                                  f"transformers {self.vocab_size}: the backends disagree on the vocabulary")
         else:
             self.runner = make_runner(lm, self.blocks.num_blocks, max(1, max_seqs), cuda_graphs)
-        self.scheduler = Scheduler(self.blocks, max_seqs, max_batch_tokens, cut_in_tokens,
+        self.scheduler = BatchScheduler(self.blocks, max_seqs, max_batch_tokens, cut_in_tokens,
                                    forget=self.runner.release)
         self._events: list[StepEvent] = []   # finished outside a forward pass; sent by the next step
         self._rng = random.Random()  # own state: a caller seeding `random` must not fix our seeds

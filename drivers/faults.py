@@ -32,7 +32,7 @@ import torch
 from .sequence import GenRequest
 
 if TYPE_CHECKING:
-    from .scheduler import Plan
+    from .batch_scheduler import Plan
     from .sequence import Sequence
 
 

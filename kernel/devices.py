@@ -1,6 +1,6 @@
 """The kernel's devices: admitting queued work to each device's driver, and what drivers say back.
 
-Each device has a fair scheduler (kernel/scheduler.py) of queued generations and a window of
+Each device has a fair scheduler (kernel/fair_share.py) of queued generations and a window of
 requests running at its driver, as wide as the driver's engine batches (it says so in its
 Hello). `pump` moves requests from the scheduler into that window whenever a slot frees up.
 Driver messages arrive typed (specs/channel.py) and reach their handler through a table by type
@@ -21,7 +21,7 @@ from llmos.specs.channel import device_kind
 from . import logs
 from .errors import SyscallError, eio, enoent
 from .requests import Request
-from .scheduler import FairScheduler
+from .fair_share import FairScheduler
 from .supervisor import DriverHandle
 
 if TYPE_CHECKING:

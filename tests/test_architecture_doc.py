@@ -42,7 +42,7 @@ def test_the_infer_path_is_told_in_order():
     """The walk of one infer names its boxes from the client to the engine in the order a call meets them."""
     walk = DOC.read_text().split("## One `infer`")[1].split("## The other rooms")[0]
     stops = ["userland/client.py", "userland/connection.py", "kernel/transport.py", "kernel/dispatch.py",
-             "kernel/syscalls/inference.py", "kernel/requests.py", "kernel/devices.py", "kernel/scheduler.py",
+             "kernel/syscalls/inference.py", "kernel/requests.py", "kernel/devices.py", "kernel/fair_share.py",
              "kernel/supervisor.py", "drivers/host.py", "drivers/engine.py", "userland/stream.py"]
     at = [walk.find(f"**`{s}`**") for s in stops]
     assert -1 not in at and at == sorted(at), dict(zip(stops, at))

@@ -12,7 +12,7 @@ from llmos.drivers.blocks import BLOCK_SIZE, BlockAllocator
 from llmos.drivers.engine import Engine
 from llmos.drivers.loader import encode_prompt, load
 from llmos.drivers.prefix_cache import block_keys
-from llmos.drivers.scheduler import Scheduler
+from llmos.drivers.batch_scheduler import BatchScheduler
 from llmos.drivers.sequence import GenRequest, Sequence
 from llmos.specs import registry
 from llmos.userland.testing import CORPUS
@@ -106,7 +106,7 @@ def seq(rid: int, tokens: list[int], salt: str = "alice", cut_in: bool = False) 
     return Sequence(req, seed=0, max_tokens=100)
 
 
-def finish(s: Scheduler, q: Sequence) -> None:
+def finish(s: BatchScheduler, q: Sequence) -> None:
     """Run q's whole prompt through a pass, then let it go."""
     if q.admitted is None:
         s.schedule()
@@ -116,7 +116,7 @@ def finish(s: Scheduler, q: Sequence) -> None:
 
 
 def test_an_idle_cached_block_is_evicted_before_anyone_is_preempted():
-    s = Scheduler(cached_allocator(4), max_seqs=8, max_batch_tokens=64)
+    s = BatchScheduler(cached_allocator(4), max_seqs=8, max_batch_tokens=64)
     cached = seq(1, [1] * 9)
     s.add(cached)
     finish(s, cached)                                           # two idle cached blocks, two never cached
@@ -130,7 +130,7 @@ def test_an_idle_cached_block_is_evicted_before_anyone_is_preempted():
 
 
 def test_a_block_is_cached_once_full_and_computed_so_a_cancel_mid_prefill_keeps_what_was_computed():
-    s = Scheduler(cached_allocator(16), max_seqs=8, max_batch_tokens=6)
+    s = BatchScheduler(cached_allocator(16), max_seqs=8, max_batch_tokens=6)
     prompt = list(range(20))
     first = seq(1, prompt)
     s.add(first)
@@ -144,7 +144,7 @@ def test_a_block_is_cached_once_full_and_computed_so_a_cancel_mid_prefill_keeps_
 
 
 def test_the_last_token_is_always_computed_so_there_are_logits_to_sample():
-    s = Scheduler(cached_allocator(16), max_seqs=8, max_batch_tokens=64)
+    s = BatchScheduler(cached_allocator(16), max_seqs=8, max_batch_tokens=64)
     prompt = list(range(8))                                     # exactly two full blocks
     first = seq(1, prompt)
     s.add(first)
@@ -155,7 +155,7 @@ def test_the_last_token_is_always_computed_so_there_are_logits_to_sample():
 
 
 def test_a_cut_in_needs_room_only_for_its_uncached_tokens():
-    s = Scheduler(cached_allocator(16), max_seqs=8, max_batch_tokens=64, cut_in_tokens=6)
+    s = BatchScheduler(cached_allocator(16), max_seqs=8, max_batch_tokens=64, cut_in_tokens=6)
     system = list(range(12))
     warm = seq(1, system + [50])
     s.add(warm)

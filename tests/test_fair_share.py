@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from llmos.kernel.scheduler import FairScheduler
+from llmos.kernel.fair_share import FairScheduler
 
 
 @dataclass(eq=False)

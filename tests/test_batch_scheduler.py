@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from llmos.drivers.blocks import BlockAllocator
-from llmos.drivers.scheduler import Plan, Scheduler
+from llmos.drivers.batch_scheduler import BatchScheduler, Plan
 from llmos.drivers.sequence import GenRequest, Sequence
 
 BLOCK = 4   # tokens per cache block in these tests
@@ -22,12 +22,12 @@ def seq(rid: int, prompt_tokens: int, priority: int = 0, cut_in: bool = False) -
 
 
 def scheduler(blocks: int = 100, max_seqs: int = 8, max_batch_tokens: int = 64, cut_in_tokens: int = 0,
-              forgotten: list | None = None) -> Scheduler:
+              forgotten: list | None = None) -> BatchScheduler:
     forget = forgotten.append if forgotten is not None else (lambda seq_id: None)
-    return Scheduler(BlockAllocator(blocks, block_size=BLOCK), max_seqs, max_batch_tokens, cut_in_tokens, forget)
+    return BatchScheduler(BlockAllocator(blocks, block_size=BLOCK), max_seqs, max_batch_tokens, cut_in_tokens, forget)
 
 
-def run_pass(s: Scheduler, plan: Plan) -> None:
+def run_pass(s: BatchScheduler, plan: Plan) -> None:
     s.computed(plan)
     for q in plan.sampled():
         q.tokens.append(9)
@@ -39,7 +39,7 @@ def work(plan: Plan) -> list[tuple[int, int]]:
 
 
 def test_the_scheduler_imports_no_torch():
-    code = "import sys, llmos.drivers.scheduler; sys.exit('torch' in sys.modules)"
+    code = "import sys, llmos.drivers.batch_scheduler; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -53,7 +53,7 @@ class Plan:
         return [seq for seq, chunk in zip(self.seqs, self.chunks) if chunk.sample]
 
 
-class Scheduler:
+class BatchScheduler:
     def __init__(self, blocks: BlockAllocator, max_seqs: int, max_batch_tokens: int, cut_in_tokens: int = 0,
                  forget: Callable[[int], None] = lambda seq_id: None):
         """forget(seq_id) is called whenever a sequence gives back its blocks (ended or
