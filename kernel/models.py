@@ -34,9 +34,17 @@ from .placement import eviction_victims, kv_budget, replica_devices
 if TYPE_CHECKING:
     from .kernel import Kernel
     from .process import Process
+    from .requests import Request
 
 log = logs.get("llmos.models")
 
+
+
+class DoubleRelease(RuntimeError):
+    """A request let go of a model copy it did not hold: the kernel's own bookkeeping is wrong."""
+
+
+RELEASED = object()   # Request.holds after its release
 
 
 @dataclass(eq=False)
@@ -51,7 +59,7 @@ class ModelEntry:
     kv_bytes: int = 0
     refs: set[int] = field(default_factory=set)   # pids
     pinned: bool = False
-    in_use: int = 0                 # requests in flight on it
+    users: set[int] = field(default_factory=set)   # rids of the requests in flight on it (ModelTable.hold)
     last_used: float = field(default_factory=time.monotonic)
     load_s: float = 0.0
     context_length: int = 0
@@ -63,6 +71,10 @@ class ModelEntry:
     @property
     def bytes(self) -> int:
         return self.weight_bytes + self.kv_bytes
+
+    @property
+    def in_use(self) -> int:
+        return len(self.users)
 
     @property
     def idle(self) -> bool:
@@ -244,11 +256,26 @@ class ModelTable:
         self.k.supervisor.send(entry.device, channel.Unload(entry.name))
         log.info("model.unloaded", model=entry.name, device=entry.device, reason=why)
 
-    def release(self, name: str, device: str) -> None:
-        """A request on the replica of `name` on `device` ended."""
-        entry = self.entry(name, device)
+    @staticmethod
+    def hold(entry: ModelEntry, req: "Request") -> None:
+        """req runs on this copy of its model until release(req): the copy is not idle meanwhile."""
+        if req.holds is not None:
+            raise DoubleRelease(f"request {req.rid} already holds {req.model} on {req.holds.device}")
+        entry.users.add(req.rid)
+        entry.last_used = time.monotonic()
+        req.holds = entry
+
+    @staticmethod
+    def release(req: "Request") -> None:
+        """req no longer runs on the copy it held. Exactly once: a second release is a kernel bug, raised
+        here rather than absorbed (a count kept from going negative would hide it). The copy it held
+        may have been unloaded and loaded again since: what it held is that object, not the name."""
+        entry = req.holds
+        if entry is RELEASED:
+            raise DoubleRelease(f"request {req.rid} released {req.model} twice")
+        req.holds = RELEASED
         if entry is not None:
-            entry.in_use = max(0, entry.in_use - 1)
+            entry.users.discard(req.rid)
             entry.last_used = time.monotonic()
 
     def drop_refs(self, proc: "Process") -> None:

@@ -69,6 +69,7 @@ class Request:
     logprobs: list = field(default_factory=list)   # with infer's logprobs: an entry per token (bounded by the kernel)
     resumes: int = 0              # times it was re-admitted after its driver died
     timer: asyncio.TimerHandle | None = None
+    holds: object = None          # the ModelEntry it runs on (ModelTable.hold), then models.RELEASED
     created: float = field(default_factory=time.monotonic)   # accepted: where its latencies start
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -132,8 +133,7 @@ class RequestTable:
         payer = self.k.procs.get(req.share)
         req.payer = payer.principal if payer is not None else proc.principal
         if entry is not None:
-            entry.in_use += 1
-            entry.last_used = time.monotonic()
+            self.k.models.hold(entry, req)
         if deadline_s is not None:
             req.timer = loop.call_later(deadline_s, self._deadline_passed, req)
         return req
@@ -151,10 +151,11 @@ class RequestTable:
         """Its driver died under it: queued on `device` (a replica's, or its own again), to resume after
         what it generated."""
         if device != req.device:
-            self.k.models.release(req.model, req.device)
+            self.k.models.release(req)
             replica = self.k.models.entry(req.model, device)
             if replica is not None:
-                replica.in_use += 1
+                req.holds = None
+                self.k.models.hold(replica, req)
             req.device = device
         req.state = RequestState.QUEUED
         req.resumes += 1
@@ -195,7 +196,7 @@ class RequestTable:
         proc = k.procs.get(req.pid)
         if proc is not None:
             proc.requests.pop(req.client_id, None)
-        k.models.release(req.model, req.device)
+        k.models.release(req)
         if not req.future.done():
             if error is not None:
                 req.future.set_exception(error)
