@@ -174,10 +174,6 @@ class LlamaCppParallel:
         return int(np.ctypeslib.as_array(ptr, shape=(self.vocab,)).argmax())
 
 
-def settle(seconds: float) -> None:
-    time.sleep(seconds)
-
-
 def llama_many(llama: LlamaCpp, text: str, new: int, clients: int) -> tuple[int, float]:
     start = time.perf_counter()
     tokens = sum(llama.one(text, new)[0] for _ in range(clients))
@@ -221,7 +217,7 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
         other = {side: [] for side in single}
         for r in range(args.rounds):
             for side in single:
-                settle(args.settle)
+                time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
                 with other_load(kernels.get(side, kernels[ref]).proc.pid, other[side]):
                     one = (llmos_one(kernels[side], model, text, args.new) if side in kernels
                            else llamas[side].one(text, args.new))
@@ -237,7 +233,7 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
             sides = [*single, *(f"{side} parallel" for side in llamas)]
             for side in sides:
                 load = []
-                settle(args.settle)
+                time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
                 with other_load(kernels[side].proc.pid if side in kernels else pid, load) as cpu:
                     if side in kernels:
                         many[side] = llmos_many(kernels[side], model, text, args.new, args.clients, cpu)

@@ -103,7 +103,8 @@ class Engine:
         self.layout = KVLayout.of(lm.model.config, torch.float16 if gguf_path else lm.dtype)
         num_blocks = self.layout.num_blocks(kv_budget_bytes)
         kept = num_blocks // KEPT_SHARE if gguf_path and prefix_cache else 0
-        self.blocks = BlockAllocator(num_blocks - kept, prefix_cache=prefix_cache and not gguf_path and supports_paged(lm))
+        self.blocks = BlockAllocator(num_blocks - kept,
+                                     prefix_cache=prefix_cache and not gguf_path and supports_paged(lm))
         self.vocab_size = lm.model.get_input_embeddings().num_embeddings
         if gguf_path:
             block = self.blocks.block_size

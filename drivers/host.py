@@ -3,8 +3,9 @@
 It owns the device's loaded models and their engines, and speaks the typed driver channel
 (specs/channel.py) with the kernel over a DEALER socket. The loop polls the socket, then
 advances every engine that has work by one step, and sends all the step's token events in one
-message (while steps come faster than anyone reads, a few steps' together: outbox.py). A step pauses between layers: there the driver takes in new submissions (a short
-cut-in prompt may run right away) and keeps the rest for the step's end. Model loads run on a
+message (while steps come faster than anyone reads, a few steps' together: outbox.py). A step
+pauses between layers: there the driver takes in new submissions (a short cut-in prompt may run
+right away) and keeps the rest for the step's end. Model loads run on a
 thread, so a load never holds up requests to models already loaded.
 
 No computation holds the loop past the kernel's heartbeat (a ping unanswered for two periods
