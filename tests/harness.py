@@ -10,7 +10,8 @@ import zmq
 from llmos.userland import LLMOSError
 from llmos.userland.testing import KernelProcess, wait_until
 
-__all__ = ["KernelProcess", "dealer", "errno_of", "raised", "wait_until"]
+__all__ = ["KernelProcess", "dealer", "errno_of", "leave_before_the_answer", "raised", "served_requests",
+           "wait_until"]
 
 RECV_TIMEOUT_MS = 30_000      # a bare recv() on dealer() waits at most this
 
@@ -56,3 +57,33 @@ def services_kernel(workdir, embed_model: str, model: str | None = None, env: di
         k.stop()
         raise
     return k
+
+
+# --- the gateway: what the kernel holds for it --------------------------------------------------
+
+
+def served_requests(operator) -> int:
+    """Requests the kernel holds in flight for the gateway's process (`llmos-serve`)."""
+    return sum(p["requests"] for p in operator.ps() if p["name"] == "llmos-serve")
+
+
+def leave_before_the_answer(url: str, body: dict, operator) -> None:
+    """POST body to url, and once the kernel holds the request (at most ~30 s), hang up before any
+    answer: the gateway must cancel the kernel's request (it is gone within a second)."""
+    import asyncio
+
+    import httpx
+
+    async def leave_early():
+        async with httpx.AsyncClient(timeout=60) as http:
+            asking = asyncio.ensure_future(http.post(url, json=body))
+            for _ in range(1500):
+                if served_requests(operator):
+                    break
+                await asyncio.sleep(0.02)
+            assert served_requests(operator) == 1
+            asking.cancel()
+            await asyncio.gather(asking, return_exceptions=True)
+
+    asyncio.run(leave_early())
+    assert wait_until(lambda: served_requests(operator) == 0, timeout=1.0, interval=0.02)

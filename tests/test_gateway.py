@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from harness import leave_before_the_answer, served_requests
 from llmos.specs.registry import DEFAULT_EMBED_MODEL, DEFAULT_MODEL
 from llmos.userland.gateway.testing import GatewayProcess
 from llmos.userland.testing import wait_until
@@ -41,10 +42,6 @@ def operator(real_kernel):
     with real_kernel.client("gw-test-ps", caps=["ps", "embed"]) as c:
         yield c
 
-
-def served_requests(operator) -> int:
-    """Requests the kernel holds in flight for the gateway's process."""
-    return sum(p["requests"] for p in operator.ps() if p["name"] == "llmos-serve")
 
 
 def test_chat_completion_answers_with_usage(client):
@@ -187,16 +184,4 @@ def test_a_client_leaving_mid_stream_cancels_its_kernel_request(gateway, operato
 
 
 def test_a_client_leaving_before_a_whole_answer_cancels_its_kernel_request(gateway, operator):
-    async def leave_early():
-        async with httpx.AsyncClient(timeout=60) as http:
-            asking = asyncio.ensure_future(http.post(gateway.url + "/v1/completions", json=LONG))
-            for _ in range(1500):          # until the kernel holds the request (at most ~30 s)
-                if served_requests(operator):
-                    break
-                await asyncio.sleep(0.02)
-            assert served_requests(operator) == 1
-            asking.cancel()
-            await asyncio.gather(asking, return_exceptions=True)
-
-    asyncio.run(leave_early())
-    assert wait_until(lambda: served_requests(operator) == 0, timeout=1.0, interval=0.02)
+    leave_before_the_answer(gateway.url + "/v1/completions", LONG, operator)

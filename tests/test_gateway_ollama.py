@@ -7,13 +7,13 @@ is noise, so answers are compared with each other (greedy decoding is determinis
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 import ollama
 import pytest
 
+from harness import leave_before_the_answer, served_requests
 from llmos.specs.protocol import KERNEL_VERSION
 from llmos.specs.registry import DEFAULT_EMBED_MODEL
 from llmos.userland.gateway.testing import GatewayProcess
@@ -185,9 +185,6 @@ def test_version(gateway):
     assert httpx.get(gateway.url + "/api/version", timeout=10).json() == {"version": KERNEL_VERSION}
 
 
-def served_requests(operator) -> int:
-    return sum(p["requests"] for p in operator.ps() if p["name"] == "llmos-serve")
-
 
 def test_a_client_leaving_mid_stream_cancels_its_kernel_request(gateway, operator, tiny_llama):
     body = {"model": tiny_llama, "prompt": "Chapter 1", "raw": True, "options": {"num_predict": 400, "temperature": 0}}
@@ -201,17 +198,4 @@ def test_a_client_leaving_mid_stream_cancels_its_kernel_request(gateway, operato
 def test_a_client_leaving_before_a_whole_answer_cancels_its_kernel_request(gateway, operator, tiny_llama):
     body = {"model": tiny_llama, "prompt": "Chapter 1", "raw": True, "stream": False,
             "options": {"num_predict": 400, "temperature": 0}}
-
-    async def leave_early():
-        async with httpx.AsyncClient(timeout=60) as http:
-            asking = asyncio.ensure_future(http.post(gateway.url + "/api/generate", json=body))
-            for _ in range(1500):
-                if served_requests(operator):
-                    break
-                await asyncio.sleep(0.02)
-            assert served_requests(operator) == 1
-            asking.cancel()
-            await asyncio.gather(asking, return_exceptions=True)
-
-    asyncio.run(leave_early())
-    assert wait_until(lambda: served_requests(operator) == 0, timeout=1.0, interval=0.02)
+    leave_before_the_answer(gateway.url + "/api/generate", body, operator)
