@@ -163,12 +163,12 @@ def test_a_principal_s_connections_that_never_read_are_cut_once_they_hold_its_bo
                     for _ in range(burst):
                         transport.send(routing[i], frame)
                 await asyncio.sleep(0.2)
-            held = transport.peers.unread.held("operator")
+            held, cut_by_then = transport.peers.unread.held("operator"), list(cut)
             sent = sum(transport.send(routing[6], frame) for _ in range(200))
             received = 0
             while socks[6].poll(2000) and received < 200:
                 received += socks[6].recv() == frame
-            return held, cut, sent, received
+            return held, cut_by_then, cut, sent, received
         finally:
             for sock in socks:
                 sock.close(0)
@@ -176,9 +176,11 @@ def test_a_principal_s_connections_that_never_read_are_cut_once_they_hold_its_bo
             ctx.term()
             actx.term()
 
-    held, cut, sent, received = asyncio.run(scenario())
+    held, cut_by_then, cut, sent, received = asyncio.run(scenario())
     assert 0 < held <= bound                            # what the sleepers kept stays under the bound
-    assert 4 <= len(cut) < 6 and all("not reading" in why for why in cut)
+    assert 4 <= len(cut_by_then) < 6                    # only as many cut as the bound needed
+    # The reader's frames count too until it has read them: on a busy machine the last sleeper may go then.
+    assert all("not reading" in why for why in cut)
     assert sent == received == 200
 
 
