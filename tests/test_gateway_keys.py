@@ -16,7 +16,7 @@ import pytest
 
 from llmos.userland.errors import ERRORS, KernelUnavailable
 from llmos.userland.gateway.errors import ApiError, from_syscall
-from llmos.userland.gateway.keys import KeyEntry
+from llmos.userland.gateway.keys import KeyEntry, KeyTable
 from llmos.userland.gateway.principals import Identity, Principals
 from llmos.userland.gateway.testing import GatewayProcess
 from llmos.userland.testing import LLMOS_COMMAND, KernelProcess
@@ -166,6 +166,21 @@ def test_serve_refuses_a_public_address_without_keys(tmp_path):
     r = subprocess.run([*LLMOS_COMMAND, "serve", "--host", "0.0.0.0", "--keys", str(tmp_path / "none.json")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "without API keys" in r.stderr
+
+
+def test_a_gateway_that_requires_keys_refuses_everyone_until_the_first_key_is_added(tcp_kernel, users, tmp_path):
+    """How containers start it: no table yet, so nobody is served as the gateway's own identity."""
+    table = tmp_path / "state" / "keys.json"
+    with GatewayProcess(tcp_kernel.cli_env(), keys=table, extra=["--require-keys"]) as gw:
+        assert chat(gw, None).status_code == 401 and chat(gw, "sk-llmos-guess").status_code == 401
+        assert "0 API key(s)" in gw.log()
+        link = tmp_path / "secret-mount" / "bob.key_secret"      # a Kubernetes Secret's file is a link
+        link.parent.mkdir()
+        link.symlink_to(users["bob"])
+        r = tcp_kernel.cli("serve", "keys", "add", "bob-pod", "--key-file", str(link), "--keys", str(table))
+        assert r.returncode == 0, r.stderr
+        assert chat(gw, r.stdout.strip()).status_code == 200
+    assert KeyTable(table).load().entries()[0].key_file == str(link)      # the link, not where it pointed
 
 
 def test_a_gateway_whose_kernel_is_gone_answers_503(tmp_path):

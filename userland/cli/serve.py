@@ -45,12 +45,15 @@ KEYS_OPTION = click.option("--keys", "keys_path", default=None, metavar="FILE",
               help="address to bind; other than loopback only with API keys")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @KEYS_OPTION
+@click.option("--require-keys", is_flag=True,
+              help="serve with the key table even while it is missing or empty: every request is 401 until "
+                   "`serve keys add` (containers start the gateway this way)")
 @click.option("--socket", default=None, help="the kernel socket the gateway itself uses (default: `llmos --socket`)")
 @click.option("--max-streams", type=click.IntRange(1, 4096), default=None,
               help="generations in flight per API key before 429 (default 64)")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, socket: str | None,
-          max_streams: int | None) -> None:
+def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, require_keys: bool,
+          socket: str | None, max_streams: int | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
@@ -60,7 +63,7 @@ def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, socke
 
     root = ctx.find_root().params
     path = Path(keys_path) if keys_path else default_keys_path()
-    keys = _table(str(path)) if path.exists() else None
+    keys = _table(str(path)) if path.exists() or require_keys else None
     if keys is None and not is_loopback(host):
         raise fail("EPERM", f"refusing to serve {host} without API keys: every request would run as this gateway's "
                             f"own identity. Bind 127.0.0.1, or add keys (`llmos serve keys add NAME --key-file PATH`)")

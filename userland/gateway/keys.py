@@ -105,13 +105,15 @@ class KeyTable:
         return len(self._by_digest)
 
     def add(self, name: str, key_file: str) -> str:
-        """A new API key for `name`, connecting with `key_file`; returned once, stored only as its hash."""
+        """A new API key for `name`, connecting with `key_file`; returned once, stored only as its hash.
+        The path is made absolute but its links are kept: a Kubernetes Secret's files are links that
+        move to a new folder on each update, and the table must keep naming the current one."""
         if not name or len(name) > 128 or not name.isprintable():
             raise KeyTableError("a key's name must be 1 to 128 printable characters")
         if any(e.name == name for e in self._by_digest.values()):
             raise KeyTableError(f"there is already a key named '{name}'; remove it first (`llmos serve keys rm {name}`)")
         api_key = KEY_PREFIX + secrets.token_urlsafe(KEY_BYTES)
-        self._by_digest[digest(api_key)] = KeyEntry(name, str(Path(key_file).resolve()), round(time.time(), 3))
+        self._by_digest[digest(api_key)] = KeyEntry(name, os.path.abspath(key_file), round(time.time(), 3))
         self._save()
         return api_key
 
