@@ -173,6 +173,7 @@ def test_a_gateway_that_requires_keys_refuses_everyone_until_the_first_key_is_ad
     table = tmp_path / "state" / "keys.json"
     with GatewayProcess(tcp_kernel.cli_env(), keys=table, extra=["--require-keys"]) as gw:
         assert chat(gw, None).status_code == 401 and chat(gw, "sk-llmos-guess").status_code == 401
+        assert httpx.get(gw.url + "/metrics", timeout=30).status_code == 401
         assert "0 API key(s)" in gw.log()
         link = tmp_path / "secret-mount" / "bob.key_secret"      # a Kubernetes Secret's file is a link
         link.parent.mkdir()
@@ -181,6 +182,14 @@ def test_a_gateway_that_requires_keys_refuses_everyone_until_the_first_key_is_ad
         assert r.returncode == 0, r.stderr
         assert chat(gw, r.stdout.strip()).status_code == 200
     assert KeyTable(table).load().entries()[0].key_file == str(link)      # the link, not where it pointed
+
+
+def test_open_metrics_serves_a_scraper_without_a_key_and_nothing_else(tcp_kernel, keys_file, api_keys):
+    with GatewayProcess(tcp_kernel.cli_env(), keys=keys_file, extra=["--open-metrics"]) as gw:
+        assert chat(gw, None).status_code == 401
+        metrics = httpx.get(gw.url + "/metrics", timeout=30)
+    assert metrics.status_code == 200 and 'llmos_gateway_requests_total{method="POST"' in metrics.text
+    assert not any(name in metrics.text for name in api_keys)         # no key's or principal's name
 
 
 def test_a_gateway_whose_kernel_is_gone_answers_503(tmp_path):

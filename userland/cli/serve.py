@@ -48,12 +48,14 @@ KEYS_OPTION = click.option("--keys", "keys_path", default=None, metavar="FILE",
 @click.option("--require-keys", is_flag=True,
               help="serve with the key table even while it is missing or empty: every request is 401 until "
                    "`serve keys add` (containers start the gateway this way)")
+@click.option("--open-metrics", is_flag=True,
+              help="GET /metrics without an API key, for a scraper (counts and latencies by route, no names)")
 @click.option("--socket", default=None, help="the kernel socket the gateway itself uses (default: `llmos --socket`)")
 @click.option("--max-streams", type=click.IntRange(1, 4096), default=None,
               help="generations in flight per API key before 429 (default 64)")
 @click.pass_context
 def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, require_keys: bool,
-          socket: str | None, max_streams: int | None) -> None:
+          open_metrics: bool, socket: str | None, max_streams: int | None) -> None:
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
@@ -68,7 +70,8 @@ def serve(ctx: click.Context, host: str, port: int, keys_path: str | None, requi
         raise fail("EPERM", f"refusing to serve {host} without API keys: every request would run as this gateway's "
                             f"own identity. Bind 127.0.0.1, or add keys (`llmos serve keys add NAME --key-file PATH`)")
     settings = Settings(socket=socket or root.get("socket"), key=root.get("key"), keys=keys,
-                        max_streams=max_streams or DEFAULT_MAX_STREAMS, max_body=MAX_BODY_BYTES)
+                        max_streams=max_streams or DEFAULT_MAX_STREAMS, max_body=MAX_BODY_BYTES,
+                        open_metrics=open_metrics)
     if keys is None:
         click.echo(f"llmos serve: no API keys ({path} does not exist): every request runs as this gateway's own "
                    f"kernel identity; serving loopback only", err=True)

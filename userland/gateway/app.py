@@ -46,6 +46,7 @@ class Settings:
     keys: KeyTable | None = None        # None: no API keys, everyone is the gateway's own identity
     max_streams: int = DEFAULT_MAX_STREAMS
     max_body: int = MAX_BODY_BYTES
+    open_metrics: bool = False          # GET /metrics without a key, for a scraper
 
 
 class Gateway:

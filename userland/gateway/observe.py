@@ -49,9 +49,11 @@ def route_of(routes, scope) -> str:
 
 
 async def metrics_route(request: Request):
-    """GET /metrics: with API keys, one is needed (the figures are the gateway's traffic)."""
+    """GET /metrics: with API keys, one is needed (the figures are the gateway's traffic), unless the
+    operator opened it for a scraper (`--open-metrics`: counts and latencies by route, no names)."""
     gateway = request.app.state.gateway
-    await gateway.identify(request)
+    if not gateway.settings.open_metrics:
+        await gateway.identify(request)
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
