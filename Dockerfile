@@ -3,8 +3,9 @@
 # Build it with scripts/build-image.sh (it gathers the wheels this file installs into build/wheelhouse,
 # with the host's pip settings, so the build itself needs no package index). The base is a build
 # argument: what a user would pull by default, or a local Debian made with mmdebstrap where no
-# registry can be reached (CI does that). GPU servers: build with BASE_IMAGE set to a CUDA runtime
-# image and TORCH_SPEC to the CUDA wheel (deploy/README.md, "Containers").
+# registry can be reached (CI does that); its Python must be the building machine's minor version. GPU
+# servers: TORCH_SPEC=torch, PyPI's CUDA build, which brings the CUDA libraries (deploy/README.md,
+# "Containers").
 #
 #   docker run -p 127.0.0.1:9464:9464 -v llmos-state:/var/lib/llmos llmos:cpu
 #
