@@ -1,12 +1,13 @@
 """Drivers on a Ray cluster (`llmos boot --ray ADDRESS`).
 
-Most tests share a local cluster of a head and a second node (one CPU each) that this module
-starts and shuts down, and a real kernel booted against it with the tiny model: each node gets
-one CPU driver actor (cpu:1, cpu:2 after the kernel's own cpu) that connects back over tcp with a
-CurveZMQ key of its own. A driver actor that is killed, or a node that leaves, is a driver crash
-to the kernel, and the stream it ran finishes with the text of an undisturbed run; a node that
-joins adds a device. The tests at the end need no Ray: settings, and the keys (a driver's opens
-only the driver socket, a client's only the client socket, a driver only its own device).
+Most tests share a cluster of a head and a second node (one CPU each), each a `ray start` process
+tree of its own on its own loopback address (tests/ray_nodes.py), that this module starts and
+kills, and a real kernel booted against it with the tiny model: each node gets one CPU driver actor
+(cpu:1, cpu:2 after the kernel's own cpu) that connects back over tcp with a CurveZMQ key of its
+own. A driver actor that is killed, or a node whose processes are all killed, is a driver crash to
+the kernel, and the stream it ran finishes with the text of an undisturbed run; a node that joins
+adds a device. The tests at the end need no Ray: settings, and the keys (a driver's opens only the
+driver socket, a client's only the client socket, a driver only its own device).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from harness import raised, wait_until
+from ray_nodes import RayNodes
 from llmos.userland.testing import KernelProcess, make_tiny_llama
 
 PROMPT = "Once upon a time, in a land far away, there lived"
@@ -32,22 +34,20 @@ LONG = 400      # tokens: the tiny model writes them slower than Ray takes to ki
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head and one more node, one CPU each; everything Ray started is gone after the module."""
+    """A head and one more node, one CPU each, each its own `ray start` process tree (ray_nodes.py);
+    everything Ray started is gone after the module."""
     ray = pytest.importorskip("ray")
-    from ray.cluster_utils import Cluster
-
-    # Loopback only: Ray advertises the machine's routable address unless each node is given its own
-    # 127.0.0.x (the kernel joins at its driver socket's address, [ray] listen)
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
-                                                      "node_ip_address": HEAD_IP})
+    nodes = RayNodes()
     try:
-        c.add_node(num_cpus=1, node_ip_address=next(NODE_IPS))
-        c.wait_for_nodes()
-        ray.init(address=c.address, _node_ip_address=HEAD_IP, logging_level="warning")   # this process too, to kill actors
-        yield c
+        # Loopback only: Ray advertises the machine's routable address unless each node is given its own
+        # 127.0.0.x (the kernel joins at its driver socket's address, [ray] listen)
+        nodes.start_head(HEAD_IP, num_cpus=1)
+        ray.init(address=nodes.address, _node_ip_address=HEAD_IP, logging_level="warning")   # this process too, to kill actors
+        nodes.add_node(next(NODE_IPS), num_cpus=1, resources={"llmos-worker": 1})
+        yield nodes
     finally:
         ray.shutdown()
-        c.shutdown()
+        nodes.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +203,7 @@ def test_a_node_that_leaves_takes_its_device_down_and_its_stream_finishes_on_a_r
 
 
 def test_a_node_that_joins_adds_a_device(cluster, ray_kernel):
-    node = cluster.add_node(num_cpus=1, node_ip_address=next(NODE_IPS))
+    node = cluster.add_node(next(NODE_IPS), num_cpus=1)
     with ray_kernel.client() as c:
         assert wait_until(lambda: _states(c).get("cpu:3") == "up", 120), _states(c)
         devices = {d["name"]: d for d in c.devices()}
