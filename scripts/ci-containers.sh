@@ -38,6 +38,7 @@ $SUDO dockerd --host "$DOCKER_HOST" --data-root "$WORK/data" --exec-root "$WORK/
     --bridge=none --iptables=false --ip6tables=false >"$WORK/dockerd.log" 2>&1 &
 stop() {
     rc=$?
+    set +e              # take everything down, whatever fails on the way
     step "tearing down"
     docker compose down --volumes --timeout 20 >/dev/null 2>&1 || true
     if [ -f "$WORK/dockerd.pid" ]; then
@@ -45,7 +46,8 @@ stop() {
         $SUDO kill "$pid" 2>/dev/null || true
         for _ in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
     fi
-    grep -q "$WORK" /proc/mounts && $SUDO umount -R -l "$WORK/data" "$WORK/exec" 2>/dev/null
+    # what dockerd leaves mounted (its network namespace file): deepest first
+    awk -v w="$WORK/" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do $SUDO umount -l "$m"; done
     $SUDO rm -rf "$WORK"
     [ $rc -eq 0 ] || { echo "container stage failed (exit $rc); dockerd's log was above" >&2; }
     printf 'container stage: %d s\n' $((SECONDS - t0)) >&2
