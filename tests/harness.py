@@ -87,3 +87,21 @@ def leave_before_the_answer(url: str, body: dict, operator) -> None:
 
     asyncio.run(leave_early())
     assert wait_until(lambda: served_requests(operator) == 0, timeout=1.0, interval=0.02)
+
+
+def run_to_idle(engine, requests, max_steps: int = 10_000) -> dict[int, dict]:
+    """Add the requests to an engine and step it until it has no work; per rid: text, ids, logprobs,
+    finish, errno, message and tool_calls of what it wrote."""
+    for request in requests:
+        engine.add(request)
+    out: dict[int, dict] = {}
+    for _ in range(max_steps):
+        if not engine.has_work():
+            return out
+        for e in engine.step():
+            r = out.setdefault(e.rid, {"text": "", "ids": [], "logprobs": [], "finish": None})
+            r["text"] += e.delta
+            r["ids"] += e.token_ids
+            r["logprobs"] += e.logprobs or []
+            r.update(finish=e.finish, errno=e.errno, message=e.message, tool_calls=e.tool_calls)
+    raise AssertionError("the engine did not finish")

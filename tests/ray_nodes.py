@@ -22,7 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmos.userland.testing import free_tcp_port
 
@@ -39,7 +39,6 @@ class RayNode:
     ip: str
     proc: subprocess.Popen
     log: str
-    resources: dict = field(default_factory=dict)
 
     @property
     def node_id(self) -> str:
@@ -99,7 +98,7 @@ class RayNodes:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **FAST_HEALTH_CHECKS}
         with open(log, "ab") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        return RayNode(ip, proc, log, resources)
+        return RayNode(ip, proc, log)
 
     @staticmethod
     def _alive(ip: str) -> bool:

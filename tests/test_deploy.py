@@ -4,6 +4,7 @@ units pass exists, and the units, the config and the scrape config agree on wher
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -133,15 +134,20 @@ def test_the_kernel_unit_starts_only_once_llmos_health_says_ready():
     assert r.returncode == 0, r.stderr
 
 
+@functools.cache
+def known_flags(command: str) -> frozenset[str]:
+    """The flags `llmos COMMAND --help` lists."""
+    r = subprocess.run([*LLMOS_COMMAND, command, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", r.stdout))
+
+
 @pytest.mark.parametrize("unit,command", [("llmos-kernel.service", "boot"), ("llmos-gateway.service", "serve")])
 def test_exec_start_runs_llmos_with_flags_it_has(unit, command):
     program, subcommand, *args = shlex.split(service(unit, "ExecStart"))
     assert (Path(program).name, subcommand) == ("llmos", command)
-    r = subprocess.run([*LLMOS_COMMAND, command, "--help"], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", r.stdout))
     flags = {a.split("=", 1)[0] for a in args if a.startswith("--")}
-    assert flags and sorted(flags - known) == []
+    assert flags and sorted(flags - known_flags(command)) == []
 
 
 def test_the_units_and_the_config_agree_on_where_things_live():
@@ -189,6 +195,12 @@ def dockerfile() -> list[tuple[str, str]]:
             if line.strip() and not line.lstrip().startswith("#")]
 
 
+def final_stage() -> dict[str, str]:
+    """The instructions of the stage that ships (the last FROM on), by name."""
+    lines = dockerfile()
+    return dict(lines[max(i for i, (op, _) in enumerate(lines) if op == "FROM"):])
+
+
 def test_the_image_builds_on_a_base_the_user_picks_and_pulls_no_frontend():
     lines = dockerfile()
     assert lines[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
@@ -207,15 +219,11 @@ def test_the_image_installs_only_the_gathered_wheels_and_the_context_holds_nothi
 
 
 def test_the_image_runs_the_kernel_unprivileged_with_its_state_on_a_volume_and_a_health_check():
-    lines = dockerfile()
-    final = lines[max(i for i, (op, _) in enumerate(lines) if op == "FROM"):]     # the stage that ships
-    ops = dict(final)
+    ops = final_stage()
     assert ops["USER"] == "990:990" and "useradd --system --uid 990" in ops["RUN"]
     assert json.loads(ops["VOLUME"]) == ["/var/lib/llmos"]
     assert "/health/ready" in ops["HEALTHCHECK"]
     entry = json.loads(ops["ENTRYPOINT"])
     assert entry[:2] == ["llmos", "boot"] and entry[entry.index("--state-dir") + 1] == "/var/lib/llmos"
-    r = subprocess.run([*LLMOS_COMMAND, "boot", "--help"], capture_output=True, text=True, timeout=60)
-    known = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", r.stdout))
     flags = {a for a in entry + json.loads(ops["CMD"]) if a.startswith("--")}
-    assert flags and sorted(flags - known) == []
+    assert flags and sorted(flags - known_flags("boot")) == []

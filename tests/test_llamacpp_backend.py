@@ -18,6 +18,7 @@ import torch
 
 pytest.importorskip("llama_cpp")
 
+from harness import run_to_idle as run  # noqa: E402
 from llmos.drivers import llamacpp_runner  # noqa: E402
 from llmos.drivers.engine import Engine, GenRequest  # noqa: E402
 from llmos.drivers.llamacpp_runner import LlamaCppRunner, LlamaCppUnavailable, use_llamacpp  # noqa: E402
@@ -118,21 +119,6 @@ def greedy_by_hand(r: LlamaCppRunner, prompt: list[int], n: int) -> list[int]:
 
 def chat_ids(lm, text: str) -> list[int]:
     return encode_prompt(lm, None, [{"role": "user", "content": text}])
-
-
-def run(engine: Engine, requests: list[GenRequest]) -> dict[int, dict]:
-    for req in requests:
-        engine.add(req)
-    out: dict[int, dict] = {}
-    for _ in range(5000):
-        if not engine.has_work():
-            return out
-        for ev in engine.step():
-            r = out.setdefault(ev.rid, {"text": "", "ids": [], "finish": None})
-            r["text"] += ev.delta
-            r["ids"] += ev.token_ids
-            r.update(finish=ev.finish, errno=ev.errno)
-    raise AssertionError("the engine did not finish")
 
 
 def greedy(rid: int, ids: list[int], n: int = 24, **kw) -> GenRequest:

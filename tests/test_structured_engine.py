@@ -11,6 +11,7 @@ import re
 import jsonschema
 import pytest
 
+from harness import run_to_idle as run
 from llmos.drivers import constraints
 from llmos.drivers.engine import Engine, GenRequest
 from llmos.drivers.loader import encode_prompt, load
@@ -36,22 +37,6 @@ def lm(tmp_path_factory):
 def request(rid, lm, max_tokens=64, temperature=1.0, seed=None, prompt="hello", **kw) -> GenRequest:
     return GenRequest(rid, lm.tokenizer(prompt).input_ids, max_tokens, temperature, 1.0, 0, [],
                       rid if seed is None else seed, **kw)
-
-
-def run(engine: Engine, requests) -> dict[int, dict]:
-    for r in requests:
-        engine.add(r)
-    out: dict[int, dict] = {}
-    for _ in range(10_000):
-        if not engine.has_work():
-            return out
-        for e in engine.step():
-            r = out.setdefault(e.rid, {"text": "", "ids": [], "logprobs": [], "finish": None})
-            r["text"] += e.delta
-            r["ids"] += e.token_ids
-            r["logprobs"] += e.logprobs or []
-            r.update(finish=e.finish, errno=e.errno, message=e.message, tool_calls=e.tool_calls)
-    raise AssertionError("the engine did not finish")
 
 
 def engine(lm) -> Engine:
