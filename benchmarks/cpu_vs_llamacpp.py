@@ -53,7 +53,7 @@ def chat_text(model: str) -> str:
 
 
 def gguf_file(model: str) -> str:
-    from llmos.specs import registry
+    from llmos.kernel import registry
     spec = registry.resolve(model)
     if not spec.gguf_file:
         raise SystemExit(f"{model} is not a GGUF model; llama.cpp needs one")

@@ -36,7 +36,7 @@ SCHEMAS = {
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from llmos.specs.registry import resolve
+    from llmos.kernel.registry import resolve
     spec = resolve("smollm2-135m-instruct")
     return AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file, local_files_only=True)
 

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         import torch
         torch.set_num_threads(args.threads)
     from llmos.drivers.loader import load
-    from llmos.specs import registry
+    from llmos.kernel import registry
 
     with model_source(args) as (name, device):
         log(f"{name} on {device} in {args.dtype}: {machine_line()}")

@@ -211,7 +211,7 @@ def main() -> int:
     p.add_argument("--misses", choices=list(SETS), action="append", default=[],
                    help="list the wrong cases of this set on stderr (repeatable)")
     args = p.parse_args()
-    from llmos.specs.registry import DEFAULT_EMBED_MODEL
+    from llmos.specs.modelspec import DEFAULT_EMBED_MODEL
     from llmos.userland.testing import KernelProcess
 
     with tempfile.TemporaryDirectory(prefix="llmos-services-eval-") as tmp:

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from llmos.specs.channel import device_kind
-from llmos.specs.registry import ModelSpec
+from llmos.specs.modelspec import ModelSpec
 
 from .quant import quantize
 from .sampling import SamplingDefaults

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmos.specs.registry import QUANT_MODEL_TYPES
+from llmos.specs.modelspec import QUANT_MODEL_TYPES
 
 PROJECTIONS = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 PACKED_MAX_ROWS = 16     # above this many rows a dequantized matmul was faster than the packed kernel

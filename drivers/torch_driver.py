@@ -22,7 +22,7 @@ from collections.abc import Generator
 
 from llmos.specs import channel
 from llmos.specs.channel import TokenEvent, device_kind
-from llmos.specs.registry import ModelSpec
+from llmos.specs.modelspec import ModelSpec
 
 from .cpu_threads import ThreadPolicy
 from .interface import Driver, Reply

@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from llmos.specs import registry
+from . import registry
 from llmos.specs.protocol import runtime_dir
 
 from . import locks, logs, statedir

@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from llmos.specs.registry import DEFAULT_MODEL
+from llmos.specs.modelspec import DEFAULT_MODEL
 from llmos.specs.protocol import MAX_FRAME_BYTES, default_socket, runtime_dir
 from llmos.specs.units import format_size, parse_duration, parse_size
 

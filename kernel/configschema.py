@@ -20,7 +20,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from llmos.specs.registry import DEFAULT_MODEL, QUANTS
+from llmos.specs.modelspec import DEFAULT_MODEL, QUANTS
 from llmos.specs.units import exact_size, parse_duration, parse_size
 
 from .auditsink import FACILITIES

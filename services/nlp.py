@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmos.specs.registry import DEFAULT_EMBED_MODEL, SERVICES_EMBED_ENV
+from llmos.specs.modelspec import DEFAULT_EMBED_MODEL, SERVICES_EMBED_ENV
 
 EMBED_MODEL = os.environ.get(SERVICES_EMBED_ENV, DEFAULT_EMBED_MODEL)
 EMBED_BATCH = 256                  # texts per embed syscall (the kernel takes up to 1024)

@@ -87,7 +87,7 @@ class ServiceMessage(Message):
 @dataclass
 class Load(DriverMessage, op="load"):
     model: str
-    spec: dict                    # llmos.specs.registry.ModelSpec.to_wire()
+    spec: dict                    # llmos.specs.modelspec.ModelSpec.to_wire()
     kv_bytes: int
 
 

@@ -17,7 +17,7 @@ from adapter_files import adapter_files, make_adapter, merged_greedy
 from harness import raised
 from llmos.drivers.engine import Engine, GenRequest
 from llmos.drivers.loader import encode_prompt, load
-from llmos.specs import registry
+from llmos.kernel import registry
 
 PROMPT = "The cat sat on the"
 N = 12

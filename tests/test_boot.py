@@ -20,7 +20,7 @@ from llmos.kernel import supervisor as supervision
 from llmos.kernel.devices import Devices
 from llmos.kernel.errors import SyscallError
 from llmos.kernel.supervisor import DriverHandle, Supervisor
-from llmos.specs import registry
+from llmos.specs.modelspec import DEFAULT_MODEL
 
 BOOT_TIMEOUT_S = 180      # a guard against a hang, not a measure: the boot should end in seconds
 
@@ -62,7 +62,7 @@ def test_boot_with_an_unknown_model_fails_listing_the_known_names(tmp_path):
     done = boot(tmp_path, "--device", "cpu", "--model", "nosuch")
     assert done.returncode == 1, done.stderr[-3000:]
     [reason] = refusals(done.stderr)
-    assert "unknown model 'nosuch'" in reason and registry.DEFAULT_MODEL in reason
+    assert "unknown model 'nosuch'" in reason and DEFAULT_MODEL in reason
 
 
 def test_boot_with_a_model_whose_files_are_broken_fails(tmp_path):

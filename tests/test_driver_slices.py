@@ -19,7 +19,8 @@ from llmos.drivers import slices as slices_module
 from llmos.drivers.host import DriverLoop
 from llmos.drivers.slices import run_to_end
 from llmos.drivers.torch_driver import TorchDriver
-from llmos.specs import channel, registry
+from llmos.kernel import registry
+from llmos.specs import channel
 from llmos.specs.channel import DriverMessage
 
 from adapter_files import adapter_files, make_adapter

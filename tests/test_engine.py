@@ -20,7 +20,8 @@ from llmos.drivers.runner import PagedRunner
 from llmos.drivers.sampling import sample
 from llmos.drivers.sequence import Chunk
 from llmos.drivers.slices import run_to_end
-from llmos.specs import registry
+from llmos.kernel import registry
+from llmos.specs.modelspec import DEFAULT_MODEL
 from llmos.userland.testing import make_tiny_bert, make_tiny_llama
 
 BIG_KV = 1 << 22   # bytes; holds thousands of tiny-model tokens
@@ -533,7 +534,7 @@ def test_embeddings_are_normalized_and_deterministic(tmp_path):
 
 @pytest.mark.real_model
 def test_real_model_answers_paris_and_matches_hf_greedy():
-    real = load(registry.resolve(registry.DEFAULT_MODEL))
+    real = load(registry.resolve(DEFAULT_MODEL))
     prompt = encode_prompt(real, None, [{"role": "user", "content": "What is the capital of France?"}])
     out = run(Engine(real, 64 << 20), [request(0, prompt, max_tokens=30)])[0]
     assert "Paris" in out["text"]

@@ -12,7 +12,7 @@ from llmos.drivers import engine as engine_module
 from llmos.drivers import logits as logits_module
 from llmos.drivers.engine import Engine, GenRequest
 from llmos.drivers.loader import LoadedModel, load
-from llmos.specs import registry
+from llmos.kernel import registry
 from llmos.userland.testing import make_tiny_llama
 
 BIG_KV = 1 << 22

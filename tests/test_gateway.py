@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from harness import leave_before_the_answer, served_requests
-from llmos.specs.registry import DEFAULT_EMBED_MODEL, DEFAULT_MODEL
+from llmos.specs.modelspec import DEFAULT_EMBED_MODEL, DEFAULT_MODEL
 from llmos.userland.gateway.testing import GatewayProcess
 from llmos.userland.testing import wait_until
 

@@ -17,7 +17,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmos.specs.registry import DEFAULT_EMBED_MODEL
+from llmos.specs.modelspec import DEFAULT_EMBED_MODEL
 from llmos.userland.gateway.openai import MAX_PROMPTS
 from llmos.userland.gateway.testing import GatewayProcess
 from llmos.userland.testing import KernelProcess, wait_until

@@ -15,7 +15,7 @@ import pytest
 
 from harness import leave_before_the_answer, served_requests
 from llmos.specs.protocol import KERNEL_VERSION
-from llmos.specs.registry import DEFAULT_EMBED_MODEL
+from llmos.specs.modelspec import DEFAULT_EMBED_MODEL
 from llmos.userland.gateway.testing import GatewayProcess
 from llmos.userland.testing import KernelProcess, wait_until
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from llmos.specs.registry import DEFAULT_MODEL
+from llmos.specs.modelspec import DEFAULT_MODEL
 from llmos.userland.gateway.testing import GatewayProcess
 
 pytestmark = pytest.mark.real_model

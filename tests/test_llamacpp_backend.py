@@ -24,7 +24,7 @@ from llmos.drivers.engine import Engine, GenRequest  # noqa: E402
 from llmos.drivers.llamacpp_runner import LlamaCppRunner, LlamaCppUnavailable, use_llamacpp  # noqa: E402
 from llmos.drivers.loader import encode_prompt, load  # noqa: E402
 from llmos.drivers.sequence import Chunk  # noqa: E402
-from llmos.specs import registry  # noqa: E402
+from llmos.kernel import registry  # noqa: E402
 from llmos.userland.testing import KernelProcess  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"

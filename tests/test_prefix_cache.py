@@ -14,7 +14,7 @@ from llmos.drivers.loader import encode_prompt, load
 from llmos.drivers.prefix_cache import block_keys
 from llmos.drivers.batch_scheduler import BatchScheduler
 from llmos.drivers.sequence import GenRequest, Sequence
-from llmos.specs import registry
+from llmos.kernel import registry
 from llmos.userland.testing import CORPUS
 
 BLOCK = 4

@@ -20,7 +20,7 @@ from llmos.drivers.hf_runner import HFRunner
 from llmos.drivers.loader import LoadedModel, load
 from llmos.drivers.quant import Int8Embedding, Int8Linear, UnsupportedModel, quantize
 from llmos.drivers.sequence import Chunk
-from llmos.specs import registry
+from llmos.kernel import registry
 from llmos.userland.testing import CORPUS, make_tiny_bert, make_tiny_llama
 
 KV_BYTES = 1 << 22   # holds thousands of tiny-model tokens

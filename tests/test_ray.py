@@ -172,7 +172,7 @@ def test_the_default_model_resumes_on_the_restarted_ray_driver_with_the_same_tex
     """The real SmolLM2-135M-Instruct, whose greedy choices are far from ties: the text must match."""
     import ray
 
-    from llmos.specs.registry import DEFAULT_MODEL
+    from llmos.specs.modelspec import DEFAULT_MODEL
 
     model = model_on("cpu:1", model=DEFAULT_MODEL)
     with ray_kernel.client() as c:

@@ -15,7 +15,7 @@ from llmos.drivers.sampling import SamplingDefaults, sample_rows
 from llmos.drivers.sequence import GenRequest, Sequence
 from llmos.specs import channel
 from llmos.specs.abi import SYSCALLS
-from llmos.specs.registry import resolve
+from llmos.kernel.registry import resolve
 
 
 def test_infer_arguments_left_out_are_nil_for_the_model_to_fill():

@@ -17,7 +17,7 @@ from llmos.drivers.engine import Engine, GenRequest
 from llmos.drivers.loader import encode_prompt, load
 from llmos.drivers.tools import ToolCallText
 from llmos.kernel.syscalls.structured import tool_plan
-from llmos.specs import registry
+from llmos.kernel import registry
 from llmos.userland.testing import make_tiny_llama
 
 pytest.importorskip("xgrammar")

@@ -260,7 +260,7 @@ def test_a_job_resumes_from_its_checkpoint_when_its_driver_dies(tmp_path, tiny_l
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_llama):
     from llmos.drivers.loader import load
-    from llmos.specs.registry import ModelSpec
+    from llmos.specs.modelspec import ModelSpec
 
     return load(ModelSpec("tiny", "generate", tiny_llama, None, "config"), "cpu", "float32")
 

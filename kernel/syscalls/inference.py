@@ -6,8 +6,10 @@ import json
 import secrets
 from typing import TYPE_CHECKING
 
-from llmos.specs import SYSCALLS, registry
+from llmos.specs import SYSCALLS
 from llmos.specs.protocol import reply_ok
+
+from .. import registry
 
 from ..adapters import AdapterNameError, split_name
 from ..errors import SyscallError, eio, einval, enoent, eperm

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmos.specs import SYSCALLS, registry, trainset
+from llmos.specs import SYSCALLS, trainset
+
+from .. import registry
 
 from ..adapters import NAME
 from ..errors import eagain, einval, enoent

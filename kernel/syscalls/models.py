@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmos.specs import registry
+from .. import registry
 
 from ..errors import ebusy, einval, enoent, eperm
 from .adapters import load_adapter_model

