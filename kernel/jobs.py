@@ -10,7 +10,7 @@ processes keeps its share; the tokens a step reads are charged to the job as a g
 
 Its record, data and latest checkpoint live on disk (kernel/jobstore.py), so a job the kernel
 did not finish (it was stopped or killed, or its driver died) resumes from its last checkpoint.
-A finished job writes its adapter as `BASE:NAME` in the owner's namespace (kernel/adapters.py).
+A finished job writes its adapter as `BASE:NAME` in the owner's namespace (kernel/adapters/store.py).
 
     queued (admitted, waiting for its turn) -> running -> done | failed | cancelled
 """

@@ -7,7 +7,7 @@
 Every write lands whole: a file is written beside its place and renamed over it, and a new
 checkpoint is a new folder that job.json names only once it is complete, so a kernel killed at
 any moment boots on a job it can resume from its last checkpoint. The adapter a finished job
-writes (kernel/adapters.py's layout) is built under STATE_DIR/tmp/ and renamed into place.
+writes (kernel/adapters/store.py's layout) is built under STATE_DIR/tmp/ and renamed into place.
 These functions block on the disk: the kernel calls them through asyncio.to_thread.
 """
 
@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .adapters import META_FILE, PEFT_FILES, adapter_dir
+from .adapters.store import META_FILE, PEFT_FILES, adapter_dir
 
 JOBS_DIR = "jobs"
 JOB_FILE = "job.json"

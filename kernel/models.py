@@ -26,7 +26,7 @@ from llmos.specs.modelspec import SERVICES_EMBED_ENV, ModelSpec
 from llmos.specs.units import format_size
 
 from . import logs, registry
-from .adapter_table import AdapterTable
+from .adapters import AdapterTable
 from .errors import SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
 from .placement import eviction_victims, kv_budget, replica_devices

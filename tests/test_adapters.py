@@ -199,7 +199,7 @@ def adapter_table(tmp_path, requests):
     """An AdapterTable over a stand-in kernel: a cpu account of 1000 bytes and these requests in flight."""
     from types import SimpleNamespace
 
-    from llmos.kernel.adapter_table import AdapterTable
+    from llmos.kernel.adapters import AdapterTable
     from llmos.kernel.devmem import DeviceMemory
 
     memory = DeviceMemory()
@@ -210,7 +210,7 @@ def adapter_table(tmp_path, requests):
 
 
 def loaded_adapter(table, name: str, last_used: float, base: str = "tiny"):
-    from llmos.kernel.adapter_table import AdapterEntry
+    from llmos.kernel.adapters import AdapterEntry
     from llmos.kernel.adapters import AdapterInfo
     from llmos.specs import channel
 

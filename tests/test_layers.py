@@ -117,7 +117,7 @@ TYPED_GRAPH = {name: imports_of(name, path, MODULES, type_only=True) for name, p
 # meets a tangle. Almost all of the kernel's is every room naming `Kernel` (kernel.py, which imports
 # them all) in its annotations; untangling it means a small protocol module for what the rooms use
 # of the kernel. Each entry is the exact set of modules on one circle; keep the list exact.
-_KERNEL_ROOMS = ("adapter_table", "config", "devices", "dispatch", "health", "httpserve", "jobs", "kernel",
+_KERNEL_ROOMS = ("adapters", "adapters.table", "config", "devices", "dispatch", "health", "httpserve", "jobs", "kernel",
                  "loadprogress", "metrics", "models", "placement", "process", "quotas", "raydrivers",
                  "requests", "services", "syscalls", "syscalls.adapters", "syscalls.auditread", "syscalls.devices",
                  "syscalls.inference", "syscalls.jobs", "syscalls.memory", "syscalls.models",

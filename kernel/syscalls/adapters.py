@@ -10,9 +10,9 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from ..adapters import AdapterNotFound, BadAdapter
+from ..adapters import AdapterNotFound, BadAdapter, adapter_parts
 from ..errors import einval, enoent
-from .inference import adapter_parts, model_and_adapter
+from .inference import model_and_adapter
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext

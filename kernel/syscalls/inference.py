@@ -11,7 +11,7 @@ from llmos.specs.protocol import reply_ok
 
 from .. import registry
 
-from ..adapters import AdapterNameError, split_name
+from ..adapters import adapter_parts
 from ..errors import SyscallError, eio, einval, enoent, eperm
 from ..loadprogress import wait_telling
 from .structured import MAX_CALLS_PER_MESSAGE, MAX_TOKEN_ID, TOOL_NAME, structured_payload
@@ -44,16 +44,6 @@ async def model_for(k: "Kernel", ctx: "CallContext", name: str | None, kind: str
         use = "infer" if entry.kind == "generate" else "embed"
         raise einval(f"model '{name}' is a {entry.kind} model; use {use} with it")
     return entry
-
-
-def adapter_parts(name: str) -> tuple[str, str] | None:
-    """(base, adapter) of a `BASE:NAME`; None for a plain model name or a path (a path may hold ':')."""
-    if "/" in name or "\\" in name:
-        return None
-    try:
-        return split_name(name)
-    except AdapterNameError as exc:
-        raise einval(str(exc)) from None
 
 
 async def model_and_adapter(k: "Kernel", ctx: "CallContext", name: str | None, kind: str) -> tuple["ModelEntry", str]:

@@ -8,7 +8,7 @@ from .. import registry
 
 from ..errors import ebusy, einval, enoent, eperm
 from .adapters import load_adapter_model
-from .inference import adapter_parts
+from ..adapters import adapter_parts
 
 if TYPE_CHECKING:
     from ..dispatch import CallContext

@@ -1,4 +1,4 @@
-"""Adapters: LoRA weights over a base model, named `BASE:NAME`, owned by the principal that trained them.
+"""The adapters on disk: their names, their layout, and who may use which.
 
 The layout on disk is the contract between fine-tune jobs (which write adapters) and inference
 (which serves them). Each adapter is a folder in PEFT's format (`adapter_config.json`,
@@ -19,6 +19,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..errors import einval
 
 ADAPTERS_DIR = "adapters"
 META_FILE = "llmos.json"
@@ -41,6 +43,17 @@ def split_name(model: str) -> tuple[str, str] | None:
             raise AdapterNameError(f"'{model[:200]}': the {what} name must be 1-64 of A-Z a-z 0-9 . _ - "
                                    f"starting with a letter or digit")
     return base, name
+
+
+def adapter_parts(name: str) -> tuple[str, str] | None:
+    """(base, adapter) of a `BASE:NAME` a caller sent; None for a plain model name or a path (a path may
+    hold ':'); EINVAL for a `BASE:NAME` no adapter can have."""
+    if "/" in name or "\\" in name:
+        return None
+    try:
+        return split_name(name)
+    except AdapterNameError as exc:
+        raise einval(str(exc)) from None
 
 
 def adapter_dir(state_dir: Path, principal: str, base: str, name: str) -> Path:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from llmos.specs import channel
 from llmos.specs.units import format_size
 
-from . import logs
-from .adapters import AdapterInfo, AdapterNotFound, AdapterStore, BadAdapter
-from .errors import SyscallError, eio, einval, enoent
+from .. import logs
+from .store import AdapterInfo, AdapterNotFound, AdapterStore, BadAdapter
+from ..errors import SyscallError, eio, einval, enoent
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
-    from .models import ModelEntry
+    from ..kernel import Kernel
+    from ..models import ModelEntry
 
 log = logs.get("llmos.adapters")
 
