@@ -19,6 +19,11 @@ class SyscallError(Exception):
         return f"SyscallError({self.errno}, {self.message!r})"
 
 
+class DoubleRelease(RuntimeError):
+    """Something let go of what it did not hold (a model copy, a scheduler slot): the kernel's own
+    bookkeeping is wrong. Raised where it happens, never absorbed by a count kept from going negative."""
+
+
 def einval(message: str) -> SyscallError:
     return SyscallError("EINVAL", message)
 

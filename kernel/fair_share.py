@@ -22,6 +22,8 @@ import itertools
 from collections import defaultdict
 from typing import Protocol
 
+from .errors import DoubleRelease
+
 
 class Schedulable(Protocol):
     share: int      # the pid whose fair share it counts against (a service's caller, not the host)
@@ -78,11 +80,18 @@ class FairScheduler:
         """Whether other processes run on the device and pid has had no more service than any
         of them (on a tie, no more requests running there). Alone, it has nobody to wait for."""
         others = [(self._vtime[p], n) for p, n in self._running.items() if n and p != pid]
-        return bool(others) and (self._vtime[pid], self._running[pid]) <= min(others)
+        return bool(others) and (self._vtime.get(pid, 0), self._running.get(pid, 0)) <= min(others)
 
     def finished(self, req: Schedulable) -> None:
-        """A request admitted by pop_next left the device."""
-        self._running[req.share] = max(0, self._running[req.share] - 1)
+        """A request admitted by pop_next left the device. Exactly once: a second finish is DoubleRelease.
+        A process forgotten (reaped) while its requests ran has nothing left here to count down."""
+        running = self._running.get(req.share)
+        if running is None:
+            return
+        if running <= 0:
+            raise DoubleRelease(f"a request of process {req.share} left the device twice: "
+                                f"none of that process's requests runs here")
+        self._running[req.share] = running - 1
 
     def charge(self, pid: int, tokens: int) -> None:
         self._vtime[pid] += tokens

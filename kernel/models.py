@@ -27,7 +27,7 @@ from llmos.specs.units import format_size
 
 from . import logs, registry
 from .adapters import AdapterTable
-from .errors import SyscallError, eio, einval, enoent, enomem, eperm
+from .errors import DoubleRelease, SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
 from .placement import eviction_victims, kv_budget, replica_devices
 
@@ -38,10 +38,6 @@ if TYPE_CHECKING:
 
 log = logs.get("llmos.models")
 
-
-
-class DoubleRelease(RuntimeError):
-    """A request let go of a model copy it did not hold: the kernel's own bookkeeping is wrong."""
 
 
 RELEASED = object()   # Request.holds after its release

@@ -2,6 +2,9 @@
 
 from dataclasses import dataclass
 
+import pytest
+
+from llmos.kernel.errors import DoubleRelease
 from llmos.kernel.fair_share import FairScheduler
 
 
@@ -133,3 +136,27 @@ def test_len_counts_the_queued_requests_of_every_process_not_the_admitted_ones()
     admitted = sched.pop_next()
     assert len(sched) == 2
     assert sched.remove(admitted) is False and len(sched) == 2   # admitted: no longer in the queue
+
+
+def test_a_request_that_leaves_twice_is_an_error_not_a_clamp():
+    """The count of a process's running requests is never kept from going negative: a second finish of
+    the same request is the kernel's bookkeeping gone wrong, and says so."""
+    sched = FairScheduler()
+    sched.enqueue(Req(pid=1))
+    sched.enqueue(Req(pid=1, seq=1))
+    first, second = sched.pop_next(), sched.pop_next()
+    sched.finished(first)
+    sched.finished(second)
+    with pytest.raises(DoubleRelease, match="process 1 left the device twice"):
+        sched.finished(first)
+
+
+def test_a_request_of_a_forgotten_process_may_still_leave():
+    """A reaped process is forgotten while its requests run; each of them still ends (and leaves) once."""
+    sched = FairScheduler()
+    sched.enqueue(Req(pid=7))
+    running = sched.pop_next()
+    sched.enqueue(Req(pid=7, seq=1))
+    assert [r.seq for r in sched.forget(7)] == [1]       # the queued one handed back
+    assert not sched.may_cut_in(7)
+    sched.finished(running)                                # nothing left to count down: no error

@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from llmos.kernel.models import RELEASED, DoubleRelease, ModelEntry, ModelTable
+from llmos.kernel.errors import DoubleRelease
+from llmos.kernel.models import RELEASED, ModelEntry, ModelTable
 
 
 def request(rid: int):
