@@ -1,18 +1,24 @@
-"""One model on a CPU, two engines: llama.cpp while a few requests run, torch once a crowd does.
+"""One model on a CPU, two engines: llama.cpp while a few requests run, torch once a crowd does, if
+torch is faster for a crowd on this CPU.
 
-Measured on the 2-core machine (benchmarks/README.md, "CPU: llmos against llama.cpp"), a decode
+Measured on a 2-core AMX machine (benchmarks/README.md, "CPU: llmos against llama.cpp"), a decode
 step of SmolLM2-135M on llama.cpp (the GGUF's 4-bit weights) takes 12 ms alone and grows about
 5.5 ms a sequence (92 ms at 16): its 4-bit dot products are compute-bound. The torch runner's bf16
 step takes 48 ms alone and 58 ms at 16: it is bound by reading the weights once a step, which a
 wide batch shares. So llama.cpp is 4x faster for one stream and torch 1.6x faster for sixteen, with
-the crossover near eight. Running both at once is slower than either (their steps take turns on the
+the crossover near eight. On a 2-core AVX2 machine (no native bf16, so torch runs fp32) llama.cpp
+grows 10 ms a sequence and torch's step takes 72 ms alone and 185 ms at 16: torch is never faster.
+So the crossover is measured, not assumed: when the pair is made, each engine times its decode step
+at two batch sizes (PROBE_SIZES, about a second in all), a line through them predicts its step at
+any size, and torch takes over from the smallest load at which it is predicted to make MARGIN times
+llama.cpp's tokens a second (never, if at no load up to the engine's size it would). Running both at once is slower than either (their steps take turns on the
 same cores), so the pair is in one regime at a time:
 
 - `llama.cpp` while the model has few requests: new ones go to the llama.cpp engine;
-- `torch` once it has TORCH_FROM or more: every request moves to the torch engine, recomputed there
+- `torch` once it has `torch_from` or more: every request moves to the torch engine, recomputed there
   from its prompt and what it has generated (Engine.hand_over, as after a preemption), and new ones
-  follow; back to `llama.cpp` when they fall to LLAMACPP_UP_TO (apart from a gap, so a load at the
-  threshold does not move back and forth).
+  follow; back to `llama.cpp` when they fall to `llamacpp_up_to` (RETURN_SHARE of torch_from: a gap,
+  so a load at the threshold does not move back and forth).
 
 Requests with a LoRA adapter always run on torch (llama.cpp here serves none) and stay there.
 A request that moves keeps its seed, text and constraint; a greedy answer may take another word
@@ -21,18 +27,112 @@ after the move, as the two runners' numbers differ (4-bit against bf16 weights).
 
 from __future__ import annotations
 
-from .engine import Engine
+import os
+import statistics
+import time
+from dataclasses import dataclass
 
-TORCH_FROM = 9        # requests on the model that move it to torch
-LLAMACPP_UP_TO = 5    # requests on the model that move it back to llama.cpp
+from .engine import Engine
+from .sequence import GenRequest
+
+PROBE_SIZES = (1, 12)       # batch sizes each engine's decode step is timed at when the pair is made
+PROBE_STEPS = 3             # decode steps timed at each size (their median counts)
+PROBE_PROMPT = 16           # tokens of each probe sequence's prompt
+PROBE_RID = 1 << 62         # probe sequences' ids: far from any the kernel gives
+MARGIN = 1.15               # torch must promise this many times llama.cpp's tok/s: a move recomputes every request
+RETURN_SHARE = 0.6          # back to llama.cpp at or under this share of torch_from
+CROWD_ENV = "LLMOS_CPU_CROWD_FROM"   # the operator's pin: "measure" (default), "never", or a load N >= 2
+
+
+def wanted_crowd_from() -> int | str | None:
+    """LLMOS_CPU_CROWD_FROM in the kernel's environment (its drivers inherit it): "measure" (the default),
+    None for "never", or the load that moves a model to torch. A probe at load time sees whatever else
+    runs then; where repeatable behaviour matters more, pin it."""
+    given = os.environ.get(CROWD_ENV, "").strip() or "measure"
+    if given in ("measure", "never"):
+        return None if given == "never" else given
+    if given.isdigit() and int(given) >= 2:
+        return int(given)
+    raise ValueError(f"{CROWD_ENV}={given[:40]!r}: give measure, never, or a number of requests of at least 2")
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """An engine's decode step, in seconds, as a line in the number of sequences it carries."""
+    fixed: float
+    per_seq: float
+
+    def tok_s(self, n: int) -> float:
+        return n / max(1e-6, self.fixed + self.per_seq * n)
+
+    @classmethod
+    def through(cls, points: list[tuple[int, float]]) -> "StepTime":
+        (n0, t0), (n1, t1) = points[0], points[-1]
+        per_seq = max(0.0, (t1 - t0) / (n1 - n0))
+        return cls(max(0.0, t0 - per_seq * n0), per_seq)
+
+
+def crossover(fast: StepTime, crowd: StepTime, max_seqs: int, margin: float = MARGIN) -> int | None:
+    """The smallest load at which the crowd's engine makes `margin` times the fast one's tokens a second;
+    None if it does at no load up to max_seqs."""
+    return next((n for n in range(2, max_seqs + 1) if crowd.tok_s(n) >= margin * fast.tok_s(n)), None)
+
+
+def probe(engine: Engine, sizes=PROBE_SIZES, steps: int = PROBE_STEPS) -> StepTime:
+    """Time the engine's decode step at each size (greedy sequences with short prompts of their own,
+    cancelled after), and fit a line. The engine is left as it was found: empty."""
+    vocab = engine.vocab_size
+    points = []
+    for n in sizes:
+        rids = [PROBE_RID + i for i in range(n)]
+        for i, rid in enumerate(rids):
+            prompt = [(1000 + 97 * i + 7 * j) % vocab for j in range(PROBE_PROMPT)]
+            engine.add(GenRequest(rid, prompt, steps + 1, 0.0, 1.0, 0, [], None, ignore_eos=True))
+        seen, times = set(), []
+        while engine.has_work() and len(times) < steps:
+            started = time.perf_counter()
+            events = engine.step()
+            took = time.perf_counter() - started
+            if len(seen) == n:                        # every sequence is past its prompt: a decode step
+                times.append(took)
+            seen.update(e.rid for e in events if e.token_ids)
+        for rid in rids:
+            engine.cancel(rid)
+        while engine.has_work():
+            engine.step()
+        points.append((n, statistics.median(times) if times else float("inf")))
+    return StepTime.through(points)
 
 
 class EnginePair:
-    def __init__(self, fast: Engine, crowd: Engine):
+    def __init__(self, fast: Engine, crowd: Engine, torch_from: int | None = 9, llamacpp_up_to: int | None = None):
         self.fast = fast        # llama.cpp
         self.crowd = crowd      # torch: the crowd's, and every adapter request's
         self.regime = "llama.cpp"
         self.moves = 0          # regime changes, for the benchmarks' curiosity
+        self.torch_from = torch_from          # None: the crowd stays on llama.cpp (torch serves adapters only)
+        self.llamacpp_up_to = (llamacpp_up_to if llamacpp_up_to is not None
+                               else max(1, int(RETURN_SHARE * torch_from)) if torch_from else 0)
+        self.steps: dict[str, StepTime] = {}  # what measured() found, for the log and the benchmarks
+
+    @classmethod
+    def for_this_machine(cls, fast: Engine, crowd: Engine, max_seqs: int) -> "EnginePair":
+        """The pair with its crossover pinned by the operator (CROWD_ENV), else measured here, now."""
+        wanted = wanted_crowd_from()
+        if wanted != "measure":
+            return cls(fast, crowd, wanted)
+        steps = {"llama.cpp": probe(fast), "torch": probe(crowd)}
+        pair = cls(fast, crowd, crossover(steps["llama.cpp"], steps["torch"], max_seqs))
+        pair.steps = steps
+        return pair
+
+    def describe(self) -> str:
+        """One line on the crossover and the step times it came from."""
+        lines = ", ".join(f"{name} {1000 * s.fixed:.1f} ms + {1000 * s.per_seq:.1f} ms a sequence"
+                          for name, s in self.steps.items())
+        where = (f"torch from {self.torch_from} requests, back at {self.llamacpp_up_to}" if self.torch_from
+                 else "llama.cpp at every load (torch serves adapters only)")
+        return f"{where}; decode step {lines}" if lines else f"{where} ({CROWD_ENV})"
 
     @property
     def load(self) -> int:
@@ -46,10 +146,10 @@ class EnginePair:
     def rebalance(self) -> list[tuple[int, Engine]]:
         """Between steps: change regime if the load says so; (request id, its engine now) of those moved."""
         load = self.load
-        if self.regime == "llama.cpp" and load >= TORCH_FROM:
+        if self.regime == "llama.cpp" and self.torch_from and load >= self.torch_from:
             self.regime, self.moves = "torch", self.moves + 1
             return [(rid, self.crowd) for rid in self.fast.hand_over(self.crowd)]
-        if self.regime == "torch" and load <= LLAMACPP_UP_TO:
+        if self.regime == "torch" and load <= self.llamacpp_up_to:
             self.regime, self.moves = "llama.cpp", self.moves + 1
             adapters = getattr(self.crowd.runner, "seq_adapters", {})
             return [(rid, self.fast) for rid in self.crowd.hand_over(self.fast, keep=lambda seq: seq.id in adapters)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 import traceback
 from collections.abc import Generator
@@ -110,7 +111,9 @@ class TorchDriver(Driver):
                 beside = kv_bytes // PAIR_KV_SHARE
                 engines = [Engine(lm, kv_budget_bytes=kv_bytes - beside, gguf_path=gguf, **sizes),
                            Engine(lm, kv_budget_bytes=beside, **sizes)]
-                self.pairs[msg.model] = EnginePair(*engines)
+                pair = EnginePair.for_this_machine(*engines, sizes["max_seqs"])     # about a second: see engine_pair.py
+                print(f"driver: {msg.model}: {pair.describe()}", file=sys.stderr)
+                self.pairs[msg.model] = pair
             else:
                 engines = [Engine(lm, kv_budget_bytes=kv_bytes, **sizes)]
             self.engines[msg.model] = engines[0]
