@@ -9,11 +9,7 @@ llama.cpp"). So the driver watches the cores that processes other than itself ke
 on the rest. Niced work counts too: one might expect the scheduler to give way to a driver at nice 0
 over a nice-19 job, but on Linux 6.18 (EEVDF) a two-thread llama.cpp step through the kernel fell
 from ~75 to 4-9 tokens/s beside a nice-19 loop on each core, with stalls of up to 3 s, while one
-thread kept 38-43 (benchmarks/README.md). But that is one machine's scheduler: on a 2-core AVX2 EPYC
-the same two threads kept 79% of their quiet rate beside the same loops while one thread kept 50%.
-So under contention the rule's count is a first guess, and the driver measures: it times its steps
-(`record`), tries the rule's count and every core for a period each, keeps whichever spent less step
-time a token, and tries the other again every RETRY_PERIODS periods, as the neighbours change.
+thread kept 38-43 (benchmarks/README.md).
 
 The policy is the operator's choice, LLMOS_CPU_THREADS=auto in the kernel's environment (its drivers
 inherit it), not the default: in bf16 a different thread count can change a greedy answer, and the
@@ -30,8 +26,6 @@ import psutil
 
 PERIOD_S = 2.0            # how often the driver looks at the machine
 RELEASE_CORES = 0.5       # others' load (in cores) that takes a thread away; below half a core it stays
-MIN_TOKENS = 8            # a period's tokens below which its step time a token is not judged
-RETRY_PERIODS = 5         # under contention, the count not in force is measured again after this many periods
 
 
 def available_cores() -> int:
@@ -65,9 +59,6 @@ class ThreadPolicy:
         self.threads = pinned or self.cores
         torch.set_num_threads(self.threads)
         self._mark = self._read()
-        self._tokens, self._busy = 0, 0.0      # this period's work: tokens made, seconds spent stepping
-        self._cost: dict[int, float] = {}      # under contention: thread count -> step seconds a token
-        self._periods = 0                      # periods under contention, for the retries
 
     @classmethod
     def from_env(cls, torch) -> "ThreadPolicy":
@@ -83,33 +74,6 @@ class ThreadPolicy:
         own = self.proc.cpu_times()
         return time.monotonic(), competing_busy_seconds(), own.user + own.system
 
-    def record(self, tokens: int, seconds: float) -> None:
-        """A step's work: `tokens` made in `seconds` of stepping, on the count in force."""
-        self._tokens += tokens
-        self._busy += seconds
-
-    def _measured(self, rule: int) -> int:
-        """The count for the next period, given the rule's: every core without contention; with it, the
-        rule's count or every core, whichever the driver's own steps showed the cheaper a token."""
-        tokens, busy, self._tokens, self._busy = self._tokens, self._busy, 0, 0.0
-        if rule >= self.cores:
-            self._cost.clear()
-            self._periods = 0
-            return rule
-        options = (rule, self.cores)
-        if tokens >= MIN_TOKENS:
-            self._cost[self.threads] = busy / tokens
-        self._periods += 1
-        if self._periods % RETRY_PERIODS == 0:          # the neighbours may have changed: look again
-            for count in options:
-                if count != self.threads:
-                    self._cost.pop(count, None)
-        untried = [count for count in options if count not in self._cost]
-        if untried and tokens >= MIN_TOKENS:
-            return untried[0]
-        known = {count: self._cost[count] for count in options if count in self._cost}
-        return min(known, key=known.get) if known else rule
-
     def tick(self) -> int:
         """Re-decide at most once a period; the thread count in force."""
         now = time.monotonic()
@@ -119,7 +83,7 @@ class ThreadPolicy:
         wall = mark[0] - self._mark[0]
         others = max(0.0, (mark[1] - self._mark[1]) - (mark[2] - self._mark[2])) / wall
         self._mark = mark
-        want = self._measured(threads_for(self.cores, others))
+        want = threads_for(self.cores, others)
         if want != self.threads:
             self.torch.set_num_threads(want)
             self.threads = want

@@ -268,7 +268,6 @@ class TorchDriver(Driver):
         any cut-in (often none): the moment to send them and to take in new submissions.
         """
         out: list[TokenEvent] = []
-        started = time.monotonic()
         for pair in self.pairs.values():
             self.owner.update(pair.rebalance())
         for engine in self._all_engines():
@@ -282,8 +281,6 @@ class TorchDriver(Driver):
                 traceback.print_exc()
                 events = engine.fail_all(f"engine failure: {exc.__class__.__name__}: {exc}")
             out += self._token_events(events)
-        if self.threads is not None:
-            self.threads.record(sum(e.tokens for e in out), time.monotonic() - started)
         return out
 
     @contextlib.contextmanager

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from llmos.drivers.cpu_threads import RETRY_PERIODS, ThreadPolicy, threads_for
+from llmos.drivers.cpu_threads import ThreadPolicy, threads_for
 from llmos.drivers.torch_driver import TorchDriver
 
 
@@ -92,57 +92,3 @@ def test_a_bad_llmos_cpu_threads_is_refused_with_what_to_give(torch_threads, mon
     monkeypatch.setenv("LLMOS_CPU_THREADS", value)
     with pytest.raises(ValueError, match="whole number of threads"):
         ThreadPolicy.from_env(torch)
-
-
-class CountingTorch:
-    """torch's thread setting alone, so a policy can be stepped through periods without threads changing."""
-
-    def __init__(self):
-        self.n = 2
-
-    def set_num_threads(self, n):
-        self.n = n
-
-    def get_num_threads(self):
-        return self.n
-
-
-def contended_policy(cost: dict[int, float], others: float = 1.0, periods: int = 12) -> list[int]:
-    """A 2-core policy whose neighbours keep `others` cores busy, stepping a driver whose step takes cost[threads]
-    seconds a token; the count in force each period."""
-    policy = ThreadPolicy(CountingTorch(), cores=2, period_s=0.0)
-    clock = {"t": 0.0, "busy": 0.0, "own": 0.0}
-
-    def read():
-        clock["t"] += 1.0
-        clock["busy"] += others + 1.0          # the neighbours' cores and the driver's own
-        clock["own"] += 1.0
-        return clock["t"], clock["busy"], clock["own"]
-
-    policy._read = read
-    policy._mark = read()
-    seen = []
-    for _ in range(periods):
-        policy.record(20, 20 * cost[policy.threads])
-        seen.append(policy.tick())
-    return seen
-
-
-def test_under_contention_the_driver_keeps_the_count_its_own_steps_measured_faster():
-    """The rule says one thread beside a busy core; where two were faster anyway (a scheduler that lets a
-    nice-0 driver past its neighbours), the driver measures both and goes back to two, and tries one
-    again only every RETRY_PERIODS periods."""
-    seen = contended_policy({1: 0.020, 2: 0.012}, periods=20)
-    assert seen[:2] == [1, 2]                          # two measured first (it was in force), then one, then two
-    assert seen.count(1) == 1 + 20 // RETRY_PERIODS
-    seen = contended_policy({1: 0.012, 2: 0.030}, periods=20)
-    assert seen[0] == 1 and seen.count(2) == 20 // RETRY_PERIODS
-
-
-def test_without_work_to_measure_the_rule_decides():
-    seen = contended_policy({1: 0.0, 2: 0.0}, periods=3)      # 20 tokens in no time: judged, equal
-    assert seen[0] == 1
-    policy = ThreadPolicy(CountingTorch(), cores=2, period_s=0.0)
-    policy._mark = (0.0, 0.0, 0.0)
-    policy._read = lambda: (1.0, 1.0, 0.0)           # one core busy elsewhere for a second, no steps
-    assert policy.tick() == 1
