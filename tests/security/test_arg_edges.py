@@ -41,7 +41,9 @@ def _short_wav() -> bytes:
 
 CANARY = {"prompt": "Once upon a time", "max_tokens": 48, "temperature": 0.0, "seed": 7}
 ATTACKER_CAPS = ["ps", "devices", "models", "load", "infer", "embed", "mem", "alloc", "svc", "tune"]
-CALL_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 150.0   # a liveness bound, not a speed one: alone the heaviest legal calls (1024 texts to embed,
+                         # max_tokens=32768) answer in under 8 s, but beside the suite's busy loops on a 2-core
+                         # AVX2 machine they once took more than 60
 
 # Arguments that make each call well-formed and cheap; an edge value replaces one at a time.
 BASE = {
