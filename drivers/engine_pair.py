@@ -11,8 +11,10 @@ grows 10 ms a sequence and torch's step takes 72 ms alone and 185 ms at 16: torc
 So the crossover is measured, not assumed: when the pair is made, each engine times its decode step
 at two batch sizes (PROBE_SIZES, about a second in all), a line through them predicts its step at
 any size, and torch takes over from the smallest load at which it is predicted to make MARGIN times
-llama.cpp's tokens a second (never, if at no load up to the engine's size it would). Running both at once is slower than either (their steps take turns on the
-same cores), so the pair is in one regime at a time:
+llama.cpp's tokens a second (never, if at no load up to the engine's size it would).
+
+Running both at once is slower than either (their steps take turns on the same cores), so the pair is
+in one regime at a time:
 
 - `llama.cpp` while the model has few requests: new ones go to the llama.cpp engine;
 - `torch` once it has `torch_from` or more: every request moves to the torch engine, recomputed there
@@ -105,15 +107,14 @@ def probe(engine: Engine, sizes=PROBE_SIZES, steps: int = PROBE_STEPS) -> StepTi
 
 
 class EnginePair:
-    def __init__(self, fast: Engine, crowd: Engine, torch_from: int | None = 9, llamacpp_up_to: int | None = None):
+    def __init__(self, fast: Engine, crowd: Engine, torch_from: int | None):
         self.fast = fast        # llama.cpp
         self.crowd = crowd      # torch: the crowd's, and every adapter request's
         self.regime = "llama.cpp"
         self.moves = 0          # regime changes, for the benchmarks' curiosity
         self.torch_from = torch_from          # None: the crowd stays on llama.cpp (torch serves adapters only)
-        self.llamacpp_up_to = (llamacpp_up_to if llamacpp_up_to is not None
-                               else max(1, int(RETURN_SHARE * torch_from)) if torch_from else 0)
-        self.steps: dict[str, StepTime] = {}  # what measured() found, for the log and the benchmarks
+        self.llamacpp_up_to = max(1, int(RETURN_SHARE * torch_from)) if torch_from else 0
+        self.steps: dict[str, StepTime] = {}  # what for_this_machine() measured, for the log and the benchmarks
 
     @classmethod
     def for_this_machine(cls, fast: Engine, crowd: Engine, max_seqs: int) -> "EnginePair":

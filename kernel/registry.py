@@ -32,8 +32,6 @@ MAX_PATH_CHARS = 4096            # PATH_MAX
 MAX_COMPONENT_CHARS = 255       # NAME_MAX: longer is "File name too long" from the OS
 MAX_CONFIG_BYTES = 1 << 20      # config.json, modules.json
 MAX_HEADER_BYTES = 100 << 20    # a safetensors header (JSON: names, shapes, offsets)
-
-
 _EMBED_ARCHS = ("BertModel", "BertForMaskedLM", "XLMRobertaModel", "RobertaModel", "MPNetModel", "NomicBertModel")
 
 

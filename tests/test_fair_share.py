@@ -156,7 +156,9 @@ def test_a_request_of_a_forgotten_process_may_still_leave():
     sched = FairScheduler()
     sched.enqueue(Req(pid=7))
     running = sched.pop_next()
-    sched.enqueue(Req(pid=7, seq=1))
-    assert [r.seq for r in sched.forget(7)] == [1]       # the queued one handed back
-    assert not sched.may_cut_in(7)
-    sched.finished(running)                                # nothing left to count down: no error
+    sched.enqueue(Req(pid=8, seq=1))
+    sched.pop_next()                 # another process runs beside it, so may_cut_in weighs pid 7's count
+    sched.enqueue(Req(pid=7, seq=2))
+    assert [r.seq for r in sched.forget(7)] == [2]       # the queued one handed back
+    sched.may_cut_in(7)              # asking about a forgotten process must not bring its count back at 0...
+    sched.finished(running)          # ...or its running request's end would be taken for a second one

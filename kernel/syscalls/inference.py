@@ -10,7 +10,6 @@ from llmos.specs import SYSCALLS
 from llmos.specs.protocol import reply_ok
 
 from .. import registry
-
 from ..adapters import adapter_parts
 from ..errors import SyscallError, eio, einval, enoent, eperm
 from ..loadprogress import wait_telling
