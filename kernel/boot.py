@@ -15,6 +15,7 @@ from .auth import AuthError
 from .config import Settings
 from .httpserve import MetricsUnavailable
 from .kernel import Kernel
+from .syscalls import HANDLERS
 from .transport import ipc_path
 
 
@@ -46,7 +47,7 @@ release_lock = locks.release
 
 async def run_kernel(settings: Settings) -> str | None:
     """Serve until told to stop; why boot failed, if it did."""
-    kernel = Kernel(settings)
+    kernel = Kernel(settings, HANDLERS)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, kernel.stopping.set)

@@ -21,7 +21,7 @@ from llmos.specs.modelspec import DEFAULT_MODEL
 from llmos.specs.protocol import MAX_FRAME_BYTES, default_socket, runtime_dir
 from llmos.specs.units import format_size, parse_duration, parse_size
 
-from .configschema import DEFAULT_CAPS, GRANTABLE_CAPS, MAX_REPLICAS, ConfigError, validate
+from .configschema import DEFAULT_CAPS, GRANTABLE_CAPS, MAX_REPLICAS, ConfigError, share_of, validate
 
 MAX_VALUE_CEILING = MAX_FRAME_BYTES - (1 << 20)    # room for the reply's envelope
 __all__ = ["ConfigError", "DEFAULT_CAPS", "GRANTABLE_CAPS", "MAX_REPLICAS", "RaySettings", "Settings", "load",
@@ -218,8 +218,6 @@ def _audit_section(table: dict[str, Any]) -> tuple[str | None, str]:
 
 def _quota(key: str, value: int | str) -> int | str:
     """A quota's value: a count, a size for *_bytes, or for reserve_bytes a share of each device ("25%")."""
-    from .quotas import share_of
-
     if key.endswith("reserve_bytes") and isinstance(value, str) and "%" in value:
         try:
             share_of(value)

@@ -11,6 +11,7 @@ A `*` in a key's path is a name the operator chooses: a device, a model.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,6 +34,18 @@ DEFAULT_QUOTAS = {"processes": 64, "requests": 256, "tokens_per_minute": 60_000,
                   "mem_bytes": 1 << 30, "mem_keys": 100_000}     # per user; kernel/quotas.py enforces them
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+_SHARE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
+
+
+def share_of(value: int | str | None) -> float | None:
+    """The fraction of each device's memory a reserve_bytes quota such as "25%" gives; None for a size.
+    ValueError for a string that is no percentage from 0 to 100."""
+    if not isinstance(value, str):
+        return None
+    m = _SHARE.fullmatch(value)
+    if m is None or float(m.group(1)) > 100:
+        raise ValueError(f"'{value[:32]}' is neither a size nor a share of each device from 0% to 100% (e.g. 25%)")
+    return float(m.group(1)) / 100
 
 
 class ConfigError(ValueError):

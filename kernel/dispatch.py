@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import msgpack
 import zmq
@@ -22,43 +22,32 @@ from llmos.specs.protocol import (ABI_VERSION, KEY_REVOKED, MAX_FRAME_BYTES, UNR
 
 from . import logs
 from .errors import SyscallError, eperm
-from .process import Process
+from .process import CallContext
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
-    from .requests import Request
+    from .process import ProcessTable
     from .transport import Transport
 
 log = logs.get("llmos.dispatch")
 
 
-class CallContext:
-    """Who made a call and how to answer it."""
-
-    __slots__ = ("transport", "routing", "client_id", "proc", "principal", "fd", "call")
-
-    def __init__(self, transport: "Transport", routing: list[bytes], client_id: int, proc: Process | None,
-                 principal: str, fd: int | None = None, call: str = ""):
-        self.transport = transport     # the socket it came in on, and goes back out of
-        self.routing = routing
-        self.client_id = client_id
-        self.proc = proc
-        self.principal = principal     # as the transport proved it
-        self.fd = fd                   # the OS socket of its connection, to see whether it reads
-        self.call = call               # the syscall's name, as the table spells it
-
-    @property
-    def connection(self) -> bytes:
-        return self.transport.connection(self.routing[0])
+# Told of every reply: (syscall name or None, "OK" or the errno, the principal the transport proved or None).
+ReplyCounter = Callable[["str | None", str, "str | None"], None]
 
 
 class Dispatcher:
-    def __init__(self, kernel: "Kernel", handlers: dict[str, Callable]):
-        self.k = kernel
+    def __init__(self, handlers: dict[str, Callable], system: Any, procs: "ProcessTable",
+                 spawn: Callable[..., asyncio.Task], count_reply: ReplyCounter):
+        """handlers: the syscalls by name, each called as handler(system, ctx, args): `system` is what the
+        syscalls act on (the kernel), which the dispatcher only hands on."""
         self.handlers = handlers
+        self.system = system
+        self.procs = procs
+        self.spawn = spawn
+        self.count_reply = count_reply
 
     async def serve(self, transport: "Transport") -> None:
-        self.k.spawn(transport.peers.run(), f"peers-{transport.url}")
+        self.spawn(transport.peers.run(), f"peers-{transport.url}")
         while True:
             try:
                 routing, frames, principal, fd = await transport.recv()
@@ -99,7 +88,7 @@ class Dispatcher:
             if spec is None or handler is None:
                 raise SyscallError("ENOSYS", f"no syscall '{call[:64]}'; see specs/syscalls.md for the list")
             args = spec.validate(msg.get("args"))
-            proc = self.k.procs.by_identity(transport.connection(routing[0]))
+            proc = self.procs.by_identity(transport.connection(routing[0]))
             if proc is not None and proc.authenticated_as != principal:
                 proc = None        # a routing id reused by someone else: not their process
             if proc is not None:
@@ -116,13 +105,13 @@ class Dispatcher:
             return
         ctx = CallContext(transport, routing, client_id, proc, principal, fd, call)
         if asyncio.iscoroutinefunction(handler):
-            self.k.spawn(self._run_async(handler, ctx, args), call)
+            self.spawn(self._run_async(handler, ctx, args), call)
         else:
             self._run(handler, ctx, args)
 
     def _run(self, handler, ctx: CallContext, args: dict) -> None:
         try:
-            result = handler(self.k, ctx, args)
+            result = handler(self.system, ctx, args)
         except SyscallError as exc:
             self._fail(ctx, exc)
         except Exception as exc:  # a kernel bug must cost one reply, never the kernel
@@ -133,7 +122,7 @@ class Dispatcher:
 
     async def _run_async(self, handler, ctx: CallContext, args: dict) -> None:
         try:
-            result = await handler(self.k, ctx, args)
+            result = await handler(self.system, ctx, args)
         except SyscallError as exc:
             self._fail(ctx, exc)
         except asyncio.CancelledError:
@@ -153,7 +142,7 @@ class Dispatcher:
                                          "connection or principal may leave unread; read the replies, then retry",
                                          retry_after=UNREAD_RETRY_AFTER_S))
             return
-        self.k.metrics.reply(ctx.call, "OK", ctx.principal)
+        self.count_reply(ctx.call, "OK", ctx.principal)
         ctx.transport.send(ctx.routing, frame)
 
     def _fail(self, ctx: CallContext, exc: SyscallError) -> None:
@@ -164,12 +153,8 @@ class Dispatcher:
                errno: str, message: str, retry_after: float | None = None, principal: str | None = None) -> None:
         """An errno reply, counted under its syscall (or "unknown", before a name from the table is read), and
         for the principal the transport proved, whose `stats` shows it its own."""
-        self.k.metrics.reply(call, errno, principal)
+        self.count_reply(call, errno, principal)
         transport.send(routing, reply_error(client_id, errno, message, retry_after))
-
-    def send_more(self, req: "Request", result: dict) -> None:
-        """One streamed part of a request's answer; its final reply comes when it ends."""
-        req.transport.send(req.envelope, reply_ok(req.client_id, result, more=True))
 
 
 REVOKED_MESSAGE = (f"{KEY_REVOKED}: this connection's key is no longer a user's (rotated, or the user removed); "

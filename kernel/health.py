@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import zmq
 
@@ -22,7 +22,10 @@ from llmos.specs.protocol import ABI_VERSION, NOTICE_ID, pack, unpack
 from . import logs
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    import zmq.asyncio
+
+    from .config import Settings
+    from .models import ModelTable
 
 log = logs.get("llmos.health")
 
@@ -32,8 +35,15 @@ PROBE_TIMEOUT_S = 10.0     # a probe that has no token by then fails: the kernel
 
 
 class Readiness:
-    def __init__(self, kernel: "Kernel"):
-        self.k = kernel
+    def __init__(self, settings: "Settings", models: "ModelTable", stopping: asyncio.Event,
+                 spawn: Callable[..., asyncio.Task], ctx: "zmq.asyncio.Context"):
+        """stopping: set when the kernel is shutting down; spawn: runs a probe as a task the kernel owns;
+        ctx: the kernel's ZeroMQ context, whose operator socket the probe connects to."""
+        self.settings = settings
+        self.models = models
+        self.stopping = stopping
+        self.spawn = spawn
+        self.ctx = ctx
         self.last_ok: float | None = None        # monotonic time of the last successful probe
         self.last_started: float | None = None
         self.last_failure: str | None = None     # why the latest probe failed; None once one succeeds
@@ -41,13 +51,12 @@ class Readiness:
 
     def state(self) -> tuple[bool, str]:
         """(ready, why) from what is known now; starts nothing."""
-        k = self.k
-        if k.stopping.is_set():
+        if self.stopping.is_set():
             return False, "the kernel is shutting down"
-        name = k.settings.default_model
+        name = self.settings.default_model
         if name is None:
             return False, "this kernel has no default model"
-        entry = k.models.get(name)
+        entry = self.models.get(name)
         if entry is None or entry.state != "ready":
             return False, f"the default model {name} is {'not loaded' if entry is None else entry.state}"
         if self.last_failure is not None:
@@ -72,18 +81,18 @@ class Readiness:
     def ask(self) -> None:
         """Start a probe unless one runs, one started less than PROBE_EVERY_S ago, or the model is not there."""
         now = time.monotonic()
-        name = self.k.settings.default_model
-        entry = self.k.models.get(name) if name else None
-        if self.probe is not None or entry is None or entry.state != "ready" or self.k.stopping.is_set():
+        name = self.settings.default_model
+        entry = self.models.get(name) if name else None
+        if self.probe is not None or entry is None or entry.state != "ready" or self.stopping.is_set():
             return
         if self.last_started is not None and now - self.last_started < PROBE_EVERY_S:
             return
         self.last_started = now
-        self.probe = self.k.spawn(self._probe(name), "readiness-probe")
+        self.probe = self.spawn(self._probe(name), "readiness-probe")
 
     async def _probe(self, model: str) -> None:
         try:
-            failure = await asyncio.wait_for(probe_once(self.k.ctx, self.k.settings.operator_socket, model),
+            failure = await asyncio.wait_for(probe_once(self.ctx, self.settings.operator_socket, model),
                                              PROBE_TIMEOUT_S + 2)
         except asyncio.TimeoutError:
             failure = f"no token within {PROBE_TIMEOUT_S:g} s"

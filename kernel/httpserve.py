@@ -19,15 +19,12 @@ import asyncio
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import logs
 from .config import split_listen
-
-if TYPE_CHECKING:
-    from .kernel import Kernel
 
 log = logs.get("llmos.metrics")
 
@@ -61,8 +58,12 @@ def is_loopback(host: str) -> bool:
 
 
 class MetricsServer:
-    def __init__(self, kernel: "Kernel", listen: str):
-        self.k = kernel
+    def __init__(self, listen: str, exposition: Callable[[], bytes],
+                 readiness: Callable[[float], Awaitable[tuple[bool, str]]]):
+        """exposition: the metrics in Prometheus's text format; readiness: (ready, why), waiting up to
+        the seconds given for a probe under way (health.Readiness.check)."""
+        self.exposition = exposition
+        self.readiness = readiness
         self.host, self.port = split_listen(listen)
         self.server: asyncio.Server | None = None
         self.open: dict[asyncio.StreamWriter, Slot] = {}     # insertion-ordered: the oldest first
@@ -153,11 +154,11 @@ class MetricsServer:
 
     async def _answer(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, self.k.metrics.exposition()
+            return 200, CONTENT_TYPE_LATEST, self.exposition()
         if path == "/health/live":
             return 200, "application/json", _json({"status": "live"})
         if path == "/health/ready":
-            ready, why = await self.k.health.check(READY_WAIT_S)
+            ready, why = await self.readiness(READY_WAIT_S)
             if ready:
                 return 200, "application/json", _json({"status": "ready", "reason": why})
             return 503, "application/json", _json({"status": "not ready", "reason": why})

@@ -23,7 +23,7 @@ import itertools
 import json
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from llmos.specs import channel
 from llmos.specs.units import format_size
@@ -35,7 +35,14 @@ from .jobstore import JobStore
 from .quotas import reservations_of
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from pathlib import Path
+
+    from .devices import Devices
+    from .devmem import DeviceMemory
+    from .driverport import DriverPort
+    from .models import ModelTable
+    from .process import ProcessTable
+    from .quotas import Quotas
 
 log = logs.get("llmos.jobs")
 
@@ -45,9 +52,17 @@ MAX_FINISHED_PER_PRINCIPAL = 16    # ended jobs kept (listed, with their data); 
 
 
 class JobTable:
-    def __init__(self, kernel: "Kernel"):
-        self.k = kernel
-        self.store = JobStore(kernel.settings.state_dir)
+    def __init__(self, state_dir: "Path", models: "ModelTable", devices: "Devices", devmem: "DeviceMemory",
+                 drivers: "DriverPort", quotas: "Quotas", procs: "ProcessTable", spawn: Callable[..., asyncio.Task]):
+        """procs: to count what a job's owner holds reserved besides; spawn: runs a job as a task the kernel owns."""
+        self.models = models
+        self.devices = devices
+        self.devmem = devmem
+        self.drivers = drivers
+        self.quotas = quotas
+        self.procs = procs
+        self.spawn = spawn
+        self.store = JobStore(state_dir)
         self.jobs: dict[str, Job] = {}
         self._pids = itertools.count(1)
         self._rids = itertools.count(1)
@@ -113,14 +128,14 @@ class JobTable:
             job.task.cancel()
 
     def _start(self, job: Job) -> None:
-        job.task = self.k.spawn(self._run(job), f"job-{job.id}")
+        job.task = self.spawn(self._run(job), f"job-{job.id}")
 
     # -- a job's life ----------------------------------------------------------------------------
 
     async def _admit(self, job: Job) -> None:
         """Its base model loaded (and held), and device memory for training reserved."""
         r = job.record
-        entry = await self.k.models.ensure(r["base"], "auto", None)
+        entry = await self.models.ensure(r["base"], "auto", None)
         if entry.kind != "generate":
             raise SyscallError("EINVAL", f"'{r['base']}' is an embedding model; fine-tune a generate model")
         if entry.quant:
@@ -132,24 +147,23 @@ class JobTable:
         entry.refs.add(job.pid)      # not idle while the job trains on it: never evicted under it
         shape = await asyncio.to_thread(model_shape, entry.spec.path)
         need = train_bytes(entry.weight_bytes, shape, r["hyper"])
-        k = self.k
-        k.quotas.check_reserve(job.owner, job.device, k.devmem.devices[job.device].total_bytes,
-                               reservations_of(k, job.owner), need, "tune")
-        if not k.devmem.devices[job.device].can_fit(need):
-            k.models.make_room(job.device, need, f"fine-tune job {job.id} ({format_size(entry.weight_bytes)} weights to "
+        self.quotas.check_reserve(job.owner, job.device, self.devmem.devices[job.device].total_bytes,
+                                  reservations_of(self.procs, self, job.owner), need, "tune")
+        if not self.devmem.devices[job.device].can_fit(need):
+            self.models.make_room(job.device, need, f"fine-tune job {job.id} ({format_size(entry.weight_bytes)} weights to "
                                                  f"train, activations of {r['hyper']['batch_size']} x "
                                                  f"{r['hyper']['max_seq_len']} tokens)", exclude=entry)
-        job.handle, job.reserved = k.devmem.reserve(job.device, job.pid, need), need
+        job.handle, job.reserved = self.devmem.reserve(job.device, job.pid, need), need
 
     def _release(self, job: Job) -> None:
         """Give back what the job holds: its turn, its reservation, its hold on the base model."""
         self._drop_turn(job)
-        if job.handle is not None and job.device in self.k.devmem.devices:
-            self.k.devmem.release(job.device, job.handle)
+        if job.handle is not None and job.device in self.devmem.devices:
+            self.devmem.release(job.device, job.handle)
         job.handle, job.reserved = None, 0
-        for entry in self.k.models.replicas(job.record["base"]):
+        for entry in self.models.replicas(job.record["base"]):
             entry.refs.discard(job.pid)
-        for sched in self.k.devices.schedulers.values():
+        for sched in self.devices.schedulers.values():
             sched.forget(job.pid)
 
     async def _run(self, job: Job) -> None:
@@ -185,14 +199,14 @@ class JobTable:
     async def _train(self, job: Job) -> dict[str, bytes]:
         """Start (or restart) the job at its driver from its last checkpoint, step it through its turns to
         the end, and return the adapter's files."""
-        k, r = self.k, job.record
-        await k.models.ensure(r["base"], job.device, None)     # after a driver restart: loaded again
+        r = job.record
+        await self.models.ensure(r["base"], job.device, None)     # after a driver restart: loaded again
         checkpoint = await asyncio.to_thread(self.store.checkpoint, r)
         examples = await asyncio.to_thread(self.store.data, job.id)
         r["step"] = r.get("checkpoint_step", 0)
         job.inbox = asyncio.Queue()
         hyper = {**r["hyper"], "steps": r["steps"]}
-        k.supervisor.send(job.device, channel.TrainStart(job.id, r["base"], examples, hyper, checkpoint, r["step"]))
+        self.drivers.send(job.device, channel.TrainStart(job.id, r["base"], examples, hyper, checkpoint, r["step"]))
         log.info("job.started", job=job.id, device=job.device, from_step=r["step"], steps=r["steps"])
         while r["step"] < r["steps"]:
             started = time.monotonic()
@@ -228,7 +242,7 @@ class JobTable:
     def _end(self, job: Job, state: str, error: str = "") -> None:
         r = job.record
         if state != "done" and job.device is not None:
-            self.k.supervisor.send(job.device, channel.TrainStop(job.id))
+            self.drivers.send(job.device, channel.TrainStop(job.id))
         self._release(job)
         r["state"], r["error"] = state, error[:2000]
         try:
@@ -244,14 +258,14 @@ class JobTable:
 
     def _queue_turn(self, job: Job, step: int) -> None:
         job.turn = TrainTurn(-next(self._rids), job.pid, job.device, job.id, step, next(self._seq))
-        self.k.devices.schedulers[job.device].enqueue(job.turn)
-        self.k.devices.pump(job.device)
+        self.devices.schedulers[job.device].enqueue(job.turn)
+        self.devices.pump(job.device)
 
     def admitted(self, turn: TrainTurn) -> None:
         """The turn got a slot in its device's window (kernel/devices.py pump). A slot is not a fair share (the
         job would step between every two engine steps), so while others' generations run there, the turn goes
         only if the job has had no more tokens than any of them (the cut-in rule), else it asks again soon."""
-        devices = self.k.devices
+        devices = self.devices
         sched = devices.schedulers[turn.device]
         others = any(r.share != turn.share for r in devices.running[turn.device].values())
         if others and not sched.may_cut_in(turn.share):
@@ -259,19 +273,19 @@ class JobTable:
             sched.finished(turn)
             asyncio.get_running_loop().call_later(RETRY_TURN_S, self._ask_again, turn)
             return
-        self.k.supervisor.send(turn.device, channel.TrainStep(turn.job, turn.step))
+        self.drivers.send(turn.device, channel.TrainStep(turn.job, turn.step))
 
     def _ask_again(self, turn: TrainTurn) -> None:
         job = self.jobs.get(turn.job)
         if job is not None and job.turn is turn:      # not ended, cancelled or restarted meanwhile
-            self.k.devices.schedulers[turn.device].enqueue(turn)
-            self.k.devices.pump(turn.device)
+            self.devices.schedulers[turn.device].enqueue(turn)
+            self.devices.pump(turn.device)
 
     def _drop_turn(self, job: Job, tokens: int = 0) -> None:
         turn, job.turn = job.turn, None
         if turn is None:
             return
-        devices = self.k.devices
+        devices = self.devices
         if devices.running.get(turn.device, {}).pop(turn.rid, None) is not None:
             devices.schedulers[turn.device].finished(turn)
             devices.schedulers[turn.device].charge(turn.share, tokens)
@@ -286,7 +300,7 @@ class JobTable:
         if job is None or job.device != device or job.state in FINISHED:
             return
         if isinstance(msg, channel.TrainStepped):
-            self.k.quotas.charge_tokens(job.owner, msg.tokens)
+            self.quotas.charge_tokens(job.owner, msg.tokens)
             self._drop_turn(job, msg.tokens)
         elif isinstance(msg, channel.TrainFailed):
             self._drop_turn(job)

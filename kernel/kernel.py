@@ -1,10 +1,12 @@
-"""The kernel: the tables it owns, starting and stopping them, and reaping processes that die.
+"""The kernel: the tables it owns, composed; starting and stopping them; reaping processes that die.
 
 Everything runs on one asyncio loop, so the tables need no locks. Each concern has a room:
 the syscall path in dispatch.py, syscall bodies by family in syscalls/, requests (and every
 change of their state) in requests.py, loading and evicting models in models.py, admission to
-the devices and what drivers say in devices.py, the service host in services.py. They reach
-each other through the Kernel, which imports them; none of them imports it (only its type).
+the devices in devices.py, what drivers say in driverevents.py, the service host in services.py.
+Each table is handed what it uses when it is built here (the driver port, the tables below it,
+the clock and config values) and none imports this module, not even for its types: the syscalls
+alone see the whole kernel, and boot.py hands them in.
 """
 
 from __future__ import annotations
@@ -24,59 +26,78 @@ from .audit import AuditLog
 from .auth import DriverKeys, PrincipalAuthenticator
 from .config import Settings
 from .devices import Devices
-from .placement import resolve_devices
 from .devmem import DeviceMemory
 from .dispatch import Dispatcher
+from .driverevents import DriverEvents
+from .driverport import DriverPort
 from .errors import ecanceled
 from .health import Readiness
 from .httpserve import MetricsServer
 from .jobs import JobTable
 from .memstore import MemoryStore
-from .metrics import Metrics
-from .sealing import ValueSeal
+from .metrics import Metrics, TableCollector
 from .models import ModelTable
+from .placement import resolve_devices
 from .principals import PrincipalTable
 from .process import Process, ProcessTable
 from .quotas import Quotas
 from .requests import RequestTable
+from .sealing import ValueSeal
 from .services import ServiceManager
 from .supervisor import DriverHandle, Supervisor
 from .tasks import TaskSet
-from .syscalls import HANDLERS
 from .transport import Transport
 
 log = logs.get("llmos.kernel")
 
 
 class Kernel:
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, settings: Settings, handlers: dict):
+        """handlers: the syscalls by name (kernel/syscalls), each called as handler(kernel, ctx, args)."""
+        s = self.settings = settings
         self.started = time.time()
+        self.stopping = asyncio.Event()
+        self.stop_reason = "kernel shutting down"   # what cancelled requests are told; `shutdown` sets it
+        self.boot_failure: str | None = None    # why boot failed: `llmos boot` then exits non-zero
+        self._tasks = TaskSet(log)
+        self.ctx = zmq.asyncio.Context()
+        self.audit: AuditLog | None = None      # opened at start, in the state directory
+        self.service_token = secrets.token_urlsafe(24)    # given to the service host alone, at its start
+        # The tables, each built from the ones below it.
+        self.drivers = DriverPort()          # the one way to the drivers; the supervisor plugs in at start
         self.procs = ProcessTable()
         self.devmem = DeviceMemory()   # device memory: what each device holds for models, KV and reservations
-        self.models = ModelTable(self)
-        self.requests = RequestTable(self)
-        self.devices = Devices(self, resolve_devices(settings.devices))
-        self.jobs = JobTable(self)           # fine-tune jobs
-        self.dispatch = Dispatcher(self, HANDLERS)
-        self.metrics = Metrics(self)
-        self.health = Readiness(self)
-        self.metrics_server = MetricsServer(self, settings.metrics_listen) if settings.metrics_listen else None
-        self.ctx = zmq.asyncio.Context()
-        self.service_token = secrets.token_urlsafe(24)    # given to the service host alone, at its start
-        self.services = ServiceManager(self)
-        self.principals = PrincipalTable(settings.state_dir, settings.grantable_caps, settings.default_caps)
-        self.quotas = Quotas(settings, self.principals)
-        self.audit: AuditLog | None = None
+        self.principals = PrincipalTable(s.state_dir, s.grantable_caps, s.default_caps)
+        self.quotas = Quotas(s, self.principals)
+        self.metrics = Metrics()
+        self.requests = RequestTable(self.procs, self.quotas, self.drivers, s.max_requests_per_process)
+        self.devices = Devices(resolve_devices(s.devices), self.drivers, self.requests, self.procs,
+                               s.max_running_per_process)
+        self.models = ModelTable(s, self.devices, self.devmem, self.drivers, self.procs, self.principals,
+                                 self.requests, self.record)
+        self.jobs = JobTable(s.state_dir, self.models, self.devices, self.devmem, self.drivers, self.quotas,
+                             self.procs, self.spawn)           # fine-tune jobs
+        self.devices.train_turn = self.jobs.admitted
+        self.driver_events = DriverEvents(s, self.devices, self.requests, self.models, self.jobs, self.procs,
+                                          self.quotas, self.devmem, self.fail_boot)
+        self.services = ServiceManager(s, self.requests, self.ctx, self.service_token, self.record)
+        self.health = Readiness(s, self.models, self.stopping, self.spawn, self.ctx)
+        TableCollector(self.metrics, self.devices, self.devmem, self.models, self.drivers, self.procs,
+                       self.services, self.health)
+        # What the request table tells of each request that ends, in this order.
+        self.requests.on_end += [self.devices.request_ended, self.metrics.request_ended]
+        self.dispatch = Dispatcher(handlers, self, self.procs, self.spawn, self.metrics.reply)
+        self.metrics_server = (MetricsServer(s.metrics_listen, self.metrics.exposition, self.health.check)
+                               if s.metrics_listen else None)
         self.authenticator: PrincipalAuthenticator | None = None
         self.transports: list[Transport] = []     # the clients' socket, then the operator's if that is tcp
         self.supervisor: Supervisor | None = None
         self.ray = None                     # RayDrivers, when booted with --ray (kernel/raydrivers.py)
         self.memstore: MemoryStore | None = None
-        self.stopping = asyncio.Event()
-        self.stop_reason = "kernel shutting down"   # what cancelled requests are told; `shutdown` sets it
-        self.boot_failure: str | None = None    # why boot failed: `llmos boot` then exits non-zero
-        self._tasks = TaskSet(log)
+
+    def record(self, event: str, **fields) -> None:
+        """An event in the audit log (opened at start: the tables are built before it)."""
+        self.audit.record(event, **fields)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -98,9 +119,11 @@ class Kernel:
                                              on_revoked=self._revoked))
         self.audit.record("boot", socket=s.socket, pid=os.getpid(), users=len(self.principals.users()))
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
+        events = self.driver_events
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
-                                     self._driver_said, self.devices.on_down, self.devices.on_up, dtype=s.dtype,
-                                     on_failed=self.devices.on_failed)
+                                     self._driver_said, events.on_down, events.on_up, dtype=s.dtype,
+                                     on_failed=events.on_failed)
+        self.drivers.attach(self.supervisor)
         await self.supervisor.start(self.devices.names)
         if driver_keys:
             await self._join_ray(driver_keys)
@@ -122,7 +145,7 @@ class Kernel:
         except ImportError as exc:
             self.fail_boot(f"--ray needs Ray: pip install 'llmos[ray]' ({exc})")
             return
-        self.ray = RayDrivers(self, keys)
+        self.ray = RayDrivers(self.settings, self.supervisor, self.devices, keys, self.spawn)
         try:
             await self.ray.join()
             await self.ray.start()
@@ -206,7 +229,7 @@ class Kernel:
         """Free everything a process holds: requests, reservations, model references."""
         if self.procs.remove(proc.pid) is None:
             return
-        for req in list(proc.requests.values()):
+        for req in self.requests.of(proc.pid).values():
             self.requests.end(req, ecanceled(f"process {proc.pid} was reaped: {why}"), notify=False)
         for handle, (device, _) in list(proc.reservations.items()):
             self.devmem.release(device, handle)
@@ -217,7 +240,7 @@ class Kernel:
     def _driver_said(self, drv: DriverHandle, msg) -> None:
         """What a driver says reaches the metrics first: a request's last token ends it."""
         self.metrics.driver_said(drv.device, msg, self.requests)
-        self.devices.on_message(drv, msg)
+        self.driver_events.on_message(drv, msg)
 
     async def _audit_windows(self) -> None:
         """A window of denials that ends while nothing else is written still gets its summary lines."""

@@ -14,12 +14,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from . import logs
-
-if TYPE_CHECKING:
-    from .models import ModelEntry
 
 log = logs.get("llmos.models")
 
@@ -57,10 +54,9 @@ class LoadTimes:
             log.warning("model.load_times_unwritable", path=str(self.path), error=str(exc))
 
 
-def progress_of(entry: "ModelEntry", expected_s: float | None) -> dict:
-    """The `progress` map of a loading model: {model, stage, elapsed_s, expected_s}."""
-    return {"model": entry.name, "stage": entry.stage or "queued",
-            "elapsed_s": round(time.monotonic() - entry.started, 1),
+def progress_of(model: str, stage: str, started: float, expected_s: float | None) -> dict:
+    """The `progress` map of a model loading since `started` (monotonic): {model, stage, elapsed_s, expected_s}."""
+    return {"model": model, "stage": stage or "queued", "elapsed_s": round(time.monotonic() - started, 1),
             "expected_s": expected_s}
 
 

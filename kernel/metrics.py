@@ -29,8 +29,14 @@ from llmos.specs import SYSCALLS, channel
 from llmos.specs.protocol import ERRNOS
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from .devices import Devices
+    from .devmem import DeviceMemory
+    from .driverport import DriverPort
+    from .health import Readiness
+    from .models import ModelTable
+    from .process import ProcessTable
     from .requests import Request
+    from .services import ServiceManager
 
 WINDOW_S = 60.0            # what `stats` calls recent
 MAX_SAMPLES = 4096         # latency observations kept per kind (the latest), whatever the load
@@ -94,7 +100,7 @@ def nearest_rank(sorted_values: list[float], p: float) -> float:
 class Metrics:
     """Counters and histograms observed where things happen, and the registry that exports them."""
 
-    def __init__(self, kernel: "Kernel"):
+    def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.syscalls = Counter("llmos_syscalls", "Replies by syscall and outcome (errno OK on success)",
                                 ["syscall", "errno"], registry=r)
@@ -115,7 +121,6 @@ class Metrics:
         self.window = RecentWindow()
         self.calls: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)    # principal -> (syscall, errno) -> n
         self.tokens: dict[str, dict[str, int]] = defaultdict(lambda: {"prompt": 0, "generated": 0})  # by principal
-        r.register(TableCollector(kernel, self))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -163,6 +168,11 @@ class Metrics:
         self.tokens[req.payer]["generated"] += tokens
         self.window.tokens(req.share, tokens, now, req.payer)
 
+    def request_ended(self, req: "Request", was, error, result: dict | None) -> None:
+        """On the request table's event path: a generation that finished with an answer is counted."""
+        if error is None and result is not None and req.call == "infer":
+            self.generation_finished(req, result)
+
     def generation_finished(self, req: "Request", result: dict) -> None:
         now = time.monotonic()
         prompt = (result.get("usage") or {}).get("prompt_tokens", 0)
@@ -209,16 +219,23 @@ def _totals(counter: Counter):
 class TableCollector:
     """State read from the kernel's tables when Prometheus scrapes, so it cannot drift from them."""
 
-    def __init__(self, kernel: "Kernel", metrics: Metrics):
-        self.k = kernel
+    def __init__(self, metrics: Metrics, devices: "Devices", devmem: "DeviceMemory", models: "ModelTable",
+                 drivers: "DriverPort", procs: "ProcessTable", services: "ServiceManager", health: "Readiness"):
         self.metrics = metrics
+        self.devices = devices
+        self.devmem = devmem
+        self.models = models
+        self.drivers = drivers
+        self.procs = procs
+        self.services = services
+        self.health = health
+        metrics.registry.register(self)
 
     def describe(self):
         return []     # names are only known by collecting; the registry then checks nothing at register
 
     def collect(self):
-        k = self.k
-        names = list(k.devices.names)
+        names = list(self.devices.names)
         running = GaugeMetricFamily("llmos_num_requests_running", "Requests the device's driver is generating",
                                     labels=["device"])
         waiting = GaugeMetricFamily("llmos_num_requests_waiting", "Requests queued for the device", labels=["device"])
@@ -233,21 +250,21 @@ class TableCollector:
         loaded = GaugeMetricFamily("llmos_models_loaded", "Ready models on the device", labels=["device"])
         restarts = CounterMetricFamily("llmos_driver_restarts", "Driver restarts after a crash", labels=["device"])
         for device in names:
-            queue = k.devices.describe(device)
+            queue = self.devices.describe(device)
             running.add_metric([device], queue["running"])
             waiting.add_metric([device], queue["queued"])
             if device in self.metrics.kv_usage:
                 kv.add_metric([device], self.metrics.kv_usage[device])
-            acct = k.devmem.devices.get(device)
+            acct = self.devmem.devices.get(device)
             used.add_metric([device], acct.used_bytes if acct else 0)
             reserved.add_metric([device], acct.reserved_bytes if acct else 0)
             total.add_metric([device], acct.total_bytes if acct else 0)
-            loaded.add_metric([device], sum(1 for e in k.models.on_device(device) if e.state == "ready"))
-            drv = k.supervisor.drivers.get(device) if k.supervisor else None
+            loaded.add_metric([device], sum(1 for e in self.models.on_device(device) if e.state == "ready"))
+            drv = self.drivers.get(device)
             restarts.add_metric([device], drv.restarts if drv else 0)
         yield from (running, waiting, kv, used, reserved, total, loaded, restarts)
-        yield GaugeMetricFamily("llmos_processes", "Live processes", value=len(k.procs))
+        yield GaugeMetricFamily("llmos_processes", "Live processes", value=len(self.procs))
         yield CounterMetricFamily("llmos_service_host_restarts", "Service host restarts",
-                                  value=k.services.describe()["restarts"])
+                                  value=self.services.describe()["restarts"])
         yield GaugeMetricFamily("llmos_ready", "1 when /health/ready would answer 200",
-                                value=1 if k.health.state()[0] else 0)
+                                value=1 if self.health.state()[0] else 0)

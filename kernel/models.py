@@ -19,7 +19,7 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from llmos.specs import channel
 from llmos.specs.modelspec import SERVICES_EMBED_ENV, ModelSpec
@@ -27,20 +27,20 @@ from llmos.specs.units import format_size
 
 from . import logs, registry
 from .adapters import AdapterTable
-from .errors import DoubleRelease, SyscallError, eio, einval, enoent, enomem, eperm
+from .errors import SyscallError, eio, einval, enoent, enomem, eperm
 from .loadprogress import LoadTimes, progress_of
 from .placement import eviction_victims, kv_budget, replica_devices
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
-    from .process import Process
-    from .requests import Request
+    from .config import Settings
+    from .devices import Devices
+    from .devmem import DeviceMemory
+    from .driverport import DriverPort
+    from .principals import PrincipalTable
+    from .process import Process, ProcessTable
+    from .requests import RequestTable
 
 log = logs.get("llmos.models")
-
-
-
-RELEASED = object()   # Request.holds after its release
 
 
 @dataclass(eq=False)
@@ -55,7 +55,7 @@ class ModelEntry:
     kv_bytes: int = 0
     refs: set[int] = field(default_factory=set)   # pids
     pinned: bool = False
-    users: set[int] = field(default_factory=set)   # rids of the requests in flight on it (ModelTable.hold)
+    users: set[int] = field(default_factory=set)   # rids of the requests in flight on it (the request table's)
     last_used: float = field(default_factory=time.monotonic)
     load_s: float = 0.0
     context_length: int = 0
@@ -86,7 +86,7 @@ class ModelEntry:
         if self.backend:
             out["backend"] = self.backend
         if self.state == "loading":
-            out["progress"] = progress_of(self, expected_s)
+            out["progress"] = progress_of(self.name, self.stage, self.started, expected_s)
         return out
 
 
@@ -94,11 +94,22 @@ class ModelTable:
     """name -> device -> entry: one copy per device, and a model may have copies (replicas) on
     several devices; each new request goes to the ready replica that can start it soonest."""
 
-    def __init__(self, kernel: "Kernel"):
-        self.k = kernel
+    def __init__(self, settings: "Settings", devices: "Devices", devmem: "DeviceMemory", drivers: "DriverPort",
+                 procs: "ProcessTable", principals: "PrincipalTable", requests: "RequestTable",
+                 audit: Callable[..., None]):
+        """audit: records an event in the audit log (AuditLog.record), for loads from a path."""
+        self.settings = settings
+        self.devices = devices
+        self.devmem = devmem
+        self.drivers = drivers
+        self.procs = procs
+        self.principals = principals
+        self.audit = audit
         self._replicas: dict[str, dict[str, ModelEntry]] = {}
-        self.load_times = LoadTimes(kernel.settings.state_dir)
-        self.adapters = AdapterTable(kernel)     # LoRA adapters over these models, evicted like them
+        self.load_times = LoadTimes(settings.state_dir)
+        # LoRA adapters over these models, evicted like them
+        self.adapters = AdapterTable(self, devices, devmem, drivers, requests, settings.state_dir,
+                                     settings.load_timeout_s)
 
     def get(self, name: str) -> ModelEntry | None:
         """The replica a new request on `name` should use: the ready one whose device can start it
@@ -106,7 +117,7 @@ class ModelTable:
         copies = list(self._replicas.get(name, {}).values())
         ready = [e for e in copies if e.state == "ready"]
         if ready:
-            return min(ready, key=lambda e: self.k.devices.backlog(e.device))
+            return min(ready, key=lambda e: self.devices.backlog(e.device))
         return copies[0] if copies else None
 
     def replicas(self, name: str) -> list[ModelEntry]:
@@ -132,7 +143,7 @@ class ModelTable:
         copies = self.replicas(name)
         if not copies or any(e.state == "ready" for e in copies):
             return None
-        return progress_of(copies[0], self.load_times.get(name))
+        return progress_of(name, copies[0].stage, copies[0].started, self.load_times.get(name))
 
     def on_device(self, device: str) -> list[ModelEntry]:
         return [e for e in self if e.device == device]
@@ -140,21 +151,21 @@ class ModelTable:
     async def ensure(self, name: str, device: str, proc: "Process | None", replicas: int = 1,
                      quant: str | None = None) -> ModelEntry:
         """Load `name` (or reuse its loaded copies) on `replicas` devices and give `proc` a reference to it."""
-        if registry.is_path(name, self.k.settings.models):
+        if registry.is_path(name, self.settings.models):
             self._check_may_name_path(name, proc)
         if name not in self._replicas:
             await self._load(name, device, quant)
         more = replicas - len(self.replicas(name))
         if more > 0:
             quant = self.replicas(name)[0].quant or "none"
-            devices = replica_devices(self.k, name, set(self._replicas.get(name, {})), more)
+            devices = replica_devices(self.devices.names, self.devmem, name, set(self._replicas.get(name, {})), more)
             await asyncio.gather(*(self._load(name, d, quant) for d in devices))
         entry = self.get(name)
         if entry is None:
             raise eio(f"model '{name}' was unloaded while it loaded")
         await asyncio.shield(entry.loaded)
         entry = self.get(name) or entry
-        if proc is not None and self.k.procs.get(proc.pid) is proc:
+        if proc is not None and self.procs.get(proc.pid) is proc:
             for copy in self.replicas(name):
                 copy.refs.add(proc.pid)
             proc.models.add(name)
@@ -162,62 +173,62 @@ class ModelTable:
         return entry
 
     def _named_by_operator(self, name: str) -> bool:
-        s = self.k.settings
+        s = self.settings
         return (name == s.default_model or name in s.models_to_load()
                 or name == os.environ.get(SERVICES_EMBED_ENV))
 
     def _check_may_name_path(self, name: str, proc: "Process | None") -> None:
         if proc is None or self._named_by_operator(name):
             return
-        principal = self.k.principals.get(proc.principal)
+        principal = self.principals.get(proc.principal)
         if principal is not None and "admin" in principal.caps:
-            self.k.audit.record("load_path", pid=proc.pid, principal=proc.principal, model=name[:4096])
+            self.audit("load_path", pid=proc.pid, principal=proc.principal, model=name[:4096])
             return
-        self.k.audit.record("denied", call="load", pid=proc.pid, principal=proc.principal, model=name[:200])
+        self.audit("denied", call="load", pid=proc.pid, principal=proc.principal, model=name[:200])
         raise eperm("only the operator (admin) may load a model from a path; use a registry or config name "
                     "(see `models`), or ask the operator to add it to the config's [models]")
 
     async def _load(self, name: str, wanted_device: str, quant: str | None = None) -> ModelEntry:
-        k = self.k
-        device = k.devices.pick(wanted_device)
-        entry = ModelEntry(name, None, device, "", registry.wanted_quant(name, k.settings.models, quant))
+        settings = self.settings
+        device = self.devices.pick(wanted_device)
+        entry = ModelEntry(name, None, device, "", registry.wanted_quant(name, settings.models, quant))
         self._replicas.setdefault(name, {})[device] = entry   # visible at once: a second load of it waits
         sent = False
 
         async def load() -> None:
             nonlocal sent
             try:
-                spec = await asyncio.to_thread(registry.resolve, name, k.settings.models, quant)
+                spec = await asyncio.to_thread(registry.resolve, name, settings.models, quant)
             except registry.ModelNotFound as exc:
                 raise enoent(str(exc)) from None
             entry.spec, entry.kind = spec, spec.kind
-            drv = await k.devices.wait_driver(device)
+            drv = await self.devices.wait_driver(device)
             dtype_bytes = 4 if drv.hello.dtype == "float32" else 2
             weights = await asyncio.to_thread(registry.estimate_bytes, spec, dtype_bytes)
-            kv = kv_budget(self.k.settings, device) if spec.kind == "generate" else 0
+            kv = kv_budget(settings, device) if spec.kind == "generate" else 0
             self.make_room(device, weights + kv, f"model '{name}' ({format_size(weights)} weights + {format_size(kv)} KV cache)",
                            exclude=entry)
             entry.weight_bytes, entry.kv_bytes = weights, kv
-            k.devmem.charge_model(device, name, entry.bytes)
+            self.devmem.charge_model(device, name, entry.bytes)
             log.info("model.loading", model=name, device=device, source=spec.source, estimate_bytes=entry.bytes)
-            sent = k.supervisor.send(device, entry.load_message())
+            sent = self.drivers.send(device, entry.load_message())
             await asyncio.shield(entry.loaded)
 
         try:
             try:
-                await asyncio.wait_for(load(), k.settings.load_timeout_s)
+                await asyncio.wait_for(load(), settings.load_timeout_s)
             except (registry.BadModelPath, registry.UnsupportedQuant) as exc:
                 raise einval(str(exc)) from None
             except asyncio.TimeoutError:
-                raise SyscallError("ETIMEDOUT", f"loading {name[:200]} took over {k.settings.load_timeout_s:g}s "
+                raise SyscallError("ETIMEDOUT", f"loading {name[:200]} took over {settings.load_timeout_s:g}s "
                                                 f"(load_timeout_s); its memory is released") from None
             return entry
         except BaseException as exc:
             if self.entry(name, device) is entry:
                 self._forget(entry)
-                k.devmem.release_model(device, name)
+                self.devmem.release_model(device, name)
                 if sent:       # the driver may still be loading it: it drops it
-                    k.supervisor.send(device, channel.Unload(name))
+                    self.drivers.send(device, channel.Unload(name))
             if not entry.loaded.done():
                 entry.loaded.set_exception(exc if isinstance(exc, SyscallError) else eio(f"load of {name} failed: {exc}"))
                 entry.loaded.exception()  # mark retrieved
@@ -225,7 +236,7 @@ class ModelTable:
 
     def make_room(self, device: str, need: int, what: str, exclude: ModelEntry | None = None) -> None:
         """Evict idle models on `device` until `need` bytes are free; ENOMEM (saying why) if they cannot be."""
-        account = self.k.devmem.devices[device]
+        account = self.devmem.devices[device]
         if need > account.total_bytes:
             raise enomem(f"{what} needs {format_size(need)} but {device} has {format_size(account.total_bytes)} in all; "
                          f"it can never fit here")
@@ -248,31 +259,9 @@ class ModelTable:
     def evict(self, entry: ModelEntry, why: str) -> None:
         self._forget(entry)
         self.adapters.base_gone(entry.name, entry.device)
-        self.k.devmem.release_model(entry.device, entry.name)
-        self.k.supervisor.send(entry.device, channel.Unload(entry.name))
+        self.devmem.release_model(entry.device, entry.name)
+        self.drivers.send(entry.device, channel.Unload(entry.name))
         log.info("model.unloaded", model=entry.name, device=entry.device, reason=why)
-
-    @staticmethod
-    def hold(entry: ModelEntry, req: "Request") -> None:
-        """req runs on this copy of its model until release(req): the copy is not idle meanwhile."""
-        if req.holds is not None:
-            raise DoubleRelease(f"request {req.rid} already holds {req.model} on {req.holds.device}")
-        entry.users.add(req.rid)
-        entry.last_used = time.monotonic()
-        req.holds = entry
-
-    @staticmethod
-    def release(req: "Request") -> None:
-        """req no longer runs on the copy it held. Exactly once: a second release is a kernel bug, raised
-        here rather than absorbed (a count kept from going negative would hide it). The copy it held
-        may have been unloaded and loaded again since: what it held is that object, not the name."""
-        entry = req.holds
-        if entry is RELEASED:
-            raise DoubleRelease(f"request {req.rid} released {req.model} twice")
-        req.holds = RELEASED
-        if entry is not None:
-            entry.users.discard(req.rid)
-            entry.last_used = time.monotonic()
 
     def drop_refs(self, proc: "Process") -> None:
         for name in proc.models:
@@ -289,7 +278,7 @@ class ModelTable:
         entry.context_length, entry.load_s, entry.backend = msg.context_length, msg.load_s, msg.backend
         entry.state, entry.stage = "ready", ""
         self.load_times.record(entry.name, msg.load_s)
-        self.k.devmem.charge_model(entry.device, entry.name, entry.bytes)
+        self.devmem.charge_model(entry.device, entry.name, entry.bytes)
         log.info("model.loaded", model=entry.name, device=entry.device, bytes=entry.bytes, duration_s=round(entry.load_s, 2))
         if not entry.loaded.done():
             entry.loaded.set_result(entry)
@@ -316,4 +305,4 @@ class ModelTable:
     def reload_after_crash(self, device: str) -> None:
         for entry in self.on_device(device):
             if entry.state == "loading" and entry.weight_bytes:
-                self.k.supervisor.send(device, entry.load_message())
+                self.drivers.send(device, entry.load_message())

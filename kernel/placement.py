@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from llmos.specs.channel import device_kind
 
@@ -14,8 +14,18 @@ from .errors import einval
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .kernel import Kernel
-    from .models import ModelEntry
+    from .devmem import DeviceMemory
+
+
+class Evictable(Protocol):
+    """A loaded thing that holds device memory: a model's copy (models.ModelEntry) or an adapter."""
+    device: str
+    idle: bool
+    last_used: float
+    bytes: int
+
+
+E = TypeVar("E", bound=Evictable)
 
 DEFAULT_KV_BYTES = {"cpu": 512 << 20, "cuda": 8 << 30}   # KV-cache pool of a generate model, by device kind
 
@@ -30,7 +40,7 @@ def kv_budget(settings: "Settings", device: str) -> int:
     return DEFAULT_KV_BYTES[device_kind(device)]
 
 
-def eviction_victims(entries: list["ModelEntry"], device: str, need: int, free: int) -> list["ModelEntry"] | None:
+def eviction_victims(entries: list[E], device: str, need: int, free: int) -> list[E] | None:
     """Idle models on `device` to unload, least recently used first, so `need` bytes fit; None if they cannot."""
     if need <= free:
         return []
@@ -43,16 +53,16 @@ def eviction_victims(entries: list["ModelEntry"], device: str, need: int, free: 
     return None
 
 
-def replica_devices(k: "Kernel", name: str, have: set[str], more: int) -> list[str]:
-    """Devices for `more` new replicas of `name` (on `have` now): of the kind it is already on, most
-    free memory first; EINVAL when there are not enough."""
+def replica_devices(devices: list[str], devmem: "DeviceMemory", name: str, have: set[str], more: int) -> list[str]:
+    """Devices (of `devices`) for `more` new replicas of `name` (on `have` now): of the kind it is
+    already on, most free memory first; EINVAL when there are not enough."""
     kind = device_kind(next(iter(have))) if have else None
-    spare = [d for d in k.devices.names
-             if d not in have and (kind is None or device_kind(d) == kind) and d in k.devmem.devices]
+    spare = [d for d in devices
+             if d not in have and (kind is None or device_kind(d) == kind) and d in devmem.devices]
     if len(spare) < more:
         raise einval(f"{len(have) + more} replicas of '{name}' asked for, but this kernel has "
                      f"{len(have) + len(spare)} {kind or ''} device(s) up for it")
-    spare.sort(key=lambda d: -k.devmem.devices[d].free_bytes)
+    spare.sort(key=lambda d: -devmem.devices[d].free_bytes)
     return spare[:more]
 
 

@@ -1,4 +1,8 @@
-"""The process table: who is connected, what each holds, and reaping what the dead leave behind."""
+"""The process table: who is connected and what each holds; and who made a call (CallContext).
+
+A process's requests in flight are not here: the request table (requests.py) owns every request
+and indexes them by process, so there is one place that says what a process has running.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .requests import Request
+    from .transport import Transport
 
 
 @dataclass
@@ -22,7 +26,6 @@ class Process:
     transport: Any = None            # the socket it is reached through
     started: float = field(default_factory=time.monotonic)
     last_seen: float = field(default_factory=time.monotonic)
-    requests: dict[int, "Request"] = field(default_factory=dict)   # by the client's frame id
     reservations: dict[int, tuple[str, int]] = field(default_factory=dict)  # handle -> (device, bytes)
     models: set[str] = field(default_factory=set)                  # model references held
     tokens: int = 0                  # tokens generated for it, ever (by services it called too)
@@ -32,12 +35,33 @@ class Process:
     def reserved_bytes(self) -> int:
         return sum(b for _, b in self.reservations.values())
 
-    def describe(self) -> dict:
+    def describe(self, requests: int) -> dict:
+        """As `ps` shows it; requests: how many it has in flight (the request table knows)."""
         return {
             "pid": self.pid, "name": self.name, "principal": self.principal, "age_s": round(time.monotonic() - self.started, 3),
-            "requests": len(self.requests), "tokens": self.tokens, "reserved_bytes": self.reserved_bytes,
+            "requests": requests, "tokens": self.tokens, "reserved_bytes": self.reserved_bytes,
             "models": sorted(self.models), "caps": sorted(self.caps),
         }
+
+
+class CallContext:
+    """Who made a call and how to answer it."""
+
+    __slots__ = ("transport", "routing", "client_id", "proc", "principal", "fd", "call")
+
+    def __init__(self, transport: "Transport", routing: list[bytes], client_id: int, proc: Process | None,
+                 principal: str, fd: int | None = None, call: str = ""):
+        self.transport = transport     # the socket it came in on, and goes back out of
+        self.routing = routing
+        self.client_id = client_id
+        self.proc = proc
+        self.principal = principal     # as the transport proved it
+        self.fd = fd                   # the OS socket of its connection, to see whether it reads
+        self.call = call               # the syscall's name, as the table spells it
+
+    @property
+    def connection(self) -> bytes:
+        return self.transport.connection(self.routing[0])
 
 
 MAX_CEILINGS = 4096    # connections remembered after exit; the oldest are forgotten first

@@ -15,39 +15,27 @@ EAGAIN with `retry_after` (it frees itself as the minute moves on).
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict, deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
-from .configschema import DEFAULT_QUOTAS, QUOTA_NAMES   # the [quotas] table: its names and defaults
+from .configschema import DEFAULT_QUOTAS, QUOTA_NAMES, share_of   # the [quotas] table: names, defaults
 from .errors import SyscallError, edquot
 from .principals import OPERATOR, SERVICES
 
 if TYPE_CHECKING:
     from .config import Settings
-    from .kernel import Kernel
+    from .job import Job
     from .principals import PrincipalTable
+    from .process import Process
 
 WINDOW_S = 60.0
-_SHARE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
 
 
-def share_of(value: int | str | None) -> float | None:
-    """The fraction of each device's memory a reserve_bytes quota such as "25%" gives; None for a size.
-    ValueError for a string that is no percentage from 0 to 100."""
-    if not isinstance(value, str):
-        return None
-    m = _SHARE.fullmatch(value)
-    if m is None or float(m.group(1)) > 100:
-        raise ValueError(f"'{value[:32]}' is neither a size nor a share of each device from 0% to 100% (e.g. 25%)")
-    return float(m.group(1)) / 100
-
-
-def reservations_of(k: "Kernel", principal: str) -> list[tuple[str, int]]:
+def reservations_of(procs: Iterable["Process"], jobs: Iterable["Job"], principal: str) -> list[tuple[str, int]]:
     """(device, bytes) of what a principal holds reserved: its processes' alloc_gpu and its fine-tune jobs'."""
-    held = [r for p in k.procs if p.principal == principal for r in p.reservations.values()]
-    return held + [(j.device, j.reserved) for j in k.jobs if j.owner == principal and j.reserved]
+    held = [r for p in procs if p.principal == principal for r in p.reservations.values()]
+    return held + [(j.device, j.reserved) for j in jobs if j.owner == principal and j.reserved]
 
 
 class Quotas:

@@ -23,7 +23,7 @@ import asyncio
 import importlib
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -37,7 +37,9 @@ from .devices import DeviceLimit
 from .supervisor import ChildGone, DriverHandle
 
 if TYPE_CHECKING:
-    from .kernel import Kernel
+    from .config import Settings
+    from .devices import Devices
+    from .supervisor import Supervisor
 
 log = logs.get("llmos.ray")
 
@@ -111,16 +113,20 @@ class ActorLauncher:
             scheduling_strategy=NodeAffinitySchedulingStrategy(self.node, soft=False),
             name=f"llmos-{os.getpid()}-{drv.device}-{self.launches}", namespace=NAMESPACE,
         ).remote(device=drv.device, connect=cluster.connect, keys=(public, secret, cluster.keys.server_public),
-                 dtype=cluster.k.settings.dtype)
+                 dtype=cluster.dtype)
         return ActorChild(actor, drv.device, lambda: cluster.keys.forget(public))
 
 
 class RayDrivers:
     """The kernel's side of a Ray cluster: joins it, places driver actors on its nodes, watches them."""
 
-    def __init__(self, kernel: "Kernel", keys: DriverKeys):
-        self.k = kernel
-        self.settings = kernel.settings.ray
+    def __init__(self, settings: "Settings", supervisor: "Supervisor", devices: "Devices", keys: DriverKeys,
+                 spawn: Callable[..., asyncio.Task]):
+        self.settings = settings.ray
+        self.dtype = settings.dtype             # what drivers compute in, as the local ones do
+        self.supervisor = supervisor
+        self.devices = devices
+        self.spawn = spawn
         self.keys = keys
         self.actor_class = None
         self.connect = ""                       # where actors reach the driver socket
@@ -145,12 +151,12 @@ class RayDrivers:
         """Open the tcp driver socket, place drivers on every alive node, then watch for changes."""
         host, port = split_listen(self.settings.listen) if self.settings.listen else (None, 0)
         host = host or ray.util.get_node_ip_address()
-        bound = self.k.supervisor.listen_tcp(f"tcp://{_url_host(host)}:{port or '*'}", self.keys.secure)
+        bound = self.supervisor.listen_tcp(f"tcp://{_url_host(host)}:{port or '*'}", self.keys.secure)
         advertised = ray.util.get_node_ip_address() if host in ("0.0.0.0", "::", "*") else host
         self.connect = f"tcp://{_url_host(advertised)}:{bound.rsplit(':', 1)[1]}"
         log.info("ray.driver_socket", bound=bound, connect=self.connect)
         await self.reconcile(await asyncio.to_thread(ray.nodes))
-        self.k.spawn(self._watch(), "ray-nodes")
+        self.spawn(self._watch(), "ray-nodes")
 
     async def reconcile(self, nodes: list[dict]) -> None:
         """Devices for nodes new and alive; down for nodes that died."""
@@ -177,23 +183,23 @@ class RayDrivers:
         for kind in kinds:
             device = self._next_name(kind)
             try:
-                self.k.devices.add(device, node=node)
+                self.devices.add(device, node=node)
             except DeviceLimit as exc:
                 log.error("ray.device_refused", node=node, reason=str(exc))
                 return
             self.placed[node].append(device)
             log.info("ray.device_placed", device=device, node=node)
-            await self.k.supervisor.add(device, launcher)
+            await self.supervisor.add(device, launcher)
 
     async def _lost(self, node: str) -> None:
         self.dead.add(node)
         for device in self.placed[node]:
             log.warning("ray.node_lost", node=node, device=device)
-            await self.k.supervisor.lost(device, f"its node {node} left the Ray cluster")
+            await self.supervisor.lost(device, f"its node {node} left the Ray cluster")
 
     def _next_name(self, kind: str) -> str:
         """The next free index of the kind after every device so far (local `cpu` counts as cpu:0)."""
-        taken = [int(d.partition(":")[2] or 0) for d in self.k.devices.names if device_kind(d) == kind]
+        taken = [int(d.partition(":")[2] or 0) for d in self.devices.names if device_kind(d) == kind]
         return f"{kind}:{max(taken) + 1 if taken else 0}"
 
     async def _watch(self) -> None:

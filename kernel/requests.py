@@ -7,8 +7,11 @@ A request is one infer, embed or svc_call of a process. Its life is short and on
     AT_SERVICE (an svc_call, at the service host)                      -> DONE
 
 `end` is the one way out: a result, an error, a cancel, a deadline, a reaped process or a
-crashed driver all finish a request through it, exactly once, and it frees what the request
-held (its scheduler slot, its place at the driver, its model's in-use count).
+crashed driver all finish a request through it, exactly once. What the table owns it frees there
+itself (its caller's counts, its hold on its model's copy, its place in its process's index);
+the tables that keep views of requests (the device's scheduler and window, the metrics) are told
+through one event path, `on_end`, which the kernel wires up. This module imports no other
+table's type: what it is given (processes, quotas, the driver port) sits below it.
 
 A request the service host makes for an svc_call (for_call: `share` is the caller's pid) is in the
 host's table, which cancels it and reaps it with the host, but counts against the caller: its
@@ -23,16 +26,17 @@ import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from llmos.specs import channel
+from llmos.specs.protocol import reply_ok
 
-from .errors import SyscallError, eagain, einval
+from .errors import DoubleRelease, SyscallError, eagain, einval
 
 if TYPE_CHECKING:
-    from .dispatch import CallContext
-    from .kernel import Kernel
-    from .models import ModelEntry
+    from .driverport import DriverPort
+    from .process import CallContext, Process, ProcessTable
+    from .quotas import Quotas
     from .transport import Transport
 
 
@@ -41,6 +45,17 @@ class RequestState(enum.Enum):
     RUNNING = "running"          # at its driver (a generation in the batch, or an embed)
     AT_SERVICE = "at_service"    # an svc_call the service host is running
     DONE = "done"
+
+
+class ModelCopy(Protocol):
+    """What a request holds while it runs: one loaded copy of its model (models.ModelEntry)."""
+    name: str
+    device: str
+    users: set[int]        # the rids holding it: a copy with users is not idle (eviction skips it)
+    last_used: float
+
+
+RELEASED = object()   # Request.holds after its release
 
 
 @dataclass(eq=False)
@@ -69,25 +84,43 @@ class Request:
     logprobs: list = field(default_factory=list)   # with infer's logprobs: an entry per token (bounded by the kernel)
     resumes: int = 0              # times it was re-admitted after its driver died
     timer: asyncio.TimerHandle | None = None
-    holds: object = None          # the ModelEntry it runs on (ModelTable.hold), then models.RELEASED
+    holds: object = None          # the ModelCopy it runs on, then RELEASED
     created: float = field(default_factory=time.monotonic)   # accepted: where its latencies start
     first_token_at: float | None = None
     last_token_at: float | None = None
 
+    def stream_part(self, part: dict) -> None:
+        """One streamed part of its answer, to its caller; the final reply comes when it ends."""
+        self.transport.send(self.envelope, reply_ok(self.client_id, part, more=True))
+
+
+# Told of every request that ends, after the table has let go of it and before its caller hears:
+# (request, the state it left, its error or None, its result or None).
+EndListener = Callable[[Request, RequestState, "SyscallError | None", "dict | None"], None]
+
 
 class RequestTable:
-    def __init__(self, kernel: "Kernel"):
-        self.k = kernel
+    def __init__(self, procs: "ProcessTable", quotas: "Quotas", drivers: "DriverPort", max_per_process: int):
+        self.procs = procs
+        self.quotas = quotas
+        self.drivers = drivers
+        self.max_per_process = max_per_process
+        self.on_end: list[EndListener] = []          # the views kept of requests, told as each ends
         self._by_rid: dict[int, Request] = {}
+        self._by_process: dict[int, dict[int, Request]] = {}    # pid -> the client's frame id -> its request
         self._rids = itertools.count(1)
         self._seq = itertools.count()
         self._served: Counter[int] = Counter()       # pid -> requests the service host has in flight for it
         self._for_others: Counter[int] = Counter()   # pid -> requests in its table that count against another
         self._counted_for: dict[int, int] = {}       # rid -> the pid it counts against, when not its own
 
-    def held(self, proc) -> int:
+    def held(self, proc: "Process") -> int:
         """The requests in flight that count against a process: its own, and those made for it."""
-        return len(proc.requests) - self._for_others[proc.pid] + self._served[proc.pid]
+        return len(self._by_process.get(proc.pid, ())) - self._for_others[proc.pid] + self._served[proc.pid]
+
+    def of(self, pid: int) -> dict[int, Request]:
+        """A process's requests in flight, by the id of the client's frame (a copy)."""
+        return dict(self._by_process.get(pid, {}))
 
     def get(self, rid: int) -> Request | None:
         return self._by_rid.get(rid)
@@ -101,28 +134,28 @@ class RequestTable:
     def at_driver(self, device: str) -> list[Request]:
         return [r for r in self._by_rid.values() if r.device == device and r.state is RequestState.RUNNING]
 
-    def new(self, ctx: "CallContext", call: str, entry: "ModelEntry | None", payload: dict, *, stream=False,
+    def new(self, ctx: "CallContext", call: str, entry: ModelCopy | None, payload: dict, *, stream=False,
             priority=0, deadline_s: float | None = None, share: int | None = None, device: str | None = None) -> Request:
         """A request of ctx's process, on entry's model and device (or, without a model, on device);
-        share: the pid it is scheduled and accounted as (default: its own)."""
+        share: the pid it is scheduled and accounted as (default: its own). It holds entry until it ends."""
         proc = ctx.proc
-        served = self.k.procs.get(share) if share is not None and share != proc.pid else None
+        served = self.procs.get(share) if share is not None and share != proc.pid else None
         owner = served or proc         # whose limits it counts against
-        limit = self.k.settings.max_requests_per_process
+        limit = self.max_per_process
         if self.held(owner) >= limit:
             raise eagain(f"process {owner.pid} already has {self.held(owner)} requests in flight "
                          f"(limit {limit}{', with those services make for it' if served else ''}); "
                          f"wait for some to finish")
-        if ctx.client_id in proc.requests:
+        if ctx.client_id in self._by_process.get(proc.pid, ()):
             raise einval(f"request id {ctx.client_id} is already in flight; use a new id per request")
-        quotas = self.k.quotas
+        quotas = self.quotas
         quotas.check(owner.principal, "requests", quotas.requests[owner.principal], what=call)
         loop = asyncio.get_running_loop()
         req = Request(next(self._rids), proc.pid, ctx.transport, ctx.routing, ctx.client_id, call,
                       entry.name if entry else "", entry.device if entry else device, payload, loop.create_future(),
                       stream, priority, None if deadline_s is None else time.monotonic() + deadline_s, next(self._seq),
                       share=proc.pid if share is None else share)
-        proc.requests[ctx.client_id] = req
+        self._by_process.setdefault(proc.pid, {})[ctx.client_id] = req
         self._by_rid[req.rid] = req
         req.principal = owner.principal
         quotas.requests[req.principal] += 1
@@ -130,10 +163,10 @@ class RequestTable:
             self._counted_for[req.rid] = served.pid
             self._served[served.pid] += 1
             self._for_others[proc.pid] += 1
-        payer = self.k.procs.get(req.share)
+        payer = self.procs.get(req.share)
         req.payer = payer.principal if payer is not None else proc.principal
         if entry is not None:
-            self.k.models.hold(entry, req)
+            self._hold(entry, req)
         if deadline_s is not None:
             req.timer = loop.call_later(deadline_s, self._deadline_passed, req)
         return req
@@ -147,16 +180,14 @@ class RequestTable:
         """It left its scheduler for its driver."""
         req.state = RequestState.RUNNING
 
-    def requeued(self, req: Request, device: str) -> None:
-        """Its driver died under it: queued on `device` (a replica's, or its own again), to resume after
-        what it generated."""
-        if device != req.device:
-            self.k.models.release(req)
-            replica = self.k.models.entry(req.model, device)
-            if replica is not None:
-                req.holds = None
-                self.k.models.hold(replica, req)
-            req.device = device
+    def requeued(self, req: Request, replica: ModelCopy | None = None) -> None:
+        """Its driver died under it: queued again, to resume after what it generated; on `replica`'s
+        device (a ready copy of its model elsewhere), or on its own (None) once its driver is back."""
+        if replica is not None and replica.device != req.device:
+            self._release(req)
+            req.holds = None
+            self._hold(replica, req)
+            req.device = replica.device
         req.state = RequestState.QUEUED
         req.resumes += 1
         req.payload["resume"] = list(req.generated)
@@ -176,27 +207,25 @@ class RequestTable:
             return
         if req.timer:
             req.timer.cancel()
-        k = self.k
         was, req.state = req.state, RequestState.DONE
-        k.quotas.requests[req.principal] -= 1
-        if not k.quotas.requests[req.principal]:
-            del k.quotas.requests[req.principal]
+        self.quotas.requests[req.principal] -= 1
+        if not self.quotas.requests[req.principal]:
+            del self.quotas.requests[req.principal]
         served = self._counted_for.pop(req.rid, None)
         if served is not None:
             for counts, pid in ((self._served, served), (self._for_others, req.pid)):
                 counts[pid] -= 1
                 if not counts[pid]:
                     del counts[pid]
-        if was is RequestState.QUEUED:
-            k.devices.dequeue(req)
-        elif was is RequestState.RUNNING:
-            k.devices.finished(req)
-            if error is not None and req.call == "infer":
-                k.supervisor.send(req.device, channel.Cancel(req.rid))
-        proc = k.procs.get(req.pid)
-        if proc is not None:
-            proc.requests.pop(req.client_id, None)
-        k.models.release(req)
+        mine = self._by_process.get(req.pid, {})
+        mine.pop(req.client_id, None)
+        if not mine:
+            self._by_process.pop(req.pid, None)
+        self._release(req)
+        if was is RequestState.RUNNING and error is not None and req.call == "infer":
+            self.drivers.send(req.device, channel.Cancel(req.rid))    # stop generating what nobody will read
+        for listener in self.on_end:
+            listener(req, was, error, result)
         if not req.future.done():
             if error is not None:
                 req.future.set_exception(error)
@@ -204,7 +233,27 @@ class RequestTable:
                     req.future.exception()
             else:
                 req.future.set_result(result)
-        if error is None and result is not None and req.call == "infer":
-            k.metrics.generation_finished(req, result)
-        if was is not RequestState.AT_SERVICE:
-            k.devices.pump(req.device)
+
+    # -- a request's hold on its model's copy: taken when it is made, given back when it ends --------
+
+    @staticmethod
+    def _hold(entry: ModelCopy, req: Request) -> None:
+        """req runs on this copy of its model until it ends: the copy is not idle meanwhile."""
+        if req.holds is not None:
+            raise DoubleRelease(f"request {req.rid} already holds {req.model} on {req.holds.device}")
+        entry.users.add(req.rid)
+        entry.last_used = time.monotonic()
+        req.holds = entry
+
+    @staticmethod
+    def _release(req: Request) -> None:
+        """req no longer runs on the copy it held. Exactly once: a second release is a kernel bug, raised
+        here rather than absorbed (a count kept from going negative would hide it). The copy it held
+        may have been unloaded and loaded again since: what it held is that object, not the name."""
+        entry = req.holds
+        if entry is RELEASED:
+            raise DoubleRelease(f"request {req.rid} released {req.model} twice")
+        req.holds = RELEASED
+        if entry is not None:
+            entry.users.discard(req.rid)
+            entry.last_used = time.monotonic()

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from llmos.specs import channel
 from llmos.specs.channel import Message, ServiceMessage
@@ -29,8 +29,11 @@ from .requests import Request
 from .supervisor import DriverHandle, Supervisor
 
 if TYPE_CHECKING:
-    from .dispatch import CallContext
-    from .kernel import Kernel
+    import zmq.asyncio
+
+    from .config import Settings
+    from .process import CallContext
+    from .requests import RequestTable
 
 log = logs.get("llmos.services")
 
@@ -116,8 +119,15 @@ class ServiceSupervisor(Supervisor):
 class ServiceManager:
     """The kernel's side of the service host: its supervision, its catalog, and the calls it runs."""
 
-    def __init__(self, kernel: "Kernel"):
-        self.k = kernel
+    def __init__(self, settings: "Settings", requests: "RequestTable", ctx: "zmq.asyncio.Context", token: str,
+                 audit: Callable[..., None]):
+        """token: given to the service host alone, at its start (it proves the host on the operator socket);
+        audit: records an event in the audit log (AuditLog.record), for the host's file reads."""
+        self.settings = settings
+        self.requests = requests
+        self.ctx = ctx
+        self.token = token
+        self.audit = audit
         self.catalog: dict = {"services": [], "failed": []}
         self.calls: dict[int, Request] = {}        # rid -> call the host is running
         self.per_principal: Counter[str] = Counter()   # svc_calls in flight (waiting for the host too)
@@ -135,8 +145,8 @@ class ServiceManager:
             log.info("services.disabled", env=DISABLE_ENV)
             return
         endpoint = f"ipc://{runtime_dir()}/services-{os.getpid()}.sock"
-        self.supervisor = ServiceSupervisor(self.k.ctx, endpoint, self.k.settings.operator_socket,
-                                            self.k.service_token, self.k.settings.service_read_dirs,
+        self.supervisor = ServiceSupervisor(self.ctx, endpoint, self.settings.operator_socket,
+                                            self.token, self.settings.service_read_dirs,
                                             self._message, self._down, self._up)
         await self.supervisor.start([HOST_ID])
 
@@ -167,15 +177,15 @@ class ServiceManager:
 
     async def call(self, ctx: "CallContext", args: dict) -> dict:
         proc = ctx.proc
-        mine = sum(r.call == "svc_call" for r in proc.requests.values())
-        cap, theirs = max(1, self.k.settings.max_requests_per_process // 2), self.per_principal[proc.principal]
+        mine = sum(r.call == "svc_call" for r in self.requests.of(proc.pid).values())
+        cap, theirs = max(1, self.settings.max_requests_per_process // 2), self.per_principal[proc.principal]
         if mine >= cap or theirs >= MAX_CALLS_PER_PRINCIPAL:
             raise eagain(f"svc_call: {mine} service calls of this program and {theirs} of user '{proc.principal}' are "
                          f"in flight (at most {cap} and {MAX_CALLS_PER_PRINCIPAL}); wait for some to finish")
-        req = self.k.requests.new(ctx, "svc_call", None, {"service": args["service"], "task": args["task"]},
+        req = self.requests.new(ctx, "svc_call", None, {"service": args["service"], "task": args["task"]},
                                   stream=args["stream"], deadline_s=args["deadline"], device=HOST_ID)
         self.per_principal[req.principal] += 1
-        self.k.requests.at_service(req)
+        self.requests.at_service(req)
         req.future.add_done_callback(lambda _f: self._finished(req))
         if not await self._wait_up(req):
             return await req.future
@@ -186,13 +196,13 @@ class ServiceManager:
             deadline=None if req.deadline is None else max(0.0, req.deadline - time.monotonic()),
             caller={"pid": proc.pid, "name": proc.name, "principal": proc.principal}))
         if not sent:
-            self.k.requests.end(req, eio("the service host went away before the call reached it; retry"))
+            self.requests.end(req, eio("the service host went away before the call reached it; retry"))
         return await req.future
 
     async def _wait_up(self, req: Request) -> bool:
         """Wait (within the call's deadline) for a host that is starting, restarting or reloading."""
         if self.supervisor is None:
-            self.k.requests.end(req, self._disabled())
+            self.requests.end(req, self._disabled())
             return False
         ready = asyncio.ensure_future(self._until_ready())
         try:
@@ -205,9 +215,9 @@ class ServiceManager:
             return True
         state = self.handle.state
         if state == "down":
-            self.k.requests.end(req, ecanceled("the kernel is shutting down"))
+            self.requests.end(req, ecanceled("the kernel is shutting down"))
         else:
-            self.k.requests.end(req, eagain(f"the service host is not up (state: {state}) after "
+            self.requests.end(req, eagain(f"the service host is not up (state: {state}) after "
                                             f"{UP_TIMEOUT_S:.0f}s; retry later"))
         return False
 
@@ -277,27 +287,27 @@ class ServiceManager:
 
     def _file_read(self, req: Request, msg: channel.FileRead) -> None:
         """Who read it is the kernel's to say, from the call, never the host's."""
-        self.k.audit.record("file_read", principal=req.principal, pid=req.pid, service=req.payload["service"],
+        self.audit("file_read", principal=req.principal, pid=req.pid, service=req.payload["service"],
                             path=msg.path, bytes=msg.bytes)
 
     def _delta(self, req: Request, msg: channel.CallDelta) -> None:
         req.text.append(msg.delta)
         if req.stream and msg.delta:
-            self.k.dispatch.send_more(req, {"delta": msg.delta})
+            req.stream_part({"delta": msg.delta})
 
     def _result(self, req: Request, msg: channel.Result) -> None:
         result = msg.result
-        self.k.requests.end(req, result=result if isinstance(result, dict) else {"value": result})
+        self.requests.end(req, result=result if isinstance(result, dict) else {"value": result})
 
     def _error(self, req: Request, msg: channel.Error) -> None:
-        self.k.requests.end(req, SyscallError(msg.errno, str(msg.message)))
+        self.requests.end(req, SyscallError(msg.errno, str(msg.message)))
 
     ON_MESSAGE = {channel.Pong: lambda self, req, msg: None, channel.FileRead: _file_read,
                   channel.CallDelta: _delta, channel.Result: _result, channel.Error: _error}
 
     async def _down(self, drv: DriverHandle, why: str) -> None:
         for req in list(self.calls.values()):
-            self.k.requests.end(req, eio(f"{why}; the service host is being restarted, retry the call"))
+            self.requests.end(req, eio(f"{why}; the service host is being restarted, retry the call"))
 
     async def _up(self, drv: DriverHandle) -> None:
         catalog = drv.hello.catalog or {}

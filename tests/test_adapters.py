@@ -186,7 +186,7 @@ def test_cached_prompt_blocks_are_shared_only_under_the_same_adapter():
 
     from llmos.kernel.devices import Devices
 
-    devices = SimpleNamespace(k=SimpleNamespace(procs={}))
+    devices = SimpleNamespace(procs={})
     salt = {adapter: Devices._cache_salt(devices, SimpleNamespace(share=1, principal="alice", payload={"adapter": adapter}))
             for adapter in ("", "alice/tiny:a", "alice/tiny:b")}
     assert len(set(salt.values())) == 3
@@ -196,17 +196,15 @@ def test_cached_prompt_blocks_are_shared_only_under_the_same_adapter():
 # -- the adapter table: what may be evicted --------------------------------------------------------
 
 def adapter_table(tmp_path, requests):
-    """An AdapterTable over a stand-in kernel: a cpu account of 1000 bytes and these requests in flight."""
-    from types import SimpleNamespace
-
+    """An AdapterTable with no bases loaded, a cpu account of 1000 bytes and these requests in flight."""
     from llmos.kernel.adapters import AdapterTable
     from llmos.kernel.devmem import DeviceMemory
+    from llmos.kernel.driverport import DriverPort
 
     memory = DeviceMemory()
     memory.add_device("cpu", "cpu", 1000)
-    k = SimpleNamespace(settings=SimpleNamespace(state_dir=tmp_path), devmem=memory, requests=requests,
-                        supervisor=SimpleNamespace(send=lambda device, msg: True))
-    return AdapterTable(k)
+    return AdapterTable(bases=None, devices=None, devmem=memory, drivers=DriverPort(), requests=requests,
+                        state_dir=tmp_path, load_timeout_s=60)
 
 
 def loaded_adapter(table, name: str, last_used: float, base: str = "tiny"):
@@ -227,7 +225,7 @@ async def test_an_adapter_with_a_request_in_flight_is_never_evicted_and_idle_one
 
     table = adapter_table(tmp_path, [SimpleNamespace(payload={"adapter": "alice/tiny:busy"}, device="cpu")])
     newer, busy, older = (loaded_adapter(table, n, t) for n, t in (("newer", 3.0), ("busy", 1.0), ("older", 2.0)))
-    assert table.k.devmem.devices["cpu"].models_bytes == 300
+    assert table.devmem.devices["cpu"].models_bytes == 300
     assert eviction_victims(table.entries(), "cpu", need=50, free=0) == [older]
     assert eviction_victims(table.entries(), "cpu", need=150, free=0) == [older, newer]
     assert eviction_victims(table.entries(), "cpu", need=250, free=0) is None
@@ -240,7 +238,7 @@ async def test_unloading_a_base_drops_its_adapters_and_their_charge(tmp_path):
     other = loaded_adapter(table, "b", 1.0, base="other")
     table.base_gone("tiny", "cpu")
     assert table.entries() == [other]
-    assert table.k.devmem.devices["cpu"].models_bytes == 100
+    assert table.devmem.devices["cpu"].models_bytes == 100
 
 
 def test_a_retrained_adapter_serves_its_new_version(adapter_kernel, tiny_llama):

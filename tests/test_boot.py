@@ -18,6 +18,7 @@ import zmq.asyncio
 
 from llmos.kernel import supervisor as supervision
 from llmos.kernel.devices import Devices
+from llmos.kernel.driverport import DriverPort
 from llmos.kernel.errors import SyscallError
 from llmos.kernel.supervisor import DriverHandle, Supervisor
 from llmos.specs.modelspec import DEFAULT_MODEL
@@ -110,9 +111,9 @@ async def test_a_driver_that_keeps_dying_goes_down_and_says_why(tmp_path, monkey
 
 async def test_a_load_waiting_on_a_driver_that_goes_down_fails_at_once_naming_the_device():
     drv = DriverHandle("cuda:0")
-    kernel = SimpleNamespace(settings=SimpleNamespace(max_running_per_process=4),
-                             supervisor=SimpleNamespace(drivers={"cuda:0": drv}))
-    devices = Devices(kernel, ["cuda:0"])
+    port = DriverPort()
+    port.attach(SimpleNamespace(drivers={"cuda:0": drv}))
+    devices = Devices(["cuda:0"], port, requests=None, procs=None, max_running_per_process=4)
     waiting = asyncio.create_task(devices.wait_driver("cuda:0"))
     await asyncio.sleep(0)      # the waiter is parked on the driver coming up
     drv.state, drv.failure = "down", "it crashed 5 times in 9 s"

@@ -136,12 +136,10 @@ def test_the_kv_cache_in_use_is_reported_while_generating_and_freed_after(kernel
 
 
 def test_devices_added_after_boot_stop_at_their_bound():
-    from types import SimpleNamespace
-
-    from llmos.kernel.config import Settings
     from llmos.kernel.devices import MAX_DEVICES, DeviceLimit, Devices
+    from llmos.kernel.driverport import DriverPort
 
-    devices = Devices(SimpleNamespace(settings=Settings()), ["cpu"])
+    devices = Devices(["cpu"], DriverPort(), requests=None, procs=None, max_running_per_process=4)
     for i in range(1, MAX_DEVICES):
         devices.add(f"cpu:{i}", node=f"node-{i}")
     with pytest.raises(DeviceLimit):
@@ -150,19 +148,19 @@ def test_devices_added_after_boot_stop_at_their_bound():
 
 
 def test_every_message_a_driver_sends_has_a_handler_and_no_other():
-    """Devices.ON_MESSAGE is a table from message type to handler: it must name exactly what drivers/
+    """DriverEvents.ON_MESSAGE is a table from message type to handler: it must name exactly what drivers/
     sends, less Hello and DriverFailed, which the supervisor takes before the table sees anything."""
     import ast
     from pathlib import Path
 
-    from llmos.kernel.devices import Devices
+    from llmos.kernel.driverevents import DriverEvents
 
     drivers = Path(__file__).resolve().parents[1] / "drivers"
     sent = {node.func.attr for path in drivers.rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
             and isinstance(node.func.value, ast.Name) and node.func.value.id == "channel"
             and node.func.attr[:1].isupper()}
-    assert sent - {"Hello", "DriverFailed"} == {t.__name__ for t in Devices.ON_MESSAGE}
+    assert sent - {"Hello", "DriverFailed"} == {t.__name__ for t in DriverEvents.ON_MESSAGE}
 
 
 def test_a_driver_message_goes_to_its_handler_and_an_unexpected_one_is_logged():
@@ -171,18 +169,17 @@ def test_a_driver_message_goes_to_its_handler_and_an_unexpected_one_is_logged():
     from structlog.testing import capture_logs
 
     from llmos.kernel.config import Settings
-    from llmos.kernel.devices import Devices
+    from llmos.kernel.driverevents import DriverEvents
     from llmos.kernel.supervisor import DriverHandle
     from llmos.specs import channel
 
     progressed = []
-    kernel = SimpleNamespace(settings=Settings(),
-                             models=SimpleNamespace(load_progress=lambda device, msg: progressed.append((device, msg))))
-    devices = Devices(kernel, ["cpu"])
+    models = SimpleNamespace(load_progress=lambda device, msg: progressed.append((device, msg)))
+    events = DriverEvents(Settings(), None, None, models, None, None, None, None, fail_boot=print)
     drv = DriverHandle("cpu")
     update = channel.LoadProgress("tiny", "tokenizer")
     with capture_logs() as seen:
-        devices.on_message(drv, update)
-        devices.on_message(drv, channel.Unload("tiny"))      # the kernel's to send, never a driver's
+        events.on_message(drv, update)
+        events.on_message(drv, channel.Unload("tiny"))      # the kernel's to send, never a driver's
     assert progressed == [("cpu", update)]
     assert [(e["event"], e["op"]) for e in seen] == [("driver.unexpected_message", "unload")]

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Protocol
 
 from llmos.specs import channel
 from llmos.specs.units import format_size
@@ -23,8 +24,22 @@ from .store import AdapterInfo, AdapterNotFound, AdapterStore, BadAdapter
 from ..errors import SyscallError, eio, einval, enoent
 
 if TYPE_CHECKING:
-    from ..kernel import Kernel
-    from ..models import ModelEntry
+    from ..devices import Devices
+    from ..devmem import DeviceMemory
+    from ..driverport import DriverPort
+    from ..requests import Request
+
+
+class BaseCopy(Protocol):
+    """A loaded copy of an adapter's base model (models.ModelEntry)."""
+    device: str
+    state: str
+
+
+class Bases(Protocol):
+    """What the adapters need of the model table their bases are in (models.ModelTable)."""
+    def replicas(self, name: str) -> list[BaseCopy]: ...
+    def make_room(self, device: str, need: int, what: str) -> None: ...
 
 log = logs.get("llmos.adapters")
 
@@ -61,9 +76,16 @@ class AdapterEntry:
 
 
 class AdapterTable:
-    def __init__(self, kernel: "Kernel"):
-        self.k = kernel
-        self.store = AdapterStore(kernel.settings.state_dir)
+    def __init__(self, bases: Bases, devices: "Devices", devmem: "DeviceMemory", drivers: "DriverPort",
+                 requests: Iterable["Request"], state_dir: Path, load_timeout_s: float):
+        """requests: every request in flight (the request table), to count who is using an adapter."""
+        self.bases = bases
+        self.devices = devices
+        self.devmem = devmem
+        self.drivers = drivers
+        self.requests = requests
+        self.load_timeout_s = load_timeout_s
+        self.store = AdapterStore(state_dir)
         self._entries: dict[tuple[str, str], AdapterEntry] = {}   # (adapter id, device) -> entry
 
     async def find(self, principal: str, base: str, name: str) -> AdapterInfo:
@@ -78,7 +100,7 @@ class AdapterTable:
     def entries(self) -> list[AdapterEntry]:
         """Every loaded adapter, its in-use count fresh (requests queued or running with it)."""
         using: dict[tuple[str, str], int] = {}
-        for req in self.k.requests:
+        for req in self.requests:
             adapter = req.payload.get("adapter") if isinstance(req.payload, dict) else None
             if adapter:
                 using[(adapter, req.device)] = using.get((adapter, req.device), 0) + 1
@@ -90,11 +112,11 @@ class AdapterTable:
         """The loaded adapters `principal` may use (another's unshared ones are not shown)."""
         return [e.describe() for e in self.entries() if e.info.owner == principal or e.info.shared]
 
-    def replica_for(self, info: AdapterInfo) -> "ModelEntry | None":
+    def replica_for(self, info: AdapterInfo) -> BaseCopy | None:
         """The ready copy of the adapter's base that holds it ready and can start a request soonest."""
-        copies = [e for e in self.k.models.replicas(info.base) if e.state == "ready"
+        copies = [e for e in self.bases.replicas(info.base) if e.state == "ready"
                   and getattr(self._entries.get((info.id, e.device)), "state", None) == "ready"]
-        return min(copies, key=lambda e: self.k.devices.backlog(e.device), default=None)
+        return min(copies, key=lambda e: self.devices.backlog(e.device), default=None)
 
     def on_device(self, device: str) -> list[AdapterEntry]:
         return [e for e in self._entries.values() if e.device == device]
@@ -102,7 +124,7 @@ class AdapterTable:
     async def ensure(self, info: AdapterInfo) -> None:
         """Load the adapter over every ready copy of its base (which the caller ensured), or wait for
         the loads under way; EINVAL if a driver refuses it, ETIMEDOUT past load_timeout_s."""
-        devices = [e.device for e in self.k.models.replicas(info.base) if e.state == "ready"]
+        devices = [e.device for e in self.bases.replicas(info.base) if e.state == "ready"]
         if not devices:
             raise eio(f"model '{info.base}' was unloaded while its adapter was asked for")
         files: asyncio.Future | None = None
@@ -128,7 +150,7 @@ class AdapterTable:
                 entry.last_used = time.monotonic()
 
     async def _load(self, entry: AdapterEntry, files: asyncio.Future) -> None:
-        k, info, sent = self.k, entry.info, False
+        info, sent = entry.info, False
         what = f"adapter '{info.base}:{info.name}'"
 
         async def load() -> None:
@@ -138,22 +160,22 @@ class AdapterTable:
             except BadAdapter as exc:
                 raise einval(str(exc)) from None
             estimate = sum(len(b) for b in data.values())
-            k.models.make_room(entry.device, estimate, f"{what} ({format_size(estimate)})")
+            self.bases.make_room(entry.device, estimate, f"{what} ({format_size(estimate)})")
             entry.bytes = estimate
-            k.devmem.charge_model(entry.device, entry.account_key, estimate)
-            sent = k.supervisor.send(entry.device, channel.LoadAdapter(info.base, info.id, data))
+            self.devmem.charge_model(entry.device, entry.account_key, estimate)
+            sent = self.drivers.send(entry.device, channel.LoadAdapter(info.base, info.id, data))
             await asyncio.shield(entry.loaded)
 
         try:
             try:
-                await asyncio.wait_for(load(), k.settings.load_timeout_s)
+                await asyncio.wait_for(load(), self.load_timeout_s)
             except asyncio.TimeoutError:
-                raise SyscallError("ETIMEDOUT", f"loading {what} took over {k.settings.load_timeout_s:g}s "
+                raise SyscallError("ETIMEDOUT", f"loading {what} took over {self.load_timeout_s:g}s "
                                                 f"(load_timeout_s); its memory is released") from None
         except BaseException as exc:
             self._forget(entry)
             if sent:
-                k.supervisor.send(entry.device, channel.UnloadAdapter(info.base, info.id))
+                self.drivers.send(entry.device, channel.UnloadAdapter(info.base, info.id))
             if not entry.loaded.done():
                 entry.loaded.set_exception(exc if isinstance(exc, SyscallError) else eio(f"loading {what} failed: {exc}"))
                 entry.loaded.exception()   # mark retrieved
@@ -162,11 +184,11 @@ class AdapterTable:
     def _forget(self, entry: AdapterEntry) -> None:
         if self._entries.get((entry.info.id, entry.device)) is entry:
             del self._entries[(entry.info.id, entry.device)]
-        self.k.devmem.release_model(entry.device, entry.account_key)
+        self.devmem.release_model(entry.device, entry.account_key)
 
     def evict(self, entry: AdapterEntry, why: str) -> None:
         self._forget(entry)
-        self.k.supervisor.send(entry.device, channel.UnloadAdapter(entry.info.base, entry.info.id))
+        self.drivers.send(entry.device, channel.UnloadAdapter(entry.info.base, entry.info.id))
         log.info("adapter.unloaded", adapter=entry.info.id, device=entry.device, reason=why)
 
     def shared_changed(self, info: AdapterInfo) -> None:
@@ -197,7 +219,7 @@ class AdapterTable:
         if entry is None or entry.loaded.done():
             return
         entry.state, entry.bytes = "ready", msg.bytes
-        self.k.devmem.charge_model(device, entry.account_key, msg.bytes)
+        self.devmem.charge_model(device, entry.account_key, msg.bytes)
         log.info("adapter.loaded", adapter=msg.adapter, device=device, bytes=msg.bytes)
         entry.loaded.set_result(entry)
 

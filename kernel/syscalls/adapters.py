@@ -15,7 +15,7 @@ from ..errors import einval, enoent
 from .inference import model_and_adapter
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 

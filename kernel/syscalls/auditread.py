@@ -19,7 +19,7 @@ from llmos.specs import auditlog
 from ..errors import ebusy, eio
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 _verifying: set[int] = set()       # id() of the kernels with a verify running (one kernel per process, in practice)

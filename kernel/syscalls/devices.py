@@ -10,7 +10,7 @@ from ..errors import eagain, enoent, enomem
 from ..quotas import reservations_of
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 
@@ -37,7 +37,7 @@ def sys_alloc_gpu(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         raise eagain(f"the driver for {device} is still starting; retry in a few seconds")
     nbytes = args["bytes"]
     principal = ctx.proc.principal
-    k.quotas.check_reserve(principal, device, acct.total_bytes, reservations_of(k, principal), nbytes, "alloc_gpu")
+    k.quotas.check_reserve(principal, device, acct.total_bytes, reservations_of(k.procs, k.jobs, principal), nbytes, "alloc_gpu")
     quota = k.settings.reserve_quota_bytes
     if quota is not None and ctx.proc.reserved_bytes + nbytes > quota:
         raise enomem(f"reserving {nbytes} bytes would take process {ctx.proc.pid} past its quota of {quota} bytes "

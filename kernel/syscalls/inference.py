@@ -16,7 +16,7 @@ from ..loadprogress import wait_telling
 from .structured import MAX_CALLS_PER_MESSAGE, MAX_TOKEN_ID, TOOL_NAME, structured_payload
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
     from ..models import ModelEntry
     from ..process import Process
@@ -204,7 +204,7 @@ async def embed_texts(k: "Kernel", ctx: "CallContext", texts: list[str], model: 
 
 
 def sys_cancel(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    req = ctx.proc.requests.get(args["id"])
+    req = k.requests.of(ctx.proc.pid).get(args["id"])
     if req is None:
         raise enoent(f"no request with id {args['id']} is in flight for process {ctx.proc.pid}")
     k.requests.end(req, SyscallError("ECANCELED", f"cancelled by the caller (request {args['id']})"))

@@ -12,7 +12,7 @@ from ..adapters import NAME
 from ..errors import eagain, einval, enoent
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..jobs import Job
     from ..kernel import Kernel
 

@@ -13,7 +13,7 @@ from ..errors import einval, enomem
 from .inference import embed_texts, on_behalf
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 

@@ -11,7 +11,7 @@ from .adapters import load_adapter_model
 from ..adapters import adapter_parts
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 

@@ -18,7 +18,7 @@ from ..errors import einval
 from .inference import caller_served, model_and_adapter
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 MAX_SCORE_TEXTS = SYSCALLS["score"].args["texts"].max_items
@@ -39,7 +39,7 @@ async def sys_score(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     entry, adapter = await model_and_adapter(k, ctx, args["model"], "generate")
     req = k.requests.new(ctx, "score", entry, {"adapter": adapter}, share=share)   # holds its adapter against eviction
     k.requests.running(req)      # beside the batch window, as an embed: one call, not a batch slot
-    k.supervisor.send(req.device, channel.Score(req.rid, req.model, adapter, texts))
+    k.drivers.send(req.device, channel.Score(req.rid, req.model, adapter, texts))
     return await req.future
 
 

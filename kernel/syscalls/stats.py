@@ -20,7 +20,7 @@ from llmos.specs.channel import device_kind
 from ..metrics import LATENCIES
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 
@@ -40,7 +40,7 @@ async def sys_stats(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         "throughput": {"tokens_per_s": round(tokens_per_s, 3)},
         "devices": [device_row(k, name) for name in k.devices.names],
         "models": [{"name": e.name, "device": e.device, "state": e.state} for e in k.models],
-        "processes": [{"pid": p.pid, "name": p.name, "principal": p.principal, "requests": len(p.requests),
+        "processes": [{"pid": p.pid, "name": p.name, "principal": p.principal, "requests": len(k.requests.of(p.pid)),
                        "tokens": p.tokens, "tokens_per_s": round(by_pid.get(p.pid, 0.0), 3)}
                       for p in k.procs if everyone or p.principal == ctx.proc.principal],
         "services": {key: value for key, value in k.services.describe().items() if key in ("state", "restarts")},
@@ -51,7 +51,7 @@ async def sys_stats(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 
 
 def device_row(k: "Kernel", name: str) -> dict:
-    drv = k.supervisor.drivers.get(name)
+    drv = k.drivers.get(name)
     acct = k.devmem.devices.get(name)
     return {"name": name, "kind": device_kind(name), "driver": drv.state if drv else "starting",
             **k.devices.describe(name), "kv_usage": k.metrics.kv_usage.get(name),

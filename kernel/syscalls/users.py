@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from ..errors import einval
 from ..job import FINISHED
 from ..principals import PrincipalError
-from ..quotas import QUOTA_NAMES, share_of
+from ..configschema import QUOTA_NAMES, share_of
 
 if TYPE_CHECKING:
-    from ..dispatch import CallContext
+    from ..process import CallContext
     from ..kernel import Kernel
 
 

@@ -10,7 +10,7 @@ from llmos.kernel import principals as principals_mod
 from llmos.kernel import quotas as quotas_mod
 from llmos.kernel import process as process_mod
 from llmos.kernel.config import Settings
-from llmos.kernel.dispatch import CallContext
+from llmos.kernel.process import CallContext
 from llmos.kernel.errors import SyscallError
 from llmos.kernel.principals import PrincipalError, PrincipalTable
 from llmos.kernel.process import ProcessTable

@@ -140,26 +140,28 @@ def test_a_services_generation_is_charged_to_its_callers_token_rate(table):
     """The service host's infer for an svc_call (share = the caller's pid) spends the caller's tokens, not
     the host's (which has no quota): the caller's generation through a service stops at its rate too."""
     import asyncio
-    from types import SimpleNamespace
 
     from llmos.kernel.devices import Devices
-    from llmos.kernel.dispatch import CallContext
-    from llmos.kernel.process import ProcessTable
+    from llmos.kernel.driverevents import DriverEvents
+    from llmos.kernel.driverport import DriverPort
+    from llmos.kernel.process import CallContext, ProcessTable
     from llmos.kernel.requests import RequestTable
     from llmos.specs.channel import TokenEvent
 
     table.add("alice", None, {"tokens_per_minute": 3}, "tcp://h:1")
-    procs = ProcessTable()
+    procs, quotas, port, ended = ProcessTable(), Quotas(Settings(), table), DriverPort(), []
     caller = procs.register(b"a", "app", frozenset(), "alice", "alice", None)
     host = procs.register(b"s", "llmos-services", frozenset(), "services", "operator", None)
-    k = SimpleNamespace(settings=Settings(), quotas=Quotas(Settings(), table), procs=procs)
-    k.requests, ended = RequestTable(k), []
+    requests = RequestTable(procs, quotas, port, max_per_process=8)
+    devices = Devices(["cpu"], port, requests, procs, max_running_per_process=4)
+    events = DriverEvents(Settings(), devices, requests, models=None, jobs=None, procs=procs, quotas=quotas,
+                          devmem=None, fail_boot=print)
 
     async def generate() -> None:
-        req = k.requests.new(CallContext(None, [b"s"], 1, host, "services"), "infer", None, {}, share=caller.pid,
-                             device="cpu")
-        k.requests.end = lambda r, error=None, result=None: ended.append((r.rid, error))
-        Devices(k, ["cpu"])._on_events("cpu", [TokenEvent(req.rid, "x", tokens=1) for _ in range(3)])
+        req = requests.new(CallContext(None, [b"s"], 1, host, "services"), "infer", None, {}, share=caller.pid,
+                           device="cpu")
+        requests.end = lambda r, error=None, result=None: ended.append((r.rid, error))
+        events._on_events("cpu", [TokenEvent(req.rid, "x", tokens=1) for _ in range(3)])
 
     asyncio.run(generate())
     assert caller.tokens == 3 and len(ended) == 1 and ended[0][1].errno == "EDQUOT" and "alice" in ended[0][1].message

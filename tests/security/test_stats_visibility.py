@@ -86,11 +86,9 @@ def test_another_users_tokens_latency_and_throughput_are_not_shown(generating_us
 
 def test_a_principals_own_figures_are_bounded_and_forgotten_with_its_user():
     """Kept per principal (the user table bounds them) and per syscall and errno (the table bounds those)."""
-    from types import SimpleNamespace
-
     from llmos.kernel.metrics import Metrics
 
-    metrics = Metrics(SimpleNamespace())
+    metrics = Metrics()
     for _ in range(100):
         metrics.reply("ping", "OK", "alice")
         metrics.reply(f"made-up-{_}", "ENOSYS", "alice")
