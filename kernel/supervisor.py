@@ -289,7 +289,8 @@ class Supervisor:
         for t in self._loops:
             t.cancel()
         for drv in self.drivers.values():
-            self.send(drv.device, self.shutdown())
+            if not self.send(drv.device, self.shutdown()) and drv.proc and drv.proc.returncode is None:
+                drv.proc.kill()     # not connected yet (still starting): it holds nothing to put away
         for drv in self.drivers.values():
             if drv.proc and drv.proc.returncode is None:
                 try:
