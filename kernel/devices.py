@@ -134,6 +134,10 @@ class Devices:
         self.requests.running(req)     # beside the window: an embed is one call, not a batch slot
         self.drivers.send(req.device, channel.Embed(req.rid, req.model, texts, normalize))
 
+    def charge(self, req: Request, tokens: int) -> None:
+        """Tokens served to a request count toward the share of the process it is scheduled as."""
+        self.schedulers[req.device].charge(req.share, tokens)
+
     def request_ended(self, req: Request, was: RequestState, error, result) -> None:
         """On the request table's event path: a request that waited here or ran here frees its place,
         and the device takes the next one in."""
@@ -154,6 +158,40 @@ class Devices:
         """A generation whose driver died goes back to the front of its device's queue (request.device:
         the request table has moved it already, if a replica elsewhere takes it)."""
         self.schedulers[req.device].enqueue(req)
+
+    # -- a fine-tune job's turns (kernel/jobs.py): scheduled beside generations, run by the job -----
+
+    def queue_turn(self, turn) -> None:
+        """A job's next training step waits for its fair turn on its device."""
+        self.schedulers[turn.device].enqueue(turn)
+        self.pump(turn.device)
+
+    def may_step(self, turn) -> bool:
+        """A turn given a slot in the window runs now, unless others' generations run there and its job has
+        had more tokens than one of them (the cut-in rule): then the slot is given back (False)."""
+        sched = self.schedulers[turn.device]
+        others = any(r.share != turn.share for r in self.running[turn.device].values())
+        if others and not sched.may_cut_in(turn.share):
+            self.running[turn.device].pop(turn.rid, None)
+            sched.finished(turn)
+            return False
+        return True
+
+    def turn_over(self, turn, tokens: int = 0) -> None:
+        """A turn ended (its step done or failed, or its job gone): its slot, or its place in the queue, is
+        free; a step's tokens count toward its job's share."""
+        sched = self.schedulers[turn.device]
+        if self.running.get(turn.device, {}).pop(turn.rid, None) is not None:
+            sched.finished(turn)
+            sched.charge(turn.share, tokens)
+        else:
+            sched.remove(turn)
+        self.pump(turn.device)
+
+    def forget_turns(self, pid: int) -> None:
+        """A job that ended leaves no share behind on any device."""
+        for sched in self.schedulers.values():
+            sched.forget(pid)
 
     def forget(self, pid: int, why: str) -> None:
         """Requests queued on any device for a process that is gone (a service's, on its behalf)."""

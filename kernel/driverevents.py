@@ -13,6 +13,7 @@ admission code in devices.py needs to know nothing of models or jobs.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from llmos.specs import channel
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from .devices import Devices
     from .devmem import DeviceMemory
     from .jobs import JobTable
+    from .metrics import Metrics
     from .models import ModelTable
     from .process import ProcessTable
     from .quotas import Quotas
@@ -40,7 +42,7 @@ MAX_RESUMES = 3     # a request whose driver died this often under it may be wha
 class DriverEvents:
     def __init__(self, settings: "Settings", devices: "Devices", requests: "RequestTable", models: "ModelTable",
                  jobs: "JobTable", procs: "ProcessTable", quotas: "Quotas", devmem: "DeviceMemory",
-                 fail_boot: Callable[[str], None]):
+                 metrics: "Metrics", fail_boot: Callable[[str], None]):
         self.settings = settings
         self.devices = devices
         self.requests = requests
@@ -49,6 +51,7 @@ class DriverEvents:
         self.procs = procs
         self.quotas = quotas
         self.devmem = devmem
+        self.metrics = metrics
         self.fail_boot = fail_boot
 
     def on_message(self, drv: "DriverHandle", msg: channel.DriverMessage) -> None:
@@ -74,33 +77,31 @@ class DriverEvents:
         self.devices.pump(drv.device)
 
     def _on_step(self, drv: "DriverHandle", msg: channel.Events) -> None:
-        self._on_events(drv.device, msg.events)
+        if msg.kv_usage is not None:
+            self.metrics.kv_said(drv.device, msg.kv_usage)
+        self._on_events(msg.events)
 
     def _on_job(self, drv: "DriverHandle", msg: channel.TrainStepped | channel.TrainDone | channel.TrainFailed) -> None:
         self.jobs.on_driver(drv.device, msg)
 
-    def _on_events(self, device: str, events: list[channel.TokenEvent]) -> None:
+    def _on_events(self, events: list[channel.TokenEvent]) -> None:
         """One message per engine step: every sequence's delta, fanned out to its client."""
         requests = self.requests
-        sched = self.devices.schedulers[device]
+        now = time.monotonic()
         for ev in events:
             req = requests.get(ev.rid)
             if req is None:
                 continue   # cancelled or reaped while the step ran
             over_quota = None
             if ev.tokens:
-                req.completion_tokens += ev.tokens
+                self.metrics.token_event(req, ev.tokens, now)
                 proc = self.procs.get(req.share)
                 if proc is not None:
                     proc.tokens += ev.tokens
                 over_quota = self.quotas.charge_tokens(req.payer, ev.tokens)
-                sched.charge(req.share, ev.tokens)
-            if ev.ids:
-                req.generated += ev.ids
-            if ev.logprobs:
-                req.logprobs += ev.logprobs
+                self.devices.charge(req, ev.tokens)
+            requests.produced(req, ev, now)
             if ev.delta or ev.logprobs:
-                req.text.append(ev.delta)
                 if req.stream:
                     req.stream_part({"delta": ev.delta, **({"logprobs": ev.logprobs} if ev.logprobs else {})})
             elif ev.prefill and req.stream:    # only a request that asked (Submit.progress) gets these
@@ -114,7 +115,7 @@ class DriverEvents:
                 requests.end(req, SyscallError(ev.errno, ev.message or "driver error"))
                 continue
             usage = ev.usage or {"prompt_tokens": 0, "completion_tokens": req.completion_tokens}
-            sched.charge(req.share, usage.get("prompt_tokens", 0))
+            self.devices.charge(req, usage.get("prompt_tokens", 0))
             model = req.payload["adapter"].split("/", 1)[1] if req.payload.get("adapter") else req.model
             result = {"text": "".join(req.text), "finish_reason": ev.finish, "model": model, "usage": usage}
             if req.payload.get("logprobs"):

@@ -163,8 +163,7 @@ class JobTable:
         job.handle, job.reserved = None, 0
         for entry in self.models.replicas(job.record["base"]):
             entry.refs.discard(job.pid)
-        for sched in self.devices.schedulers.values():
-            sched.forget(job.pid)
+        self.devices.forget_turns(job.pid)
 
     async def _run(self, job: Job) -> None:
         r = job.record
@@ -258,19 +257,13 @@ class JobTable:
 
     def _queue_turn(self, job: Job, step: int) -> None:
         job.turn = TrainTurn(-next(self._rids), job.pid, job.device, job.id, step, next(self._seq))
-        self.devices.schedulers[job.device].enqueue(job.turn)
-        self.devices.pump(job.device)
+        self.devices.queue_turn(job.turn)
 
     def admitted(self, turn: TrainTurn) -> None:
         """The turn got a slot in its device's window (kernel/devices.py pump). A slot is not a fair share (the
         job would step between every two engine steps), so while others' generations run there, the turn goes
         only if the job has had no more tokens than any of them (the cut-in rule), else it asks again soon."""
-        devices = self.devices
-        sched = devices.schedulers[turn.device]
-        others = any(r.share != turn.share for r in devices.running[turn.device].values())
-        if others and not sched.may_cut_in(turn.share):
-            devices.running[turn.device].pop(turn.rid, None)
-            sched.finished(turn)
+        if not self.devices.may_step(turn):
             asyncio.get_running_loop().call_later(RETRY_TURN_S, self._ask_again, turn)
             return
         self.drivers.send(turn.device, channel.TrainStep(turn.job, turn.step))
@@ -278,20 +271,13 @@ class JobTable:
     def _ask_again(self, turn: TrainTurn) -> None:
         job = self.jobs.get(turn.job)
         if job is not None and job.turn is turn:      # not ended, cancelled or restarted meanwhile
-            self.devices.schedulers[turn.device].enqueue(turn)
-            self.devices.pump(turn.device)
+            self.devices.queue_turn(turn)
 
     def _drop_turn(self, job: Job, tokens: int = 0) -> None:
         turn, job.turn = job.turn, None
         if turn is None:
             return
-        devices = self.devices
-        if devices.running.get(turn.device, {}).pop(turn.rid, None) is not None:
-            devices.schedulers[turn.device].finished(turn)
-            devices.schedulers[turn.device].charge(turn.share, tokens)
-        else:
-            devices.schedulers[turn.device].remove(turn)
-        devices.pump(turn.device)
+        self.devices.turn_over(turn, tokens)
 
     # -- what drivers say ------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ from .quotas import Quotas
 from .requests import RequestTable
 from .sealing import ValueSeal
 from .services import ServiceManager
-from .supervisor import DriverHandle, Supervisor
+from .supervisor import Supervisor
 from .tasks import TaskSet
 from .transport import Transport
 
@@ -79,7 +79,7 @@ class Kernel:
                              self.procs, self.spawn)           # fine-tune jobs
         self.devices.train_turn = self.jobs.admitted
         self.driver_events = DriverEvents(s, self.devices, self.requests, self.models, self.jobs, self.procs,
-                                          self.quotas, self.devmem, self.fail_boot)
+                                          self.quotas, self.devmem, self.metrics, self.fail_boot)
         self.services = ServiceManager(s, self.requests, self.ctx, self.service_token, self.record)
         self.health = Readiness(s, self.models, self.stopping, self.spawn, self.ctx)
         TableCollector(self.metrics, self.devices, self.devmem, self.models, self.drivers, self.procs,
@@ -121,7 +121,7 @@ class Kernel:
         Path(runtime_dir()).mkdir(parents=True, exist_ok=True, mode=0o700)
         events = self.driver_events
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
-                                     self._driver_said, events.on_down, events.on_up, dtype=s.dtype,
+                                     events.on_message, events.on_down, events.on_up, dtype=s.dtype,
                                      on_failed=events.on_failed)
         self.drivers.attach(self.supervisor)
         await self.supervisor.start(self.devices.names)
@@ -236,11 +236,6 @@ class Kernel:
         self.models.drop_refs(proc)
         self.devices.forget(proc.pid, f"process {proc.pid}, whom it served, was reaped: {why}")
         log.info("process.reaped", pid=proc.pid, name=proc.name, reason=why)
-
-    def _driver_said(self, drv: DriverHandle, msg) -> None:
-        """What a driver says reaches the metrics first: a request's last token ends it."""
-        self.metrics.driver_said(drv.device, msg, self.requests)
-        self.driver_events.on_message(drv, msg)
 
     async def _audit_windows(self) -> None:
         """A window of denials that ends while nothing else is written still gets its summary lines."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from llmos.specs import SYSCALLS, channel
+from llmos.specs import SYSCALLS
 from llmos.specs.protocol import ERRNOS
 
 if TYPE_CHECKING:
@@ -143,27 +143,19 @@ class Metrics:
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(reason).inc()
 
-    def driver_said(self, device: str, msg: channel.DriverMessage, requests) -> None:
-        """A driver message, seen before the kernel acts on it (a last token ends its request)."""
-        if isinstance(msg, channel.Events):
-            if msg.kv_usage is not None:      # the driver's own figure, after the step
-                self.kv_usage[device] = float(msg.kv_usage)
-            now = time.monotonic()
-            for ev in msg.events:
-                req = requests.get(ev.rid)
-                if req is not None and ev.tokens:
-                    self.token_event(req, ev.tokens, now)
+    def kv_said(self, device: str, usage: float) -> None:
+        """The share of its KV cache a device's driver says is in use, after a step (its own figure)."""
+        self.kv_usage[device] = float(usage)
 
     def token_event(self, req: "Request", tokens: int, now: float) -> None:
-        """Tokens of a request, counted for its payer (a service's generation is its caller's)."""
-        if req.first_token_at is None:
-            req.first_token_at = now
+        """Tokens of a request, counted for its payer (a service's generation is its caller's); told by
+        driverevents.py before the request table records them, so the request's times are the last step's."""
+        if req.first_token_at is None:      # read here; the request table writes them (RequestTable.produced)
             self.ttft.labels(req.model).observe(now - req.created)
             self.window.latency("ttft_s", now - req.created, now, req.payer)
         else:
             self.itl.labels(req.model).observe(now - req.last_token_at)
             self.window.latency("itl_s", now - req.last_token_at, now, req.payer)
-        req.last_token_at = now
         self.generation_tokens.labels(req.model).inc(tokens)
         self.tokens[req.payer]["generated"] += tokens
         self.window.tokens(req.share, tokens, now, req.payer)

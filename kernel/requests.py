@@ -180,6 +180,20 @@ class RequestTable:
         """It left its scheduler for its driver."""
         req.state = RequestState.RUNNING
 
+    def produced(self, req: Request, ev: channel.TokenEvent, now: float) -> None:
+        """What its driver made of it in one engine step: tokens and their ids, logprobs, a piece of text."""
+        if ev.tokens:
+            req.completion_tokens += ev.tokens
+            if req.first_token_at is None:
+                req.first_token_at = now
+            req.last_token_at = now
+        if ev.ids:
+            req.generated += ev.ids
+        if ev.logprobs:
+            req.logprobs += ev.logprobs
+        if ev.delta or ev.logprobs:
+            req.text.append(ev.delta)
+
     def requeued(self, req: Request, replica: ModelCopy | None = None) -> None:
         """Its driver died under it: queued again, to resume after what it generated; on `replica`'s
         device (a ready copy of its model elsewhere), or on its own (None) once its driver is back."""

@@ -175,7 +175,7 @@ def test_a_driver_message_goes_to_its_handler_and_an_unexpected_one_is_logged():
 
     progressed = []
     models = SimpleNamespace(load_progress=lambda device, msg: progressed.append((device, msg)))
-    events = DriverEvents(Settings(), None, None, models, None, None, None, None, fail_boot=print)
+    events = DriverEvents(Settings(), None, None, models, None, None, None, None, metrics=None, fail_boot=print)
     drv = DriverHandle("cpu")
     update = channel.LoadProgress("tiny", "tokenizer")
     with capture_logs() as seen:

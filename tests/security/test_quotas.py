@@ -144,6 +144,7 @@ def test_a_services_generation_is_charged_to_its_callers_token_rate(table):
     from llmos.kernel.devices import Devices
     from llmos.kernel.driverevents import DriverEvents
     from llmos.kernel.driverport import DriverPort
+    from llmos.kernel.metrics import Metrics
     from llmos.kernel.process import CallContext, ProcessTable
     from llmos.kernel.requests import RequestTable
     from llmos.specs.channel import TokenEvent
@@ -155,13 +156,13 @@ def test_a_services_generation_is_charged_to_its_callers_token_rate(table):
     requests = RequestTable(procs, quotas, port, max_per_process=8)
     devices = Devices(["cpu"], port, requests, procs, max_running_per_process=4)
     events = DriverEvents(Settings(), devices, requests, models=None, jobs=None, procs=procs, quotas=quotas,
-                          devmem=None, fail_boot=print)
+                          devmem=None, metrics=Metrics(), fail_boot=print)
 
     async def generate() -> None:
         req = requests.new(CallContext(None, [b"s"], 1, host, "services"), "infer", None, {}, share=caller.pid,
                            device="cpu")
         requests.end = lambda r, error=None, result=None: ended.append((r.rid, error))
-        events._on_events("cpu", [TokenEvent(req.rid, "x", tokens=1) for _ in range(3)])
+        events._on_events([TokenEvent(req.rid, "x", tokens=1) for _ in range(3)])
 
     asyncio.run(generate())
     assert caller.tokens == 3 and len(ended) == 1 and ended[0][1].errno == "EDQUOT" and "alice" in ended[0][1].message
