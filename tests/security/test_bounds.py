@@ -11,6 +11,7 @@ import select
 import socket
 import struct
 import threading
+import time
 
 import msgpack
 import psutil
@@ -24,6 +25,7 @@ from llmos.kernel.peers import Peers
 from llmos.kernel.transport import Transport
 from llmos.specs.protocol import (INBOUND_HELD_PER_CONNECTION, INBOUND_HELD_PER_PRINCIPAL, MAX_FRAME_BYTES,
                                   RECV_HELD_PER_CONNECTION, UNREAD_BYTES_PER_PRINCIPAL)
+from llmos.userland.errors import ERRORS
 from llmos.userland.testing import KernelProcess, curve_dealer, wait_until
 
 MiB = 1 << 20
@@ -356,8 +358,21 @@ def test_a_curve_client_that_sends_more_than_the_inbound_bound_in_whole_requests
     payload = b"p" * (8 * MiB)
     with tcp_kernel.client("uploader", key=key_file) as c:
         for _ in range(4 * INBOUND_HELD_PER_CONNECTION // len(payload)):   # four times what a cut would allow
-            assert c.ping(payload)["payload"] == payload
+            assert ping_as_told(c, payload)["payload"] == payload
         assert c.pid in [p["pid"] for p in c.ps()]      # still its process: the connection was never cut
+
+
+def ping_as_told(c, payload: bytes, tries: int = 20) -> dict:
+    """ping, retried as an EAGAIN says (after retry_after): the previous 8 MiB reply counts as unread until
+    the kernel's socket has nothing left to send it, and on a busy machine the last bytes of it (or a
+    heartbeat) may still be unacknowledged when the next ping arrives. That is the bound's contract, not a
+    cut: the connection must stay, and every ping be answered."""
+    for _ in range(tries - 1):
+        try:
+            return c.ping(payload)
+        except ERRORS["EAGAIN"] as exc:
+            time.sleep(exc.retry_after or 0.5)
+    return c.ping(payload)
 
 
 def test_many_connections_of_one_principal_hold_no_more_than_its_inbound_share():
