@@ -116,11 +116,19 @@ class RequestTable:
 
     def held(self, proc: "Process") -> int:
         """The requests in flight that count against a process: its own, and those made for it."""
-        return len(self._by_process.get(proc.pid, ())) - self._for_others[proc.pid] + self._served[proc.pid]
+        return self.in_flight(proc.pid) - self._for_others[proc.pid] + self._served[proc.pid]
 
     def of(self, pid: int) -> dict[int, Request]:
         """A process's requests in flight, by the id of the client's frame (a copy)."""
         return dict(self._by_process.get(pid, {}))
+
+    def in_flight(self, pid: int) -> int:
+        """How many requests are in a process's table (its own, and those it makes for others)."""
+        return len(self._by_process.get(pid, ()))
+
+    def by_client(self, pid: int, client_id: int) -> Request | None:
+        """The process's request in flight that its frame `client_id` made, if any."""
+        return self._by_process.get(pid, {}).get(client_id)
 
     def get(self, rid: int) -> Request | None:
         return self._by_rid.get(rid)

@@ -7,7 +7,6 @@ Built here from real tables (processes, quotas, a driver port with no supervisor
 
 from __future__ import annotations
 
-import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -50,6 +49,7 @@ async def test_a_copy_is_in_use_while_requests_hold_it_and_idle_after(world):
     a = world.table.new(world.ctx(1), "infer", entry, {})
     b = world.table.new(world.ctx(2), "infer", entry, {})
     assert entry.in_use == 2 and not entry.idle
+    assert world.table.in_flight(world.proc.pid) == 2 and world.table.by_client(world.proc.pid, 2) is b
     world.table.end(a, result={"text": ""})
     world.table.end(b, SyscallError("ECANCELED", "stop"))
     assert entry.in_use == 0 and entry.idle and a.holds is RELEASED and b.holds is RELEASED
@@ -85,7 +85,6 @@ async def test_the_index_by_process_is_bounded_by_what_is_in_flight(world):
     for req in held:
         world.table.end(req, SyscallError("ECANCELED", "stop"))
     assert world.table._by_process == {} and entry.in_use == 0
-    await asyncio.sleep(0)
 
 
 async def test_a_second_release_is_an_error_not_a_count_kept_from_going_negative():

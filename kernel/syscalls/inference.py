@@ -204,7 +204,7 @@ async def embed_texts(k: "Kernel", ctx: "CallContext", texts: list[str], model: 
 
 
 def sys_cancel(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
-    req = k.requests.of(ctx.proc.pid).get(args["id"])
+    req = k.requests.by_client(ctx.proc.pid, args["id"])
     if req is None:
         raise enoent(f"no request with id {args['id']} is in flight for process {ctx.proc.pid}")
     k.requests.end(req, SyscallError("ECANCELED", f"cancelled by the caller (request {args['id']})"))

@@ -72,7 +72,7 @@ def sys_ping(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
 def sys_ps(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
     """Every process to an admin; to anyone else, its own principal's and the kernel's service host."""
     everyone = "admin" in ctx.proc.caps
-    return {"processes": [p.describe(len(k.requests.of(p.pid))) for p in k.procs
+    return {"processes": [p.describe(k.requests.in_flight(p.pid)) for p in k.procs
                           if everyone or p.principal in (ctx.proc.principal, SERVICES)]}
 
 

@@ -40,7 +40,7 @@ async def sys_stats(k: "Kernel", ctx: "CallContext", args: dict) -> dict:
         "throughput": {"tokens_per_s": round(tokens_per_s, 3)},
         "devices": [device_row(k, name) for name in k.devices.names],
         "models": [{"name": e.name, "device": e.device, "state": e.state} for e in k.models],
-        "processes": [{"pid": p.pid, "name": p.name, "principal": p.principal, "requests": len(k.requests.of(p.pid)),
+        "processes": [{"pid": p.pid, "name": p.name, "principal": p.principal, "requests": k.requests.in_flight(p.pid),
                        "tokens": p.tokens, "tokens_per_s": round(by_pid.get(p.pid, 0.0), 3)}
                       for p in k.procs if everyone or p.principal == ctx.proc.principal],
         "services": {key: value for key, value in k.services.describe().items() if key in ("state", "restarts")},
