@@ -171,6 +171,10 @@ class Supervisor:
         except ChildGone as exc:
             await self._give_up(drv, str(exc))
             return
+        if self._closing:     # close() ran while the child was being made: it found nothing to stop
+            drv.proc.kill()
+            await drv.proc.wait()
+            return
         log.info(f"{self.role}.spawned", device=drv.device, os_pid=drv.proc.pid)
         self._tasks.spawn(self._wait_exit(drv, drv.proc), f"{self.role}-exit-{drv.device}")
 

@@ -109,6 +109,40 @@ async def test_a_driver_that_keeps_dying_goes_down_and_says_why(tmp_path, monkey
         ctx.term()
 
 
+class HeldLauncher:
+    """Starts a real child only when told: a spawn still under way when the supervisor closes."""
+    node = "here"
+
+    def __init__(self):
+        self.go = asyncio.Event()
+        self.child = None
+
+    async def launch(self, drv):
+        await self.go.wait()
+        self.child = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(60)")
+        return self.child
+
+
+async def test_a_child_whose_start_was_under_way_at_close_is_killed_not_left_behind(tmp_path):
+    ctx = zmq.asyncio.Context()
+    sup = Supervisor(ctx, f"ipc://{tmp_path}/drivers.sock", lambda drv, msg: None,
+                     lambda drv, why: asyncio.sleep(0), lambda drv: asyncio.sleep(0))
+    launcher = HeldLauncher()
+    try:
+        await sup.start([])
+        adding = asyncio.create_task(sup.add("cpu:9", launcher))
+        await asyncio.sleep(0.05)       # the spawn waits on the launcher: close finds no child yet
+        await sup.close()
+        launcher.go.set()
+        await asyncio.wait_for(adding, BOOT_TIMEOUT_S)
+        assert launcher.child.returncode is not None     # killed and reaped, not serving nobody
+    finally:
+        if launcher.child and launcher.child.returncode is None:
+            launcher.child.kill()
+            await launcher.child.wait()
+        ctx.term()
+
+
 async def test_a_load_waiting_on_a_driver_that_goes_down_fails_at_once_naming_the_device():
     drv = DriverHandle("cuda:0")
     port = DriverPort()
