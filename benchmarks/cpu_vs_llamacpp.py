@@ -252,15 +252,18 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
 
 
 @contextlib.contextmanager
-def kernels(model: str, dtype: str, pinned: int | None, crowd_from: str | None):
-    """The kernel as configured (the driver's thread policy on, the crowd measured at load), and one more
-    for each of --llmos-threads (its driver pinned to that many threads) and --llmos-crowd-from (its
-    crowd pinned): each setting reaches the kernel and its driver through the environment."""
+def kernels(model: str, dtype: str, pinned: int | None, crowd_from: str | None, weights: str | None = None):
+    """The kernel as configured (the driver's thread policy on, the crowd and llama.cpp's weights measured
+    at load), and one more for each of --llmos-threads (its driver pinned to that many threads),
+    --llmos-crowd-from (its crowd pinned) and --llmos-weights (llama.cpp's weights pinned): each setting
+    reaches the kernel and its driver through the environment."""
     variants = {"llmos": {"LLMOS_CPU_THREADS": "auto"}}
     if pinned:
         variants[f"llmos {pinned} thr pinned"] = {"LLMOS_CPU_THREADS": str(pinned)}
     if crowd_from:
         variants[f"llmos crowd {crowd_from}"] = {"LLMOS_CPU_THREADS": "auto", "LLMOS_CPU_CROWD_FROM": crowd_from}
+    if weights:
+        variants[f"llmos {weights} weights"] = {"LLMOS_CPU_THREADS": "auto", "LLMOS_LLAMACPP_WEIGHTS": weights}
     with contextlib.ExitStack() as stack:
         out = {}
         for side, env in variants.items():
@@ -287,6 +290,9 @@ def main() -> None:
     p.add_argument("--llmos-crowd-from", default=None, help="also boot a kernel whose CPU engine pair moves a "
                    "model to torch from this many requests (LLMOS_CPU_CROWD_FROM: N or never; 9 was the constant "
                    "before it was measured), to compare with the measured crossover")
+    p.add_argument("--llmos-weights", choices=["file", "q8_0"], default=None, help="also boot a kernel whose "
+                   "llama.cpp runs on these weights (LLMOS_LLAMACPP_WEIGHTS; file: the GGUF's own, as before a "
+                   "Q8_0 copy could be measured), to compare with the measured choice")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     p.add_argument("--settle", type=float, default=2 * PERIOD_S + 0.5, help="seconds of quiet before each turn "
                    f"(default {2 * PERIOD_S + 0.5:g}: llmos's thread policy decides every {PERIOD_S:g} s from the "
@@ -300,7 +306,7 @@ def main() -> None:
     text = chat_text(model)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
     llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
-    with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from) as ks:
+    with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights) as ks:
         for k in ks.values():                 # warm every side up
             llmos_one(k, model, text, 4)
         for llama in llamas.values():

@@ -33,14 +33,19 @@ import os
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .engine import Engine
+from .llamacpp_weights import file_type, q8_0_copy, wanted_weights, wants_copy
 from .sequence import GenRequest
 
 PROBE_SIZES = (1, 12)       # batch sizes each engine's decode step is timed at when the pair is made
 PROBE_STEPS = 3             # decode steps timed at each size (their median counts)
+WEIGHT_PROBE_STEPS = 9      # ... when two llama.cpp weights are compared: closer numbers, a finer median
 PROBE_PROMPT = 16           # tokens of each probe sequence's prompt
 PROBE_RID = 1 << 62         # probe sequences' ids: far from any the kernel gives
+SINGLE_MARGIN = 0.85        # a Q8_0 copy must keep this share of the file's lone-stream speed (step times on a
+                            # shared VM wander 10-15%; a stream bound by reading the weights loses 40%)
 MARGIN = 1.15               # torch must promise this many times llama.cpp's tok/s: a move recomputes every request
 RETURN_SHARE = 0.6          # back to llama.cpp at or under this share of torch_from
 CROWD_ENV = "LLMOS_CPU_CROWD_FROM"   # the operator's pin: "measure" (default), "never", or a load N >= 2
@@ -72,6 +77,10 @@ class StepTime:
         (n0, t0), (n1, t1) = points[0], points[-1]
         per_seq = max(0.0, (t1 - t0) / (n1 - n0))
         return cls(max(0.0, t0 - per_seq * n0), per_seq)
+
+
+def describe_steps(steps: dict[str, StepTime]) -> str:
+    return ", ".join(f"{name} {1000 * s.fixed:.1f} ms + {1000 * s.per_seq:.1f} ms a sequence" for name, s in steps.items())
 
 
 def crossover(fast: StepTime, crowd: StepTime, max_seqs: int, margin: float = MARGIN) -> int | None:
@@ -106,6 +115,33 @@ def probe(engine: Engine, sizes=PROBE_SIZES, steps: int = PROBE_STEPS) -> StepTi
     return StepTime.through(points)
 
 
+def pick_weights(steps: dict[str, StepTime], at: int = PROBE_SIZES[-1], margin: float = SINGLE_MARGIN) -> str:
+    """The weights llama.cpp keeps (llamacpp_weights.py): of those whose lone stream makes at least
+    `margin` of the fastest lone stream's tokens a second, the one that makes the most at `at`
+    sequences. A crowd's speed is never bought with a lone user's."""
+    best_alone = max(step.tok_s(1) for step in steps.values())
+    fair = [name for name, step in steps.items() if step.tok_s(1) >= margin * best_alone]
+    return max(fair, key=lambda name: steps[name].tok_s(at))
+
+
+def llamacpp_engine(make: Callable[[str], Engine], gguf_path: str) -> tuple[Engine, str, dict[str, StepTime]]:
+    """The llama.cpp engine over the file's weights or over their Q8_0 copy (llamacpp_weights.py), as the
+    operator pinned or as measured here: (the engine, "file" or "q8_0", the step times measured).
+    make(path) builds an engine on llama.cpp over that file; the engine not kept is closed at once."""
+    pinned = wanted_weights()
+    engine = make(gguf_path)
+    if pinned == "file" or (pinned == "measure" and not wants_copy(file_type(engine.runner.model, engine.runner.low))):
+        return engine, "file", {}
+    copy = make(str(q8_0_copy(gguf_path)))
+    engines = {"file": engine, "q8_0": copy}
+    steps = {name: probe(e, steps=WEIGHT_PROBE_STEPS) for name, e in engines.items()} if pinned == "measure" else {}
+    kept = pick_weights(steps) if steps else pinned
+    for name, e in engines.items():
+        if name != kept:
+            e.runner.close()
+    return engines[kept], kept, steps
+
+
 class EnginePair:
     def __init__(self, fast: Engine, crowd: Engine, torch_from: int | None):
         self.fast = fast        # llama.cpp
@@ -117,23 +153,23 @@ class EnginePair:
         self.steps: dict[str, StepTime] = {}  # what for_this_machine() measured, for the log and the benchmarks
 
     @classmethod
-    def for_this_machine(cls, fast: Engine, crowd: Engine, max_seqs: int) -> "EnginePair":
-        """The pair with its crossover pinned by the operator (CROWD_ENV), else measured here, now."""
+    def for_this_machine(cls, fast: Engine, crowd: Engine, max_seqs: int,
+                         fast_step: StepTime | None = None) -> "EnginePair":
+        """The pair with its crossover pinned by the operator (CROWD_ENV), else measured here, now
+        (fast_step: the llama.cpp engine's step, if llamacpp_engine measured it already)."""
         wanted = wanted_crowd_from()
         if wanted != "measure":
             return cls(fast, crowd, wanted)
-        steps = {"llama.cpp": probe(fast), "torch": probe(crowd)}
+        steps = {"llama.cpp": fast_step or probe(fast), "torch": probe(crowd)}
         pair = cls(fast, crowd, crossover(steps["llama.cpp"], steps["torch"], max_seqs))
         pair.steps = steps
         return pair
 
     def describe(self) -> str:
         """One line on the crossover and the step times it came from."""
-        lines = ", ".join(f"{name} {1000 * s.fixed:.1f} ms + {1000 * s.per_seq:.1f} ms a sequence"
-                          for name, s in self.steps.items())
         where = (f"torch from {self.torch_from} requests, back at {self.llamacpp_up_to}" if self.torch_from
                  else "llama.cpp at every load (torch serves adapters only)")
-        return f"{where}; decode step {lines}" if lines else f"{where} ({CROWD_ENV})"
+        return f"{where}; decode step {describe_steps(self.steps)}" if self.steps else f"{where} ({CROWD_ENV})"
 
     @property
     def load(self) -> int:

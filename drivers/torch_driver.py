@@ -7,9 +7,10 @@ checks here, and every failure it reports carries its errno.
 
 On a CPU, a model that comes as a GGUF file gets two engines where llama-cpp-python is installed
 (LLMOS_CPU_BACKEND=torch turns that off): one on llama.cpp (llamacpp_runner.py: the file's 4-bit
-weights, about 4x faster than the dequantized bf16 for one stream) and one on torch (faster for a
-crowd, and the one that serves LoRA adapters and `score`), each with half of the KV budget; the
-model's requests run on one or the other as their number says (engine_pair.py).
+weights, about 4x faster than the dequantized bf16 for one stream, or a Q8_0 copy of them where that
+batches better: llamacpp_weights.py) and one on torch (faster for a crowd on some CPUs, and the one
+that serves LoRA adapters and `score`), each with half of the KV budget; the model's requests run on
+one or the other as their number says (engine_pair.py).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from llmos.specs.modelspec import ModelSpec
 
 from .cpu_threads import ThreadPolicy
 from .interface import Driver, Reply
-from .engine_pair import EnginePair
+from .engine_pair import EnginePair, describe_steps, llamacpp_engine
 from .llamacpp_runner import use_llamacpp
 from .slices import run_to_end
 
@@ -109,10 +110,12 @@ class TorchDriver(Driver):
             sizes = ENGINE_SIZES[self.kind]
             if use_llamacpp(gguf, self.kind):      # llama.cpp for a few requests, torch for a crowd (engine_pair.py)
                 beside = kv_bytes // PAIR_KV_SHARE
-                engines = [Engine(lm, kv_budget_bytes=kv_bytes - beside, gguf_path=gguf, **sizes),
-                           Engine(lm, kv_budget_bytes=beside, **sizes)]
-                pair = EnginePair.for_this_machine(*engines, sizes["max_seqs"])     # about a second: see engine_pair.py
-                print(f"driver: {msg.model}: {pair.describe()}", file=sys.stderr)
+                fast, weights, steps = llamacpp_engine(     # the file's weights, or a Q8_0 copy: llamacpp_weights.py
+                    lambda path: Engine(lm, kv_budget_bytes=kv_bytes - beside, gguf_path=path, **sizes), gguf)
+                engines = [fast, Engine(lm, kv_budget_bytes=beside, **sizes)]
+                pair = EnginePair.for_this_machine(*engines, sizes["max_seqs"], steps.get(weights))   # about a second
+                print(f"driver: {msg.model}: llama.cpp on the {weights} weights"
+                      f"{' (' + describe_steps(steps) + ')' if steps else ''}; {pair.describe()}", file=sys.stderr)
                 self.pairs[msg.model] = pair
             else:
                 engines = [Engine(lm, kv_budget_bytes=kv_bytes, **sizes)]

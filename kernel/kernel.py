@@ -19,6 +19,7 @@ from pathlib import Path
 
 import zmq.asyncio
 
+from llmos.specs.modelspec import CACHE_DIR_ENV
 from llmos.specs.protocol import ABI_VERSION, NOTICE_ID, pack, runtime_dir
 
 from . import logs
@@ -122,7 +123,7 @@ class Kernel:
         events = self.driver_events
         self.supervisor = Supervisor(self.ctx, f"ipc://{runtime_dir()}/drivers-{os.getpid()}.sock",
                                      events.on_message, events.on_down, events.on_up, dtype=s.dtype,
-                                     on_failed=events.on_failed)
+                                     on_failed=events.on_failed, child_env={CACHE_DIR_ENV: str(s.state_dir / "cache")})
         self.drivers.attach(self.supervisor)
         await self.supervisor.start(self.devices.names)
         if driver_keys:

@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_EMBED_MODEL = "minilm-l6-v2"
 SERVICES_EMBED_ENV = "LLMOS_SERVICES_EMBED_MODEL"   # the operator's choice of the services' embedding model
+CACHE_DIR_ENV = "LLMOS_CACHE_DIR"   # where a driver keeps weights it derives (a Q8_0 copy of a GGUF); the kernel
+                                    # sets it to STATE_DIR/cache for its own drivers
 
 QUANTS = ("int8",)   # load_model's quant besides "none"; a config's [models.NAME] quant
 QUANT_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")   # every weight matrix an nn.Linear or the embedding

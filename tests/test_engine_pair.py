@@ -3,11 +3,15 @@ on the machine (drivers/engine_pair.py), on two machines' real figures (benchmar
 
 import pytest
 
-from llmos.drivers.engine_pair import EnginePair, StepTime, crossover, probe
+from llmos.drivers.engine_pair import EnginePair, StepTime, crossover, pick_weights, probe
 
 # Decode step times measured in-process on SmolLM2-135M, in seconds: (fixed, per sequence)
 AMX_LLAMACPP, AMX_TORCH_BF16 = StepTime(0.0066, 0.0055), StepTime(0.0470, 0.0007)
 AVX2_LLAMACPP, AVX2_TORCH_FP32 = StepTime(0.0040, 0.0104), StepTime(0.0650, 0.0075)
+# llama.cpp's step at 1 and 12 sequences on a 2-core AVX2 EPYC, the file's Q4_1 weights and a Q8_0 copy
+# (benchmarks/llamacpp_weights.py): the copy batches in blocks, the file does not
+AVX2_Q4_1 = StepTime.through([(1, 0.0086), (12, 0.0571)])
+AVX2_Q8_0 = StepTime.through([(1, 0.0080), (12, 0.0384)])
 
 
 def test_on_an_amx_cpu_torch_takes_a_crowd_of_about_nine():
@@ -88,3 +92,14 @@ def test_the_operator_may_pin_the_crowd_or_turn_it_off(monkeypatch):
         monkeypatch.setenv("LLMOS_CPU_CROWD_FROM", bad)
         with pytest.raises(ValueError, match="LLMOS_CPU_CROWD_FROM"):
             EnginePair.for_this_machine(fast, crowd, 64)
+
+
+def test_a_copy_as_fast_for_one_stream_and_faster_for_a_crowd_is_kept():
+    assert pick_weights({"file": AVX2_Q4_1, "q8_0": AVX2_Q8_0}) == "q8_0"
+    slow_alone = StepTime.through([(1, 0.0086 / 0.8), (12, 0.0384)])      # a fifth slower alone, as fast crowded
+    assert pick_weights({"file": AVX2_Q4_1, "q8_0": slow_alone}) == "file"   # a crowd's speed is not bought with a lone user's
+    within = StepTime.through([(1, 0.0086 / 0.9), (12, 0.0384)])
+    assert pick_weights({"file": AVX2_Q4_1, "q8_0": within}) == "q8_0"      # 10% is within a shared machine's noise
+    no_better = StepTime.through([(1, 0.0086), (12, 0.0600)])        # as fast alone, slower crowded
+    assert pick_weights({"file": AVX2_Q4_1, "q8_0": no_better}) == "file"
+    assert pick_weights({"file": AVX2_Q4_1}) == "file"

@@ -10,6 +10,7 @@ driver choosing the backend, and a kernel serving chat through it.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import jsonschema
@@ -242,3 +243,84 @@ def test_a_crowd_moves_the_model_to_torch_and_the_next_lone_request_back_to_llam
     finish()
     assert set(regimes[-len(out):]) == {"llama.cpp"} and pair.moves == 2 and out[200]["finish"] in ("stop", "length")
     driver.unload(MODEL)
+
+
+@pytest.fixture
+def copies(tmp_path, monkeypatch):
+    """Derived weights go to this test's own cache directory, not the user's."""
+    monkeypatch.setenv("LLMOS_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "gguf"
+
+
+def test_a_q8_0_copy_is_made_once_kept_and_remade_when_its_source_changes(gguf, copies, tmp_path, monkeypatch):
+    from llmos.drivers import llamacpp_weights
+
+    first = llamacpp_weights.q8_0_copy(gguf)
+    assert first.parent == copies and first.name.endswith(".q8_0.gguf") and first.stat().st_size > 0
+    made = first.stat().st_ino
+    assert llamacpp_weights.q8_0_copy(gguf) == first and first.stat().st_ino == made     # reused, not remade
+    source = tmp_path / "model.gguf"
+    source.write_bytes(open(gguf, "rb").read())
+    monkeypatch.setattr(llamacpp_weights, "MAX_COPIES", 2)
+    made = []
+    for mtime in (1_000_000_000, 1_000_000_100, 1_000_000_200):     # the source changed three times
+        os.utime(source, (mtime, mtime))
+        made.append(llamacpp_weights.q8_0_copy(str(source)))
+    assert len(set(made)) == 3                                       # each version its own copy
+    assert sorted(copies.glob("*.q8_0.gguf")) == sorted(made[1:])    # at most MAX_COPIES: the oldest went
+    assert not list(copies.glob("*.partial"))
+
+
+TEXT = ("The lighthouse keeper climbed the spiral stairs every evening at dusk, carrying a can of oil and a rag. "
+        "To make a good loaf of bread you need only flour, water, salt and time. Honeybees tell each other where "
+        "flowers are through a dance, and a colony can send its foragers elsewhere within minutes. The committee "
+        "met on Tuesday to discuss the budget for the new library wing, and after a long debate about shelving and "
+        "lighting it agreed to wait for a revised plan. When the train pulled into the station it was nearly "
+        "midnight, and the platform was empty except for a man selling roasted chestnuts from a cart. Glaciers "
+        "move more slowly than almost anything we can see, yet they carve valleys and carry boulders across "
+        "whole countries, leaving lakes behind when they retreat.")
+
+
+def perplexity(r: LlamaCppRunner, ids: list[int]) -> float:
+    """Teacher-forced, one token a call: exp of the mean negative log-likelihood of ids[1:]."""
+    nll = 0.0
+    for i in range(len(ids) - 1):
+        logits = r.forward([Chunk(7, [ids[i]], i, [], True)])[0]
+        nll -= float(logits.double().log_softmax(-1)[ids[i + 1]])
+    r.release(7)
+    return math.exp(nll / (len(ids) - 1))
+
+
+def test_the_q8_0_copy_models_text_as_well_as_the_file(lm, gguf, copies):
+    """Q8_0 of 4-bit blocks: each 8-bit step is about a sixteenth of the 4-bit one. Greedy answers may
+    take another word where two are near (as they do when a batch changes), but the copy models text as
+    the file does (benchmarks/llamacpp_weights.py gives the figures over a longer text)."""
+    from llmos.drivers import llamacpp_weights
+
+    ids = lm.tokenizer(TEXT).input_ids
+    file_ppl = perplexity(runner(gguf, kept_tokens=0), ids)
+    copy_ppl = perplexity(runner(str(llamacpp_weights.q8_0_copy(gguf)), kept_tokens=0), ids)
+    assert 1 < file_ppl < 1000 and len(ids) > 120
+    assert abs(copy_ppl / file_ppl - 1) < 0.03, (file_ppl, copy_ppl)     # +1.6% here, on 156 tokens
+
+
+@pytest.mark.parametrize("pinned", ["file", "q8_0", "measure"])
+def test_llama_cpp_runs_on_the_weights_the_operator_pinned_or_the_faster_measured(lm, gguf, copies, monkeypatch, pinned):
+    from llmos.drivers.engine_pair import llamacpp_engine, pick_weights
+
+    monkeypatch.setenv("LLMOS_LLAMACPP_WEIGHTS", pinned)
+    built = []
+
+    def make(path):
+        built.append(path)
+        return Engine(lm, 16 << 20, max_batch_tokens=256, gguf_path=path)
+
+    engine, weights, steps = llamacpp_engine(make, gguf)
+    if pinned == "file":
+        assert weights == "file" and built == [gguf] and not steps and not copies.exists()
+    else:
+        assert built[0] == gguf and built[1].endswith(".q8_0.gguf") and len(built) == 2
+        assert set(steps) == ({"file", "q8_0"} if pinned == "measure" else set())
+        assert weights == (pick_weights(steps) if pinned == "measure" else "q8_0")
+    assert engine.runner.ctx is not None and engine.load == 0
+    assert run(engine, [greedy(1, chat_ids(lm, "Name three colours."), 8)])[1]["finish"] == "length"
