@@ -16,7 +16,11 @@ KV cache). The engine's block allocator still decides who runs and who is preemp
 sequence gets one of llama.cpp's `max_seqs` sequence slots while it runs.
 
 When a sequence ends (or is preempted), its slot keeps its tokens' keys and values, up to
-`kept_tokens` over all idle slots (the oldest go first). A new sequence takes the idle slot whose
+`kept_tokens` over all idle slots (the oldest go first), and while sequences run, up to a quarter of
+the tokens they hold (KEPT_FLOOR at least): llama.cpp's attention spans every occupied cell of the
+unified cache, masked, so a kept token costs every step of every running sequence. Measured on a
+2-core AVX2 EPYC, 6,553 kept tokens took a 16-sequence step from 53 to 88 ms and a lone one from 8.5
+to 12.7 (benchmarks/README.md); a quarter of the running tokens costs a few percent. A new sequence takes the idle slot whose
 tokens begin as its own do for longest, and computes only the rest: a chat's next turn, a support
 bot's system prompt and a preempted request's recompute start where the earlier pass left off, as
 llama.cpp's own server reuses a slot. The keys and values are the ones it would have computed, so
@@ -44,6 +48,8 @@ from .slices import Slices, run_to_end
 BACKEND_ENV = "LLMOS_CPU_BACKEND"
 BACKENDS = ("auto", "torch", "llamacpp")
 HEADROOM_TOKENS = 256     # cells beyond the engine's budget: a batch's slot search never comes up short
+KEPT_FLOOR = 512          # idle slots may keep this many tokens however few run ...
+KEPT_RUNNING_SHARE = 4    # ... else a quarter of the tokens the running sequences hold
 
 
 class LlamaCppUnavailable(RuntimeError):
@@ -188,9 +194,18 @@ class LlamaCppRunner:
         if slot is None:
             return
         self.idle[slot.id] = slot
-        kept = sum(len(s.tokens) for s in self.idle.values())
+        self._trim_idle()
+
+    def kept_limit(self) -> int:
+        """How many tokens idle slots may keep now (see the module's docstring)."""
+        running = sum(len(s.tokens) for s in self.active.values())
+        return min(self.kept_tokens, max(KEPT_FLOOR, running // KEPT_RUNNING_SHARE))
+
+    def _trim_idle(self) -> None:
+        """Clear the idle slots idle longest until they keep no more than kept_limit() tokens."""
+        kept, limit = sum(len(s.tokens) for s in self.idle.values()), self.kept_limit()
         for old in list(self.idle.values()):
-            if kept <= self.kept_tokens:
+            if kept <= limit:
                 break
             kept -= len(old.tokens)
             self._clear(old, 0)

@@ -99,6 +99,23 @@ def test_idle_slots_keep_no_more_tokens_than_their_bound(gguf):
     assert len(r.idle) == 8 and not r.active
 
 
+def test_idle_slots_keep_at_most_a_quarter_of_what_runs_beyond_the_floor(gguf):
+    """A kept token costs every running sequence's step (llama.cpp's attention spans the whole cache)."""
+    from llmos.drivers.llamacpp_runner import KEPT_FLOOR
+
+    r = LlamaCppRunner(gguf, n_tokens=8192, max_seqs=16, n_batch=256, kept_tokens=4096)
+    for seq in range(12):
+        last_logits(r, seq, [3000 + seq] + PROMPT)       # 101 tokens each
+    for seq in range(8):                                 # 4 run on, 404 tokens: the floor rules
+        r.release(seq)
+        assert sum(len(s.tokens) for s in r.idle.values()) <= max(KEPT_FLOOR, sum(len(s.tokens) for s in r.active.values()) // 4)
+    assert 0 < sum(len(s.tokens) for s in r.idle.values()) <= KEPT_FLOOR
+    for seq in range(8, 12):                             # nothing runs: the floor still keeps the newest
+        r.release(seq)
+    assert sum(len(s.tokens) for s in r.idle.values()) == 5 * 101 <= KEPT_FLOOR
+    r.close()
+
+
 def test_a_sequence_recomputed_from_an_earlier_position_forgets_what_followed(gguf):
     r = runner(gguf, kept_tokens=0)
     a = last_logits(r, 1, PROMPT, cut=60)
