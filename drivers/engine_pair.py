@@ -130,15 +130,18 @@ def llamacpp_engine(make: Callable[[str], Engine], gguf_path: str) -> tuple[Engi
     make(path) builds an engine on llama.cpp over that file; the engine not kept is closed at once."""
     pinned = wanted_weights()
     engine = make(gguf_path)
-    if pinned == "file" or (pinned == "measure" and not wants_copy(file_type(engine.runner.model, engine.runner.low))):
+    if pinned == "file" or (pinned == "measure" and not wants_copy(file_type(engine.runner.model, engine.runner.low),
+                                                                   os.path.getsize(gguf_path))):
         return engine, "file", {}
-    copy = make(str(q8_0_copy(gguf_path)))
-    engines = {"file": engine, "q8_0": copy}
+    copy_path = q8_0_copy(gguf_path)
+    engines = {"file": engine, "q8_0": make(str(copy_path))}
     steps = {name: probe(e, steps=WEIGHT_PROBE_STEPS) for name, e in engines.items()} if pinned == "measure" else {}
     kept = pick_weights(steps) if steps else pinned
     for name, e in engines.items():
         if name != kept:
             e.runner.close()
+    if kept == "file":
+        copy_path.unlink(missing_ok=True)     # measured slower: no disk kept for it (remade in a second if asked)
     return engines[kept], kept, steps
 
 

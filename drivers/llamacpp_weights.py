@@ -7,7 +7,7 @@ sequence, so a batch costs nearly what the same sequences would one after anothe
 2-core AVX2 EPYC in one process (benchmarks/llamacpp_weights.py), SmolLM2-135M's own Q4_1 file makes
 116 tok/s for one sequence and 215 for sixteen; a Q8_0 copy of the same weights makes 124 and 302.
 
-So for a file of another type the driver makes a Q8_0 copy once (llama.cpp's own quantizer, about a
+So for a file of another type (up to COPY_MAX_BYTES) the driver makes a Q8_0 copy once (llama.cpp's own quantizer, about a
 second for this model; kept in the cache directory for the next load) and times a decode step of
 each at one and at many sequences (engine_pair.pick_weights): the copy is kept where it is as fast
 for one sequence and faster for many, which is where a small model's step is compute-bound. A large
@@ -31,6 +31,7 @@ from llmos.specs.modelspec import CACHE_DIR_ENV
 WEIGHTS_ENV = "LLMOS_LLAMACPP_WEIGHTS"
 WEIGHTS = ("measure", "file", "q8_0")
 MAX_COPIES = 8          # copies kept in the cache directory; the least recently used go first
+COPY_MAX_BYTES = 2 << 30  # files above this are measured as they are, unless the operator pins q8_0
 PARTIAL_MAX_AGE_S = 3600  # a partial copy this old was left by a driver that died making it
 Q8_0 = 7                # llama_ftype LLAMA_FTYPE_MOSTLY_Q8_0
 # file types (general.file_type) that llama.cpp multiplies in blocks already: a copy would gain nothing
@@ -63,9 +64,11 @@ def file_type(model, low) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def wants_copy(ftype: int | None) -> bool:
-    """Whether a Q8_0 copy could batch better than the file: its type has no blocked product."""
-    return ftype not in BATCHED_FILE_TYPES
+def wants_copy(ftype: int | None, size: int) -> bool:
+    """Whether a Q8_0 copy is worth making and measuring: the file's type has no blocked product, and the
+    file is small enough that its lone stream may be bound by compute rather than by reading weights (a
+    larger one would keep its file anyway, after writing and timing a copy nearly twice its size)."""
+    return ftype not in BATCHED_FILE_TYPES and size <= COPY_MAX_BYTES
 
 
 def q8_0_copy(gguf_path: str, directory: Path | None = None) -> Path:

@@ -3,7 +3,7 @@
 
 import pytest
 
-from llmos.drivers.llamacpp_weights import BATCHED_FILE_TYPES, cache_dir, wanted_weights, wants_copy
+from llmos.drivers.llamacpp_weights import BATCHED_FILE_TYPES, COPY_MAX_BYTES, cache_dir, wanted_weights, wants_copy
 
 
 def test_the_weights_are_measured_unless_the_operator_pins_them(monkeypatch):
@@ -19,10 +19,12 @@ def test_the_weights_are_measured_unless_the_operator_pins_them(monkeypatch):
         assert len(str(err.value)) < 200          # a long value is cut in the message
 
 
-def test_only_files_without_a_blocked_product_get_a_copy():
-    assert wants_copy(3) and wants_copy(9) and wants_copy(15)      # Q4_1, Q5_1, Q4_K_M
-    assert wants_copy(None)                                           # a file that does not say: measure
-    assert not any(wants_copy(t) for t in BATCHED_FILE_TYPES)         # F32, F16, BF16, Q8_0, Q4_0, Q5_0
+def test_only_small_files_without_a_blocked_product_get_a_copy():
+    small = 94 << 20
+    assert wants_copy(3, small) and wants_copy(9, small) and wants_copy(15, small)   # Q4_1, Q5_1, Q4_K_M
+    assert wants_copy(None, small)                                                   # a file that does not say
+    assert not any(wants_copy(t, small) for t in BATCHED_FILE_TYPES)                # F32, F16, BF16, Q8_0, Q4_0, Q5_0
+    assert wants_copy(3, COPY_MAX_BYTES) and not wants_copy(3, COPY_MAX_BYTES + 1)   # a big model keeps its file
 
 
 def test_derived_weights_go_where_the_kernel_says_else_to_the_user_cache(monkeypatch, tmp_path):
