@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -133,7 +134,14 @@ def llamacpp_engine(make: Callable[[str], Engine], gguf_path: str) -> tuple[Engi
     if pinned == "file" or (pinned == "measure" and not wants_copy(file_type(engine.runner.model, engine.runner.low),
                                                                    os.path.getsize(gguf_path))):
         return engine, "file", {}
-    copy_path = q8_0_copy(gguf_path)
+    try:
+        copy_path = q8_0_copy(gguf_path)
+    except (OSError, ValueError) as exc:     # no room, no cache dir: serve the file rather than fail the load
+        if pinned == "q8_0":
+            engine.runner.close()
+            raise
+        print(f"driver: no Q8_0 copy of {gguf_path} ({exc}); llama.cpp runs the file's weights", file=sys.stderr)
+        return engine, "file", {}
     engines = {"file": engine, "q8_0": make(str(copy_path))}
     steps = {name: probe(e, steps=WEIGHT_PROBE_STEPS) for name, e in engines.items()} if pinned == "measure" else {}
     kept = pick_weights(steps) if steps else pinned

@@ -342,3 +342,18 @@ def test_llama_cpp_runs_on_the_weights_the_operator_pinned_or_the_faster_measure
         assert bool(list(copies.glob("*.q8_0.gguf"))) == (weights == "q8_0")     # a copy not kept takes no disk
     assert engine.runner.ctx is not None and engine.load == 0
     assert run(engine, [greedy(1, chat_ids(lm, "Name three colours."), 8)])[1]["finish"] == "length"
+
+
+def test_a_copy_that_cannot_be_made_leaves_the_file_s_weights_unless_pinned(lm, gguf, tmp_path, monkeypatch):
+    from llmos.drivers.engine_pair import llamacpp_engine
+
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("")
+    monkeypatch.setenv("LLMOS_CACHE_DIR", str(blocked))          # the cache cannot be made: mkdir fails
+    make = lambda path: Engine(lm, 16 << 20, max_batch_tokens=256, gguf_path=path)
+    engine, weights, steps = llamacpp_engine(make, gguf)
+    assert weights == "file" and not steps and engine.runner.ctx is not None
+    engine.runner.close()
+    monkeypatch.setenv("LLMOS_LLAMACPP_WEIGHTS", "q8_0")
+    with pytest.raises(OSError):                                  # asked for by the operator: a load error
+        llamacpp_engine(make, gguf)
