@@ -46,7 +46,7 @@ WEIGHT_PROBE_STEPS = 9      # ... when two llama.cpp weights are compared: close
 PROBE_PROMPT = 16           # tokens of each probe sequence's prompt
 PROBE_RID = 1 << 62         # probe sequences' ids: far from any the kernel gives
 SINGLE_MARGIN = 0.85        # a Q8_0 copy must keep this share of the file's lone-stream speed (step times on a
-                            # shared VM wander 10-15%; a stream bound by reading the weights loses 40%)
+                            # shared VM wander 10-15%; a stream bound by reading weights reads ~1.9x the bytes)
 MARGIN = 1.15               # torch must promise this many times llama.cpp's tok/s: a move recomputes every request
 RETURN_SHARE = 0.6          # back to llama.cpp at or under this share of torch_from
 CROWD_ENV = "LLMOS_CPU_CROWD_FROM"   # the operator's pin: "measure" (default), "never", or a load N >= 2
@@ -130,24 +130,20 @@ def llamacpp_engine(make: Callable[[str], Engine], gguf_path: str) -> tuple[Engi
     operator pinned or as measured here: (the engine, "file" or "q8_0", the step times measured).
     make(path) builds an engine on llama.cpp over that file; the engine not kept is closed at once."""
     pinned = wanted_weights()
+    if pinned == "q8_0":                     # asked for: a copy that cannot be made is a load error
+        return make(str(q8_0_copy(gguf_path))), "q8_0", {}
     engine = make(gguf_path)
-    if pinned == "file" or (pinned == "measure" and not wants_copy(file_type(engine.runner.model, engine.runner.low),
-                                                                   os.path.getsize(gguf_path))):
+    if pinned == "file" or not wants_copy(file_type(engine.runner.model, engine.runner.low), os.path.getsize(gguf_path)):
         return engine, "file", {}
     try:
         copy_path = q8_0_copy(gguf_path)
     except (OSError, ValueError) as exc:     # no room, no cache dir: serve the file rather than fail the load
-        if pinned == "q8_0":
-            engine.runner.close()
-            raise
         print(f"driver: no Q8_0 copy of {gguf_path} ({exc}); llama.cpp runs the file's weights", file=sys.stderr)
         return engine, "file", {}
     engines = {"file": engine, "q8_0": make(str(copy_path))}
-    steps = {name: probe(e, steps=WEIGHT_PROBE_STEPS) for name, e in engines.items()} if pinned == "measure" else {}
-    kept = pick_weights(steps) if steps else pinned
-    for name, e in engines.items():
-        if name != kept:
-            e.runner.close()
+    steps = {name: probe(e, steps=WEIGHT_PROBE_STEPS) for name, e in engines.items()}
+    kept = pick_weights(steps)
+    engines["q8_0" if kept == "file" else "file"].runner.close()
     if kept == "file":
         copy_path.unlink(missing_ok=True)     # measured slower: no disk kept for it (remade in a second if asked)
     return engines[kept], kept, steps

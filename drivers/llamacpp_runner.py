@@ -20,8 +20,8 @@ When a sequence ends (or is preempted), its slot keeps its tokens' keys and valu
 the tokens they hold (KEPT_FLOOR at least): llama.cpp's attention spans every occupied cell of the
 unified cache, masked, so a kept token costs every step of every running sequence. Measured on a
 2-core AVX2 EPYC, 6,553 kept tokens took a 16-sequence step from 53 to 88 ms and a lone one from 8.5
-to 12.7 (benchmarks/README.md); a quarter of the running tokens costs a few percent. A new sequence takes the idle slot whose
-tokens begin as its own do for longest, and computes only the rest: a chat's next turn, a support
+to 12.7 (benchmarks/README.md). A new sequence takes the idle slot whose tokens begin as its own do
+for longest, and computes only the rest: a chat's next turn, a support
 bot's system prompt and a preempted request's recompute start where the earlier pass left off, as
 llama.cpp's own server reuses a slot. The keys and values are the ones it would have computed, so
 outputs do not change. Only sequences of the same cache salt (their principal) share: a hit is

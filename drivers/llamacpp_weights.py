@@ -4,15 +4,16 @@ A decode step of several sequences is a matrix product, and llama.cpp's CPU code
 (llamafile's tinyBLAS) only for some weight types: F32, F16, BF16, Q8_0, Q4_0, Q5_0. For the others
 (Q4_1, Q5_1, the K-quants: the common downloads) it takes one dot product per weight row and
 sequence, so a batch costs nearly what the same sequences would one after another. Measured on a
-2-core AVX2 EPYC in one process (benchmarks/llamacpp_weights.py), SmolLM2-135M's own Q4_1 file makes
-116 tok/s for one sequence and 215 for sixteen; a Q8_0 copy of the same weights makes 124 and 302.
+2-core AVX2 EPYC in one process (benchmarks/llamacpp_weights.py, results/llamacpp-weights-avx2.txt),
+SmolLM2-135M's own Q4_1 file makes 117 tok/s for one sequence and 208 for sixteen; a Q8_0 copy of the
+same weights makes 117 and 305.
 
-So for a file of another type (up to COPY_MAX_BYTES) the driver makes a Q8_0 copy once (llama.cpp's own quantizer, about a
-second for this model; kept in the cache directory for the next load) and times a decode step of
-each at one and at many sequences (engine_pair.pick_weights): the copy is kept where it is as fast
-for one sequence and faster for many, which is where a small model's step is compute-bound. A large
-model whose lone stream is bound by reading its weights keeps its file (8.5 bits a weight against
-4.5 would slow that stream). Q8_0 of 4-bit weights is close to exact: each block's 8-bit step is
+So for a file of another type (up to COPY_MAX_BYTES) the driver makes a Q8_0 copy once (llama.cpp's
+own quantizer: 0.5 s for this model; kept in the cache directory for the next load) and times a
+decode step of each at one and at many sequences (engine_pair.pick_weights): the copy is kept where
+it is as fast for one sequence and faster for many, which is where a small model's step is
+compute-bound. A model whose lone stream is bound by reading its weights keeps its file (8.5 bits a
+weight against 4.5 would slow that stream). Q8_0 of 4-bit weights is close to exact: each block's 8-bit step is
 about a sixteenth of its 4-bit one (the quality figures are in benchmarks/README.md).
 
 LLMOS_LLAMACPP_WEIGHTS=file or q8_0 in the kernel's environment pins the choice instead of measuring.

@@ -335,10 +335,11 @@ def test_llama_cpp_runs_on_the_weights_the_operator_pinned_or_the_faster_measure
     engine, weights, steps = llamacpp_engine(make, gguf)
     if pinned == "file":
         assert weights == "file" and built == [gguf] and not steps and not copies.exists()
+    elif pinned == "q8_0":                                     # no engine on the file is made to be thrown away
+        assert weights == "q8_0" and len(built) == 1 and built[0].endswith(".q8_0.gguf") and not steps
     else:
         assert built[0] == gguf and built[1].endswith(".q8_0.gguf") and len(built) == 2
-        assert set(steps) == ({"file", "q8_0"} if pinned == "measure" else set())
-        assert weights == (pick_weights(steps) if pinned == "measure" else "q8_0")
+        assert set(steps) == {"file", "q8_0"} and weights == pick_weights(steps)
         assert bool(list(copies.glob("*.q8_0.gguf"))) == (weights == "q8_0")     # a copy not kept takes no disk
     assert engine.runner.ctx is not None and engine.load == 0
     assert run(engine, [greedy(1, chat_ids(lm, "Name three colours."), 8)])[1]["finish"] == "length"
