@@ -45,11 +45,20 @@ from report import log, machine_line, print_table
 PROMPT = "Write a short story about a robot who learns to paint. Make it about three paragraphs long."
 
 
-def chat_text(model: str) -> str:
-    """The chat prompt rendered with the model's own template: the same text goes to both sides."""
+def chat_text(model: str, document: int = 0) -> str:
+    """The chat prompt rendered with the model's own template: the same text goes to both sides. With
+    `document` paragraphs of the corpus as a system message, the user asks about them (a knowledge
+    base's answer: a longer context, as support chat and retrieval QA run)."""
     from bench_models import load_tokenizer
+    from corpus import PARAGRAPHS
     tok = load_tokenizer(model)
-    return tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
+    if not document:
+        messages = [{"role": "user", "content": PROMPT}]
+    else:
+        text = "\n\n".join(PARAGRAPHS[i % len(PARAGRAPHS)] for i in range(document))
+        messages = [{"role": "system", "content": f"Answer from this document only.\n\n{text}"},
+                    {"role": "user", "content": "Summarize what the document says, one sentence a paragraph."}]
+    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def gguf_file(model: str) -> str:
@@ -252,10 +261,12 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
 
 
 @contextlib.contextmanager
-def kernels(model: str, dtype: str, pinned: int | None, crowd_from: str | None, weights: str | None = None):
+def kernels(model: str, dtype: str, pinned: int | None, crowd_from: str | None, weights: str | None = None,
+            streams: int | None = None):
     """The kernel as configured (the driver's thread policy on, the crowd and llama.cpp's weights measured
     at load), and one more for each of --llmos-threads (its driver pinned to that many threads),
-    --llmos-crowd-from (its crowd pinned) and --llmos-weights (llama.cpp's weights pinned): each setting
+    --llmos-crowd-from (its crowd pinned), --llmos-weights (llama.cpp's weights pinned) and
+    --llmos-streams (llama.cpp's streams lane pinned, 0 for none): each setting
     reaches the kernel and its driver through the environment."""
     variants = {"llmos": {"LLMOS_CPU_THREADS": "auto"}}
     if pinned:
@@ -264,6 +275,8 @@ def kernels(model: str, dtype: str, pinned: int | None, crowd_from: str | None, 
         variants[f"llmos crowd {crowd_from}"] = {"LLMOS_CPU_THREADS": "auto", "LLMOS_CPU_CROWD_FROM": crowd_from}
     if weights:
         variants[f"llmos {weights} weights"] = {"LLMOS_CPU_THREADS": "auto", "LLMOS_LLAMACPP_WEIGHTS": weights}
+    if streams is not None:
+        variants[f"llmos {streams} streams"] = {"LLMOS_CPU_THREADS": "auto", "LLMOS_LLAMACPP_STREAMS": str(streams)}
     with contextlib.ExitStack() as stack:
         out = {}
         for side, env in variants.items():
@@ -293,6 +306,10 @@ def main() -> None:
     p.add_argument("--llmos-weights", choices=["file", "q8_0"], default=None, help="also boot a kernel whose "
                    "llama.cpp runs on these weights (LLMOS_LLAMACPP_WEIGHTS; file: the GGUF's own, as before a "
                    "Q8_0 copy could be measured), to compare with the measured choice")
+    p.add_argument("--llmos-streams", type=int, default=None, help="also boot a kernel whose llama.cpp has at most "
+                   "this many streams (LLMOS_LLAMACPP_STREAMS; 0: one unified cache, as before the streams lane)")
+    p.add_argument("--document", type=int, default=0, help="paragraphs of a document every prompt carries as a "
+                   "system message (default 0: the short story prompt alone)")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     p.add_argument("--settle", type=float, default=2 * PERIOD_S + 0.5, help="seconds of quiet before each turn "
                    f"(default {2 * PERIOD_S + 0.5:g}: llmos's thread policy decides every {PERIOD_S:g} s from the "
@@ -303,10 +320,11 @@ def main() -> None:
     if args.quick:
         args.new, args.clients, args.rounds, args.sequential = 16, 4, 1, 2
     print(machine_line())
-    text = chat_text(model)
+    text = chat_text(model, args.document)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
     llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
-    with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights) as ks:
+    with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights,
+                 args.llmos_streams) as ks:
         for k in ks.values():                 # warm every side up
             llmos_one(k, model, text, 4)
         for llama in llamas.values():

@@ -208,4 +208,4 @@ class BatchScheduler:
     def _chunk(self, seq: Sequence, n: int) -> Chunk:
         start = seq.num_computed
         return Chunk(seq.id, seq.tokens[start:start + n], start, self.blocks.block_table(seq.id),
-                     sample=start + n == len(seq.tokens), salt=seq.req.cache_salt)
+                     sample=start + n == len(seq.tokens), salt=seq.req.cache_salt, upto=seq.max_len)

@@ -20,6 +20,7 @@ may use, as before; LLMOS_CPU_THREADS=N pins N.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import psutil
@@ -85,6 +86,8 @@ class ThreadPolicy:
         self._mark = mark
         want = threads_for(self.cores, others)
         if want != self.threads:
+            print(f"driver: cpu threads {self.threads} -> {want}: other processes kept {others:.2f} cores busy "
+                  f"over {wall:.1f}s", file=sys.stderr)
             self.torch.set_num_threads(want)
             self.threads = want
         return self.threads

@@ -43,7 +43,7 @@ from .blocks import BlockAllocator
 from .detokenizer import TextStream
 from .faults import admitted, engine_refusal, errno_of, isolate, sample_isolated
 from .kvcache import KVLayout
-from .llamacpp_runner import LlamaCppRunner
+from .llamacpp_runner import LlamaCppRunner, stream_lane
 from .loader import LoadedModel
 from .runner import make_runner, supports_paged
 from .constraints import ConstraintError, Grammars
@@ -99,6 +99,7 @@ class Engine:
         self.lm = lm
         self.decode_text = decode_text
         self.kv_budget_bytes = kv_budget_bytes
+        self.kv_bytes = kv_budget_bytes      # what its caches take: the budget, and llama.cpp's streams lane
         self.backend = "llama.cpp" if gguf_path else "torch"
         self.layout = KVLayout.of(lm.model.config, torch.float16 if gguf_path else lm.dtype)
         num_blocks = self.layout.num_blocks(kv_budget_bytes)
@@ -108,8 +109,12 @@ class Engine:
         self.vocab_size = lm.model.get_input_embeddings().num_embeddings
         if gguf_path:
             block = self.blocks.block_size
+            streams, stream_tokens = stream_lane(self.layout.bytes_per_token, kv_budget_bytes, lm.context_length,
+                                                 max(1, max_seqs))
             self.runner = LlamaCppRunner(gguf_path, self.blocks.num_blocks * block, max(1, max_seqs), max_batch_tokens,
-                                         kept_tokens=kept * block)
+                                         kept_tokens=kept * block, streams=streams, stream_tokens=stream_tokens)
+            if self.runner.streams:     # llama.cpp's streams lane: memory beside the budget (llamacpp_runner.py)
+                self.kv_bytes += streams * stream_tokens * self.layout.bytes_per_token
             if self.runner.vocab_size != self.vocab_size:
                 raise ValueError(f"llama.cpp reads {self.runner.vocab_size} tokens in {gguf_path}, "
                                  f"transformers {self.vocab_size}: the backends disagree on the vocabulary")

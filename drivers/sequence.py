@@ -51,6 +51,7 @@ class Chunk:
     block_table: list[int]   # the allocator's own list: it only grows while the sequence runs
     sample: bool             # whether the logits of the last token are wanted
     salt: str = ""           # the request's cache salt: a runner reuses computed tokens only among equal salts
+    upto: int = 0            # the most positions the sequence can reach (prompt and max_tokens); 0: not said
 
     @property
     def is_decode(self) -> bool:
@@ -82,6 +83,11 @@ class Sequence:
     @property
     def num_generated(self) -> int:
         return len(self.tokens) - len(self.req.prompt_ids)
+
+    @property
+    def max_len(self) -> int:
+        """The most tokens it can ever hold: a runner may size its place by it."""
+        return len(self.req.prompt_ids) + self.max_tokens
 
     @property
     def num_uncomputed(self) -> int:

@@ -115,11 +115,13 @@ class TorchDriver(Driver):
                 engines = [fast, Engine(lm, kv_budget_bytes=beside, **sizes)]
                 pair = EnginePair.for_this_machine(*engines, sizes["max_seqs"], steps.get(weights))   # about a second
                 print(f"driver: {msg.model}: llama.cpp on the {weights} weights"
-                      f"{' (' + describe_steps(steps) + ')' if steps else ''}; {pair.describe()}", file=sys.stderr)
+                      f"{' (' + describe_steps(steps) + ')' if steps else ''}, {fast.runner.describe()}; "
+                      f"{pair.describe()}", file=sys.stderr)
                 self.pairs[msg.model] = pair
             else:
                 engines = [Engine(lm, kv_budget_bytes=kv_bytes, **sizes)]
             self.engines[msg.model] = engines[0]
+            kv_bytes = sum(engine.kv_bytes for engine in engines)
             on_stage("grammars")
             for engine in engines:
                 engine.grammars.prepare()     # not on the first constrained request's step

@@ -116,6 +116,62 @@ def test_idle_slots_keep_at_most_a_quarter_of_what_runs_beyond_the_floor(gguf):
     r.close()
 
 
+def laned(gguf, streams=4, stream_tokens=256) -> LlamaCppRunner:
+    return LlamaCppRunner(gguf, n_tokens=4096, max_seqs=8, n_batch=64, kept_tokens=512, streams=streams,
+                          stream_tokens=stream_tokens)
+
+
+def test_a_sequence_that_fits_a_stream_runs_in_one_and_computes_what_the_unified_cache_does(gguf):
+    r, plain = laned(gguf), runner(gguf, kept_tokens=0)
+    fits, long = [3000] + PROMPT, [3001] + PROMPT          # 101 tokens each; upto says how far each may go
+    out = r.forward([Chunk(1, fits, 0, [], True, upto=256), Chunk(2, long, 0, [], True, upto=257),
+                     Chunk(3, fits, 0, [], True)])          # no upto said: the unified lane, where anything fits
+    assert [r.active[s].lane.name for s in (1, 2, 3)] == ["streams", "unified", "unified"]
+    assert out.shape == (3, r.vocab_size)                   # rows in the chunks' order, whichever lane ran them
+    assert same_prediction(out[0], last_logits(plain, 1, fits)) and same_prediction(out[0], out[2])
+    assert same_prediction(out[1], last_logits(plain, 2, long))
+    step = r.forward([Chunk(1, [7], 101, [], True, upto=256), Chunk(2, [7], 101, [], True, upto=257)])
+    assert same_prediction(step[0], last_logits(plain, 10, fits + [7]))        # a decode step in its stream too
+
+
+def test_a_full_streams_lane_sends_the_next_sequence_to_the_unified_one_and_a_stream_is_never_outgrown(gguf):
+    r = laned(gguf, streams=4)
+    r.forward([Chunk(s, [4000 + s] + PROMPT[:20], 0, [], True, upto=200) for s in range(5)])
+    assert [r.active[s].lane.name for s in range(5)] == ["streams"] * 4 + ["unified"]
+    r.release(0)
+    r.forward([Chunk(9, [4100] + PROMPT[:20], 0, [], True, upto=200)])
+    assert r.active[9].lane.name == "streams"                # a stream came free
+    with pytest.raises(RuntimeError, match="outgrows its 256-token streams slot"):
+        r.forward([Chunk(1, PROMPT[:60] * 4, 21, [], True, upto=200)])   # the engine promised upto=200
+
+
+def test_an_ended_sequence_s_stream_serves_the_next_that_begins_alike_and_keeps_its_tokens(gguf):
+    r = laned(gguf)
+    fresh = r.forward([Chunk(1, PROMPT + [5, 6], 0, [], True, "alice", upto=200)])[0]
+    r.release(1)
+    r.forward([Chunk(2, [3] * 150, 0, [], True, "alice", upto=1000)])       # the unified lane: its kept bound
+    r.release(2)
+    again = r.forward([Chunk(3, PROMPT + [5, 6], 0, [], True, "alice", upto=200)])[0]
+    assert r.reused_tokens == len(PROMPT) + 1 and r.active[3].lane.name == "streams"
+    assert same_prediction(fresh, again)
+
+
+def test_an_engine_on_llama_cpp_reports_its_streams_and_runs_a_request_in_one(lm, gguf):
+    per_token = 23040
+    engine = Engine(lm, 64 << 20, max_batch_tokens=256, gguf_path=gguf)
+    streams = engine.runner.streams
+    assert streams is not None and len(streams.idle) >= 4
+    assert engine.kv_bytes == (64 << 20) + len(streams.idle) * streams.seq_tokens * per_token
+    prompt = chat_ids(lm, "Name three colours.")
+    engine.add(greedy(1, prompt, 16))
+    engine.step()
+    assert engine.runner.active[1].lane is streams          # prompt and 16 tokens fit a stream
+    run(engine, [])
+    engine.add(greedy(2, prompt, streams.seq_tokens))       # it could outgrow one: the unified lane
+    engine.step()
+    assert engine.runner.active[2].lane is engine.runner.unified
+
+
 def test_a_sequence_recomputed_from_an_earlier_position_forgets_what_followed(gguf):
     r = runner(gguf, kept_tokens=0)
     a = last_logits(r, 1, PROMPT, cut=60)
@@ -341,7 +397,7 @@ def test_llama_cpp_runs_on_the_weights_the_operator_pinned_or_the_faster_measure
         assert built[0] == gguf and built[1].endswith(".q8_0.gguf") and len(built) == 2
         assert set(steps) == {"file", "q8_0"} and weights == pick_weights(steps)
         assert bool(list(copies.glob("*.q8_0.gguf"))) == (weights == "q8_0")     # a copy not kept takes no disk
-    assert engine.runner.ctx is not None and engine.load == 0
+    assert engine.runner.lanes and engine.load == 0
     assert run(engine, [greedy(1, chat_ids(lm, "Name three colours."), 8)])[1]["finish"] == "length"
 
 
@@ -353,7 +409,7 @@ def test_a_copy_that_cannot_be_made_leaves_the_file_s_weights_unless_pinned(lm, 
     monkeypatch.setenv("LLMOS_CACHE_DIR", str(blocked))          # the cache cannot be made: mkdir fails
     make = lambda path: Engine(lm, 16 << 20, max_batch_tokens=256, gguf_path=path)
     engine, weights, steps = llamacpp_engine(make, gguf)
-    assert weights == "file" and not steps and engine.runner.ctx is not None
+    assert weights == "file" and not steps and engine.runner.lanes
     engine.runner.close()
     monkeypatch.setenv("LLMOS_LLAMACPP_WEIGHTS", "q8_0")
     with pytest.raises(OSError):                                  # asked for by the operator: a load error
