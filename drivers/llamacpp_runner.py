@@ -128,7 +128,7 @@ def stream_lane(bytes_per_token: int, budget_bytes: int, context_length: int, ma
 _LOG_CALLBACK = None    # llama.cpp keeps a pointer to it: it must outlive every call
 
 
-def _quiet_logs(low) -> None:
+def quiet_logs(low) -> None:
     """llama.cpp writes every load's tensor list to stderr; keep its warnings and errors only."""
     global _LOG_CALLBACK
     if _LOG_CALLBACK is not None:
@@ -193,7 +193,7 @@ class LlamaCppRunner:
 
         self.low = low
         self.lanes: list[Lane] = []
-        _quiet_logs(low)
+        quiet_logs(low)
         low.llama_backend_init()
         params = low.llama_model_default_params()
         params.use_extra_bufts = False      # its extra buffer types crash llama_decode on AMX CPUs

@@ -82,6 +82,9 @@ def q8_0_copy(gguf_path: str, directory: Path | None = None) -> Path:
     import llama_cpp
     import llama_cpp.llama_cpp as low
 
+    from .llamacpp_runner import quiet_logs
+
+    quiet_logs(low)           # not the quantizer's line a tensor in the kernel's log
     directory = (directory or cache_dir()) / "gguf"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     source = Path(gguf_path).resolve()

@@ -40,6 +40,11 @@ log = logs.get("llmos.supervisor")
 PING_PERIOD_S = 5.0         # one engine step or a GIL-heavy load can hold a driver for seconds
 START_GRACE_S = 120.0      # importing torch and transformers is slow on a cold disk
 MAX_BACKOFF_S = 30.0
+# A child in a process group of its own: a terminal's Ctrl-C reaches the kernel, which stops its children
+# itself. Not a session of its own (setsid): Linux schedules each session as one group (autogroup), so a
+# driver there took an equal share against all of the operator's session, and a nice-19 job in it got
+# half the cores from the driver: a two-thread step fell from ~100 to 4 tokens/s (benchmarks/README.md).
+OWN_PROCESS_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 CRASH_LIMIT, CRASH_WINDOW_S = 5, 60.0    # this many crashes within the window: the child is down
 
 
@@ -167,7 +172,7 @@ class Supervisor:
         try:
             drv.proc = await (drv.launcher.launch(drv) if drv.launcher else asyncio.create_subprocess_exec(
                 *self._command(drv), env=dict(os.environ, **self.child_env), stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=self._inherited_fds(drv), start_new_session=True))   # the kernel's signals are its own
+                pass_fds=self._inherited_fds(drv), **OWN_PROCESS_GROUP))
         except ChildGone as exc:
             await self._give_up(drv, str(exc))
             return

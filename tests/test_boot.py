@@ -155,3 +155,13 @@ async def test_a_load_waiting_on_a_driver_that_goes_down_fails_at_once_naming_th
     with pytest.raises(SyscallError) as err:
         await asyncio.wait_for(waiting, BOOT_TIMEOUT_S)
     assert err.value.errno == "EIO" and "device cuda:0 is down: it crashed 5 times" in str(err.value)
+
+
+def test_a_driver_runs_in_the_kernel_s_session_in_a_process_group_of_its_own(kernel):
+    """Its own process group: a terminal's Ctrl-C reaches the kernel alone, which stops its children.
+    The kernel's session: Linux schedules a session as one group (autogroup), so a driver in a session of
+    its own took an equal share against the operator's, nice-19 jobs included (supervisor.OWN_PROCESS_GROUP)."""
+    with kernel.client() as c:
+        pid = c.devices()[0]["os_pid"]
+    assert os.getsid(pid) == os.getsid(kernel.proc.pid)
+    assert os.getpgid(pid) == pid != os.getpgid(kernel.proc.pid)

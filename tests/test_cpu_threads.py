@@ -7,10 +7,11 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import torch
 
-from llmos.drivers.cpu_threads import ThreadPolicy, threads_for
+from llmos.drivers.cpu_threads import ThreadPolicy, YieldingWork, threads_for
 from llmos.drivers.torch_driver import TorchDriver
 
 
@@ -22,9 +23,11 @@ def test_threads_are_the_cores_others_leave_never_fewer_than_one(cores, others, 
 
 
 @contextlib.contextmanager
-def busy_processes(n: int, nice: int = 0):
-    """n busy loops at `nice` (0: work that competes with the driver on equal terms)."""
-    procs = [subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+def busy_processes(n: int, nice: int = 0, own_session: bool = False):
+    """n busy loops at `nice` (0: work that competes with the driver on equal terms), in this session
+    or each in one of its own (another login's, to the scheduler)."""
+    procs = [subprocess.Popen(["nice", "-n", str(nice), sys.executable, "-c", "while True: pass"],
+                              start_new_session=own_session) for _ in range(n)]
     try:
         yield
     finally:
@@ -55,12 +58,27 @@ def test_the_cpu_driver_gives_up_a_thread_when_other_processes_take_the_cores(to
     assert driver.threads.threads == torch.get_num_threads() == 1
 
 
-def test_niced_work_takes_a_thread_away_too(torch_threads):
-    """Beside nice-19 loops, two compute threads stalled (EEVDF; cpu_threads.py says what was measured)."""
+def test_niced_work_of_another_session_takes_a_thread_away_too(torch_threads):
+    """Across sessions nice means nothing to the scheduler (autogroup): beside nice-19 loops there, two
+    compute threads stalled (cpu_threads.py says what was measured)."""
     policy = ThreadPolicy(torch, cores=2, period_s=1.0)
-    with busy_processes(2, nice=19):
+    with busy_processes(2, nice=19, own_session=True):
         time.sleep(1.2)
         assert policy.tick() == torch.get_num_threads() == 1
+
+
+@pytest.mark.parametrize("own_session", [False, True])
+def test_work_niced_above_the_driver_yields_to_it_only_in_its_session(own_session):
+    """Counted by what yields (not by the thread count, which another test's load beside this one moves)."""
+    yielding = YieldingWork()
+    yielding.seconds()
+    with busy_processes(1, nice=5, own_session=own_session):
+        time.sleep(0.3)
+        yielding.seconds()         # sees the loop; its CPU counts from here
+        time.sleep(1.0)
+        spent = yielding.seconds()
+    assert (spent > 0.2) if not own_session else spent == 0.0
+    assert len(yielding.seen) <= 1 + len(psutil.Process().children())
 
 
 
