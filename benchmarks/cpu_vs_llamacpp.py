@@ -45,20 +45,11 @@ from report import log, machine_line, print_table
 PROMPT = "Write a short story about a robot who learns to paint. Make it about three paragraphs long."
 
 
-def chat_text(model: str, document: int = 0) -> str:
-    """The chat prompt rendered with the model's own template: the same text goes to both sides. With
-    `document` paragraphs of the corpus as a system message, the user asks about them (a knowledge
-    base's answer: a longer context, as support chat and retrieval QA run)."""
+def chat_text(model: str) -> str:
+    """The chat prompt rendered with the model's own template: the same text goes to both sides."""
     from bench_models import load_tokenizer
-    from corpus import PARAGRAPHS
     tok = load_tokenizer(model)
-    if not document:
-        messages = [{"role": "user", "content": PROMPT}]
-    else:
-        text = "\n\n".join(PARAGRAPHS[i % len(PARAGRAPHS)] for i in range(document))
-        messages = [{"role": "system", "content": f"Answer from this document only.\n\n{text}"},
-                    {"role": "user", "content": "Summarize what the document says, one sentence a paragraph."}]
-    return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
 
 
 def gguf_file(model: str) -> str:
@@ -308,8 +299,6 @@ def main() -> None:
                    "Q8_0 copy could be measured), to compare with the measured choice")
     p.add_argument("--llmos-streams", type=int, default=None, help="also boot a kernel whose llama.cpp has at most "
                    "this many streams (LLMOS_LLAMACPP_STREAMS; 0: one unified cache, as before the streams lane)")
-    p.add_argument("--document", type=int, default=0, help="paragraphs of a document every prompt carries as a "
-                   "system message (default 0: the short story prompt alone)")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     p.add_argument("--settle", type=float, default=2 * PERIOD_S + 0.5, help="seconds of quiet before each turn "
                    f"(default {2 * PERIOD_S + 0.5:g}: llmos's thread policy decides every {PERIOD_S:g} s from the "
@@ -320,7 +309,7 @@ def main() -> None:
     if args.quick:
         args.new, args.clients, args.rounds, args.sequential = 16, 4, 1, 2
     print(machine_line())
-    text = chat_text(model, args.document)
+    text = chat_text(model)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
     llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
     with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights,
