@@ -54,6 +54,15 @@ def load_model(name: str, device: str, dtype: str):
     return load(registry.resolve(name), device, dtype)
 
 
+def gguf_path(name: str) -> str:
+    """The GGUF file of a registry model, for the scripts that hand it to llama.cpp."""
+    from llmos.kernel import registry
+    spec = registry.resolve(name)
+    if not spec.gguf_file:
+        raise SystemExit(f"{spec.name} is not a GGUF model; llama.cpp needs one")
+    return os.path.join(spec.path, spec.gguf_file)
+
+
 def load_tokenizer(name: str):
     """Just the tokenizer of a model, read as drivers/loader.py reads it (faster than loading the weights)."""
     from transformers import AutoTokenizer

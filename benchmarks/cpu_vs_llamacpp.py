@@ -37,6 +37,7 @@ import time
 
 from llmos.drivers.cpu_threads import PERIOD_S
 
+from bench_models import gguf_path
 from cpu_meter import CpuMeter
 from kernel_clients import Job, kernel, run_clients
 from options import exit_cleanly_on_sigterm, parser
@@ -50,14 +51,6 @@ def chat_text(model: str) -> str:
     from bench_models import load_tokenizer
     tok = load_tokenizer(model)
     return tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False)
-
-
-def gguf_file(model: str) -> str:
-    from llmos.kernel import registry
-    spec = registry.resolve(model)
-    if not spec.gguf_file:
-        raise SystemExit(f"{model} is not a GGUF model; llama.cpp needs one")
-    return os.path.join(spec.path, spec.gguf_file)
 
 
 class LlamaCpp:
@@ -311,7 +304,7 @@ def main() -> None:
     print(machine_line())
     text = chat_text(model)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
-    llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_file(model), t, n_ctx=1024) for t in threads}
+    llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_path(model), t, n_ctx=1024) for t in threads}
     with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights,
                  args.llmos_streams) as ks:
         for k in ks.values():                 # warm every side up

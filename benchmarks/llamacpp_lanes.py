@@ -68,16 +68,12 @@ def main(argv=None) -> None:
     import llama_cpp.llama_cpp  # noqa: F401  (the extra: fail before loading anything)
     import torch
 
+    from bench_models import gguf_path
     from llmos.drivers import llamacpp_weights
     from llmos.drivers.llamacpp_runner import LlamaCppRunner
-    from llmos.kernel import registry
 
     print(machine_line())
-    spec = registry.resolve(args.model)
-    if not spec.gguf_file:
-        raise SystemExit(f"{spec.name} is not a GGUF file")
-    gguf = os.path.join(spec.path, spec.gguf_file)
-    contexts = [c for c in CONTEXTS]
+    gguf, contexts = gguf_path(args.model), list(CONTEXTS)
     stream_tokens = contexts[-1] + args.steps * len(contexts) + 16
     with tempfile.TemporaryDirectory(prefix="llmos-lanes-") as tmp:
         os.environ["LLMOS_CACHE_DIR"] = tmp
@@ -94,7 +90,7 @@ def main(argv=None) -> None:
                 rows.append([f"{n}", lane, *(f"{t:.1f} ({n / t * 1000:.0f})" for t in row)])
             rows.append([f"{n}", "unified / streams", *(f"{u / s:.2f}x" for u, s in zip(times["unified"], times["streams"]))])
         runner.close()
-    print_table(f"llama.cpp decode step, ms (tok/s), by context length, {spec.name} {args.weights}, "
+    print_table(f"llama.cpp decode step, ms (tok/s), by context length, {args.model} {args.weights}, "
                 f"{torch.get_num_threads()} threads",
                 ["seqs", "cache", *(f"ctx {c}" for c in contexts)], rows,
                 [f"one runner, both lanes (streams of {stream_tokens} tokens); each sequence's context, its own tokens"])

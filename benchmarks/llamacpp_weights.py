@@ -173,24 +173,20 @@ def main(argv=None) -> None:
     import llama_cpp.llama_cpp  # noqa: F401  (the extra: fail before loading anything)
     import torch
 
-    from bench_models import load_model
+    from bench_models import gguf_path, load_model
     from corpus import PARAGRAPHS
     from llmos.drivers.llamacpp_runner import LlamaCppRunner
     from llmos.drivers.loader import encode_prompt
-    from llmos.kernel import registry
 
     print(machine_line())
-    spec = registry.resolve(args.model)
-    if not spec.gguf_file:
-        raise SystemExit(f"{spec.name} is not a GGUF file")
-    gguf = os.path.join(spec.path, spec.gguf_file)
+    gguf = gguf_path(args.model)
     with tempfile.TemporaryDirectory(prefix="llmos-weights-") as tmp:
         os.environ["LLMOS_CACHE_DIR"] = tmp
-        files = {"file (" + spec.gguf_file.rsplit(".", 2)[-2] + ")": gguf, "q8_0 copy": copy_of(gguf, 7, "q8_0", tmp)}
+        files = {"file (" + gguf.rsplit(".", 2)[-2] + ")": gguf, "q8_0 copy": copy_of(gguf, 7, "q8_0", tmp)}
         if not args.no_f16:
             files["f16 copy"] = copy_of(gguf, 1, "f16", tmp)
-        log(f"model {spec.name}: {', '.join(f'{k} {os.path.getsize(v) / 2**20:.0f} MiB' for k, v in files.items())}")
-        lm = load_model(spec.name, "cpu", "float32")
+        log(f"model {args.model}: {', '.join(f'{k} {os.path.getsize(v) / 2**20:.0f} MiB' for k, v in files.items())}")
+        lm = load_model(args.model, "cpu", "float32")
         texts = [lm.tokenizer(p).input_ids[:512] for p in PARAGRAPHS]
         prompts = [encode_prompt(lm, None, [{"role": "user", "content": q}]) for q in QUESTIONS]
         rows, steps, answers = [], {}, {}
@@ -209,7 +205,7 @@ def main(argv=None) -> None:
                          fmt(ppl, digits=3), f"{100 * (ppl / reference - 1):+.2f}%",
                          fmt(decoded, digits=3), f"{100 * (decoded / reference - 1):+.2f}%"])
             log(f"{name}: done")
-        print_table(f"llama.cpp decode step, ms (tok/s), and perplexity, {spec.name}, {torch.get_num_threads()} threads",
+        print_table(f"llama.cpp decode step, ms (tok/s), and perplexity, {args.model}, {torch.get_num_threads()} threads",
                     ["weights", "MiB", *(f"n={n}" for n in SIZES), "ppl, whole texts", "vs torch fp32",
                      "ppl, a token a call", "vs torch fp32"], rows,
                     [f"torch float32 over the dequantized file: perplexity {reference:.3f} "

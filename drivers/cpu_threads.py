@@ -14,8 +14,8 @@ means nothing, so a nice-19 job started from another login takes its group's equ
 compute threads beside it stalled (a lone stream through the kernel fell from ~100 to 4 tokens/s,
 benchmarks/README.md). Within the driver's session (the kernel keeps its drivers in its own, in a
 process group of their own: supervisor.OWN_PROCESS_GROUP) the scheduler gives way to the driver over
-anything niced above it: beside a nice-19 loop on each core there, two threads kept 97-112 tokens/s
-against 93 quiet. So the CPU time of processes in the driver's session at a higher nice than its own
+anything niced above it: beside a nice-19 loop on each core there, a lone stream on two threads made
+73.8 tokens/s against 87.6 quiet. So the CPU time of processes in the driver's session at a higher nice than its own
 is not counted as others' (`YieldingWork`).
 
 The policy is the operator's choice, LLMOS_CPU_THREADS=auto in the kernel's environment (its drivers

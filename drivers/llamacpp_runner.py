@@ -161,7 +161,7 @@ class Lane:
     def __init__(self, runner: "LlamaCppRunner", name: str, n_ctx: int, n_seq: int, unified: bool,
                  seq_tokens: int):
         low = runner.low
-        self.low, self.name, self.unified, self.seq_tokens = low, name, unified, seq_tokens
+        self.low, self.name, self.unified, self.seq_tokens, self.n_seq = low, name, unified, seq_tokens, n_seq
         params = low.llama_context_default_params()
         params.n_ctx = n_ctx
         params.n_batch = params.n_ubatch = runner.n_batch
@@ -228,7 +228,7 @@ class LlamaCppRunner:
 
     def describe(self) -> str:
         streams = self.streams
-        lanes = f"{len(streams.idle)} streams of {streams.seq_tokens} tokens and " if streams else ""
+        lanes = f"{streams.n_seq} streams of {streams.seq_tokens} tokens and " if streams else ""
         return f"{lanes}a unified cache of {self.unified.seq_tokens} tokens"
 
     def close(self) -> None:

@@ -160,8 +160,8 @@ def test_an_engine_on_llama_cpp_reports_its_streams_and_runs_a_request_in_one(lm
     per_token = 23040
     engine = Engine(lm, 64 << 20, max_batch_tokens=256, gguf_path=gguf)
     streams = engine.runner.streams
-    assert streams is not None and len(streams.idle) >= 4
-    assert engine.kv_bytes == (64 << 20) + len(streams.idle) * streams.seq_tokens * per_token
+    assert streams is not None and len(streams.idle) == streams.n_seq >= 4
+    assert engine.kv_bytes == (64 << 20) + streams.n_seq * streams.seq_tokens * per_token
     prompt = chat_ids(lm, "Name three colours.")
     engine.add(greedy(1, prompt, 16))
     engine.step()
