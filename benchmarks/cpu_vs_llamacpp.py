@@ -11,6 +11,8 @@ reads it as it is), the same chat prompt rendered to the same text, greedy, `--n
    rate does not depend on how many), and llama.cpp decoding all of them as parallel sequences, one
    `llama_decode` per step over every sequence (as llama-server does with `-np`, Ollama with
    OLLAMA_NUM_PARALLEL): in this process, greedy by numpy's argmax, no sockets;
+   and for both, llama.cpp as Ollama serves it: its own server process, one request at a time, each
+   token an HTTP event to a client in this process (llamacpp_server.py; at the first thread count);
 3. the same again with a CPU hog at nice 19 on every core (started and stopped here).
 
 llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
@@ -40,6 +42,7 @@ from llmos.drivers.cpu_threads import PERIOD_S
 from bench_models import gguf_path
 from cpu_meter import CpuMeter
 from kernel_clients import Job, kernel, run_clients
+from llamacpp_server import LlamaCppServer, missing
 from options import exit_cleanly_on_sigterm, parser
 from report import log, machine_line, print_table
 
@@ -205,13 +208,15 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
     rows = []
     ref = next(iter(kernels))
     pid = kernels[ref].proc.pid
+    side_pid = {**{s: k.proc.pid for s, k in kernels.items()},     # its CPU is the side's, not other load
+                **{s: ll.proc.pid for s, ll in llamas.items() if isinstance(ll, LlamaCppServer)}}
     with cpu_hog(hog):
         single = {side: [] for side in [*llamas, *kernels]}
         other = {side: [] for side in single}
         for r in range(args.rounds):
             for side in single:
                 time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
-                with other_load(kernels.get(side, kernels[ref]).proc.pid, other[side]):
+                with other_load(side_pid.get(side, pid), other[side]):
                     one = (llmos_one(kernels[side], model, text, args.new) if side in kernels
                            else llamas[side].one(text, args.new))
                 single[side].append(one)
@@ -223,11 +228,11 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
                          f"{statistics.median(f for _, f, _ in v) * 1000:.0f}", f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
             many = {}
-            sides = [*single, *(f"{side} parallel" for side in llamas)]
+            sides = [*single, *(f"{side} parallel" for side, ll in llamas.items() if isinstance(ll, LlamaCpp))]
             for side in sides:
                 load = []
                 time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
-                with other_load(kernels[side].proc.pid if side in kernels else pid, load) as cpu:
+                with other_load(side_pid.get(side, pid), load) as cpu:
                     if side in kernels:
                         many[side] = llmos_many(kernels[side], model, text, args.new, args.clients, cpu)
                     elif side in llamas:
@@ -292,6 +297,7 @@ def main() -> None:
                    "Q8_0 copy could be measured), to compare with the measured choice")
     p.add_argument("--llmos-streams", type=int, default=None, help="also boot a kernel whose llama.cpp has at most "
                    "this many streams (LLMOS_LLAMACPP_STREAMS; 0: one unified cache, as before the streams lane)")
+    p.add_argument("--no-server", action="store_true", help="leave out llama.cpp's own server (llamacpp_server.py)")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     p.add_argument("--settle", type=float, default=2 * PERIOD_S + 0.5, help="seconds of quiet before each turn "
                    f"(default {2 * PERIOD_S + 0.5:g}: llmos's thread policy decides every {PERIOD_S:g} s from the "
@@ -305,6 +311,18 @@ def main() -> None:
     text = chat_text(model)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
     llamas = {f"llama.cpp {t} thr": LlamaCpp(gguf_path(model), t, n_ctx=1024) for t in threads}
+    with contextlib.ExitStack() as servers:
+        if args.no_server or missing():
+            log(missing() or "llama.cpp server side left out (--no-server)")
+        else:
+            server = LlamaCppServer(gguf_path(model), threads[0], n_ctx=1024)
+            servers.callback(server.close)
+            llamas[f"llama.cpp server {threads[0]} thr"] = server
+        run(args, model, text, llamas)
+
+
+def run(args, model: str, text: str, llamas: dict) -> None:
+    """Every side quiet, then beside the hog; the table and the hog's toll on each."""
     with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights,
                  args.llmos_streams) as ks:
         for k in ks.values():                 # warm every side up
@@ -317,7 +335,8 @@ def main() -> None:
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
                 ["machine", "load", "side", "tok/s", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1), or decodes them as "
-                 "parallel sequences (in this process, no sockets); llmos batches them.",
+                 "parallel sequences (in this process, no sockets); llmos batches them. llama.cpp server: its own "
+                 "server process, a token an HTTP event to a client process, as Ollama serves.",
                  "nice-19 hog: a busy loop at nice 19 on every core; 'other load': cores used by processes "
                  "other than the measured ones (the hog included)."])
     for side in [*llamas, *ks]:
