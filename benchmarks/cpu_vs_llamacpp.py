@@ -22,6 +22,8 @@ Every turn starts after `--settle` seconds of quiet (default: a little over two 
 llmos's thread policy looks at the machine), so that no side runs on a thread count chosen during the
 other's turn.
 
+Single streams take `--rounds` turns and the clients `--crowd-rounds`: the table gives each side's median
+rate, with its lowest and highest (one turn of 16 client processes wanders more than a lone stream).
 Every rate counts the completion tokens actually produced (a request may end at EOS), over the wall time
 from sending to the last token. llama-cpp-python is an optional extra (`pip install -e '.[llamacpp]'`,
 built from source); it is asked for `use_extra_bufts=False` (its extra buffer types crash llama_decode on
@@ -176,6 +178,12 @@ def llama_many(llama: LlamaCpp, text: str, new: int, clients: int) -> tuple[int,
     return tokens, time.perf_counter() - start
 
 
+def spread(rates) -> str:
+    """The lowest and highest of a side's rounds."""
+    rates = list(rates)
+    return f"{min(rates):.0f}-{max(rates):.0f}"
+
+
 @contextlib.contextmanager
 def cpu_hog(enabled: bool):
     """A busy loop at nice 19 on every core, for the length of the block (nothing when not enabled)."""
@@ -224,28 +232,31 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
                 f"{s} {v[-1][0] / v[-1][2]:.1f} tok/s" for s, v in single.items()))
         rate = {s: statistics.median(t / w for t, _, w in v) for s, v in single.items()}
         for side, v in single.items():
-            rows.append([name, "single stream", side, f"{rate[side]:.1f}", f"{rate[ref] / rate[side]:.2f}x",
-                         f"{statistics.median(f for _, f, _ in v) * 1000:.0f}", f"{statistics.mean(other[side]):.2f}"])
+            rows.append([name, "single stream", side, f"{rate[side]:.1f}", spread(t / w for t, _, w in v),
+                         f"{rate[ref] / rate[side]:.2f}x", f"{statistics.median(f for _, f, _ in v) * 1000:.0f}",
+                         f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
-            many = {}
             sides = [*single, *(f"{side} parallel" for side, ll in llamas.items() if isinstance(ll, LlamaCpp))]
-            for side in sides:
-                load = []
-                time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
-                with other_load(side_pid.get(side, pid), load) as cpu:
-                    if side in kernels:
-                        many[side] = llmos_many(kernels[side], model, text, args.new, args.clients, cpu)
-                    elif side in llamas:
-                        many[side] = llama_many(llamas[side], text, args.new, args.sequential)
-                    else:
-                        parallel = LlamaCppParallel(llamas[side.removesuffix(" parallel")], args.clients)
-                        many[side] = parallel.run(text, args.new, args.clients)
-                many[side] += (load[0],)
-                log(f"{name}: {args.clients} clients, {side} {many[side][0] / many[side][1]:.1f} tok/s")
-            rate = {s: t / w for s, (t, w, _) in many.items()}
-            for side, (_, _, load) in many.items():
-                rows.append([name, f"{args.clients} clients", side, f"{rate[side]:.1f}",
-                             f"{rate[ref] / rate[side]:.2f}x", "-", f"{load:.2f}"])
+            many = {side: [] for side in sides}
+            for r in range(args.crowd_rounds):
+                for side in sides:
+                    load = []
+                    time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
+                    with other_load(side_pid.get(side, pid), load) as cpu:
+                        if side in kernels:
+                            run = llmos_many(kernels[side], model, text, args.new, args.clients, cpu)
+                        elif side in llamas:
+                            run = llama_many(llamas[side], text, args.new, args.sequential)
+                        else:
+                            parallel = LlamaCppParallel(llamas[side.removesuffix(" parallel")], args.clients)
+                            run = parallel.run(text, args.new, args.clients)
+                    many[side].append((run[0] / run[1], load[0]))
+                log(f"{name} round {r + 1}: {args.clients} clients " + ", ".join(
+                    f"{s} {v[-1][0]:.1f} tok/s" for s, v in many.items()))
+            rate = {s: statistics.median(r for r, _ in v) for s, v in many.items()}
+            for side, v in many.items():
+                rows.append([name, f"{args.clients} clients", side, f"{rate[side]:.1f}", spread(r for r, _ in v),
+                             f"{rate[ref] / rate[side]:.2f}x", "-", f"{statistics.mean(ld for _, ld in v):.2f}"])
     return rows
 
 
@@ -287,6 +298,8 @@ def main() -> None:
     p.add_argument("--sequential", type=int, default=4, help="requests llama.cpp serves one after another for "
                    "the clients' row (its rate does not depend on how many; default 4)")
     p.add_argument("--rounds", type=int, default=3, help="single-stream turns each side takes (default 3)")
+    p.add_argument("--crowd-rounds", type=int, default=3, help="turns each side takes at serving the clients "
+                   "(default 3): the table gives the median, and the lowest and highest")
     p.add_argument("--llmos-threads", type=int, default=None, help="also boot a kernel whose CPU driver is pinned "
                    "to this many torch threads (LLMOS_CPU_THREADS), to measure the thread policy against it")
     p.add_argument("--llmos-crowd-from", default=None, help="also boot a kernel whose CPU engine pair moves a "
@@ -306,7 +319,7 @@ def main() -> None:
     exit_cleanly_on_sigterm()
     model = args.model or "smollm2-135m-instruct"
     if args.quick:
-        args.new, args.clients, args.rounds, args.sequential = 16, 4, 1, 2
+        args.new, args.clients, args.rounds, args.sequential, args.crowd_rounds = 16, 4, 1, 2, 1
     print(machine_line())
     text = chat_text(model)
     threads = sorted({int(t) for t in args.threads.split(",")}, reverse=True)
@@ -333,7 +346,7 @@ def run(args, model: str, text: str, llamas: dict) -> None:
         if not args.no_busy:
             rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True)
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
-                ["machine", "load", "side", "tok/s", "llmos / side", "TTFT p50 ms", "other load"], rows,
+                ["machine", "load", "side", "tok/s", "rounds", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1), or decodes them as "
                  "parallel sequences (in this process, no sockets); llmos batches them. llama.cpp server: its own "
                  "server process, a token an HTTP event to a client process, as Ollama serves.",
