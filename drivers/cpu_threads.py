@@ -21,10 +21,10 @@ is not counted as others' (`YieldingWork`).
 Slow to give a thread up, quick to take it back. A burst (sixteen client processes starting, each
 importing its libraries, took 1-1.7 cores for a second or two) is over by the time a look sees it:
 when one look over 2 s decided for the next 2 s, such a burst held the driver on one thread for a
-period after it had ended, and 16 streams' throughput varied from 98 to 164 tokens/s between runs
-of the same benchmark. So the driver looks every PERIOD_S, takes a freed core at the first look that
-sees it free, and gives one up only when every look of the last GIVE_UP_S asked for it: a lasting
-load is still answered within GIVE_UP_S, as before.
+period after it had ended, and 16 streams' throughput varied from 98 to 164 tokens/s between turns
+of the same load (benchmarks/README.md, "a burst does not take a thread"). So the driver looks every
+PERIOD_S, takes a freed core at the first look that sees it free, and gives one up only when every
+look of the last GIVE_UP_S asked for it: a lasting load is still answered within GIVE_UP_S, as before.
 
 The policy is the operator's choice, LLMOS_CPU_THREADS=auto in the kernel's environment (its drivers
 inherit it), not the default: in bf16 a different thread count can change a greedy answer, and the
