@@ -11,8 +11,9 @@ reads it as it is), the same chat prompt rendered to the same text, greedy, `--n
    rate does not depend on how many), and llama.cpp decoding all of them as parallel sequences, one
    `llama_decode` per step over every sequence (as llama-server does with `-np`, Ollama with
    OLLAMA_NUM_PARALLEL): in this process, greedy by numpy's argmax, no sockets;
-   and for both, llama.cpp as Ollama serves it: its own server process, one request at a time, each
-   token an HTTP event to a client in this process (llamacpp_server.py; at the first thread count);
+   and for the single stream, llama.cpp as Ollama serves it: its own server process, each token an
+   HTTP event to a client in this process (llamacpp_server.py; at the first thread count; not for the
+   clients: served back to back, llama-cpp-python's server fell to about half its rate);
 3. the same again with a CPU hog at nice 19 on every core (started and stopped here).
 
 llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
@@ -236,7 +237,8 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
                          f"{rate[ref] / rate[side]:.2f}x", f"{statistics.median(f for _, f, _ in v) * 1000:.0f}",
                          f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
-            sides = [*single, *(f"{side} parallel" for side, ll in llamas.items() if isinstance(ll, LlamaCpp))]
+            in_process = [side for side, ll in llamas.items() if isinstance(ll, LlamaCpp)]
+            sides = [*in_process, *kernels, *(f"{side} parallel" for side in in_process)]
             many = {side: [] for side in sides}
             for r in range(args.crowd_rounds):
                 for side in sides:
@@ -348,8 +350,8 @@ def run(args, model: str, text: str, llamas: dict) -> None:
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
                 ["machine", "load", "side", "tok/s", "rounds", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1), or decodes them as "
-                 "parallel sequences (in this process, no sockets); llmos batches them. llama.cpp server: its own "
-                 "server process, a token an HTTP event to a client process, as Ollama serves.",
+                 "parallel sequences (in this process, no sockets); llmos batches them. llama.cpp server (single stream): its "
+                 "own server process, a token an HTTP event to a client process, as Ollama serves.",
                  "nice-19 hog: a busy loop at nice 19 on every core; 'other load': cores used by processes "
                  "other than the measured ones (the hog included)."])
     for side in [*llamas, *ks]:

@@ -7,6 +7,12 @@ OLLAMA_NUM_PARALLEL=1 serves one request at a time), and a client in another pro
 token as an HTTP server-sent event: on two cores, the same wake-ups per token that llmos's kernel and
 client cost. This side measures that, with the same GGUF, thread count, text and greedy settings.
 
+For a single stream only, each turn after the benchmark's settle: given 128-token requests back to
+back, this server fell from ~90 tokens/s to ~45 from the third on and stayed there until it had a
+pause (its process then ran 6 threads, not 4, and 1.3 cores for 2 of its own: something of
+llama-cpp-python's server, not llama.cpp's decode), which would make a crowd row say more about it
+than about serving.
+
 Needs the server's packages (`pip install fastapi sse-starlette starlette-context`, beside the
 `llamacpp` extra); the side is left out, with a line saying why, when they are missing.
 """
