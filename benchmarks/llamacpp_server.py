@@ -20,11 +20,12 @@ Needs the server's packages (`pip install fastapi sse-starlette starlette-contex
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+from llmos.userland.testing import free_tcp_port, stop_process
 
 # The server builds its Llama itself: ask for use_extra_bufts=False there too (0.3.36's extra buffer
 # types crash llama_decode on AMX CPUs), then run its command line.
@@ -53,19 +54,13 @@ def missing() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LlamaCppServer:
     """llama_cpp.server on the GGUF, on loopback; `one` streams a request from this process."""
 
     def __init__(self, path: str, threads: int, n_ctx: int, timeout: float = 120.0):
         import httpx
 
-        port = free_port()
+        port = free_tcp_port()
         self.log = tempfile.TemporaryFile()      # its chatter (model metadata, a line a request): no pipe to fill
         self.url = f"http://127.0.0.1:{port}/v1/completions"
         self.proc = subprocess.Popen(
@@ -105,10 +100,5 @@ class LlamaCppServer:
 
     def close(self) -> None:
         self.http.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, timeout=10)
         self.log.close()

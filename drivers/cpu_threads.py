@@ -15,8 +15,8 @@ compute threads beside it stalled (a lone stream through the kernel fell from ~1
 benchmarks/README.md). Within the driver's session (the kernel keeps its drivers in its own, in a
 process group of their own: supervisor.OWN_PROCESS_GROUP) the scheduler gives way to the driver over
 anything niced above it: beside a nice-19 loop on each core there, a lone stream on two threads made
-73.8 tokens/s against 87.6 quiet. So the CPU time of processes in the driver's session at a higher nice than its own
-is not counted as others' (`YieldingWork`).
+73.8 tokens/s against 87.6 quiet. So the CPU time of processes in the driver's session at a higher
+nice than its own is not counted as others' (`YieldingWork`).
 
 Slow to give a thread up, quick to take it back. A burst (sixteen client processes starting, each
 importing its libraries, took 1-1.7 cores for a second or two) is over by the time a look sees it:
@@ -144,17 +144,6 @@ class ThreadPolicy:
         if want != self.threads:
             print(f"driver: cpu threads {self.threads} -> {want}: other processes kept {others:.2f} cores busy "
                   f"over the last {wall:.1f}s", file=sys.stderr)
-            self.torch.set_num_threads(want)
-            self.threads = want
-        return self.threads
-        mark = self._read()
-        wall = mark[0] - self._mark[0]
-        others = max(0.0, (mark[1] - self._mark[1]) - (mark[2] - self._mark[2])) / wall
-        self._mark = mark
-        want = threads_for(self.cores, others)
-        if want != self.threads:
-            print(f"driver: cpu threads {self.threads} -> {want}: other processes kept {others:.2f} cores busy "
-                  f"over {wall:.1f}s", file=sys.stderr)
             self.torch.set_num_threads(want)
             self.threads = want
         return self.threads

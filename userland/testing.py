@@ -164,16 +164,7 @@ class KernelProcess:
         Returns the kernel's exit code (0 if it never started). The kernel stops its drivers and
         service host on SIGTERM; after a SIGKILL they notice they are orphaned and exit.
         """
-        code = 0
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            code = self.proc.returncode
+        code = 0 if self.proc is None else stop_process(self.proc, sig, timeout)
         for path in self._owned:
             shutil.rmtree(path, ignore_errors=True)
         return code
@@ -248,6 +239,18 @@ def _save_seeded(model_class, config, tokenizer, path: Path) -> str:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Signal a child if it still runs, wait for it (SIGKILL after `timeout`); its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def free_tcp_port() -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from ..testing import LLMOS_COMMAND, free_tcp_port, wait_until
+from ..testing import LLMOS_COMMAND, free_tcp_port, stop_process, wait_until
 
 
 class GatewayProcess:
@@ -53,15 +53,9 @@ class GatewayProcess:
             return ""
 
     def stop(self) -> int | None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = None if self.proc is None else stop_process(self.proc, timeout=15)
         self._logdir.cleanup()
-        return None if self.proc is None else self.proc.returncode
+        return code
 
     def __enter__(self) -> "GatewayProcess":
         return self.start()
