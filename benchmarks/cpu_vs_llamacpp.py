@@ -14,7 +14,12 @@ reads it as it is), the same chat prompt rendered to the same text, greedy, `--n
    and for the single stream, llama.cpp as Ollama serves it: its own server process, each token an
    HTTP event to a client in this process (llamacpp_server.py; at the first thread count; not for the
    clients: served back to back, llama-cpp-python's server fell to about half its rate);
-3. the same again with a CPU hog at nice 19 on every core (started and stopped here).
+3. the ceiling of the clients' row: llama.cpp's decode of that many sequences alone, each in a stream of
+   its own, on the GGUF's weights and on a Q8_0 copy (the faster counts): only the `llama_decode` calls of
+   a parallel run are timed, not the prompts, the sampling or any streaming (`DecodeCeiling`; --no-ceiling
+   leaves it out). No server built on llama.cpp can make more on this machine; the last lines read the
+   clients' goal (3x llama.cpp one after another) against it;
+4. the same again with a CPU hog at nice 19 on every core (started and stopped here).
 
 llama.cpp runs once per `--threads` count (default: every core, and one), since on a machine shared
 with other work one thread can be the faster; llmos's driver picks its own (drivers/cpu_threads.py).
@@ -38,7 +43,9 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from llmos.drivers.cpu_threads import PERIOD_S
 
@@ -116,9 +123,11 @@ def llmos_many(k, model: str, text: str, new: int, clients: int, cpu: list) -> t
 
 
 class LlamaCppParallel:
-    """llama.cpp's own batching: every request a sequence of one context, all decoded in one llama_decode a step."""
+    """llama.cpp's own batching: every request a sequence of one context, all decoded in one llama_decode a step.
+    unified: one cache for every sequence (each step's attention spans them all, masked), else a stream of
+    cells for each. After `run`, decode_tokens and decode_s count the decode steps alone (not the prompts)."""
 
-    def __init__(self, llama: LlamaCpp, sequences: int):
+    def __init__(self, llama: LlamaCpp, sequences: int, unified: bool = True):
         import llama_cpp.llama_cpp as low
 
         self.low, self.llm = low, llama.llm
@@ -126,7 +135,8 @@ class LlamaCppParallel:
         params.n_ctx = 2048 * sequences
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = sequences
-        params.kv_unified = True
+        params.kv_unified = unified
+        self.decode_tokens, self.decode_s = 0, 0.0
         params.n_threads = params.n_threads_batch = self.llm.n_threads
         self.ctx = low.llama_init_from_model(self.llm.model, params)
         self.batch = low.llama_batch_init(512, 0, 1)
@@ -152,9 +162,17 @@ class LlamaCppParallel:
             live = [q for q in live if last[q] != eos]
             if step == new - 1 or not live:
                 break
+            started = time.perf_counter()
             self._decode([(last[q], n + step, q, True) for q in live])
+            self.decode_s += time.perf_counter() - started
+            self.decode_tokens += len(live)
             last.update({q: self._argmax(j) for j, q in enumerate(live)})
         return tokens, time.perf_counter() - start
+
+    def close(self) -> None:
+        """Its context and batch go (a context of 16 sequences' cells is hundreds of MiB)."""
+        self.low.llama_batch_free(self.batch)
+        self.low.llama_free(self.ctx)
 
     def _decode(self, items) -> None:
         b = self.batch
@@ -171,6 +189,39 @@ class LlamaCppParallel:
 
         ptr = self.low.llama_get_logits_ith(self.ctx, index)
         return int(np.ctypeslib.as_array(ptr, shape=(self.vocab,)).argmax())
+
+
+class DecodeCeiling:
+    """The most tokens a second llama.cpp's decode of `sequences` sequences makes on this machine, alone:
+    the llama_decode calls of a parallel run, each sequence in a stream of its own (what llmos's crowd
+    runs on), timed without the prompts, the sampling or any streaming, on the GGUF's own weights and on
+    the Q8_0 copy llmos may pick (drivers/llamacpp_weights.py), the faster counting. No server built on
+    llama.cpp can make more here; the clients' goal (3x one after another) is read against it."""
+
+    NAME = "ceiling: llama.cpp decode alone"
+
+    def __init__(self, llama: LlamaCpp, path: str, sequences: int):
+        from llmos.drivers.llamacpp_weights import q8_0_copy
+
+        self.tmp = tempfile.TemporaryDirectory(prefix="llmos-ceiling-")     # the copy, removed after the run
+        copy = LlamaCpp(str(q8_0_copy(path, Path(self.tmp.name))), llama.llm.n_threads, n_ctx=256)
+        self.weights = {"file": llama, "q8_0": copy}
+        self.sequences = sequences
+        self.best = ""
+
+    def close(self) -> None:
+        self.weights["q8_0"].llm.close()
+        self.tmp.cleanup()
+
+    def run(self, text: str, new: int) -> tuple[int, float]:
+        """(decoded tokens, seconds in llama_decode) of the faster weights."""
+        rates = {}
+        for name, llama in self.weights.items():
+            with contextlib.closing(LlamaCppParallel(llama, self.sequences, unified=False)) as parallel:
+                parallel.run(text, new, self.sequences)
+            rates[name] = (parallel.decode_tokens, parallel.decode_s)
+        self.best = max(rates, key=lambda w: rates[w][0] / rates[w][1])
+        return rates[self.best]
 
 
 def llama_many(llama: LlamaCpp, text: str, new: int, clients: int) -> tuple[int, float]:
@@ -211,9 +262,11 @@ def other_load(kernel_pid: int, out: list):
     out.append(m.others(clients[0]))
 
 
-def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool) -> list[list]:
+def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool,
+          ceiling: DecodeCeiling | None = None) -> list[list]:
     """Single stream and many clients, every llama.cpp and llmos kernel taking turns; a table row per side and measure.
-    kernels: side name -> a booted kernel (the first is llmos as configured, the reference of the ratios)."""
+    kernels: side name -> a booted kernel (the first is llmos as configured, the reference of the ratios);
+    ceiling: llama.cpp's decode alone, a turn of its own in the clients' rounds."""
     rows = []
     ref = next(iter(kernels))
     pid = kernels[ref].proc.pid
@@ -238,7 +291,8 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
                          f"{statistics.mean(other[side]):.2f}"])
         if args.clients:
             in_process = [side for side, ll in llamas.items() if isinstance(ll, LlamaCpp)]
-            sides = [*in_process, *kernels, *(f"{side} parallel" for side in in_process)]
+            sides = [*in_process, *kernels, *(f"{side} parallel" for side in in_process),
+                     *([DecodeCeiling.NAME] if ceiling else [])]
             many = {side: [] for side in sides}
             for r in range(args.crowd_rounds):
                 for side in sides:
@@ -249,9 +303,12 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
                             run = llmos_many(kernels[side], model, text, args.new, args.clients, cpu)
                         elif side in llamas:
                             run = llama_many(llamas[side], text, args.new, args.sequential)
+                        elif side == DecodeCeiling.NAME:
+                            run = ceiling.run(text, args.new)
                         else:
-                            parallel = LlamaCppParallel(llamas[side.removesuffix(" parallel")], args.clients)
-                            run = parallel.run(text, args.new, args.clients)
+                            with contextlib.closing(LlamaCppParallel(llamas[side.removesuffix(" parallel")],
+                                                                     args.clients)) as parallel:
+                                run = parallel.run(text, args.new, args.clients)
                     many[side].append((run[0] / run[1], load[0]))
                 log(f"{name} round {r + 1}: {args.clients} clients " + ", ".join(
                     f"{s} {v[-1][0]:.1f} tok/s" for s, v in many.items()))
@@ -312,6 +369,7 @@ def main() -> None:
                    "Q8_0 copy could be measured), to compare with the measured choice")
     p.add_argument("--llmos-streams", type=int, default=None, help="also boot a kernel whose llama.cpp has at most "
                    "this many streams (LLMOS_LLAMACPP_STREAMS; 0: one unified cache, as before the streams lane)")
+    p.add_argument("--no-ceiling", action="store_true", help="leave out llama.cpp's decode alone (DecodeCeiling)")
     p.add_argument("--no-server", action="store_true", help="leave out llama.cpp's own server (llamacpp_server.py)")
     p.add_argument("--no-busy", action="store_true", help="skip the run beside the nice-19 CPU hog")
     p.add_argument("--settle", type=float, default=2 * PERIOD_S + 0.5, help="seconds of quiet before each turn "
@@ -333,20 +391,25 @@ def main() -> None:
             server = LlamaCppServer(gguf_path(model), threads[0], n_ctx=1024)
             servers.callback(server.close)
             llamas[f"llama.cpp server {threads[0]} thr"] = server
-        run(args, model, text, llamas)
+        ceiling = None
+        if args.clients and not args.no_ceiling:
+            ceiling = DecodeCeiling(llamas[f"llama.cpp {threads[0]} thr"], gguf_path(model), args.clients)
+            servers.callback(ceiling.close)
+        run(args, model, text, llamas, ceiling)
 
 
-def run(args, model: str, text: str, llamas: dict) -> None:
-    """Every side quiet, then beside the hog; the table and the hog's toll on each."""
+def run(args, model: str, text: str, llamas: dict, ceiling: DecodeCeiling | None = None) -> None:
+    """Every side quiet, then beside the hog; the table, the hog's toll on each, and the clients' goal
+    against the ceiling."""
     with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights,
                  args.llmos_streams) as ks:
         for k in ks.values():                 # warm every side up
             llmos_one(k, model, text, 4)
         for llama in llamas.values():
             llama.one(text, 4)
-        rows = phase("no hog", ks, llamas, model, text, args, hog=False)
+        rows = phase("no hog", ks, llamas, model, text, args, hog=False, ceiling=ceiling)
         if not args.no_busy:
-            rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True)
+            rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True, ceiling=ceiling)
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
                 ["machine", "load", "side", "tok/s", "rounds", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1), or decodes them as "
@@ -359,7 +422,19 @@ def run(args, model: str, text: str, llamas: dict) -> None:
         quiet = {r[1]: float(r[3]) for r in rows if r[0] == "no hog" and r[2] == side}
         for what in busy:
             print(f"  {side}, {what}: with the hog / without: {busy[what] / quiet[what]:.2f}x")
+    if ceiling:
+        print(goal_against_ceiling(rows, f"{args.clients} clients", next(iter(llamas)), next(iter(ks)), ceiling.best))
     print(machine_line())
+
+
+def goal_against_ceiling(rows: list[list], load: str, sequential: str, llmos: str, weights: str) -> str:
+    """One line: the clients' goal (3x llama.cpp one after another) beside what llama.cpp's decode alone
+    makes here, quiet."""
+    rate = {r[2]: float(r[3]) for r in rows if r[0] == "no hog" and r[1] == load}
+    top, one = rate[DecodeCeiling.NAME], rate[sequential]
+    return (f"  {load}, quiet: 3x {sequential} one after another is {3 * one:.0f} tok/s; llama.cpp's decode alone "
+            f"(ceiling, {weights} weights) makes {top:.0f} ({top / one:.2f}x one after another); "
+            f"{llmos} {rate[llmos]:.0f} ({rate[llmos] / top:.2f} of the ceiling)")
 
 
 if __name__ == "__main__":
