@@ -136,11 +136,11 @@ class LlamaCppParallel:
         params.n_batch = params.n_ubatch = 512
         params.n_seq_max = sequences
         params.kv_unified = unified
-        self.decode_tokens, self.decode_s = 0, 0.0
         params.n_threads = params.n_threads_batch = self.llm.n_threads
         self.ctx = low.llama_init_from_model(self.llm.model, params)
         self.batch = low.llama_batch_init(512, 0, 1)
         self.vocab = self.llm.n_vocab()
+        self.decode_tokens, self.decode_s = 0, 0.0
 
     def run(self, text: str, new: int, sequences: int) -> tuple[int, float]:
         """(completion tokens, seconds) for `sequences` greedy requests of the same prompt, all at once:
@@ -262,12 +262,12 @@ def other_load(kernel_pid: int, out: list):
     out.append(m.others(clients[0]))
 
 
-def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool,
-          ceiling: DecodeCeiling | None = None, clients: dict | None = None) -> list[list]:
+def phase(name: str, kernels: dict, llamas: dict, model: str, text: str, args, hog: bool, *, clients: dict,
+          ceiling: DecodeCeiling | None = None) -> list[list]:
     """Single stream and many clients, every llama.cpp and llmos kernel taking turns; a table row per side and measure.
     kernels: side name -> a booted kernel (the first is llmos as configured, the reference of the ratios);
-    ceiling: llama.cpp's decode alone, a turn of its own in the clients' rounds; clients: side name -> a
-    connected Client of that kernel for the single streams."""
+    clients: side name -> a connected Client of that kernel, for the single streams; ceiling: llama.cpp's
+    decode alone, a turn of its own in the clients' rounds."""
     rows = []
     ref = next(iter(kernels))
     pid = kernels[ref].proc.pid
