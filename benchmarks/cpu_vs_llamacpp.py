@@ -39,6 +39,7 @@ AMX CPUs in 0.3.36). The machine's other load is printed beside each row: read r
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import statistics
@@ -207,7 +208,7 @@ class DecodeCeiling:
         copy = LlamaCpp(str(q8_0_copy(path, Path(self.tmp.name))), llama.llm.n_threads, n_ctx=256)
         self.weights = {"file": llama, "q8_0": copy}
         self.sequences = sequences
-        self.best = ""
+        self.wins = collections.Counter()    # which weights were the faster, turn by turn
 
     def close(self) -> None:
         self.weights["q8_0"].llm.close()
@@ -220,8 +221,9 @@ class DecodeCeiling:
             with contextlib.closing(LlamaCppParallel(llama, self.sequences, unified=False)) as parallel:
                 parallel.run(text, new, self.sequences)
             rates[name] = (parallel.decode_tokens, parallel.decode_s)
-        self.best = max(rates, key=lambda w: rates[w][0] / rates[w][1])
-        return rates[self.best]
+        best = max(rates, key=lambda w: rates[w][0] / rates[w][1])
+        self.wins[best] += 1
+        return rates[best]
 
 
 def llama_many(llama: LlamaCpp, text: str, new: int, clients: int) -> tuple[int, float]:
@@ -425,17 +427,17 @@ def run(args, model: str, text: str, llamas: dict, ceiling: DecodeCeiling | None
         for what in busy:
             print(f"  {side}, {what}: with the hog / without: {busy[what] / quiet[what]:.2f}x")
     if ceiling:
-        print(goal_against_ceiling(rows, f"{args.clients} clients", next(iter(llamas)), next(iter(ks)), ceiling.best))
+        print(goal_against_ceiling(rows, f"{args.clients} clients", next(iter(llamas)), next(iter(ks)), ceiling.wins))
     print(machine_line())
 
 
-def goal_against_ceiling(rows: list[list], load: str, sequential: str, llmos: str, weights: str) -> str:
+def goal_against_ceiling(rows: list[list], load: str, sequential: str, llmos: str, wins) -> str:
     """One line: the clients' goal (3x llama.cpp one after another) beside what llama.cpp's decode alone
     makes here, quiet."""
     rate = {r[2]: float(r[3]) for r in rows if r[0] == "no hog" and r[1] == load}
     top, one = rate[DecodeCeiling.NAME], rate[sequential]
     return (f"  {load}, quiet: 3x {sequential} one after another is {3 * one:.0f} tok/s; llama.cpp's decode alone "
-            f"(ceiling, {weights} weights) makes {top:.0f} ({top / one:.2f}x one after another); "
+            f"(ceiling; the faster weights: {', '.join(f'{w} in {n} turns' for w, n in wins.most_common())}) makes {top:.0f} ({top / one:.2f}x one after another); "
             f"{llmos} {rate[llmos]:.0f} ({rate[llmos] / top:.2f} of the ceiling)")
 
 
