@@ -437,7 +437,7 @@ def goal_against_ceiling(rows: list[list], load: str, sequential: str, llmos: st
     rate = {r[2]: float(r[3]) for r in rows if r[0] == "no hog" and r[1] == load}
     top, one = rate[DecodeCeiling.NAME], rate[sequential]
     return (f"  {load}, quiet: 3x {sequential} one after another is {3 * one:.0f} tok/s; llama.cpp's decode alone "
-            f"(ceiling; the faster weights: {', '.join(f'{w} in {n} turns' for w, n in wins.most_common())}) makes {top:.0f} ({top / one:.2f}x one after another); "
+            f"(ceiling; the faster weights: {', '.join(f'{w} in {n} turn' + 's' * (n > 1) for w, n in wins.most_common())}) makes {top:.0f} ({top / one:.2f}x one after another); "
             f"{llmos} {rate[llmos]:.0f} ({rate[llmos] / top:.2f} of the ceiling)")
 
 
